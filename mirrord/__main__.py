@@ -1,0 +1,3 @@
+from mirrord.cli.main import main
+
+main()
