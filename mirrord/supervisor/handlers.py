@@ -1,0 +1,141 @@
+"""Syscall handlers: pure decisions about one stopped syscall.
+
+A handler gets the syscall (number and argument registers) and a way to touch the
+tracee's memory, and returns what the tracer should do. No ptrace here: the tracer loop
+(tracer.py) applies the action, so handlers are tested without a tracee.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mirrord.supervisor.seccomp import Kind, Rule
+from mirrord.supervisor.syscalls import CLONE_UNTRACED, NR
+
+
+@dataclass(frozen=True)
+class Syscall:
+    tid: int
+    nr: int
+    args: tuple[int, int, int, int, int, int]
+
+
+class Memory(Protocol):
+    def read(self, addr: int, size: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class Allow:
+    """Run the syscall as it is (possibly with the given argument registers changed)."""
+
+    set_args: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fake:
+    """Skip the syscall; the program sees `ret` (a -errno for an error)."""
+
+    ret: int
+
+
+Action = Allow | Fake
+Handler = Callable[[Syscall, Memory], Action]
+
+UTS_FIELD = 65  # each of the six utsname fields is a NUL-padded 65-byte array
+UTS_NODENAME = 1
+
+
+def utsname_bytes(fields: tuple[str, str, str, str, str, str], nodename: str) -> bytes:
+    """`struct utsname` as the kernel would fill it, with nodename replaced."""
+    out = bytearray()
+    for i, value in enumerate(fields):
+        raw = (nodename if i == UTS_NODENAME else value).encode("utf-8", "surrogateescape")
+        raw = raw[: UTS_FIELD - 1]  # the kernel always leaves room for the NUL
+        out += raw.ljust(UTS_FIELD, b"\0")
+    return bytes(out)
+
+
+def _local_utsname() -> tuple[str, str, str, str, str, str]:
+    u = os.uname()
+    # os.uname has no domainname; the kernel's is in /proc (usually "(none)").
+    try:
+        with open("/proc/sys/kernel/domainname") as f:
+            domain = f.read().strip()
+    except OSError:
+        domain = "(none)"
+    return (u.sysname, u.nodename, u.release, u.version, u.machine, domain)
+
+
+def make_uname_handler(hostname: str) -> Handler:
+    """uname(2) answered by us: the local kernel's fields with the target's nodename.
+
+    Faking the whole call costs one stop instead of two (entry + exit).
+    """
+    fields = _local_utsname()
+    payload = utsname_bytes(fields, hostname)
+
+    def handle(sc: Syscall, mem: Memory) -> Action:
+        try:
+            mem.write(sc.args[0], payload)
+        except OSError:
+            return Fake(-errno.EFAULT)
+        return Fake(0)
+
+    return handle
+
+
+def clone_handler(sc: Syscall, mem: Memory) -> Action:
+    """clone(2) with CLONE_UNTRACED would escape tracing: strip the flag.
+
+    The seccomp filter only stops clone when that bit is set.
+    """
+    return Allow(set_args={0: sc.args[0] & ~CLONE_UNTRACED})
+
+
+def clone3_handler(sc: Syscall, mem: Memory) -> Action:
+    """clone3(2) keeps its flags in memory (struct clone_args, flags first).
+
+    The flag is cleared in place: the struct is the caller's own argument and no libc
+    reads it back, and CLONE_UNTRACED is all but unused outside the kernel.
+    """
+    try:
+        (flags,) = struct.unpack("<Q", mem.read(sc.args[0], 8))
+    except OSError:
+        return Allow()  # the kernel will answer EFAULT itself
+    if flags & CLONE_UNTRACED:
+        mem.write(sc.args[0], struct.pack("<Q", flags & ~CLONE_UNTRACED))
+    return Allow()
+
+
+@dataclass
+class Policy:
+    """What stops and who handles it; built from the enabled features."""
+
+    rules: list[Rule]
+    handlers: dict[int, Handler]
+
+    def trapped(self) -> dict[int, Rule]:
+        return {r.nr: r for r in self.rules}
+
+
+def build_policy(*, hostname: str | None) -> Policy:
+    rules = [
+        # io_uring does I/O without syscalls we could see: make programs fall back.
+        Rule(NR["io_uring_setup"], Kind.ERRNO, errno=errno.ENOSYS),
+        Rule(NR["clone"], arg0_mask=CLONE_UNTRACED),
+        Rule(NR["clone3"]),
+    ]
+    handlers: dict[int, Handler] = {
+        NR["clone"]: clone_handler,
+        NR["clone3"]: clone3_handler,
+    }
+    if hostname is not None:
+        rules.append(Rule(NR["uname"]))
+        handlers[NR["uname"]] = make_uname_handler(hostname)
+    return Policy(rules=rules, handlers=handlers)

@@ -1,0 +1,194 @@
+"""Starting the program under the tracer: fork, seize, seccomp, execve.
+
+Order matters (DESIGN.md, "Seccomp details"): the tracer must hold the child with
+TRACESECCOMP and EXITKILL set *before* the filter exists, because without a tracer every
+RET_TRACE syscall fails with ENOSYS. The child therefore waits on a pipe until the parent
+has seized it, then sets no_new_privs, installs the filter and execs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import struct
+from collections.abc import Mapping, Sequence
+
+from mirrord.supervisor import ptrace_ops
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_GET_ACTION_AVAIL = 2
+SYS_SECCOMP = 317
+SECCOMP_RET_TRACE = 0x7FF00000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Signals whose disposition or mask the supervisor changes for itself; the program must
+# start with the defaults, as it would from a shell (SIGPIPE is ignored by Python).
+RESET_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGPIPE,
+    signal.SIGXFSZ,
+    signal.SIGCHLD,
+)
+
+
+class SpawnError(Exception):
+    """The program could not be started; the message is for the user."""
+
+    def __init__(self, message: str, exit_code: int = 127) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class PtraceRefused(SpawnError):
+    pass
+
+
+def seccomp_trace_available() -> bool:
+    """Whether this kernel can run a filter that returns SECCOMP_RET_TRACE."""
+    action = ctypes.c_uint32(SECCOMP_RET_TRACE)
+    rc = _libc.syscall(SYS_SECCOMP, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action))
+    return bool(rc == 0)
+
+
+def resolve_executable(argv0: str, env: Mapping[str, str]) -> str:
+    """Find the program the way execvp would, with the PATH the program will have."""
+    if "/" in argv0:
+        if not os.path.exists(argv0):
+            raise SpawnError(f"{argv0}: no such file or directory")
+        if os.path.isdir(argv0) or not os.access(argv0, os.X_OK):
+            raise SpawnError(f"{argv0}: permission denied (not an executable file)", 126)
+        return argv0
+    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise SpawnError(f"{argv0}: command not found")
+    return found
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _child(
+    path: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    filter_prog: bytes | None,
+    sync_r: int,
+    err_w: int,
+) -> None:
+    """Runs in the forked child; never returns."""
+    try:
+        # ctypes, not the signal module: this may be a fork of a non-main thread.
+        for sig in RESET_SIGNALS:
+            _libc.signal(int(sig), 0)  # SIG_DFL
+        empty = ctypes.create_string_buffer(128)  # sigset_t, all clear
+        _libc.sigprocmask(2, empty, None)  # SIG_SETMASK
+        if os.read(sync_r, 1) != b"x":
+            os._exit(127)  # the tracer gave up on us
+        os.close(sync_r)
+        if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if filter_prog is not None:
+            buf = ctypes.create_string_buffer(filter_prog, len(filter_prog))
+            fprog = _SockFprog(len(filter_prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+            rc = _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
+            if rc != 0:
+                raise OSError(ctypes.get_errno(), "installing the seccomp filter")
+        os.execve(path, list(argv), dict(env))
+    except BaseException as exc:  # report anything, then die: never run the parent's code
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
+        msg = f"{code}:{exc}".encode(errors="replace")
+        try:
+            os.write(err_w, msg[:4000])
+        finally:
+            os._exit(127)
+
+
+def spawn_traced(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    filter_prog: bytes | None,
+) -> tuple[int, int]:
+    """Fork and seize the program. Returns (pid, fd to read a failed exec's reason from).
+
+    Must be called on the thread that will issue every later ptrace request.
+    """
+    path = resolve_executable(argv[0], env)
+    sync_r, sync_w = os.pipe()
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(sync_w)
+        os.close(err_r)
+        _child(path, argv, env, filter_prog, sync_r, err_w)
+    os.close(sync_r)
+    os.close(err_w)
+    try:
+        ptrace_ops.seize(pid)
+    except ptrace_ops.PtraceError as exc:
+        os.close(sync_w)  # the child reads EOF and exits
+        os.waitpid(pid, 0)
+        os.close(err_r)
+        raise PtraceRefused(_explain_ptrace_refusal(exc)) from None
+    os.write(sync_w, b"x")
+    os.close(sync_w)
+    return pid, err_r
+
+
+def _explain_ptrace_refusal(exc: Exception) -> str:
+    err = getattr(exc, "errno", None)
+    reason = os.strerror(err) if err else str(exc)
+    hints = []
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = f.read().strip()
+        if scope == "3":
+            hints.append("kernel.yama.ptrace_scope is 3 (ptrace disabled until reboot)")
+        elif scope in ("1", "2"):
+            hints.append(f"kernel.yama.ptrace_scope is {scope}")
+    except OSError:
+        pass
+    if err == errno.EPERM:
+        hints.append(
+            "in a container, ptrace needs CAP_SYS_PTRACE or a seccomp profile that allows it"
+        )
+    hint = ("; " + "; ".join(hints)) if hints else ""
+    return f"cannot trace the program: ptrace was refused ({reason}){hint}"
+
+
+def read_exec_failure(err_r: int) -> str | None:
+    """The reason the child could not exec, or None if it did exec."""
+    chunks = []
+    while True:
+        chunk = os.read(err_r, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(err_r)
+    if not chunks:
+        return None
+    text = b"".join(chunks).decode(errors="replace")
+    code, _, msg = text.partition(":")
+    if code.isdigit() and int(code):
+        return os.strerror(int(code))
+    return msg
+
+
+def pack_sigset(signals: Sequence[int]) -> bytes:
+    """A kernel sigset_t (64 bits) with these signals set."""
+    mask = 0
+    for s in signals:
+        mask |= 1 << (s - 1)
+    return struct.pack("<Q", mask)
