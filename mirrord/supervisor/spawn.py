@@ -168,8 +168,8 @@ def _explain_ptrace_refusal(exc: Exception) -> str:
     return f"cannot trace the program: ptrace was refused ({reason}){hint}"
 
 
-def read_exec_failure(err_r: int) -> str | None:
-    """The reason the child could not exec, or None if it did exec."""
+def read_exec_failure(err_r: int) -> tuple[str, int] | None:
+    """Why the child could not exec and the shell-style exit code, or None if it did."""
     chunks = []
     while True:
         chunk = os.read(err_r, 4096)
@@ -181,9 +181,10 @@ def read_exec_failure(err_r: int) -> str | None:
         return None
     text = b"".join(chunks).decode(errors="replace")
     code, _, msg = text.partition(":")
-    if code.isdigit() and int(code):
-        return os.strerror(int(code))
-    return msg
+    err = int(code) if code.isdigit() else 0
+    # As shells do: found but not runnable is 126, anything else 127.
+    exit_code = 126 if err in (errno.EACCES, errno.ENOEXEC, errno.EISDIR, errno.EPERM) else 127
+    return (os.strerror(err) if err else msg), exit_code
 
 
 def pack_sigset(signals: Sequence[int]) -> bytes:

@@ -116,10 +116,10 @@ class Tracer:
         self._loop()
         if self._exec_err_fd is not None:
             # It died before its execve: say why instead of a bare 127.
-            reason = read_exec_failure(self._exec_err_fd)
+            failure = read_exec_failure(self._exec_err_fd)
             self._exec_err_fd = None
-            if reason is not None:
-                raise SpawnError(f"{argv[0]}: {reason}", 126 if "ermission" in reason else 127)
+            if failure is not None:
+                raise SpawnError(f"{argv[0]}: {failure[0]}", failure[1])
         assert self.main_status is not None
         return self.main_status
 

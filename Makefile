@@ -1,0 +1,52 @@
+# Two entry points for a fresh Debian machine, as root: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Debian packages: what the demo needs, and what the test suite's real programs need.
+APT_DEMO := python3 python3-venv python3-dev gcc iproute2 util-linux procps
+APT_TEST := $(APT_DEMO) libc6-dev golang-go busybox-static strace curl iptables nftables \
+            dnsmasq-base redis-server redis-tools
+
+.PHONY: all demo test lint proto proto-check unit bench clean apt-demo apt-test venv
+
+all: venv
+
+apt-demo:
+	@./scripts/apt-ensure $(APT_DEMO)
+
+apt-test:
+	@./scripts/apt-ensure $(APT_TEST)
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: apt-demo venv
+	$(PY) -m mirrord.demo
+
+proto: venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+	  proto/mirrord/v1/agent.proto
+
+lint: venv
+	$(VENV)/bin/ruff check mirrord tests bench
+	$(VENV)/bin/ruff format --check mirrord tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: apt-test venv lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: apt-test venv
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,215 @@
+"""`mirrord` command line: exec, verify-config, schema, and the hidden `agent`.
+
+Heavy modules (grpc, the supervisor) are imported inside the commands that need them, so
+`mirrord --help` and `verify-config` start quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from mirrord import __version__
+
+app = typer.Typer(
+    name="mirrord",
+    help="Run a local program in the context of a remote target: its environment, "
+    "hostname (and later files, network and incoming traffic).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _err(msg: str) -> None:
+    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mirrord {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    pass
+
+
+@app.command(
+    "exec",
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+)
+def exec_(
+    command: Annotated[list[str], typer.Argument(help="The program and its arguments.")],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="pid/N, targetless, or pod/NAME…")
+    ] = None,
+    config_file: Annotated[
+        str | None,
+        typer.Option("--config-file", "-f", help="mirrord.json / .yaml / .toml"),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--target-namespace", "-n", help="Target's namespace.")
+    ] = None,
+    env_include: Annotated[
+        str | None,
+        typer.Option(
+            "--override-env-vars-include", "-s", help="Remote env vars to include (a;b*)."
+        ),
+    ] = None,
+    env_exclude: Annotated[
+        str | None,
+        typer.Option(
+            "--override-env-vars-exclude", "-x", help="Remote env vars to exclude (a;b*)."
+        ),
+    ] = None,
+    fs_mode: Annotated[
+        str | None, typer.Option("--fs-mode", help="local, localwithoverrides, read, write")
+    ] = None,
+    steal: Annotated[bool, typer.Option("--steal", help="Steal incoming traffic.")] = False,
+    no_outgoing: Annotated[
+        bool, typer.Option("--no-outgoing", help="Keep outgoing traffic local.")
+    ] = False,
+    no_udp_outgoing: Annotated[
+        bool, typer.Option("--no-udp-outgoing", help="Keep outgoing UDP local.")
+    ] = False,
+    agent_address: Annotated[
+        str | None,
+        typer.Option(
+            "--agent-address",
+            help="HOST:PORT of a running agent (token from MIRRORD_AGENT_TOKEN or "
+            "--agent-token-file) instead of starting a local one.",
+        ),
+    ] = None,
+    agent_token_file: Annotated[
+        str | None, typer.Option("--agent-token-file", help="File holding the agent token.")
+    ] = None,
+) -> None:
+    """Run COMMAND with the target's environment (use -- before COMMAND)."""
+    from mirrord.config import ConfigError, ExecOverrides, resolve_config
+
+    overrides = ExecOverrides(
+        target=target,
+        namespace=namespace,
+        env_include=env_include,
+        env_exclude=env_exclude,
+        fs_mode=fs_mode,
+        steal=steal,
+        no_outgoing=no_outgoing,
+        no_udp_outgoing=no_udp_outgoing,
+    )
+    try:
+        resolved = resolve_config(config_file, overrides, os.environ)
+    except ConfigError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    for warning in resolved.warnings:
+        _err(f"warning: {warning}")
+    if not command:
+        _err("no program given: mirrord exec [OPTIONS] -- PROGRAM [ARGS…]")
+        raise typer.Exit(2)
+    endpoint = None
+    if agent_address is not None:
+        endpoint = _agent_endpoint(agent_address, agent_token_file)
+    code = _run(command, resolved.config, endpoint)
+    raise typer.Exit(code)
+
+
+def _agent_endpoint(address: str, token_file: str | None) -> object:
+    from mirrord.run import AgentEndpoint
+
+    if token_file is not None:
+        try:
+            with open(token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            _err(f"cannot read the agent token file {token_file}: {exc.strerror}")
+            raise typer.Exit(2) from None
+    else:
+        token = os.environ.get("MIRRORD_AGENT_TOKEN", "")
+    if not token:
+        _err(
+            "--agent-address needs the agent's token: set MIRRORD_AGENT_TOKEN or "
+            "pass --agent-token-file"
+        )
+        raise typer.Exit(2)
+    return AgentEndpoint(address, token)
+
+
+def _run(command: list[str], config: object, endpoint: object) -> int:
+    from mirrord.run import ExecError, run_exec
+    from mirrord.supervisor import exit_like
+
+    try:
+        status = asyncio.run(run_exec(command, config, agent=endpoint))  # type: ignore[arg-type]
+    except ExecError as exc:
+        _err(str(exc))
+        return exc.exit_code
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _err("interrupted before the program started")
+        return 130
+    sys.stdout.flush()
+    return exit_like(status.code, status.signal)
+
+
+@app.command("verify-config")
+def verify_config(
+    path: Annotated[str, typer.Argument(help="mirrord.json / .yaml / .toml")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+) -> None:
+    """Check a config file: OK, or every error with its key path."""
+    from mirrord.config import ConfigError, verify_config_file
+
+    try:
+        _config, warnings = verify_config_file(path)
+    except ConfigError as exc:
+        if as_json:
+            print(json.dumps({"type": "Fail", "errors": exc.errors, "source": exc.source}))
+        else:
+            _err(str(exc))
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps({"type": "Success", "warnings": warnings}))
+        return
+    for w in warnings:
+        _err(f"warning: {w}")
+    print(f"{path}: OK")
+
+
+@app.command("schema")
+def schema() -> None:
+    """Print the JSON schema of the config file."""
+    from mirrord.config import config_json_schema
+
+    print(json.dumps(config_json_schema(), indent=2))
+
+
+@app.command(
+    "agent",
+    hidden=True,
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+    add_help_option=False,
+)
+def agent(ctx: typer.Context) -> None:
+    """Run the agent (normally started by mirrord itself, or as a DaemonSet)."""
+    from mirrord.agent.main import main as agent_main
+
+    raise typer.Exit(agent_main(list(ctx.args)))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,146 @@
+"""`mirrord exec`: config → agent → the target's env → the program under the supervisor.
+
+The order of cleanup is the reverse of setup and happens on every path: the program is
+stopped (if the agent is lost), the session is closed (the agent undoes what it did for
+it), the local agent (if we started one) is stopped, and signals are given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mirrord.client import AgentClient, start_local_agent
+from mirrord.client.errors import AgentError
+from mirrord.config import MirrordConfig
+from mirrord.environment import merge_env
+from mirrord.supervisor import (
+    ExitStatus,
+    SignalForwarder,
+    SpawnError,
+    SupervisedRun,
+    SupervisorOptions,
+)
+from mirrord.target import Target, TargetError, parse_target
+
+# How long the program gets to exit on SIGTERM once the agent is gone.
+LOST_AGENT_GRACE_S = 2.0
+
+
+class ExecError(Exception):
+    """A failure before or around the program; the message is for the user."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class AgentEndpoint:
+    address: str
+    token: str
+
+
+def _say(msg: str) -> None:
+    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
+
+
+def needs_root_message(argv: Sequence[str]) -> str:
+    exe = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else "mirrord"
+    cmd = shlex.join(["sudo", "-E", exe, *sys.argv[1:]]) if sys.argv[1:] else None
+    hint = f"\n  {cmd}" if cmd else ""
+    return (
+        "a local agent enters the target's namespaces and reads its environment, which "
+        "needs root. Run mirrord as root:" + hint + "\n"
+        "or point mirrord at a running agent with --agent-address HOST:PORT "
+        "(token in MIRRORD_AGENT_TOKEN)."
+    )
+
+
+async def run_exec(
+    argv: Sequence[str],
+    config: MirrordConfig,
+    *,
+    agent: AgentEndpoint | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ExitStatus:
+    local_env = dict(os.environ if environ is None else environ)
+    try:
+        target = parse_target(config.target.path_string)
+    except TargetError as exc:
+        raise ExecError(str(exc), 2) from None
+    if agent is None and os.geteuid() != 0:
+        raise ExecError(needs_root_message(argv))
+
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    runs: list[SupervisedRun] = []
+
+    def interrupted(sig: int) -> None:
+        # A signal before the program exists: abandon the start-up, cleanly.
+        if main_task is not None:
+            loop.call_soon_threadsafe(main_task.cancel)
+
+    forwarder = SignalForwarder(
+        targets=lambda: runs[0].live_targets() if runs else [],
+        on_signal_without_target=interrupted,
+    )
+    forwarder.start()
+    local_agent = None
+    client: AgentClient | None = None
+    try:
+        startup = float(config.agent.startup_timeout or 60)
+        if agent is None:
+            local_agent = await start_local_agent(
+                ping_timeout=_ping_timeout(config), startup_timeout=startup
+            )
+            agent = AgentEndpoint(local_agent.address, local_agent.token)
+        client = await AgentClient.connect(agent.address, agent.token, target.pid, timeout=startup)
+        remote_env = await client.get_env() if config.feature.env.enabled else {}
+        env = merge_env(local_env, remote_env, config.feature.env)
+        hostname = client.hello.hostname if config.feature.hostname else None
+        run = SupervisedRun(argv, env, SupervisorOptions(hostname=hostname or None))
+        runs.append(run)
+        return await _wait_program(run, client)
+    except AgentError as exc:
+        raise ExecError(str(exc)) from None
+    except SpawnError as exc:
+        raise ExecError(str(exc), exc.exit_code) from None
+    finally:
+        if client is not None:
+            await client.close()
+        if local_agent is not None:
+            await local_agent.stop()
+        forwarder.stop()
+
+
+def _ping_timeout(config: MirrordConfig) -> float:
+    return float(config.agent.communication_timeout or 30)
+
+
+async def _wait_program(run: SupervisedRun, client: AgentClient) -> ExitStatus:
+    program = asyncio.ensure_future(run.wait())
+    lost = asyncio.ensure_future(client.wait_lost())
+    try:
+        done, _ = await asyncio.wait({program, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if program in done:
+            return program.result()
+        reason = lost.result()
+        _say(f"lost the agent: {reason}; stopping the program")
+        run.kill(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(program), LOST_AGENT_GRACE_S)
+        except TimeoutError:
+            run.kill(signal.SIGKILL)
+            await program
+        raise ExecError(f"the agent connection was lost: {reason}", 1)
+    finally:
+        lost.cancel()
+
+
+__all__ = ["AgentEndpoint", "ExecError", "Target", "run_exec"]

@@ -1,0 +1,79 @@
+"""The seccomp program, evaluated the way the kernel evaluates it (pure, no tracee)."""
+
+import errno
+
+import pytest
+
+from mirrord.supervisor.handlers import build_policy
+from mirrord.supervisor.seccomp import (
+    FOREIGN_ABI,
+    SECCOMP_RET_ALLOW,
+    SECCOMP_RET_ERRNO,
+    SECCOMP_RET_TRACE,
+    Kind,
+    Rule,
+    build_filter,
+    run_filter,
+)
+from mirrord.supervisor.syscalls import AUDIT_ARCH_I386, CLONE_UNTRACED, NR, X32_SYSCALL_BIT
+
+
+@pytest.fixture
+def prog() -> bytes:
+    return build_filter(build_policy(hostname="pod").rules)
+
+
+def test_uname_stops_with_its_number_as_data(prog: bytes) -> None:
+    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_TRACE | NR["uname"]
+
+
+def test_untrapped_syscalls_run_without_a_stop(prog: bytes) -> None:
+    for name in ("read", "write", "openat", "connect", "execve", "mmap"):
+        assert run_filter(prog, nr=NR[name]) == SECCOMP_RET_ALLOW, name
+
+
+def test_uname_is_not_trapped_without_the_hostname_feature() -> None:
+    prog = build_filter(build_policy(hostname=None).rules)
+    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_ALLOW
+
+
+def test_io_uring_setup_fails_with_enosys_without_a_stop(prog: bytes) -> None:
+    assert run_filter(prog, nr=NR["io_uring_setup"]) == SECCOMP_RET_ERRNO | errno.ENOSYS
+
+
+def test_clone_stops_only_when_it_would_escape_tracing(prog: bytes) -> None:
+    plain_fork = 0x01200011  # CLONE_CHILD_SETTID|CLONE_CHILD_CLEARTID|SIGCHLD
+    assert run_filter(prog, nr=NR["clone"], args=(plain_fork,)) == SECCOMP_RET_ALLOW
+    untraced = plain_fork | CLONE_UNTRACED
+    assert run_filter(prog, nr=NR["clone"], args=(untraced,)) == SECCOMP_RET_TRACE | NR["clone"]
+    # The test clobbers the accumulator: the syscalls after clone must still match.
+    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_TRACE | NR["uname"]
+
+
+def test_clone3_always_stops(prog: bytes) -> None:
+    assert run_filter(prog, nr=NR["clone3"]) == SECCOMP_RET_TRACE | NR["clone3"]
+
+
+def test_x32_syscalls_are_refused(prog: bytes) -> None:
+    # x32's uname would otherwise look like a plain x86_64 syscall with a high bit.
+    assert run_filter(prog, nr=X32_SYSCALL_BIT | 63) == SECCOMP_RET_ERRNO | errno.ENOSYS
+
+
+def test_foreign_arch_is_never_read_as_x86_64(prog: bytes) -> None:
+    # i386 nr 5 is open; as x86_64 it would be fstat. It must stop as FOREIGN_ABI.
+    assert run_filter(prog, nr=5, arch=AUDIT_ARCH_I386) == SECCOMP_RET_TRACE | FOREIGN_ABI
+    assert run_filter(prog, nr=63, arch=AUDIT_ARCH_I386) == SECCOMP_RET_TRACE | FOREIGN_ABI
+
+
+def test_many_rules_need_no_long_jumps() -> None:
+    rules = [Rule(nr) for nr in range(0, 400)]
+    prog = build_filter(rules)
+    assert run_filter(prog, nr=399) == SECCOMP_RET_TRACE | 399
+    assert run_filter(prog, nr=401) == SECCOMP_RET_ALLOW
+
+
+def test_bad_rules_are_rejected() -> None:
+    with pytest.raises(ValueError, match="two seccomp rules"):
+        build_filter([Rule(1), Rule(1, Kind.ERRNO, errno=1)])
+    with pytest.raises(ValueError, match="out of range"):
+        build_filter([Rule(FOREIGN_ABI)])
