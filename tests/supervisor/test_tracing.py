@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -116,7 +117,8 @@ def test_python_threads_and_subprocesses() -> None:
     code = (
         "import os, threading, subprocess\n"
         "out = []\n"
-        "ts = [threading.Thread(target=lambda: out.append(os.uname().nodename)) for _ in range(20)]\n"
+        "f = lambda: out.append(os.uname().nodename)\n"
+        "ts = [threading.Thread(target=f) for _ in range(20)]\n"
         "[t.start() for t in ts]; [t.join() for t in ts]\n"
         "print(set(out), len(out))\n"
         "print(subprocess.run(['uname', '-n'], capture_output=True, text=True).stdout.strip())\n"
@@ -184,10 +186,8 @@ def test_interactive_program_through_a_pty_gets_ctrl_c_once(programs: dict[str, 
         out = _read_until(fd, b"got SIGINT")
         _, status = os.waitpid(pid, 0)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         os.close(fd)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 130, (status, out)
     assert out.count(b"got SIGINT") == 1
