@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.errors import AgentError
-from mirrord.config import MirrordConfig
+from mirrord.config import ConfigError, MirrordConfig
 from mirrord.environment import merge_env
 from mirrord.supervisor import (
     ExitStatus,
@@ -94,21 +94,24 @@ async def run_exec(
     local_agent = None
     client: AgentClient | None = None
     try:
-        startup = float(config.agent.startup_timeout or 60)
+        startup = float(config.agent.startup_timeout_s)
         if agent is None:
             local_agent = await start_local_agent(
                 ping_timeout=_ping_timeout(config), startup_timeout=startup
             )
             agent = AgentEndpoint(local_agent.address, local_agent.token)
         client = await AgentClient.connect(agent.address, agent.token, target.pid, timeout=startup)
-        remote_env = await client.get_env() if config.feature.env.enabled else {}
-        env = merge_env(local_env, remote_env, config.feature.env)
-        hostname = client.hello.hostname if config.feature.hostname else None
+        env_on = config.feature.env_enabled
+        remote_env = await client.get_env() if env_on else {}
+        env = merge_env(local_env, remote_env, config.feature.env_config if env_on else False)
+        hostname = client.hello.hostname if config.feature.hostname_enabled else None
         run = SupervisedRun(argv, env, SupervisorOptions(hostname=hostname or None))
         runs.append(run)
         return await _wait_program(run, client)
     except AgentError as exc:
         raise ExecError(str(exc)) from None
+    except ConfigError as exc:  # env_file unreadable or malformed
+        raise ExecError(str(exc), 2) from None
     except SpawnError as exc:
         raise ExecError(str(exc), exc.exit_code) from None
     finally:
@@ -120,7 +123,7 @@ async def run_exec(
 
 
 def _ping_timeout(config: MirrordConfig) -> float:
-    return float(config.agent.communication_timeout or 30)
+    return float(config.agent.communication_timeout_s)
 
 
 async def _wait_program(run: SupervisedRun, client: AgentClient) -> ExitStatus:

@@ -83,6 +83,20 @@ def exec_(
     no_udp_outgoing: Annotated[
         bool, typer.Option("--no-udp-outgoing", help="Keep outgoing UDP local.")
     ] = False,
+    env_file: Annotated[
+        str | None, typer.Option("--env-file", help="A .env file applied to the env.")
+    ] = None,
+    no_tcp_outgoing: Annotated[
+        bool, typer.Option("--no-tcp-outgoing", help="Keep outgoing TCP local.")
+    ] = False,
+    no_remote_dns: Annotated[
+        bool, typer.Option("--no-remote-dns", help="Resolve names locally.")
+    ] = False,
+    agent_startup_timeout: Annotated[
+        int | None, typer.Option("--agent-startup-timeout", help="Seconds to wait for the agent.")
+    ] = None,
+    context: Annotated[str | None, typer.Option("--context", help="Kube context.")] = None,
+    kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="Kubeconfig.")] = None,
     agent_address: Annotated[
         str | None,
         typer.Option(
@@ -107,6 +121,12 @@ def exec_(
         steal=steal,
         no_outgoing=no_outgoing,
         no_udp_outgoing=no_udp_outgoing,
+        env_file=env_file,
+        no_tcp_outgoing=no_tcp_outgoing,
+        no_remote_dns=no_remote_dns,
+        agent_startup_timeout=agent_startup_timeout,
+        kube_context=context,
+        kubeconfig=kubeconfig,
     )
     try:
         resolved = resolve_config(config_file, overrides, os.environ)
