@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.errors import AgentError
@@ -127,23 +128,22 @@ def _ping_timeout(config: MirrordConfig) -> float:
 
 
 async def _wait_program(run: SupervisedRun, client: AgentClient) -> ExitStatus:
+    """The program's exit status, unless the agent goes first: then the program is
+    stopped (SIGTERM, then SIGKILL after a grace period) and mirrord fails."""
     program = asyncio.ensure_future(run.wait())
-    lost = asyncio.ensure_future(client.wait_lost())
+    waiting: set[asyncio.Future[Any]] = {program, client.lost}
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if program in done:
+        return program.result()
+    reason = client.lost.result()
+    _say(f"lost the agent: {reason}; stopping the program")
+    run.kill(signal.SIGTERM)
     try:
-        done, _ = await asyncio.wait({program, lost}, return_when=asyncio.FIRST_COMPLETED)
-        if program in done:
-            return program.result()
-        reason = lost.result()
-        _say(f"lost the agent: {reason}; stopping the program")
-        run.kill(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.shield(program), LOST_AGENT_GRACE_S)
-        except TimeoutError:
-            run.kill(signal.SIGKILL)
-            await program
-        raise ExecError(f"the agent connection was lost: {reason}", 1)
-    finally:
-        lost.cancel()
+        await asyncio.wait_for(asyncio.shield(program), LOST_AGENT_GRACE_S)
+    except TimeoutError:
+        run.kill(signal.SIGKILL)
+        await program
+    raise ExecError(f"the agent connection was lost: {reason}", 1)
 
 
 __all__ = ["AgentEndpoint", "ExecError", "Target", "run_exec"]

@@ -129,7 +129,7 @@ def exec_(
         kubeconfig=kubeconfig,
     )
     try:
-        resolved = resolve_config(config_file, overrides, os.environ)
+        resolved = resolve_config(config_file, overrides, ORIGINAL_ENV)
     except ConfigError as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
@@ -171,7 +171,9 @@ def _run(command: list[str], config: object, endpoint: object) -> int:
     from mirrord.supervisor import exit_like
 
     try:
-        status = asyncio.run(run_exec(command, config, agent=endpoint))  # type: ignore[arg-type]
+        status = asyncio.run(
+            run_exec(command, config, agent=endpoint, environ=ORIGINAL_ENV)  # type: ignore[arg-type]
+        )
     except ExecError as exc:
         _err(str(exc))
         return exc.exit_code
@@ -231,5 +233,14 @@ def agent(ctx: typer.Context) -> None:
     raise typer.Exit(agent_main(list(ctx.args)))
 
 
+# The program must get the user's environment as it was, not what mirrord sets for
+# itself below.
+ORIGINAL_ENV = dict(os.environ)
+
+
 def main() -> None:
+    # gRPC's fork handlers would complain (and do nothing useful) when the tracer forks
+    # the program: the child only execs.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     app()

@@ -1,0 +1,16 @@
+"""The agent protocol version, shared by the agent and the client (one place, so they agree).
+
+The agent refuses a client whose major version differs; minor versions only add things.
+"""
+
+from typing import Final
+
+PROTOCOL_MAJOR: Final = 1
+PROTOCOL_MINOR: Final = 0
+
+
+def version_string(major: int, minor: int) -> str:
+    return f"{major}.{minor}"
+
+
+OURS: Final = version_string(PROTOCOL_MAJOR, PROTOCOL_MINOR)
