@@ -7,7 +7,7 @@ world. Standard library only, and it knows nothing about mirrord.
 import os
 import socket
 
-SHOWN = ("SERVICE_NAME", "DATABASE_URL", "FEATURE_FLAGS", "POD_IP", "HOME", "PATH")
+SHOWN = ("SERVICE_NAME", "DATABASE_URL", "FEATURE_FLAGS", "POD_NAME", "HOME", "PATH")
 
 
 def main() -> None:

@@ -46,6 +46,10 @@ class SignalForwarder:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
+            # Wake it now rather than at its next timeout: a signal aimed at that thread
+            # alone is taken by its sigtimedwait, which then sees _stop and returns.
+            if self._thread.ident is not None and self._thread.is_alive():
+                signal.pthread_kill(self._thread.ident, signal.SIGTERM)
             self._thread.join()
             self._thread = None
         for sig, old in self._old_handlers.items():
@@ -55,8 +59,8 @@ class SignalForwarder:
 
     def _wait(self) -> None:
         while not self._stop.is_set():
-            info = signal.sigtimedwait(FORWARDED, 0.2)
-            if info is None:
+            info = signal.sigtimedwait(FORWARDED, 0.5)
+            if info is None or self._stop.is_set():
                 continue
             targets = self._targets()
             if not targets:
