@@ -110,7 +110,7 @@ class Tracer:
         pid, err_fd = spawn_traced(argv, env, prog)
         self._exec_err_fd = err_fd
         self.main_pid = pid
-        self.tasks[pid] = _Task(pid)
+        self.tasks[pid] = _Task(pid, started=True)  # seized directly: no attach stop
         if self.on_started:
             self.on_started(pid)
         self._loop()

@@ -100,7 +100,7 @@ def test_a_hundred_children_that_exec(programs: dict[str, Path]) -> None:
 def test_twenty_threads_all_traced(programs: dict[str, Path]) -> None:
     r = traced(str(programs["threads"]))
     assert r.returncode == 0, r.stderr
-    names = [line for line in r.stdout.split() if line]
+    names = [line.split(": ", 1)[1] for line in r.stdout.splitlines() if line.startswith("thread")]
     assert len(names) == 20
     assert set(names) == {"pod-host"}
 
@@ -150,23 +150,29 @@ def test_sigterm_to_mirrord_reaches_the_program() -> None:
     assert left.returncode == 1
 
 
-def _read_until(fd: int, needle: bytes, timeout: float = 10) -> bytes:
-    buf = b""
-    end = time.monotonic() + timeout
-    while needle not in buf:
-        left = end - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"timed out waiting for {needle!r}; got {buf!r}")
-        r, _, _ = select.select([fd], [], [], left)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
+class PtyReader:
+    """Everything the program wrote to the pty so far, read with a deadline."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def until(self, needle: bytes, timeout: float = 10) -> bytes:
+        end = time.monotonic() + timeout
+        while needle not in self.buf:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {needle!r}; got {self.buf!r}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self.buf += chunk
+        return self.buf
 
 
 def test_interactive_program_through_a_pty_gets_ctrl_c_once(programs: dict[str, Path]) -> None:
@@ -175,15 +181,18 @@ def test_interactive_program_through_a_pty_gets_ctrl_c_once(programs: dict[str, 
         os.execv(
             sys.executable, [*SUP, "--hostname", "pod-host", "--", str(programs["interactive"])]
         )
+    tty = PtyReader(fd)
     try:
-        _read_until(fd, b"name? ")
+        tty.until(b"name? ")
         os.write(fd, b"bob\n")
-        out = _read_until(fd, b"hello bob")
-        out += _read_until(fd, b"isatty")
-        assert b"isatty=True" in out or b"isatty=1" in out, out
-        time.sleep(0.3)
+        tty.until(b"waiting for SIGINT")
+        assert b"hello bob" in tty.buf
+        assert b"isatty=yes" in tty.buf
         os.write(fd, b"\x03")  # Ctrl-C: the terminal signals the whole foreground group
-        out = _read_until(fd, b"got SIGINT")
+        out = tty.until(b"got SIGINT")
+        time.sleep(0.2)
+        with contextlib.suppress(OSError):
+            out += os.read(fd, 4096)
         _, status = os.waitpid(pid, 0)
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -191,3 +200,80 @@ def test_interactive_program_through_a_pty_gets_ctrl_c_once(programs: dict[str, 
         os.close(fd)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 130, (status, out)
     assert out.count(b"got SIGINT") == 1
+
+
+COUNT_SIGINT = (
+    "import signal, time\n"
+    "n = 0\n"
+    "def on_int(*_):\n"
+    "    global n\n"
+    "    n += 1\n"
+    "signal.signal(signal.SIGINT, on_int)\n"
+    "print('ready', flush=True)\n"
+    "while n == 0:\n"
+    "    time.sleep(0.05)\n"
+    "time.sleep(1.0)\n"
+    "print(f'sigints={n}', flush=True)\n"
+)
+
+
+def test_ctrl_c_at_the_terminal_is_delivered_exactly_once() -> None:
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [*SUP, "--", PY, "-c", COUNT_SIGINT])
+    tty = PtyReader(fd)
+    try:
+        tty.until(b"ready")
+        os.write(fd, b"\x03")
+        tty.until(b"sigints=")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.close(fd)
+    assert b"sigints=1" in tty.buf
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_sigint_sent_to_mirrord_is_forwarded_once() -> None:
+    p = subprocess.Popen([*SUP, "--", PY, "-c", COUNT_SIGINT], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=10)
+    assert out.strip() == "sigints=1"
+    assert p.returncode == 0
+
+
+def test_ctrl_z_stops_the_job_and_fg_resumes_it() -> None:
+    # An interactive shell with job control, as a user has it.
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(
+            "/bin/bash",
+            ["bash", "--norc", "--noprofile", "-i"],
+            {"PS1": "$ ", "TERM": "dumb", "PATH": os.environ["PATH"]},
+        )
+    tty = PtyReader(fd)
+    sup = " ".join([*SUP, "--"])
+    prog = (
+        f"{PY} -c \"import time; print('started', flush=True); time.sleep(1.5); print('finished')\""
+    )
+    try:
+        tty.until(b"$ ")
+        os.write(fd, f"{sup} {prog}\n".encode())
+        tty.until(b"started")
+        os.write(fd, b"\x1a")  # Ctrl-Z
+        tty.until(b"Stopped")
+        time.sleep(2.0)  # stopped: it must not finish meanwhile
+        assert b"\nfinished" not in tty.buf  # (the echoed command line has it too)
+        os.write(fd, b"fg\n")
+        tty.until(b"\nfinished", timeout=15)
+        os.write(fd, b"echo rc=$?\n")
+        tty.until(b"rc=0")
+        os.write(fd, b"exit\n")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)

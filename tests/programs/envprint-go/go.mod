@@ -1,0 +1,3 @@
+module envprint
+
+go 1.19
