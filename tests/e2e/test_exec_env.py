@@ -165,7 +165,7 @@ def test_targetless_uses_the_agents_own_environment() -> None:
         ("pid/999999", "process 999999 does not exist"),
         ("pid/abc", "a local process target is pid/PID"),
         ("pod/checkout", "Kubernetes targets are not supported by this version yet"),
-        ("banana/x", "'banana/x': expected \"targetless\", \"pid/PID\""),
+        ("banana/x", '\'banana/x\': expected "targetless", "pid/PID"'),
     ],
 )
 def test_bad_targets_are_clear_errors(target_arg: str, message: str) -> None:
