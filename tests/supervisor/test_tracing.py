@@ -277,3 +277,25 @@ def test_ctrl_z_stops_the_job_and_fg_resumes_it() -> None:
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_refused_ptrace_is_a_clear_error() -> None:
+    # Containers often forbid ptrace with a seccomp profile (EPERM); simulate exactly that.
+    wrapper = (
+        "import ctypes, os, sys\n"
+        "from mirrord.supervisor.seccomp import Kind, Rule, build_filter\n"
+        "prog = build_filter([Rule(101, Kind.ERRNO, errno=1)])\n"
+        "buf = ctypes.create_string_buffer(prog, len(prog))\n"
+        "class F(ctypes.Structure):\n"
+        "    _fields_ = [('len', ctypes.c_ushort), ('filter', ctypes.c_void_p)]\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.prctl(38, 1, 0, 0, 0) == 0\n"
+        "f = F(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))\n"
+        "assert libc.prctl(22, 2, ctypes.byref(f), 0, 0) == 0\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'mirrord.supervisor', '--', 'true'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 127
+    assert "cannot trace the program: ptrace was refused (Operation not permitted)" in r.stderr
+    assert "CAP_SYS_PTRACE or a seccomp profile" in r.stderr
+    assert "Traceback" not in r.stderr
