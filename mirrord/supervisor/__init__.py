@@ -56,11 +56,16 @@ class SupervisedRun:
             use_seccomp = False
         self.use_seccomp = use_seccomp
         self.started = threading.Event()
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         self.tracer = Tracer(
             build_policy(hostname=options.hostname),
             use_seccomp=use_seccomp,
             on_started=lambda _pid: self.started.set(),
             on_main_stopped=lambda _sig: os.kill(os.getpid(), signal.SIGSTOP),
+            loop=loop,
         )
 
     @property

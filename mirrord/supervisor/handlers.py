@@ -10,42 +10,11 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
+from mirrord.supervisor.actions import Action, Allow, Fake, Handler, Memory, Syscall
 from mirrord.supervisor.seccomp import Kind, Rule
 from mirrord.supervisor.syscalls import CLONE_UNTRACED, NR
-
-
-@dataclass(frozen=True)
-class Syscall:
-    tid: int
-    nr: int
-    args: tuple[int, int, int, int, int, int]
-
-
-class Memory(Protocol):
-    def read(self, addr: int, size: int) -> bytes: ...
-    def write(self, addr: int, data: bytes) -> None: ...
-
-
-@dataclass(frozen=True)
-class Allow:
-    """Run the syscall as it is (possibly with the given argument registers changed)."""
-
-    set_args: dict[int, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Fake:
-    """Skip the syscall; the program sees `ret` (a -errno for an error)."""
-
-    ret: int
-
-
-Action = Allow | Fake
-Handler = Callable[[Syscall, Memory], Action]
 
 UTS_FIELD = 65  # each of the six utsname fields is a NUL-padded 65-byte array
 UTS_NODENAME = 1

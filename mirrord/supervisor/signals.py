@@ -37,7 +37,9 @@ class SignalForwarder:
         self._old_handlers: dict[int, signal.Handlers | int | None] = {}
 
     def start(self) -> None:
-        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        # SIGCHLD too: the tracer reads it from a signalfd (wakeup.py), so no thread may
+        # take it. Threads started after this inherit the mask.
+        self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
         for sig in IGNORED:
             self._old_handlers[sig] = signal.signal(sig, signal.SIG_IGN)  # type: ignore[assignment]
         self._thread = threading.Thread(target=self._wait, name="mirrord-signals", daemon=True)

@@ -11,22 +11,31 @@ Rules this loop keeps (DESIGN.md):
   the event names it, so per-process state can be copied before the child runs.
 - The run ends when no traced task is left (like `strace -f`); the exit status is the
   first program's.
+- The thread sleeps in select() on a signalfd (SIGCHLD) and an eventfd (answers to
+  deferred syscalls), never in a blocking waitpid, so a thread waiting for the agent stays
+  stopped while every other tracee is served (wakeup.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import concurrent.futures
 import errno
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mirrord.supervisor import ptrace_ops as pt
-from mirrord.supervisor.handlers import Allow, Fake, Policy, Syscall
+from mirrord.supervisor.actions import Action, Allow, Defer, ExitHook, Fake, Syscall
+from mirrord.supervisor.handlers import Policy
 from mirrord.supervisor.seccomp import FOREIGN_ABI, Kind, build_filter
 from mirrord.supervisor.spawn import SpawnError, read_exec_failure, spawn_traced
+from mirrord.supervisor.wakeup import Wakeup
 
 log = logging.getLogger("mirrord.supervisor")
 
@@ -64,13 +73,36 @@ class _Mem:
     def write(self, addr: int, data: bytes) -> None:
         pt.write_mem(self.tid, addr, data)
 
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
+        """A NUL-terminated string, read a page at a time (never past a page that may be
+        unmapped: the first chunk ends at the page boundary)."""
+        out = b""
+        while len(out) < limit:
+            chunk = min(4096 - (addr % 4096), limit - len(out))
+            data = pt.read_mem(self.tid, addr, chunk)
+            nul = data.find(b"\0")
+            if nul >= 0:
+                return out + data[:nul]
+            out += data
+            addr += chunk
+        raise OSError(errno.ENAMETOOLONG, "string too long")
+
+
+@dataclass
+class _ExitFix:
+    """What to do at the exit stop of a syscall we let run."""
+
+    restore: dict[str, int]  # argument registers to put back
+    hook: ExitHook | None = None
+    fake_ret: int | None = None  # full-stop fallback: a faked result, set again at exit
+
 
 @dataclass
 class _Task:
     tid: int
     started: bool = False  # its first (attach) stop has been seen
     in_syscall: bool = False  # full-stop fallback: entry seen, exit pending
-    fake_ret: int | None = None  # full-stop fallback: rax to set at the exit stop
+    exit_fix: _ExitFix | None = None
 
 
 @dataclass
@@ -87,6 +119,7 @@ class Tracer:
         use_seccomp: bool = True,
         on_started: Callable[[int], None] | None = None,
         on_main_stopped: Callable[[int], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.policy = policy
         self.use_seccomp = use_seccomp
@@ -101,12 +134,24 @@ class Tracer:
         self._trapped = policy.trapped()
         self._foreign_warned = False
         self._exec_err_fd: int | None = None
+        self.loop = loop  # where deferred work runs
+        self._answers: collections.deque[tuple[int, Defer, Any, pt.Regs, bool]] = (
+            collections.deque()
+        )
+        self._wakeup: Wakeup | None = None
 
     # --- public --------------------------------------------------------------------
 
     def run(self, argv: Sequence[str], env: Mapping[str, str]) -> ExitStatus:
         """Start the program and trace it and its descendants until all have exited."""
         prog = build_filter(self.policy.rules) if self.use_seccomp else None
+        self._wakeup = Wakeup()
+        try:
+            return self._run(argv, env, prog)
+        finally:
+            self._wakeup.close()
+
+    def _run(self, argv: Sequence[str], env: Mapping[str, str], prog: bytes | None) -> ExitStatus:
         pid, err_fd = spawn_traced(argv, env, prog)
         self._exec_err_fd = err_fd
         self.main_pid = pid
@@ -126,11 +171,25 @@ class Tracer:
     # --- the loop ------------------------------------------------------------------
 
     def _loop(self) -> None:
+        assert self._wakeup is not None
         while self.tasks or self.held:
-            try:
-                tid, status = os.waitpid(-1, WALL | WNOTHREAD)
-            except ChildProcessError:
+            self._reap()
+            if not (self.tasks or self.held):
                 break
+            if self._answers or self._wakeup.wait():
+                self._answer_deferred()
+
+    def _reap(self) -> None:
+        """Handle every stop and exit that is waiting, without blocking."""
+        while True:
+            try:
+                tid, status = os.waitpid(-1, WALL | WNOTHREAD | os.WNOHANG)
+            except ChildProcessError:
+                self.tasks.clear()  # nothing traced is left, whatever we thought
+                self.held.clear()
+                return
+            if tid == 0:
+                return
             self.stats.stops += 1
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 self._gone(tid, status)
@@ -155,10 +214,11 @@ class Tracer:
                 self.main_status = ExitStatus(signal=os.WTERMSIG(status))
 
     def _resume(self, tid: int, sig: int = 0) -> None:
-        if self.use_seccomp:
+        task = self.tasks.get(tid)
+        if self.use_seccomp and (task is None or task.exit_fix is None):
             pt.cont(tid, sig)
         else:
-            pt.syscall(tid, sig)
+            pt.syscall(tid, sig)  # stop again at this syscall's exit
 
     def _stopped(self, tid: int, sig: int, event: int) -> None:
         task = self.tasks.get(tid)
@@ -172,7 +232,10 @@ class Tracer:
         if event == pt.PTRACE_EVENT_SECCOMP:
             self._seccomp_stop(tid, pt.geteventmsg(tid))
         elif sig == SYSCALL_TRAP:
-            self._syscall_stop(task)
+            if self.use_seccomp:
+                self._exit_stop(task)
+            else:
+                self._syscall_stop(task)
         elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
             self._new_task(pt.geteventmsg(tid))
             self._resume(tid)
@@ -237,43 +300,60 @@ class Tracer:
         self._handle(tid, data, pt.getregs(tid), fake_now=True)
 
     def _syscall_stop(self, task: _Task) -> None:
-        """A syscall stop: only seen in the full-stop fallback (no seccomp)."""
-        if not task.in_syscall:
-            task.in_syscall = True
-            regs = pt.getregs(task.tid)
-            rule = self._trapped.get(regs.orig_rax)
-            if rule is None:
-                pt.syscall(task.tid)
-            elif rule.kind is Kind.ERRNO:
-                task.fake_ret = -rule.errno
-                regs.orig_rax = U64
-                pt.setregs(task.tid, regs)
-                pt.syscall(task.tid)
-            elif rule.arg0_mask and not (regs.rdi & rule.arg0_mask):
-                pt.syscall(task.tid)
-            else:
-                self._handle(task.tid, regs.orig_rax, regs, fake_now=False)
+        """A syscall stop in the full-stop fallback (no seccomp): entry or exit."""
+        if task.in_syscall:
+            task.in_syscall = False
+            self._exit_stop(task)
             return
-        task.in_syscall = False
-        if task.fake_ret is not None:
-            regs = pt.getregs(task.tid)
-            regs.rax = task.fake_ret & U64
-            task.fake_ret = None
-            pt.setregs(task.tid, regs)
-        pt.syscall(task.tid)
+        task.in_syscall = True
+        regs = pt.getregs(task.tid)
+        rule = self._trapped.get(regs.orig_rax)
+        if rule is None or (rule.arg0_mask and not (regs.rdi & rule.arg0_mask)):
+            pt.syscall(task.tid)
+        elif rule.kind is Kind.ERRNO:
+            self._apply(task.tid, regs, Fake(-rule.errno), fake_now=False)
+        else:
+            self._handle(task.tid, regs.orig_rax, regs, fake_now=False)
+
+    def _exit_stop(self, task: _Task) -> None:
+        fix, task.exit_fix = task.exit_fix, None
+        if fix is None:
+            self._resume(task.tid)
+            return
+        regs = pt.getregs(task.tid)
+        for name, value in fix.restore.items():
+            setattr(regs, name, value)
+        if fix.fake_ret is not None:
+            regs.rax = fix.fake_ret & U64
+        if fix.hook is not None:
+            ret = regs.rax - (1 << 64) if regs.rax >= 1 << 63 else regs.rax
+            try:
+                new = fix.hook(ret, _Mem(task.tid))
+            except Exception:
+                log.exception("exit hook failed; the program gets EIO")
+                new = -errno.EIO
+            if new is not None:
+                regs.rax = new & U64
+        pt.setregs(task.tid, regs)
+        self._resume(task.tid)
 
     def _handle(self, tid: int, nr: int, regs: pt.Regs, *, fake_now: bool) -> None:
         handler = self.policy.handlers.get(nr)
         if handler is None:
             self._resume(tid)
             return
-        sc = Syscall(tid, nr, tuple(getattr(regs, r) for r in ARG_REGS))
+        args = tuple(getattr(regs, r) for r in ARG_REGS)
+        sc = Syscall(tid, nr, args, regs.rsp)
         try:
             action = handler(sc, _Mem(tid))
         except Exception:
             # Fail closed: a broken handler must not let the syscall silently run locally.
             log.exception("handler for syscall %d failed; the program gets EIO", nr)
             action = Fake(-errno.EIO)
+        self._apply(tid, regs, action, fake_now=fake_now)
+
+    def _apply(self, tid: int, regs: pt.Regs, action: Action, *, fake_now: bool) -> None:
+        task = self.tasks[tid]
         if isinstance(action, Fake):
             regs.orig_rax = U64  # -1: the kernel skips the syscall
             regs.rax = action.ret & U64
@@ -281,9 +361,58 @@ class Tracer:
             if not fake_now:
                 # At a plain syscall-entry stop the kernel overwrites rax with -ENOSYS;
                 # set the result again at the exit stop.
-                self.tasks[tid].fake_ret = action.ret
-        elif isinstance(action, Allow) and action.set_args:
+                task.exit_fix = _ExitFix({}, fake_ret=action.ret)
+        elif isinstance(action, Allow):
+            restore = {}
             for index, value in action.set_args.items():
-                setattr(regs, ARG_REGS[index], value & U64)
-            pt.setregs(tid, regs)
+                name = ARG_REGS[index]
+                restore[name] = getattr(regs, name)
+                setattr(regs, name, value & U64)
+            if restore:
+                pt.setregs(tid, regs)
+            if restore or action.on_exit is not None:
+                task.exit_fix = _ExitFix(restore, hook=action.on_exit)
+        else:
+            self._defer(tid, regs, action, fake_now)
+            return  # stays stopped until the answer comes
         self._resume(tid)
+
+    # --- deferred syscalls ---------------------------------------------------------------
+
+    def _defer(self, tid: int, regs: pt.Regs, action: Defer, fake_now: bool) -> None:
+        if self.loop is None:
+            log.error("a handler deferred work but the tracer has no event loop; EIO")
+            self._apply(tid, regs, Fake(-errno.EIO), fake_now=fake_now)
+            return
+        fut = asyncio.run_coroutine_threadsafe(_await(action.work()), self.loop)
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            try:
+                result: Any = f.result()
+            except BaseException as exc:  # handed to `then`, which decides
+                result = exc
+            self._answers.append((tid, action, result, regs, fake_now))
+            if self._wakeup is not None:
+                self._wakeup.poke()
+
+        fut.add_done_callback(done)
+
+    def _answer_deferred(self) -> None:
+        while self._answers:
+            tid, action, result, regs, fake_now = self._answers.popleft()
+            if tid not in self.tasks:
+                continue  # killed while it waited
+            try:
+                nxt = action.then(result, _Mem(tid))
+            except Exception:
+                log.exception("deferred handler failed; the program gets EIO")
+                nxt = Fake(-errno.EIO)
+            try:
+                self._apply(tid, regs, nxt, fake_now=fake_now)
+            except pt.PtraceError as exc:
+                if getattr(exc, "errno", None) != errno.ESRCH:
+                    raise
+
+
+async def _await(aw: Awaitable[Any]) -> Any:
+    return await aw

@@ -1,0 +1,68 @@
+"""What a syscall handler sees and what it may answer.
+
+A handler gets a `Syscall` (number, argument registers, stack pointer) and a `Memory`
+of the stopped thread, and returns one of:
+- `Allow(set_args, on_exit)`: run the syscall, with some argument registers changed. If
+  anything changed or `on_exit` is given, the tracer also stops at the syscall's exit,
+  puts the original argument registers back (the program must not see our pointers; and
+  a syscall restarted after a signal is then rewritten afresh on re-entry) and lets
+  `on_exit(ret, mem)` replace the result (return None to keep it).
+- `Fake(ret)`: skip the syscall; the program sees `ret` (-errno for errors).
+- `Defer(work, then)`: the thread stays stopped while `work()` runs on the asyncio loop
+  (an agent round trip); then `then(result, mem)` runs on the tracer thread and returns
+  the action to apply. `result` is the exception instance if `work` raised. Every other
+  traced thread keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+RED_ZONE = 128  # the x86_64 ABI lets leaf code use 128 bytes below rsp without moving it
+
+
+class Memory(Protocol):
+    def read(self, addr: int, size: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Syscall:
+    tid: int
+    nr: int
+    args: tuple[int, int, int, int, int, int]
+    sp: int = 0
+
+    def scratch(self, size: int) -> int:
+        """An address for `size` bytes of scratch below this thread's red zone.
+
+        Below the stopped thread's own stack pointer: no other thread uses it, and the
+        program itself does not until this syscall returns. 16-byte aligned."""
+        return (self.sp - RED_ZONE - size) & ~0xF
+
+
+ExitHook = Callable[[int, Memory], int | None]
+
+
+@dataclass(frozen=True)
+class Allow:
+    set_args: Mapping[int, int] = field(default_factory=dict)
+    on_exit: ExitHook | None = None
+
+
+@dataclass(frozen=True)
+class Fake:
+    ret: int
+
+
+@dataclass(frozen=True)
+class Defer:
+    work: Callable[[], Awaitable[Any]]
+    then: Callable[[Any, Memory], Action]
+
+
+Action = Allow | Fake | Defer
+Handler = Callable[[Syscall, Memory], Action]

@@ -1,0 +1,65 @@
+"""How the tracer thread sleeps: on SIGCHLD (a tracee stopped or exited) or on an
+eventfd (an agent answer for a stopped tracee is ready), whichever comes first.
+
+SIGCHLD is blocked and read through a signalfd. It must be blocked in every thread of
+mirrord, or the kernel may hand it to a thread that discards it (its default action is
+to ignore); `block_sigchld()` is called on the main thread before any other thread
+starts, and threads inherit the mask. A long select timeout is kept as a safety net.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+
+_libc = ctypes.CDLL(None, use_errno=True)
+SFD_NONBLOCK = os.O_NONBLOCK
+SFD_CLOEXEC = os.O_CLOEXEC
+SIGINFO_SIZE = 128
+SAFETY_TIMEOUT_S = 1.0
+
+
+def block_sigchld() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+
+
+class Wakeup:
+    def __init__(self) -> None:
+        block_sigchld()  # at least this thread; see the module docstring for the others
+        mask = ctypes.create_string_buffer(128)  # sigset_t
+        bit = signal.SIGCHLD - 1
+        mask[bit // 8] = bytes([1 << (bit % 8)])
+        fd = _libc.signalfd(-1, mask, SFD_NONBLOCK | SFD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"signalfd: {os.strerror(err)}")
+        self.sigfd: int = fd
+        self.evfd: int = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def wait(self) -> bool:
+        """Sleep until a SIGCHLD or a poke; True if poked (answers are waiting)."""
+        ready, _, _ = select.select([self.sigfd, self.evfd], [], [], SAFETY_TIMEOUT_S)
+        poked = False
+        if self.sigfd in ready:
+            try:
+                while os.read(self.sigfd, SIGINFO_SIZE * 16):
+                    pass
+            except BlockingIOError:
+                pass
+        if self.evfd in ready:
+            try:
+                os.eventfd_read(self.evfd)
+                poked = True
+            except BlockingIOError:
+                pass
+        return poked
+
+    def poke(self) -> None:
+        """Wake the tracer thread (from any thread)."""
+        os.eventfd_write(self.evfd, 1)
+
+    def close(self) -> None:
+        os.close(self.sigfd)
+        os.close(self.evfd)
