@@ -32,9 +32,9 @@ demo: apt-demo venv
 	$(PY) -m mirrord.demo
 
 proto: venv
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto \
-	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
-	  proto/mirrord/v1/agent.proto
+	cd proto && PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(CURDIR)/$(PY) -m grpc_tools.protoc -I. \
+	  --python_out=.. --grpc_python_out=.. --mypy_out=.. --mypy_grpc_out=.. \
+	  mirrord/v1/*.proto
 
 lint: venv
 	$(VENV)/bin/ruff check mirrord tests bench

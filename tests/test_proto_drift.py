@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ["agent_pb2.py", "agent_pb2.pyi", "agent_pb2_grpc.py", "agent_pb2_grpc.pyi"]
+SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
@@ -32,7 +32,12 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
         env=env,
         cwd=ROOT / "proto",
     )
-    for name in GENERATED:
+    fresh_files = sorted(p.name for p in (tmp_path / "mirrord" / "v1").iterdir())
+    committed_files = sorted(
+        p.name for p in (ROOT / "mirrord" / "v1").iterdir() if p.name.endswith(SUFFIXES)
+    )
+    assert fresh_files == committed_files, "generated files differ: run `make proto`"
+    for name in fresh_files:
         fresh = (tmp_path / "mirrord" / "v1" / name).read_text()
         committed = (ROOT / "mirrord" / "v1" / name).read_text()
         assert fresh == committed, f"mirrord/v1/{name} is stale: run `make proto` and commit"
@@ -41,5 +46,5 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
 
 def test_every_proto_has_generated_code() -> None:
     for proto in (ROOT / "proto").rglob("*.proto"):
-        stem = proto.stem
-        assert (ROOT / "mirrord" / "v1" / f"{stem}_pb2.py").exists(), proto
+        for suffix in SUFFIXES:
+            assert (ROOT / "mirrord" / "v1" / f"{proto.stem}{suffix}").exists(), (proto, suffix)

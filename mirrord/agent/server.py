@@ -7,6 +7,7 @@ import logging
 import grpc.aio
 
 from mirrord.agent.auth import TokenAuthInterceptor
+from mirrord.agent.features import FEATURE_SERVICES
 from mirrord.agent.service import AgentService
 from mirrord.agent.session import AgentSession, SessionRegistry
 from mirrord.v1 import agent_pb2_grpc
@@ -70,6 +71,8 @@ class AgentServer:
         self.service = AgentService(self.registry, ping_timeout, self._session_closed)
         self._server = grpc.aio.server(interceptors=[TokenAuthInterceptor(token)])
         agent_pb2_grpc.add_AgentServicer_to_server(self.service, self._server)
+        for register in FEATURE_SERVICES:
+            register(self._server, self.registry)
         self._stopped = asyncio.Event()
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None

@@ -191,22 +191,26 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         )
 
     async def _session_of(self, context: Context) -> AgentSession:
-        """The live session named by the call's mirrord-session metadata."""
-        session_id = None
-        for key, value in context.invocation_metadata() or ():
-            if key == SESSION_HEADER:
-                session_id = value.decode() if isinstance(value, bytes) else value
-        if not session_id:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"missing '{SESSION_HEADER}' metadata naming the session (from HelloReply)",
-            )
-        session = self.registry.get(session_id)
-        if session is None or session.ended.is_set():
-            await _abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"no live session {session_id!r} on this agent (it ended, or never existed)",
-            )
-        return session
+        return await session_of(self.registry, context)
+
+
+async def session_of(registry: SessionRegistry, context: Context) -> AgentSession:
+    """The live session named by the call's mirrord-session metadata."""
+    session_id = None
+    for key, value in context.invocation_metadata() or ():
+        if key == SESSION_HEADER:
+            session_id = value.decode() if isinstance(value, bytes) else value
+    if not session_id:
+        await _abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"missing '{SESSION_HEADER}' metadata naming the session (from HelloReply)",
+        )
+    session = registry.get(session_id)
+    if session is None or session.ended.is_set():
+        await _abort(
+            context,
+            grpc.StatusCode.NOT_FOUND,
+            f"no live session {session_id!r} on this agent (it ended, or never existed)",
+        )
+    return session

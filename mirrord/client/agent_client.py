@@ -180,6 +180,15 @@ class AgentClient:
             raise AgentError(f"the agent answered Hello with {msg.WhichOneof('msg')}")
         return msg.hello
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The agent channel, for feature clients' stubs (files, network…)."""
+        return self._channel
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Token and session metadata every session-scoped call must carry."""
+        return self._metadata()
+
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (
             ("authorization", f"Bearer {self._token}"),

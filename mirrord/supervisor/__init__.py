@@ -14,13 +14,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mirrord.supervisor.handlers import build_policy
+from mirrord.supervisor.handlers import Feature, build_policy
 from mirrord.supervisor.signals import SignalForwarder, exit_like
 from mirrord.supervisor.spawn import PtraceRefused, SpawnError, seccomp_trace_available
 from mirrord.supervisor.tracer import ExitStatus, Tracer
 
 __all__ = [
     "ExitStatus",
+    "Feature",
     "PtraceRefused",
     "SignalForwarder",
     "SpawnError",
@@ -36,6 +37,7 @@ class SupervisorOptions:
     hostname: str | None = None  # uname() nodename to show; None leaves it alone
     # None: use seccomp when the kernel has it. False forces the slow full-stop fallback.
     use_seccomp: bool | None = None
+    features: tuple[Feature, ...] = ()  # files, network…: rules + handlers
 
 
 class SupervisedRun:
@@ -61,7 +63,7 @@ class SupervisedRun:
         except RuntimeError:
             loop = None
         self.tracer = Tracer(
-            build_policy(hostname=options.hostname),
+            build_policy(hostname=options.hostname, features=options.features),
             use_seccomp=use_seccomp,
             on_started=lambda _pid: self.started.set(),
             on_main_stopped=lambda _sig: os.kill(os.getpid(), signal.SIGSTOP),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mirrord.supervisor.actions import Action, Allow, Fake, Handler, Memory, Syscall
@@ -93,7 +94,20 @@ class Policy:
         return {r.nr: r for r in self.rules}
 
 
-def build_policy(*, hostname: str | None) -> Policy:
+@dataclass
+class Feature:
+    """A feature's share of the policy (files, network…): its seccomp rules and handlers.
+
+    Two features may not claim the same syscall; one that needs a syscall another also
+    needs must be written as one handler that dispatches (build_policy refuses overlap).
+    """
+
+    name: str
+    rules: list[Rule]
+    handlers: dict[int, Handler]
+
+
+def build_policy(*, hostname: str | None, features: Sequence[Feature] = ()) -> Policy:
     rules = [
         # io_uring does I/O without syscalls we could see: make programs fall back.
         Rule(NR["io_uring_setup"], Kind.ERRNO, errno=errno.ENOSYS),
@@ -107,4 +121,14 @@ def build_policy(*, hostname: str | None) -> Policy:
     if hostname is not None:
         rules.append(Rule(NR["uname"]))
         handlers[NR["uname"]] = make_uname_handler(hostname)
+    owner = {r.nr: "core" for r in rules}
+    for feature in features:
+        for rule in feature.rules:
+            if rule.nr in owner:
+                raise ValueError(
+                    f"syscall {rule.nr} is claimed by both {owner[rule.nr]} and {feature.name}"
+                )
+            owner[rule.nr] = feature.name
+            rules.append(rule)
+        handlers.update(feature.handlers)
     return Policy(rules=rules, handlers=handlers)
