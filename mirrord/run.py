@@ -20,6 +20,7 @@ from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.errors import AgentError
 from mirrord.config import ConfigError, MirrordConfig
 from mirrord.environment import merge_env
+from mirrord.features import build_features
 from mirrord.supervisor import (
     ExitStatus,
     SignalForwarder,
@@ -106,7 +107,9 @@ async def run_exec(
         remote_env = await client.get_env() if env_on else {}
         env = merge_env(local_env, remote_env, config.feature.env_config if env_on else False)
         hostname = client.hello.hostname if config.feature.hostname_enabled else None
-        run = SupervisedRun(argv, env, SupervisorOptions(hostname=hostname or None))
+        features = await build_features(config, client)
+        options = SupervisorOptions(hostname=hostname or None, features=features)
+        run = SupervisedRun(argv, env, options)
         runs.append(run)
         return await _wait_program(run, client)
     except AgentError as exc:
