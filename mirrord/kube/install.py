@@ -1,0 +1,204 @@
+"""`mirrord agent install|uninstall|status`, and the agent lookup `mirrord exec` does.
+
+Install is idempotent: existing objects are replaced, except the namespace (left as is) and
+the token Secret (kept, so agents already running keep accepting their clients).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import mirrord
+from mirrord.config.models import AgentConfig
+from mirrord.kube import api as k
+from mirrord.kube import manifests as m
+from mirrord.kube.api import KubeApi
+from mirrord.kube.errors import KubeConflict, KubeError, KubeForbidden, KubeNotFound
+from mirrord.kube.targets import is_ready, pod_state
+from mirrord.protocol_version import OURS as PROTOCOL
+from mirrord.protocol_version import PROTOCOL_MAJOR
+
+
+async def _apply(api: KubeApi, obj: dict[str, Any]) -> str:
+    res = k.BY_KIND[obj["kind"]]
+    name = obj["metadata"]["name"]
+    ns = obj["metadata"].get("namespace")
+    label = f"{obj['kind']} {ns + '/' if ns else ''}{name}"
+    try:
+        await api.create(res, obj)
+        return f"created {label}"
+    except KubeConflict:
+        pass
+    if obj["kind"] in ("Namespace", "Secret"):
+        return f"kept {label}"
+    current = await api.get(res, name, ns)
+    version = current["metadata"].get("resourceVersion")
+    obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
+    await api.replace(res, obj)
+    return f"updated {label}"
+
+
+async def read_token(api: KubeApi, ns: str) -> str | None:
+    try:
+        secret = await api.get(k.SECRETS, m.TOKEN_SECRET, ns)
+    except KubeNotFound:
+        return None
+    raw = (secret.get("data") or {}).get(m.TOKEN_KEY)
+    return base64.b64decode(raw).decode() if raw else None
+
+
+async def install(api: KubeApi, agent: AgentConfig, users_group: str = m.USERS_GROUP) -> list[str]:
+    ns = m.agent_namespace(agent)
+    try:
+        await api.create(k.NAMESPACES, m.namespace_manifest(ns))
+        done = [f"created Namespace {ns}"]
+    except KubeConflict:
+        done = [f"kept Namespace {ns}"]
+    token = await read_token(api, ns) or m.new_token()
+    for obj in m.install_manifests(agent, token, users_group)[1:]:
+        done.append(await _apply(api, obj))
+    return done
+
+
+async def uninstall(api: KubeApi, agent: AgentConfig) -> list[str]:
+    ns = m.agent_namespace(agent)
+    done = []
+    # Cluster-scoped objects first: deleting the namespace removes everything in it.
+    for res in (k.CLUSTER_ROLE_BINDINGS, k.CLUSTER_ROLES):
+        if await api.delete(res, m.USER_ROLE):
+            done.append(f"deleted {res.kind} {m.USER_ROLE}")
+    if await api.delete(k.DAEMONSETS, m.AGENT_NAME, ns):
+        done.append(f"deleted DaemonSet {ns}/{m.AGENT_NAME}")
+    if await api.delete(k.NAMESPACES, ns):
+        done.append(f"deleted Namespace {ns} (and everything in it)")
+    return done
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    namespace: str
+    installed: bool
+    version: str | None = None
+    protocol: str | None = None
+    image: str | None = None
+    pods: tuple[dict[str, str], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "installed": self.installed,
+            "version": self.version,
+            "protocol": self.protocol,
+            "image": self.image,
+            "cli_version": mirrord.__version__,
+            "cli_protocol": PROTOCOL,
+            "pods": list(self.pods),
+        }
+
+
+def _agent_pod_info(pod: dict[str, Any]) -> dict[str, str]:
+    return {
+        "name": pod["metadata"]["name"],
+        "node": (pod.get("spec") or {}).get("nodeName") or "",
+        "state": "Ready" if is_ready(pod) else pod_state(pod),
+    }
+
+
+async def status(api: KubeApi, agent: AgentConfig) -> AgentStatus:
+    ns = m.agent_namespace(agent)
+    try:
+        ds = await api.get(k.DAEMONSETS, m.AGENT_NAME, ns)
+    except KubeNotFound:
+        return AgentStatus(ns, False)
+    pods = await api.list(k.PODS, ns, label_selector=_selector())
+    meta = ds["metadata"]
+    containers = ds["spec"]["template"]["spec"].get("containers") or [{}]
+    return AgentStatus(
+        ns,
+        True,
+        version=(meta.get("labels") or {}).get(m.VERSION_LABEL),
+        protocol=(meta.get("annotations") or {}).get(m.PROTOCOL_ANNOTATION),
+        image=containers[0].get("image"),
+        pods=tuple(_agent_pod_info(p) for p in sorted(pods, key=lambda p: p["metadata"]["name"])),
+    )
+
+
+def _selector() -> str:
+    return ",".join(f"{k}={v}" for k, v in m.SELECTOR.items())
+
+
+def skew_message(version: str | None, protocol: str | None, ns: str) -> str | None:
+    """An error if the installed agent cannot talk to this CLI; None if it can."""
+    major = (protocol or "").split(".")[0]
+    if not major.isdigit() or int(major) == PROTOCOL_MAJOR:
+        return None
+    return (
+        f"version skew: the agent installed in namespace {ns} is mirrord {version} (protocol "
+        f"{protocol}), this CLI is mirrord {mirrord.__version__} (protocol {PROTOCOL}), and "
+        f"the two cannot talk. Update the agent with `mirrord agent install` (a cluster "
+        f"admin may have to), or use mirrord {version}"
+    )
+
+
+@dataclass(frozen=True)
+class InstalledAgent:
+    namespace: str
+    token: str
+    version: str | None
+    protocol: str | None
+
+
+async def ensure_agent(api: KubeApi, agent: AgentConfig, say: Any) -> InstalledAgent:
+    """The installed agent and its token; installs it first when missing and RBAC allows."""
+    ns = m.agent_namespace(agent)
+    try:
+        ds = await api.get(k.DAEMONSETS, m.AGENT_NAME, ns)
+    except KubeNotFound:
+        say(f"the mirrord agent is not installed in namespace {ns}; installing it")
+        try:
+            await install(api, agent)
+        except KubeForbidden as exc:
+            raise KubeError(
+                f"the mirrord agent is not installed in namespace {ns}, and you may not "
+                f"install it (you may not {exc.verb} {exc.resource}). A cluster admin must "
+                "run `mirrord agent install` once (see docs/kubernetes.md)"
+            ) from None
+        ds = await api.get(k.DAEMONSETS, m.AGENT_NAME, ns)
+    meta = ds["metadata"]
+    version = (meta.get("labels") or {}).get(m.VERSION_LABEL)
+    protocol = (meta.get("annotations") or {}).get(m.PROTOCOL_ANNOTATION)
+    problem = skew_message(version, protocol, ns)
+    if problem:
+        raise KubeError(problem)
+    if version != mirrord.__version__:
+        say(
+            f"note: the agent in namespace {ns} is mirrord {version}, this CLI is "
+            f"{mirrord.__version__} (same protocol {protocol}: they work together)"
+        )
+    try:
+        token = await read_token(api, ns)
+    except KubeForbidden as exc:
+        raise KubeError(
+            f"{exc}. mirrord reads the agent's token from the Secret {ns}/{m.TOKEN_SECRET}; "
+            f"`mirrord agent install` grants that to the group {m.USERS_GROUP}"
+        ) from None
+    if not token:
+        raise KubeError(
+            f"the agent's token Secret {ns}/{m.TOKEN_SECRET} is missing or empty; run "
+            "`mirrord agent install` again to recreate it"
+        )
+    return InstalledAgent(ns, token, version, protocol)
+
+
+async def find_agent_pod(api: KubeApi, ns: str, node: str | None) -> tuple[str | None, str]:
+    """(name of a ready agent pod on `node` (any node if None), or None; a description of
+    the agent pods seen, for a timeout message)."""
+    field = f"spec.nodeName={node}" if node else None
+    pods = await api.list(k.PODS, ns, label_selector=_selector(), field_selector=field)
+    ready = sorted(p["metadata"]["name"] for p in pods if is_ready(p))
+    if ready:
+        return ready[0], ""
+    seen = "; ".join(f"{p['metadata']['name']}: {pod_state(p)}" for p in pods) or "none yet"
+    return None, seen

@@ -1,0 +1,255 @@
+"""Every object `mirrord agent install` writes, as plain manifests (pure functions).
+
+The agent runs as a DaemonSet in its own namespace. It listens on its pod's loopback only
+(`AGENT_PORT`); the CLI reaches it through the API server's port-forward. Its token lives in
+a Secret of that namespace, given to the agent as an environment variable (never argv) and
+read by the CLI, so only users allowed to read that one Secret can talk to agents.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+import mirrord
+from mirrord.config.models import AgentConfig, AgentImage
+from mirrord.protocol_version import OURS as PROTOCOL
+
+AGENT_NAME = "mirrord-agent"
+DEFAULT_NAMESPACE = "mirrord"
+TOKEN_SECRET = "mirrord-agent-token"
+TOKEN_KEY = "token"
+AGENT_PORT = 47777
+USERS_GROUP = "mirrord:users"
+USER_ROLE = "mirrord-user"
+DEFAULT_IMAGE = "mirrord-agent"
+CAPABILITIES = ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "NET_RAW"]
+VERSION_LABEL = "app.kubernetes.io/version"
+PROTOCOL_ANNOTATION = "mirrord.dev/protocol"
+SELECTOR = {"app.kubernetes.io/name": AGENT_NAME}
+# The agent image's entry point takes these arguments (see agent_image/Dockerfile).
+AGENT_ENTRY = ["python", "-m", "mirrord.agent"]
+
+
+def agent_namespace(agent: AgentConfig) -> str:
+    return agent.namespace or DEFAULT_NAMESPACE
+
+
+def agent_image(agent: AgentConfig) -> str:
+    image = agent.image
+    if isinstance(image, str):
+        return image
+    if isinstance(image, AgentImage):
+        return f"{image.registry or DEFAULT_IMAGE}:{image.tag or mirrord.__version__}"
+    return f"{DEFAULT_IMAGE}:{mirrord.__version__}"
+
+
+def _labels(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        **SELECTOR,
+        "app.kubernetes.io/part-of": "mirrord",
+        VERSION_LABEL: mirrord.__version__,
+        **(extra or {}),
+    }
+
+
+def _meta(name: str, namespace: str | None = None, **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": _labels()}
+    if namespace:
+        meta["namespace"] = namespace
+    meta.update(extra)
+    return meta
+
+
+def namespace_manifest(ns: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns)}
+
+
+def service_account_manifest(ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(AGENT_NAME, ns),
+        # The agent never calls the API server.
+        "automountServiceAccountToken": False,
+    }
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_secret_manifest(ns: str, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(TOKEN_SECRET, ns),
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def _quantities(values: dict[str, int | str] | None) -> dict[str, str]:
+    return {k: str(v) for k, v in (values or {}).items()}
+
+
+def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
+    ns = agent_namespace(agent)
+    if agent.privileged:
+        security: dict[str, Any] = {"privileged": True, "runAsUser": 0}
+    else:
+        # Kubernetes makes added capabilities effective only for uid 0 (no ambient
+        # capabilities), so the agent runs as root with everything else dropped.
+        security = {
+            "runAsUser": 0,
+            "capabilities": {"drop": ["ALL"], "add": list(CAPABILITIES)},
+            "readOnlyRootFilesystem": True,
+        }
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "10m", "memory": "64Mi"},
+        "limits": {"memory": "256Mi"},
+    }
+    if agent.resources is not None:
+        resources = {
+            key: _quantities(getattr(agent.resources, key))
+            for key in ("requests", "limits")
+            if getattr(agent.resources, key)
+        }
+    container: dict[str, Any] = {
+        "name": "agent",
+        "image": agent_image(agent),
+        "imagePullPolicy": agent.image_pull_policy or "IfNotPresent",
+        # The image's ENTRYPOINT is the agent (AGENT_ENTRY); these are its arguments.
+        "args": [
+            "--listen",
+            f"127.0.0.1:{AGENT_PORT}",
+            "--ping-timeout",
+            str(agent.communication_timeout_s),
+            *(["-v"] if (agent.log_level or "").lower() in ("debug", "trace") else []),
+        ],
+        "env": [
+            {
+                "name": "MIRRORD_AGENT_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": TOKEN_KEY}},
+            },
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "securityContext": security,
+        "resources": resources,
+    }
+    pod_labels = _labels(dict(agent.labels or {}))
+    pod_spec: dict[str, Any] = {
+        "hostPID": True,  # the agent finds targets' PIDs in /proc/*/cgroup of the node
+        "serviceAccountName": AGENT_NAME,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 10,
+        "nodeSelector": {"kubernetes.io/os": "linux", **(agent.node_selector or {})},
+        # By default the agent runs on every node, tainted ones included: a target may be
+        # anywhere.
+        "tolerations": [
+            {k: v for k, v in t.model_dump(exclude_none=True).items()} for t in agent.tolerations
+        ]
+        if agent.tolerations is not None
+        else [{"operator": "Exists"}],
+        "containers": [container],
+    }
+    if agent.priority_class:
+        pod_spec["priorityClassName"] = agent.priority_class
+    if agent.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in agent.image_pull_secrets]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": _meta(
+            AGENT_NAME,
+            ns,
+            annotations={PROTOCOL_ANNOTATION: PROTOCOL, **(agent.annotations or {})},
+        ),
+        "spec": {
+            "selector": {"matchLabels": dict(SELECTOR)},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {PROTOCOL_ANNOTATION: PROTOCOL, **(agent.annotations or {})},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+# What a user of mirrord needs: read targets anywhere, and reach the agent.
+TARGET_READ_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]},
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments", "statefulsets", "replicasets"],
+        "verbs": ["get", "list"],
+    },
+    {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["get", "list"]},
+    {"apiGroups": ["argoproj.io"], "resources": ["rollouts"], "verbs": ["get", "list"]},
+]
+AGENT_ACCESS_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create", "get"]},
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": [TOKEN_SECRET],
+        "verbs": ["get"],
+    },
+]
+
+
+def rbac_manifests(ns: str, group: str = USERS_GROUP) -> list[dict[str, Any]]:
+    rbac = "rbac.authorization.k8s.io/v1"
+    subjects = [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]
+    return [
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRole",
+            "metadata": _meta(USER_ROLE),
+            "rules": TARGET_READ_RULES,
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(USER_ROLE),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": USER_ROLE,
+            },
+            "subjects": subjects,
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "Role",
+            "metadata": _meta(USER_ROLE, ns),
+            "rules": AGENT_ACCESS_RULES,
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "RoleBinding",
+            "metadata": _meta(USER_ROLE, ns),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": USER_ROLE},
+            "subjects": subjects,
+        },
+    ]
+
+
+def install_manifests(
+    agent: AgentConfig, token: str, users_group: str = USERS_GROUP
+) -> list[dict[str, Any]]:
+    """Everything `mirrord agent install` writes, in the order it is created."""
+    ns = agent_namespace(agent)
+    return [
+        namespace_manifest(ns),
+        service_account_manifest(ns),
+        token_secret_manifest(ns, token),
+        *rbac_manifests(ns, users_group),
+        daemonset_manifest(agent),
+    ]

@@ -1,0 +1,551 @@
+"""A FAKE Kubernetes API server for tests: real protocol, toy storage.
+
+It speaks the REST API the way kube-apiserver does for what mirrord uses — get, list with
+`labelSelector`/`fieldSelector` and `limit`/`continue` pagination, create (409
+AlreadyExists), update (409 on a stale resourceVersion), delete (namespaces cascade),
+Status bodies for errors, bearer-token authentication (401) and per-verb RBAC denials
+(403) — and the websocket port-forward subprotocol `v4.channel.k8s.io`: channel byte
+prefix, data channel 2i and error channel 2i+1 per port, each opened by the port number
+(uint16 little endian), errors written as text on the error channel.
+
+It is not a cluster: objects are dicts, nothing is scheduled. Behaviour that needs
+something real (pods backed by processes, the DaemonSet's agent pods, connecting to a pod's
+port) is delegated to hooks, which `fake_cluster.py` provides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import datetime
+import json
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import WSMsgType, web
+
+PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    group_version: str  # "v1", "apps/v1", ...
+    plural: str
+    namespaced: bool = True
+
+
+KINDS = [
+    Kind("Pod", "v1", "pods"),
+    Kind("Service", "v1", "services"),
+    Kind("Secret", "v1", "secrets"),
+    Kind("ServiceAccount", "v1", "serviceaccounts"),
+    Kind("Namespace", "v1", "namespaces", namespaced=False),
+    Kind("Node", "v1", "nodes", namespaced=False),
+    Kind("Deployment", "apps/v1", "deployments"),
+    Kind("StatefulSet", "apps/v1", "statefulsets"),
+    Kind("ReplicaSet", "apps/v1", "replicasets"),
+    Kind("DaemonSet", "apps/v1", "daemonsets"),
+    Kind("Job", "batch/v1", "jobs"),
+    Kind("CronJob", "batch/v1", "cronjobs"),
+    Kind("ClusterRole", "rbac.authorization.k8s.io/v1", "clusterroles", namespaced=False),
+    Kind(
+        "ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "clusterrolebindings",
+        namespaced=False,
+    ),
+    Kind("Role", "rbac.authorization.k8s.io/v1", "roles"),
+    Kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings"),
+]  # fmt: skip
+ROLLOUT = Kind("Rollout", "argoproj.io/v1alpha1", "rollouts")
+
+
+def status_body(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details,
+        "code": code,
+    }
+
+
+def _error(code: int, reason: str, message: str, **details: Any) -> web.Response:
+    return web.json_response(status_body(code, reason, message, **details), status=code)
+
+
+# -- selectors (the label selector grammar of k8s.io/apimachinery/pkg/labels)
+
+
+def _split_requirements(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch == "("
+        depth -= ch == ")"
+        cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    return parts
+
+
+def label_matcher(selector: str) -> Callable[[dict[str, str]], bool]:
+    checks: list[Callable[[dict[str, str]], bool]] = []
+    for req in _split_requirements(selector):
+        words = req.split(None, 1)
+        if len(words) == 2 and words[1].startswith(("in ", "in(", "notin ", "notin(")):
+            key, rest = words[0], words[1]
+            negate = rest.startswith("notin")
+            values = {v.strip() for v in rest[rest.index("(") + 1 : rest.rindex(")")].split(",")}
+
+            def f(
+                lb: dict[str, str], k: str = key, vs: set[str] = values, n: bool = negate
+            ) -> bool:
+                return (lb.get(k) not in vs) if n else (lb.get(k) in vs)
+
+            checks.append(f)
+        elif "!=" in req:
+            k, v = (s.strip() for s in req.split("!=", 1))
+            checks.append(lambda lb, k=k, v=v: lb.get(k) != v)
+        elif "=" in req:
+            k, v = (s.strip() for s in req.replace("==", "=").split("=", 1))
+            checks.append(lambda lb, k=k, v=v: lb.get(k) == v)
+        elif req.startswith("!"):
+            negated = req[1:].strip()
+            checks.append(lambda lb, k=negated: k not in lb)
+        else:
+            checks.append(lambda lb, k=req: k in lb)
+    return lambda labels: all(c(labels) for c in checks)
+
+
+FIELDS = {
+    "metadata.name": lambda o: o["metadata"].get("name"),
+    "metadata.namespace": lambda o: o["metadata"].get("namespace"),
+    "spec.nodeName": lambda o: (o.get("spec") or {}).get("nodeName"),
+    "status.phase": lambda o: (o.get("status") or {}).get("phase"),
+}
+
+
+def field_matcher(selector: str) -> Callable[[dict[str, Any]], bool] | str:
+    """A predicate, or an error message for an unsupported field (as the API server says)."""
+    checks = []
+    for req in _split_requirements(selector):
+        neg = "!=" in req
+        k, v = (s.strip() for s in req.replace("!=", "=").replace("==", "=").split("=", 1))
+        if k not in FIELDS:
+            return f"field label not supported: {k}"
+        checks.append((FIELDS[k], v, neg))
+    return lambda o: all((get(o) != v) if neg else (get(o) == v) for get, v, neg in checks)
+
+
+PortConnector = Callable[
+    [str, str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+]
+Hook = Callable[[str, dict[str, Any]], None]  # (event, object); runs on the server's thread
+
+
+class FakeApiServer:
+    """Run with `with FakeApiServer() as api:`; `api.url`, `api.write_kubeconfig(path)`."""
+
+    def __init__(self, token: str = "fake-user-token", user: str = "dev") -> None:
+        self.token = token
+        self.user = user
+        self.kinds: dict[tuple[str, str], Kind] = {(k.group_version, k.plural): k for k in KINDS}
+        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, ns, name)
+        self._lock = threading.RLock()
+        self._rv = 1000
+        self.forbidden: set[tuple[str, str]] = set()  # (verb, resource) → 403
+        self.requests: list[tuple[str, str]] = []  # (method, path?query), for assertions
+        self.hooks: list[Hook] = []
+        self.connect_pod_port: PortConnector | None = None
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle (the server runs on its own thread and event loop)
+
+    def start(self) -> FakeApiServer:
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start_app())
+            except BaseException as exc:
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._stop_app())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-apiserver", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+        return self
+
+    async def _start_app(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def _stop_app(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> FakeApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def write_kubeconfig(
+        self, path: Path, *, namespace: str = "default", token: str | None = None
+    ) -> Path:
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": self.user, "user": {"token": token or self.token}}],
+            "contexts": [
+                {"name": "fake", "context": {"cluster": "fake", "user": self.user,
+                                             "namespace": namespace}},
+                {"name": "other", "context": {"cluster": "fake", "user": self.user}},
+            ],
+            "current-context": "fake",
+        }  # fmt: skip
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    # -- direct store access (tests and the fake cluster)
+
+    def serve_rollouts(self) -> None:
+        """Like installing the Argo Rollouts CRD."""
+        self.kinds[(ROLLOUT.group_version, ROLLOUT.plural)] = ROLLOUT
+
+    def _kind_of(self, kind: str) -> Kind:
+        return next(k for k in self.kinds.values() if k.kind == kind)
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or overwrite an object as is (plus server-set metadata)."""
+        k = self._kind_of(obj["kind"])
+        obj = copy.deepcopy(obj)
+        obj.setdefault("apiVersion", k.group_version)
+        meta = obj.setdefault("metadata", {})
+        ns = meta.get("namespace", "default") if k.namespaced else ""
+        if k.namespaced:
+            meta["namespace"] = ns
+        with self._lock:
+            self._stamp(meta)
+            self._objects[(k.plural, ns, meta["name"])] = obj
+        return obj
+
+    def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        k = self._kind_of(kind)
+        with self._lock:
+            obj = self._objects.get((k.plural, namespace if k.namespaced else "", name))
+            return copy.deepcopy(obj) if obj else None
+
+    def update_status(self, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
+        k = self._kind_of(kind)
+        with self._lock:
+            obj = self._objects.get((k.plural, namespace, name))
+            if obj is not None:
+                obj["status"] = status
+                self._stamp(obj["metadata"], new=False)
+
+    def objects(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        k = self._kind_of(kind)
+        with self._lock:
+            return [
+                copy.deepcopy(o)
+                for (plural, ns, _), o in self._objects.items()
+                if plural == k.plural and (namespace is None or ns == namespace)
+            ]
+
+    def remove(self, kind: str, name: str, namespace: str = "default") -> None:
+        k = self._kind_of(kind)
+        with self._lock:
+            obj = self._objects.pop((k.plural, namespace if k.namespaced else "", name), None)
+        if obj is not None:
+            self._fire("deleted", obj)
+
+    def _stamp(self, meta: dict[str, Any], new: bool = True) -> None:
+        self._rv += 1
+        meta["resourceVersion"] = str(self._rv)
+        if new:
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault(
+                "creationTimestamp",
+                datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+
+    def _fire(self, event: str, obj: dict[str, Any]) -> None:
+        for hook in list(self.hooks):
+            hook(event, copy.deepcopy(obj))
+
+    # -- HTTP
+
+    def _parse(self, path: str) -> tuple[Kind, str, str | None, str | None] | str:
+        """(kind, namespace, name, subresource) or an error message."""
+        seg = [s for s in path.split("/") if s]
+        if seg[:2] == ["api", "v1"]:
+            gv, rest = "v1", seg[2:]
+        elif len(seg) >= 3 and seg[0] == "apis":
+            gv, rest = f"{seg[1]}/{seg[2]}", seg[3:]
+        else:
+            return "the server could not find the requested resource"
+        ns = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if not rest:
+            return "the server could not find the requested resource"
+        kind = self.kinds.get((gv, rest[0]))
+        if kind is None or (kind.namespaced != bool(ns) and not (not ns and len(rest) == 1)):
+            return "the server could not find the requested resource"
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        return kind, ns, name, sub
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.method, request.path_qs))
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return _error(401, "Unauthorized", "Unauthorized")
+        parsed = self._parse(request.path)
+        if isinstance(parsed, str):
+            return _error(404, "NotFound", parsed)
+        kind, ns, name, sub = parsed
+        group = kind.group_version.rpartition("/")[0]
+        verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update",
+                "DELETE": "delete", "PATCH": "patch"}.get(request.method, "?")  # fmt: skip
+        resource = kind.plural + (f"/{sub}" if sub else "")
+        if sub == "portforward":
+            verb = "create"  # what RBAC checks for the websocket upgrade (GET)
+        if (verb, resource) in self.forbidden:
+            where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+            return _error(
+                403, "Forbidden",
+                f'{resource} is forbidden: User "{self.user}" cannot {verb} resource '
+                f'"{resource}" in API group "{group}"{where}',
+                kind=kind.plural, name=name or "",
+            )  # fmt: skip
+        if sub == "portforward" and kind.plural == "pods" and name:
+            return await self._portforward(request, ns, name)
+        if sub is not None:
+            return _error(404, "NotFound", "the server could not find the requested resource")
+        if request.method == "GET" and name:
+            return self._get(kind, ns, name)
+        if request.method == "GET":
+            return self._list(kind, ns, request.query)
+        if request.method == "POST" and not name:
+            return self._create(kind, ns, await request.json())
+        if request.method == "PUT" and name:
+            return self._update(kind, ns, name, await request.json())
+        if request.method == "DELETE" and name:
+            return self._delete(kind, ns, name)
+        return _error(405, "MethodNotAllowed", f"{request.method} is not supported here")
+
+    def _not_found(self, kind: Kind, name: str) -> web.Response:
+        group = kind.group_version.rpartition("/")[0]
+        res = f"{kind.plural}.{group}" if group else kind.plural
+        return _error(404, "NotFound", f'{res} "{name}" not found', name=name, group=group,
+                      kind=kind.plural)  # fmt: skip
+
+    def _get(self, kind: Kind, ns: str, name: str) -> web.Response:
+        with self._lock:
+            obj = self._objects.get((kind.plural, ns, name))
+            if obj is None:
+                return self._not_found(kind, name)
+            return web.json_response(obj)
+
+    def _list(self, kind: Kind, ns: str, query: Any) -> web.Response:
+        labels = label_matcher(query.get("labelSelector", ""))
+        fields = field_matcher(query.get("fieldSelector", ""))
+        if isinstance(fields, str):
+            return _error(400, "BadRequest", fields)
+        limit = int(query.get("limit", "0") or 0)
+        start_after: tuple[str, ...] = ()
+        if query.get("continue"):
+            try:
+                token = json.loads(base64.urlsafe_b64decode(query["continue"]))
+                start_after = tuple(token["start"])
+            except (ValueError, KeyError):
+                return _error(400, "BadRequest", "continue key is not valid")
+        with self._lock:
+            keys = sorted(
+                (n, nm) for (p, n, nm) in self._objects if p == kind.plural and (not ns or n == ns)
+            )
+            matching = []
+            for key in keys:
+                if key <= start_after:
+                    continue
+                obj = self._objects[(kind.plural, *key)]
+                if labels(obj["metadata"].get("labels") or {}) and fields(obj):
+                    matching.append(obj)
+            page = matching[:limit] if limit else matching
+            meta: dict[str, Any] = {"resourceVersion": str(self._rv)}
+            if limit and len(matching) > limit:
+                last = page[-1]["metadata"]
+                start = [last.get("namespace", ""), last["name"]]
+                meta["continue"] = base64.urlsafe_b64encode(
+                    json.dumps({"rv": self._rv, "start": start}).encode()
+                ).decode()
+                meta["remainingItemCount"] = len(matching) - limit
+            body = {"kind": f"{kind.kind}List", "apiVersion": kind.group_version,
+                    "metadata": meta, "items": page}  # fmt: skip
+            text = json.dumps(body)
+        return web.Response(text=text, content_type="application/json")
+
+    def _create(self, kind: Kind, ns: str, obj: dict[str, Any]) -> web.Response:
+        meta = obj.setdefault("metadata", {})
+        name = meta.get("name")
+        if not name:
+            return _error(422, "Invalid", f"{kind.kind} is invalid: metadata.name: Required value")
+        with self._lock:
+            if ns and ("namespaces", "", ns) not in self._objects:
+                return _error(404, "NotFound", f'namespaces "{ns}" not found', name=ns,
+                              kind="namespaces")  # fmt: skip
+            if (kind.plural, ns, name) in self._objects:
+                return _error(409, "AlreadyExists",
+                              f'{kind.plural} "{name}" already exists', name=name,
+                              kind=kind.plural)  # fmt: skip
+            if ns:
+                meta["namespace"] = ns
+            obj.setdefault("apiVersion", kind.group_version)
+            obj.setdefault("kind", kind.kind)
+            self._stamp(meta)
+            self._objects[(kind.plural, ns, name)] = obj
+            stored = copy.deepcopy(obj)
+        self._fire("created", stored)
+        return web.json_response(stored, status=201)
+
+    def _update(self, kind: Kind, ns: str, name: str, obj: dict[str, Any]) -> web.Response:
+        with self._lock:
+            current = self._objects.get((kind.plural, ns, name))
+            if current is None:
+                return self._not_found(kind, name)
+            rv = obj.get("metadata", {}).get("resourceVersion")
+            if rv and rv != current["metadata"]["resourceVersion"]:
+                return _error(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural} '
+                              f'"{name}": the object has been modified', name=name)  # fmt: skip
+            meta = obj.setdefault("metadata", {})
+            for key in ("uid", "creationTimestamp"):
+                meta[key] = current["metadata"].get(key)
+            if ns:
+                meta["namespace"] = ns
+            obj.setdefault("status", current.get("status"))
+            self._stamp(meta, new=False)
+            self._objects[(kind.plural, ns, name)] = obj
+            stored = copy.deepcopy(obj)
+        self._fire("updated", stored)
+        return web.json_response(stored)
+
+    def _delete(self, kind: Kind, ns: str, name: str) -> web.Response:
+        with self._lock:
+            obj = self._objects.pop((kind.plural, ns, name), None)
+            if obj is None:
+                return self._not_found(kind, name)
+            gone = [obj]
+            if kind.plural == "namespaces":  # cascade (a real one is Terminating for a while)
+                for key in [k for k in self._objects if k[1] == name]:
+                    gone.append(self._objects.pop(key))
+        for o in gone:
+            self._fire("deleted", o)
+        return web.json_response(obj)
+
+    # -- port-forward (websocket, v4.channel.k8s.io)
+
+    async def _portforward(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
+        with self._lock:
+            pod = copy.deepcopy(self._objects.get(("pods", ns, name)))
+        if pod is None:
+            return self._not_found(self.kinds[("v1", "pods")], name)
+        ports: list[int] = []
+        for value in request.query.getall("ports", []):
+            for p in value.split(","):
+                if not p.isdigit() or not 0 < int(p) < 65536:
+                    return _error(400, "BadRequest", f'unable to parse "{value}" as a port')
+                ports.append(int(p))
+        if not ports:
+            return _error(400, "BadRequest", 'query parameter "ports" is required')
+        if (pod.get("status") or {}).get("phase") != "Running":
+            return _error(400, "BadRequest", f"pod {name} is not running")
+        ws = web.WebSocketResponse(protocols=(PORTFORWARD_PROTOCOL,))
+        if not ws.can_prepare(request).ok:
+            return _error(400, "BadRequest", "port-forward needs a websocket upgrade")
+        await ws.prepare(request)
+        writers: dict[int, asyncio.StreamWriter] = {}
+        pumps: list[asyncio.Task[None]] = []
+        for i, port in enumerate(ports):
+            header = port.to_bytes(2, "little")
+            await ws.send_bytes(bytes([2 * i]) + header)
+            await ws.send_bytes(bytes([2 * i + 1]) + header)
+            try:
+                assert self.connect_pod_port is not None, "no pod port connector"
+                reader, writer = await self.connect_pod_port(ns, name, port)
+            except (OSError, AssertionError) as exc:
+                uid = pod["metadata"].get("uid")
+                await ws.send_bytes(bytes([2 * i + 1]) + (
+                    f"error forwarding port {port} to pod {name}, uid {uid}: {exc}"
+                ).encode())  # fmt: skip
+                continue
+            writers[2 * i] = writer
+            pumps.append(asyncio.ensure_future(self._pod_to_ws(reader, ws, 2 * i)))
+        try:
+            if writers:
+                reading = asyncio.ensure_future(self._ws_to_pods(ws, writers))
+                await asyncio.wait([reading, *pumps], return_when=asyncio.FIRST_COMPLETED)
+                reading.cancel()
+        finally:
+            for t in pumps:
+                t.cancel()
+            for w in writers.values():
+                w.close()
+            await ws.close()
+        return ws
+
+    async def _pod_to_ws(
+        self, reader: asyncio.StreamReader, ws: web.WebSocketResponse, channel: int
+    ) -> None:
+        while data := await reader.read(65536):
+            await ws.send_bytes(bytes([channel]) + data)
+
+    async def _ws_to_pods(
+        self, ws: web.WebSocketResponse, writers: dict[int, asyncio.StreamWriter]
+    ) -> None:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY and msg.data:
+                writer = writers.get(msg.data[0])
+                if writer is not None and len(msg.data) > 1:
+                    writer.write(msg.data[1:])
+                    await writer.drain()
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                return

@@ -1,0 +1,240 @@
+"""A FAKE one-node cluster for tests: the fake API server plus a fake "kubelet".
+
+- Target pods are real test pods (network namespaces, mirrord.testpod) whose main process
+  sits in a real cgroup v2 `cri-containerd-<id>.scope`; the Pod object's status carries
+  `containerd://<id>`, so the agent maps it to the PID exactly as on a node.
+- Creating the agent DaemonSet starts one agent pod on the node: a test pod running the
+  command of the image (ENTRYPOINT parsed from agent_image/Dockerfile, `python` being this
+  venv's interpreter) with the DaemonSet's args and env (the token from its Secret). It sees
+  the host's /proc, like a `hostPID: true` pod, and listens on its own loopback.
+- Port-forward connects to 127.0.0.1:PORT inside the pod's network namespace, as the
+  kubelet does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from dockerfile_parse import DockerfileParser
+
+from mirrord.testpod import Network, Pod
+from tests.kube.fake_apiserver import FakeApiServer
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "agent_image" / "Dockerfile"
+NODE = "node-1"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def image_entrypoint() -> list[str]:
+    """The image's ENTRYPOINT (exec form), with `python` mapped to this venv's interpreter."""
+    parser = DockerfileParser(path=str(DOCKERFILE))
+    entry = [i["value"] for i in parser.structure if i["instruction"] == "ENTRYPOINT"][-1]
+    argv = list(json.loads(entry))
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+def connect_in_netns(netns: str, host: str, port: int) -> socket.socket:
+    """A TCP connection made from inside a network namespace (the socket keeps it)."""
+    result: list[socket.socket | BaseException] = []
+
+    def work() -> None:  # a throwaway thread: setns changes only the calling thread
+        try:
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            sock = socket.create_connection((host, port), timeout=5)
+            sock.setblocking(False)
+            result.append(sock)
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _ready_status(pod: Pod, containers: list[str], ids: dict[str, str]) -> dict[str, Any]:
+    return {
+        "phase": "Running",
+        "podIP": pod.address,
+        "hostIP": pod.network.host_address,
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [
+            {"name": c, "ready": True, "containerID": f"containerd://{ids[c]}",
+             "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}
+            for c in containers
+        ],
+    }  # fmt: skip
+
+
+class FakeCluster:
+    def __init__(self, api: FakeApiServer, network: Network) -> None:
+        self.api = api
+        self.network = network
+        self.backing: dict[tuple[str, str], Pod] = {}  # (namespace, pod name) → test pod
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        api.connect_pod_port = self._connect_pod_port
+        api.hooks.append(self._on_event)
+        api.put({"kind": "Node", "metadata": {"name": NODE}})
+        for ns in ("default",):
+            api.put({"kind": "Namespace", "metadata": {"name": ns}})
+
+    # -- target pods
+
+    def namespace(self, name: str) -> None:
+        self.api.put({"kind": "Namespace", "metadata": {"name": name}})
+
+    def add_pod(
+        self,
+        name: str,
+        namespace: str = "default",
+        *,
+        labels: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        containers: list[str] | None = None,
+        owner: dict[str, str] | None = None,
+        ready: bool = True,
+        backed: bool = True,
+    ) -> Pod | None:
+        """A running pod; its first container is a real process (unless backed=False)."""
+        containers = containers or ["app"]
+        ids = {c: secrets.token_hex(32) for c in containers}
+        pod = None
+        if backed:
+            pod = self.network.add_pod(name, env=env or {}, container_id=ids[containers[0]])
+            self.backing[(namespace, name)] = pod
+        meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels or {}}
+        if owner:
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "controller": True,
+                                        "uid": "x", **owner}]  # fmt: skip
+        spec = {
+            "nodeName": NODE,
+            "containers": [
+                {"name": c, "image": "example/app",
+                 "env": [{"name": k, "value": v} for k, v in (env or {}).items()]}
+                for c in containers
+            ],
+        }  # fmt: skip
+        status: dict[str, Any]
+        if pod is not None:
+            status = _ready_status(pod, containers, ids)
+        else:
+            status = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                      "containerStatuses": [
+                          {"name": c, "ready": True, "containerID": f"containerd://{ids[c]}",
+                           "state": {"running": {}}} for c in containers]}  # fmt: skip
+        if not ready:
+            status["conditions"] = [{"type": "Ready", "status": "False"}]
+            status["containerStatuses"][0]["state"] = {"waiting": {"reason": "CrashLoopBackOff"}}
+        self.api.put({"kind": "Pod", "metadata": meta, "spec": spec, "status": status})
+        return pod
+
+    # -- the kubelet side
+
+    async def _connect_pod_port(
+        self, namespace: str, name: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        pod = self.backing.get((namespace, name))
+        if pod is None or pod.closed:
+            raise OSError(f"pod {name} has no running sandbox")
+        sock = await asyncio.get_running_loop().run_in_executor(
+            None, connect_in_netns, pod.netns, "127.0.0.1", port
+        )
+        return await asyncio.open_connection(sock=sock)
+
+    def _on_event(self, event: str, obj: dict[str, Any]) -> None:
+        kind, meta = obj.get("kind"), obj["metadata"]
+        if kind == "DaemonSet" and event in ("created", "updated"):
+            self._start_thread(self._run_daemon_pod, obj)
+        elif kind == "DaemonSet" and event == "deleted":
+            self._stop_daemon_pods(meta["namespace"], meta["name"])
+        elif kind == "Pod" and event == "deleted":
+            pod = self.backing.pop((meta["namespace"], meta["name"]), None)
+            if pod is not None:
+                self._start_thread(lambda _o: pod.close(), obj)
+
+    def _start_thread(self, fn: Any, obj: dict[str, Any]) -> None:
+        t = threading.Thread(target=fn, args=(obj,), daemon=True)
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+
+    def _stop_daemon_pods(self, namespace: str, ds_name: str) -> None:
+        for pod in self.api.objects("Pod", namespace):
+            if pod["metadata"].get("labels", {}).get("fake/daemonset") == ds_name:
+                self.api.remove("Pod", pod["metadata"]["name"], namespace)
+
+    def _resolve_env(self, namespace: str, env: list[dict[str, Any]]) -> dict[str, str]:
+        out = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+        for item in env:
+            if "value" in item:
+                out[item["name"]] = item["value"]
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                secret = self.api.get("Secret", ref["name"], namespace) or {}
+                raw = (secret.get("data") or {}).get(ref["key"], "")
+                out[item["name"]] = base64.b64decode(raw).decode()
+        return out
+
+    def _run_daemon_pod(self, ds: dict[str, Any]) -> None:
+        ns, ds_name = ds["metadata"]["namespace"], ds["metadata"]["name"]
+        self._stop_daemon_pods(ns, ds_name)  # a rolling update, all at once
+        template = ds["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        name = f"{ds_name}-{secrets.token_hex(3)}"
+        labels = {**template["metadata"].get("labels", {}), "fake/daemonset": ds_name}
+        meta = {"name": name, "namespace": ns, "labels": labels}
+        spec = {**template["spec"], "nodeName": NODE}
+        self.api.put({"kind": "Pod", "metadata": meta, "spec": spec,
+                      "status": {"phase": "Pending", "containerStatuses": [
+                          {"name": container["name"], "ready": False,
+                           "state": {"waiting": {"reason": "ContainerCreating"}}}]}})  # fmt: skip
+        argv = [*image_entrypoint(), *container.get("args", [])]
+        listen = argv[argv.index("--listen") + 1] if "--listen" in argv else "127.0.0.1:0"
+        cid = secrets.token_hex(32)
+        try:
+            pod = self.network.add_pod(
+                name,
+                argv=argv,
+                env=self._resolve_env(ns, container.get("env", [])),
+                wait_port=int(listen.rsplit(":", 1)[1]),
+                container_id=cid,
+            )
+        except Exception as exc:
+            self.api.update_status("Pod", name, ns, {"phase": "Failed", "message": str(exc)})
+            return
+        if self.api.get("Pod", name, ns) is None:  # deleted while starting
+            pod.close()
+            return
+        self.backing[(ns, name)] = pod
+        status = _ready_status(pod, [container["name"]], {container["name"]: cid})
+        self.api.update_status("Pod", name, ns, status)
+
+    def close(self) -> None:
+        for t in list(self._threads):
+            t.join(15)
+        for pod in list(self.backing.values()):
+            pod.close()
+        self.backing.clear()
