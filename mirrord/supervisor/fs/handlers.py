@@ -1,0 +1,657 @@
+"""Syscall handlers for files: decide local/remote by the rules, and for remote paths
+either answer from the agent (stat, access, readlink, mkdir…) or materialise the file in
+the cache and rewrite the path argument to the copy (open, chdir), so the kernel does
+the rest at native speed.
+
+Path arguments are rewritten into a scratch buffer below the stopped thread's stack
+(Syscall.scratch); Allow's machinery restores the original registers at the exit stop.
+Results written into the program's buffers (struct stat, readlink text) are written
+only when the call is faked, i.e. the kernel does not run it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Handler, Memory, Syscall
+from mirrord.supervisor.fs.cache import Cache, sweep_stale
+from mirrord.supervisor.fs.paths import AT_FDCWD, Named, absolute, as_int
+from mirrord.supervisor.fs.remote import PathOp, RemoteFs
+from mirrord.supervisor.fs.rules import O_WRITE_INTENT, Access, FsRules
+from mirrord.supervisor.fs.structs import RemoteStat, pack_stat, pack_statx
+from mirrord.supervisor.handlers import Feature
+from mirrord.supervisor.seccomp import Rule
+from mirrord.supervisor.syscalls import NR
+
+log = logging.getLogger("mirrord.fs")
+
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+AT_EMPTY_PATH = 0x1000
+O_TMPFILE = 0o20000000 | os.O_DIRECTORY
+REMOTE_OPEN_FLAGS = (
+    os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_DIRECTORY | os.O_NOFOLLOW
+)
+# Links in /proc whose text may name a cache path: shown as the remote path instead.
+_PROC_LINK = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(fd/\d+|cwd)$")
+
+READ_SYSCALLS = [
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "stat",
+    "lstat",
+    "newfstatat",
+    "statx",
+    "fstat",
+    "access",
+    "faccessat",
+    "faccessat2",
+    "readlink",
+    "readlinkat",
+    "chdir",
+    "getcwd",
+    "getxattr",
+    "lgetxattr",
+    "listxattr",
+    "llistxattr",
+]
+WRITE_SYSCALLS = [
+    "close",
+    "fsync",
+    "fdatasync",
+    "unlink",
+    "unlinkat",
+    "rmdir",
+    "mkdir",
+    "mkdirat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "truncate",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+]
+
+
+def _umask(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _failed(result: Any) -> Action | None:
+    if isinstance(result, BaseException):
+        log.error("remote file call failed: %s", result)
+        return Fake(-errno.EIO)
+    return None
+
+
+@dataclass
+class FsFeature:
+    rules: FsRules
+    remote: RemoteFs
+    cache: Cache
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _name(self, sc: Syscall, mem: Memory, dirfd: int, ptr: int) -> tuple[str, Named] | None:
+        """(raw path, absolute path) or None when the call stays local untouched."""
+        try:
+            raw = os.fsdecode(mem.read_cstring(ptr))
+        except OSError:
+            return None  # a bad pointer: the kernel answers EFAULT itself
+        if not raw or self.cache.owns(raw):
+            return None
+        named = absolute(sc.tid, dirfd, raw, self.cache.from_cache)
+        if named is None:
+            return None
+        return raw, named
+
+    def _access(self, named: Named, flags: int | None = None) -> tuple[str, Access]:
+        path = self.rules.map_path(named.path)
+        access = self.rules.decide(path) if flags is None else self.rules.for_open(path, flags)
+        if named.in_remote_dir and access is Access.LOCAL:
+            access = Access.READ_WRITE if self.rules.mode == "write" else Access.READ_ONLY
+        return path, access
+
+    def _fd_remote(self, tid: int, fd: int) -> tuple[str, str] | None:
+        """(cache path, remote path) when fd is a materialised remote file or dir."""
+        try:
+            link = os.readlink(f"/proc/{tid}/fd/{fd}" if fd != AT_FDCWD else f"/proc/{tid}/cwd")
+        except OSError:
+            return None
+        remote = self.cache.from_cache(link)
+        return (link, remote) if remote is not None else None
+
+    @staticmethod
+    def _scratch(sc: Syscall, mem: Memory, *blobs: bytes) -> list[int]:
+        sizes = [(len(b) + 15) & ~15 for b in blobs]
+        base = sc.scratch(sum(sizes))
+        addrs, off = [], base
+        for blob, size in zip(blobs, sizes, strict=True):
+            mem.write(off, blob)
+            addrs.append(off)
+            off += size
+        return addrs
+
+    def _stat_answer(
+        self,
+        mem: Memory,
+        remote_path: str,
+        cache_path: str | None,
+        follow: bool,
+        write: Callable[[Memory, RemoteStat], Action],
+    ) -> Action:
+        """Write the remote stat with `write(mem, stat)`: at once from what the cache
+        knows of an open file, else after asking the agent."""
+        if cache_path is not None:
+            st = self.cache.stat_of(cache_path)
+            if st is not None:
+                return write(mem, st)
+        return Defer(
+            lambda: self.remote.stat(remote_path, follow),
+            lambda r, mem: _failed(r) or (Fake(-r[0]) if r[0] else write(mem, r[1])),
+        )
+
+    # --- open family --------------------------------------------------------------------------
+
+    def _open(
+        self,
+        sc: Syscall,
+        mem: Memory,
+        dirfd: int,
+        path_arg: int,
+        flags: int,
+        mode: int,
+        flags_arg: int | None,
+        how: bytes | None = None,
+    ) -> Action:
+        got = self._name(sc, mem, dirfd, sc.args[path_arg])
+        if got is None:
+            return Allow()
+        path, access = self._access(got[1], flags)
+        if access is Access.LOCAL:
+            return Allow()
+        if access is Access.NOT_FOUND:
+            return Fake(-errno.ENOENT)
+        if flags & O_TMPFILE == O_TMPFILE:
+            return Fake(-errno.EOPNOTSUPP)
+        writing = bool(flags & O_WRITE_INTENT)
+        if flags & os.O_CREAT:
+            mode = mode & ~_umask(sc.tid) & 0o7777
+
+        async def work() -> tuple[int, str]:
+            return await self.cache.materialise(
+                self.remote, path, flags & REMOTE_OPEN_FLAGS, mode, writable=writing
+            )
+
+        def then(result: Any, m: Memory) -> Action:
+            failed = _failed(result)
+            if failed is not None:
+                return failed
+            err, cache_path = result
+            if err:
+                return Fake(-err)
+            # The remote side created/truncated it; locally the copy exists already.
+            local_flags = flags & ~(os.O_CREAT | os.O_EXCL)
+            blob = os.fsencode(cache_path) + b"\0"
+            if how is not None:
+                new_how = struct.pack("<Q", local_flags) + how[8:]
+                p, h = self._scratch(sc, m, blob, new_how)
+                return Allow(set_args={path_arg: p, 2: h})
+            (p,) = self._scratch(sc, m, blob)
+            args = {path_arg: p}
+            if flags_arg is not None:
+                args[flags_arg] = local_flags
+            return Allow(set_args=args)
+
+        return Defer(work, then)
+
+    def open(self, sc: Syscall, mem: Memory) -> Action:
+        return self._open(sc, mem, AT_FDCWD, 0, sc.args[1], sc.args[2], 1)
+
+    def creat(self, sc: Syscall, mem: Memory) -> Action:
+        flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+        return self._open(sc, mem, AT_FDCWD, 0, flags, sc.args[1], None)
+
+    def openat(self, sc: Syscall, mem: Memory) -> Action:
+        return self._open(sc, mem, as_int(sc.args[0]), 1, sc.args[2], sc.args[3], 2)
+
+    def openat2(self, sc: Syscall, mem: Memory) -> Action:
+        try:
+            how = mem.read(sc.args[2], 24)
+        except OSError:
+            return Allow()
+        flags, mode, _resolve = struct.unpack("<QQQ", how)
+        return self._open(sc, mem, as_int(sc.args[0]), 1, flags, mode, None, how)
+
+    # --- stat family --------------------------------------------------------------------------
+
+    def _stat_path(
+        self,
+        sc: Syscall,
+        mem: Memory,
+        dirfd: int,
+        ptr: int,
+        follow: bool,
+        empty_ok: bool,
+        pack: Any,
+    ) -> Action:
+        if empty_ok:
+            try:
+                empty = mem.read(ptr, 1) == b"\0"
+            except OSError:
+                empty = False
+            if empty:
+                return self._stat_fd(sc, mem, dirfd, pack)
+        got = self._name(sc, mem, dirfd, ptr)
+        if got is None:
+            return Allow()
+        path, access = self._access(got[1])
+        if access is Access.LOCAL:
+            return Allow()
+        if access is Access.NOT_FOUND:
+            return Fake(-errno.ENOENT)
+        return self._stat_answer(mem, path, None, follow, pack)
+
+    def _stat_fd(self, sc: Syscall, mem: Memory, fd: int, pack: Any) -> Action:
+        found = self._fd_remote(sc.tid, fd)
+        if found is None:
+            return Allow()
+        cache_path, remote_path = found
+        return self._stat_answer(mem, remote_path, cache_path, True, pack)
+
+    def _writer(self, buf: int, packer: Callable[[RemoteStat], bytes]) -> Any:
+        def write(mem: Memory, st: RemoteStat) -> Action:
+            try:
+                mem.write(buf, packer(st))
+            except OSError:
+                return Fake(-errno.EFAULT)
+            return Fake(0)
+
+        return write
+
+    def stat(self, sc: Syscall, mem: Memory) -> Action:
+        w = self._writer(sc.args[1], pack_stat)
+        return self._stat_path(sc, mem, AT_FDCWD, sc.args[0], True, False, w)
+
+    def lstat(self, sc: Syscall, mem: Memory) -> Action:
+        w = self._writer(sc.args[1], pack_stat)
+        return self._stat_path(sc, mem, AT_FDCWD, sc.args[0], False, False, w)
+
+    def newfstatat(self, sc: Syscall, mem: Memory) -> Action:
+        flags = sc.args[3]
+        w = self._writer(sc.args[2], pack_stat)
+        follow = not flags & AT_SYMLINK_NOFOLLOW
+        empty_ok = bool(flags & AT_EMPTY_PATH)
+        return self._stat_path(sc, mem, as_int(sc.args[0]), sc.args[1], follow, empty_ok, w)
+
+    def statx(self, sc: Syscall, mem: Memory) -> Action:
+        flags = sc.args[2]
+        w = self._writer(sc.args[4], pack_statx)
+        follow = not flags & AT_SYMLINK_NOFOLLOW
+        empty_ok = bool(flags & AT_EMPTY_PATH)
+        return self._stat_path(sc, mem, as_int(sc.args[0]), sc.args[1], follow, empty_ok, w)
+
+    def fstat(self, sc: Syscall, mem: Memory) -> Action:
+        return self._stat_fd(sc, mem, as_int(sc.args[0]), self._writer(sc.args[1], pack_stat))
+
+    # --- access, readlink, chdir, getcwd ------------------------------------------------
+
+    def _access_call(
+        self, sc: Syscall, mem: Memory, dirfd: int, ptr: int, mode: int, flags: int
+    ) -> Action:
+        got = self._name(sc, mem, dirfd, ptr)
+        if got is None:
+            return Allow()
+        path, access = self._access(got[1])
+        if access is Access.LOCAL:
+            return Allow()
+        if access is Access.NOT_FOUND:
+            return Fake(-errno.ENOENT)
+        if mode & os.W_OK and access is Access.READ_ONLY:
+            return Allow()  # a write would be local: ask the local file system
+        follow = not flags & AT_SYMLINK_NOFOLLOW
+        return Defer(
+            lambda: self.remote.access(path, mode, follow),
+            lambda r, _m: _failed(r) or Fake(-r),
+        )
+
+    def access(self, sc: Syscall, mem: Memory) -> Action:
+        return self._access_call(sc, mem, AT_FDCWD, sc.args[0], sc.args[1], 0)
+
+    def faccessat(self, sc: Syscall, mem: Memory) -> Action:
+        return self._access_call(sc, mem, as_int(sc.args[0]), sc.args[1], sc.args[2], 0)
+
+    def faccessat2(self, sc: Syscall, mem: Memory) -> Action:
+        return self._access_call(sc, mem, as_int(sc.args[0]), sc.args[1], sc.args[2], sc.args[3])
+
+    def _readlink(
+        self, sc: Syscall, mem: Memory, dirfd: int, ptr: int, buf: int, size: int
+    ) -> Action:
+        got = self._name(sc, mem, dirfd, ptr)
+        if got is None:
+            return Allow()
+        _raw, named = got
+        path, access = self._access(named)
+        if access is Access.LOCAL:
+            if _PROC_LINK.match(named.path):
+                return Allow(on_exit=self._unmap_link(buf, size))
+            return Allow()
+        if access is Access.NOT_FOUND:
+            return Fake(-errno.ENOENT)
+
+        def then(r: Any, m: Memory) -> Action:
+            failed = _failed(r)
+            if failed is not None:
+                return failed
+            err, target = r
+            if err:
+                return Fake(-err)
+            if as_int(size) <= 0:
+                return Fake(-errno.EINVAL)
+            data = target[: as_int(size)]
+            m.write(buf, data)
+            return Fake(len(data))
+
+        return Defer(lambda: self.remote.readlink(path), then)
+
+    def _unmap_link(self, buf: int, size: int) -> Callable[[int, Memory], int | None]:
+        def on_exit(ret: int, m: Memory) -> int | None:
+            if ret <= 0:
+                return None
+            remote = self.cache.from_cache(os.fsdecode(m.read(buf, ret)))
+            if remote is None:
+                return None
+            data = os.fsencode(remote)[:size]
+            m.write(buf, data)
+            return len(data)
+
+        return on_exit
+
+    def readlink(self, sc: Syscall, mem: Memory) -> Action:
+        return self._readlink(sc, mem, AT_FDCWD, sc.args[0], sc.args[1], sc.args[2])
+
+    def readlinkat(self, sc: Syscall, mem: Memory) -> Action:
+        return self._readlink(sc, mem, as_int(sc.args[0]), sc.args[1], sc.args[2], sc.args[3])
+
+    def chdir(self, sc: Syscall, mem: Memory) -> Action:
+        got = self._name(sc, mem, AT_FDCWD, sc.args[0])
+        if got is None:
+            return Allow()
+        path, access = self._access(got[1])
+        if access is Access.LOCAL:
+            return Allow()
+        if access is Access.NOT_FOUND:
+            return Fake(-errno.ENOENT)
+
+        async def work() -> tuple[int, str]:
+            return await self.cache.materialise(
+                self.remote, path, os.O_RDONLY | os.O_DIRECTORY, 0, writable=False
+            )
+
+        def then(r: Any, m: Memory) -> Action:
+            failed = _failed(r)
+            if failed is not None:
+                return failed
+            err, cache_path = r
+            if err:
+                return Fake(-err)
+            (p,) = self._scratch(sc, m, os.fsencode(cache_path) + b"\0")
+            return Allow(set_args={0: p})
+
+        return Defer(work, then)
+
+    def getcwd(self, sc: Syscall, mem: Memory) -> Action:
+        found = self._fd_remote(sc.tid, AT_FDCWD)
+        if found is None:
+            return Allow()
+        data = os.fsencode(found[1]) + b"\0"
+        if len(data) > sc.args[1]:
+            return Fake(-errno.ERANGE)
+        try:
+            mem.write(sc.args[0], data)
+        except OSError:
+            return Fake(-errno.EFAULT)
+        return Fake(len(data))
+
+    def _xattr(self, sc: Syscall, mem: Memory, empty: int) -> Action:
+        """Remote files carry no extended attributes here (ls -l asks for ACLs)."""
+        got = self._name(sc, mem, AT_FDCWD, sc.args[0])
+        if got is None:
+            return Allow()
+        _path, access = self._access(got[1])
+        if access is Access.LOCAL:
+            return Allow()
+        return Fake(-errno.ENOENT if access is Access.NOT_FOUND else empty)
+
+    def getxattr(self, sc: Syscall, mem: Memory) -> Action:
+        return self._xattr(sc, mem, -errno.ENODATA)
+
+    def lgetxattr(self, sc: Syscall, mem: Memory) -> Action:
+        return self._xattr(sc, mem, -errno.ENODATA)
+
+    def listxattr(self, sc: Syscall, mem: Memory) -> Action:
+        return self._xattr(sc, mem, 0)
+
+    def llistxattr(self, sc: Syscall, mem: Memory) -> Action:
+        return self._xattr(sc, mem, 0)
+
+    # --- write mode -------------------------------------------------------------------------
+
+    def _write_back_then_run(self, sc: Syscall, fd: int) -> Action:
+        found = self._fd_remote(sc.tid, fd)
+        if found is None:
+            return Allow()
+        cache_path = found[0]
+        meta = self.cache.meta.get(cache_path)
+        if meta is None or not meta.writable or not _fd_writable(sc.tid, fd):
+            return Allow()
+        if not self.cache.dirty(cache_path):
+            return Allow()
+
+        def then(err: Any, _m: Memory) -> Action:
+            if isinstance(err, BaseException) or err:
+                # The local call still runs (a close must close), then reports EIO.
+                return Allow(on_exit=lambda _ret, _mem: -errno.EIO)
+            return Allow()
+
+        return Defer(lambda: self.cache.write_back(self.remote, cache_path), then)
+
+    def close(self, sc: Syscall, mem: Memory) -> Action:
+        return self._write_back_then_run(sc, as_int(sc.args[0]))
+
+    def fsync(self, sc: Syscall, mem: Memory) -> Action:
+        return self._write_back_then_run(sc, as_int(sc.args[0]))
+
+    def _remote_op(
+        self,
+        sc: Syscall,
+        mem: Memory,
+        dirfd: int,
+        ptr: int,
+        op: Callable[[str], Awaitable[int]],
+        forget: bool = True,
+    ) -> Action:
+        got = self._name(sc, mem, dirfd, ptr)
+        if got is None:
+            return Allow()
+        path, access = self._access(got[1])
+        if access is Access.NOT_FOUND:
+            return Fake(-errno.ENOENT)
+        if access is not Access.READ_WRITE:
+            return Allow()
+
+        async def work() -> int:
+            err = await op(path)
+            if not err and forget:
+                self.cache.forget(path)
+            return err
+
+        return Defer(work, lambda r, _m: _failed(r) or Fake(-r))
+
+    def _mkdir(self, sc: Syscall, mem: Memory, dirfd: int, ptr: int, mode: int) -> Action:
+        mode = mode & ~_umask(sc.tid) & 0o7777
+        return self._remote_op(
+            sc, mem, dirfd, ptr, lambda p: self.remote.path_op(PathOp.MKDIR, p, mode=mode)
+        )
+
+    def mkdir(self, sc: Syscall, mem: Memory) -> Action:
+        return self._mkdir(sc, mem, AT_FDCWD, sc.args[0], sc.args[1])
+
+    def mkdirat(self, sc: Syscall, mem: Memory) -> Action:
+        return self._mkdir(sc, mem, as_int(sc.args[0]), sc.args[1], sc.args[2])
+
+    def unlink(self, sc: Syscall, mem: Memory) -> Action:
+        return self._remote_op(
+            sc, mem, AT_FDCWD, sc.args[0], lambda p: self.remote.path_op(PathOp.UNLINK, p)
+        )
+
+    def rmdir(self, sc: Syscall, mem: Memory) -> Action:
+        return self._remote_op(
+            sc, mem, AT_FDCWD, sc.args[0], lambda p: self.remote.path_op(PathOp.RMDIR, p)
+        )
+
+    def unlinkat(self, sc: Syscall, mem: Memory) -> Action:
+        op = PathOp.RMDIR if sc.args[2] & AT_REMOVEDIR else PathOp.UNLINK
+        return self._remote_op(
+            sc, mem, as_int(sc.args[0]), sc.args[1], lambda p: self.remote.path_op(op, p)
+        )
+
+    def truncate(self, sc: Syscall, mem: Memory) -> Action:
+        length = sc.args[1]
+        return self._remote_op(
+            sc,
+            mem,
+            AT_FDCWD,
+            sc.args[0],
+            lambda p: self.remote.path_op(PathOp.TRUNCATE, p, length=length),
+        )
+
+    def _chmod(self, sc: Syscall, mem: Memory, dirfd: int, ptr: int, mode: int) -> Action:
+        return self._remote_op(
+            sc, mem, dirfd, ptr, lambda p: self.remote.path_op(PathOp.CHMOD, p, mode=mode)
+        )
+
+    def chmod(self, sc: Syscall, mem: Memory) -> Action:
+        return self._chmod(sc, mem, AT_FDCWD, sc.args[0], sc.args[1])
+
+    def fchmodat(self, sc: Syscall, mem: Memory) -> Action:
+        return self._chmod(sc, mem, as_int(sc.args[0]), sc.args[1], sc.args[2])
+
+    def fchmod(self, sc: Syscall, mem: Memory) -> Action:
+        found = self._fd_remote(sc.tid, as_int(sc.args[0]))
+        if found is None:
+            return Allow()
+        cache_path, path = found
+        mode = sc.args[1] & 0o7777
+
+        async def work() -> int:
+            err = await self.remote.path_op(PathOp.CHMOD, path, mode=mode)
+            meta = self.cache.meta.get(cache_path)
+            if not err and meta is not None:
+                err2, st = await self.remote.stat(path, True)
+                if not err2 and st is not None:
+                    meta.stat = st
+            return err
+
+        return Defer(work, lambda r, _m: _failed(r) or Fake(-r))
+
+    def _rename(
+        self, sc: Syscall, mem: Memory, d1: int, p1: int, d2: int, p2: int, flags: int
+    ) -> Action:
+        a = self._name(sc, mem, d1, p1)
+        b = self._name(sc, mem, d2, p2)
+        if a is None and b is None:
+            return Allow()
+        acc_a = self._access(a[1]) if a is not None else ("", Access.LOCAL)
+        acc_b = self._access(b[1]) if b is not None else ("", Access.LOCAL)
+        if Access.NOT_FOUND in (acc_a[1], acc_b[1]):
+            return Fake(-errno.ENOENT)
+        remote_a = acc_a[1] is Access.READ_WRITE
+        remote_b = acc_b[1] is Access.READ_WRITE
+        if not remote_a and not remote_b:
+            return Allow()
+        if remote_a != remote_b:
+            return Fake(-errno.EXDEV)  # across the local/remote boundary, like two devices
+
+        async def work() -> int:
+            err = await self.remote.path_op(PathOp.RENAME, acc_a[0], path2=acc_b[0], flags=flags)
+            if not err:
+                self.cache.forget(acc_a[0])
+                self.cache.forget(acc_b[0])
+            return err
+
+        return Defer(work, lambda r, _m: _failed(r) or Fake(-r))
+
+    def rename(self, sc: Syscall, mem: Memory) -> Action:
+        return self._rename(sc, mem, AT_FDCWD, sc.args[0], AT_FDCWD, sc.args[1], 0)
+
+    def renameat(self, sc: Syscall, mem: Memory) -> Action:
+        a = sc.args
+        return self._rename(sc, mem, as_int(a[0]), a[1], as_int(a[2]), a[3], 0)
+
+    def renameat2(self, sc: Syscall, mem: Memory) -> Action:
+        a = sc.args
+        return self._rename(sc, mem, as_int(a[0]), a[1], as_int(a[2]), a[3], a[4] & 0xFFFFFFFF)
+
+    # --- the feature ----------------------------------------------------------------------------
+
+    def handlers(self) -> dict[int, Handler]:
+        names = list(READ_SYSCALLS)
+        if self.rules.writes_remote:
+            names += WRITE_SYSCALLS
+        table: dict[int, Handler] = {}
+        for name in names:
+            method = "fsync" if name == "fdatasync" else name
+            table[NR[name]] = getattr(self, method)
+        return table
+
+    async def close_session(self) -> None:
+        """End of the run: write back what the program left unclosed, drop the cache."""
+        try:
+            if self.rules.writes_remote:
+                failed = await self.cache.flush(self.remote)
+                if failed:
+                    log.error("%d file(s) could not be written back to the target", failed)
+        finally:
+            self.cache.close()
+
+
+def _fd_writable(tid: int, fd: int) -> bool:
+    try:
+        with open(f"/proc/{tid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
+    except OSError:
+        pass
+    return True
+
+
+def make_fs_feature(rules: FsRules, remote: RemoteFs, *, tmpdir: str | None = None) -> Feature:
+    """The files Feature: its rules, its handlers, and the cleanup for the end of the run."""
+    sweep_stale(tmpdir)
+    fs = FsFeature(rules, remote, Cache(tmpdir))
+    handlers = fs.handlers()
+    return Feature(
+        name="files",
+        rules=[Rule(nr) for nr in sorted(handlers)],
+        handlers=handlers,
+        close=fs.close_session,
+    )

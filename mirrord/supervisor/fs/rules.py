@@ -1,0 +1,231 @@
+"""Which paths are remote: upstream mirrord's `feature.fs` rules, pure (no I/O).
+
+Precedence, first match wins (upstream's order; every regex is searched anywhere in the
+absolute path, case-insensitively):
+
+  mode `local`:   only the always-remote list (DNS files, below) is remote; all else local.
+  other modes:    not_found > read_write > read_only > local (the user's lists), then the
+                  always-remote list, then the built-in defaults: not found under $HOME
+                  (.aws .config/gcloud .kube .azure) > remote read-only (/etc/resolv.conf,
+                  /etc/hosts, /etc/hostname, /etc/ssl/certs) > local (/proc /sys /dev /lib
+                  /usr /bin /etc …, *.so *.py …, the temp dir, the cwd, the binary,
+                  $HOME/.*), and finally the mode: read → remote read-only, write → remote
+                  read-write, localwithoverrides → local.
+
+Read-only means reads are remote and opening for writing (O_WRONLY, O_RDWR, O_CREAT,
+O_TRUNC, O_APPEND) is local, as upstream does. `mapping` rewrites the path (regex →
+replacement, `$1`/`${name}` groups) before the rules are applied.
+
+The always-remote list exists for DNS: when `feature.network.dns` is on (upstream's
+default) the program resolves names with the target's /etc/resolv.conf, hosts,
+nsswitch.conf, host.conf and gai.conf, whatever the fs mode.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+FsModeName = str  # "local" | "localwithoverrides" | "read" | "write"
+
+
+class Access(enum.Enum):
+    LOCAL = "local"
+    NOT_FOUND = "not_found"
+    READ_ONLY = "read_only"
+    READ_WRITE = "read_write"
+
+
+O_WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+DEFAULT_LOCAL: tuple[str, ...] = (
+    r".\.so$",
+    r".\.d$",
+    r".\.pyc$",
+    r".\.py$",
+    r".\.jar$",
+    r".\.class$",
+    r".\.js$",
+    r".\.pth$",
+    r".\.plist$",
+    r"venv\.cfg$",
+    r"^/proc(/|$)",
+    r"^/sys(/|$)",
+    r"^/lib(/|$)",
+    r"^/lib64(/|$)",
+    r"^/etc(/|$)",
+    r"^/usr(/|$)",
+    r"^/home(/|$)",
+    r"^/bin(/|$)",
+    r"^/sbin(/|$)",
+    r"^/dev(/|$)",
+    r"^/opt(/|$)",
+    r"^/tmp(/|$)",
+    r"^/var/tmp(/|$)",
+    r"^/snap(/|$)",
+    r"^/run(/|$)",
+    r"^/selinux(/|$)",
+    r"^/nix(/|$)",
+    r".+\.asdf/.+",
+    r"clr-.*-pipe-",
+    r"\.pdb$",
+    r"\.dll$",
+    r".*(^|/)jvm\.cfg$",
+    r"/package\.json$",
+    r"/\.yarnrc$",
+    r"/\.yarnrc.yml$",
+    r"/\.yarnrc.json$",
+    r"/node_modules",
+    r".*/\.tool-versions$",
+    r"^/$",
+)
+DEFAULT_REMOTE_RO: tuple[str, ...] = (
+    r"^/etc/resolv\.conf$",
+    r"^/etc/hosts$",
+    r"^/etc/hostname$",
+    r"^/etc/ssl/certs(/|$)",
+)
+DEFAULT_NOT_FOUND_UNDER_HOME: tuple[str, ...] = (
+    r"\.aws",
+    r"\.config/gcloud",
+    r"\.kube",
+    r"\.azure",
+)
+DNS_FILES: tuple[str, ...] = (
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+)
+
+
+def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    pats = list(patterns)
+    if not pats:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in pats), re.IGNORECASE)
+
+
+def _replacement(template: str) -> str:
+    """Rust regex replacement syntax ($1, ${1}, $name, ${name}) → Python's \\g<...>."""
+    out = re.sub(r"\$\{(\w+)\}", r"\\g<\1>", template.replace("\\", "\\\\"))
+    out = re.sub(r"\$(\w+)", r"\\g<\1>", out)
+    return out.replace("$$", "$")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the built-in defaults depend on (upstream reads these from its process)."""
+
+    cwd: str = "/"
+    exe: str | None = None
+    home: str | None = None
+    tmpdir: str = "/tmp"
+
+
+@dataclass
+class FsRules:
+    mode: FsModeName = "read"
+    read_write: re.Pattern[str] | None = None
+    read_only: re.Pattern[str] | None = None
+    local: re.Pattern[str] | None = None
+    not_found: re.Pattern[str] | None = None
+    mapping: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+    always_remote: re.Pattern[str] | None = None
+    default_local: re.Pattern[str] | None = None
+    default_remote_ro: re.Pattern[str] | None = None
+    default_not_found: re.Pattern[str] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        mode: FsModeName = "read",
+        *,
+        read_write: Sequence[str] = (),
+        read_only: Sequence[str] = (),
+        local: Sequence[str] = (),
+        not_found: Sequence[str] = (),
+        mapping: Sequence[tuple[str, str]] = (),
+        dns_remote: bool = True,
+        context: Context | None = None,
+    ) -> FsRules:
+        """Raises re.error (naming nothing) for a bad pattern; callers say which list."""
+        ctx = context or Context()
+        defaults = list(DEFAULT_LOCAL)
+        defaults.append("^" + re.escape(ctx.tmpdir.rstrip("/") or "/"))
+        cwd = ctx.cwd.rstrip("/")
+        if cwd:
+            defaults.append(f"^{re.escape(cwd)}(/|$)")
+        if ctx.exe:
+            defaults.append(f"{re.escape(ctx.exe)}$")
+        home = (ctx.home or "").rstrip("/")
+        if home:
+            defaults.append(f"^{re.escape(home)}/\\.")
+        return cls(
+            mode=mode,
+            read_write=_compile(read_write),
+            read_only=_compile(read_only),
+            local=_compile(local),
+            not_found=_compile(not_found),
+            mapping=[(re.compile(p, re.IGNORECASE), _replacement(r)) for p, r in mapping],
+            always_remote=_compile(f"^{re.escape(p)}$" for p in DNS_FILES) if dns_remote else None,
+            default_local=_compile(defaults),
+            default_remote_ro=_compile(DEFAULT_REMOTE_RO),
+            default_not_found=_compile(
+                f"^{re.escape(home)}/{p}" for p in DEFAULT_NOT_FOUND_UNDER_HOME
+            )
+            if home
+            else None,
+        )
+
+    @property
+    def anything_remote(self) -> bool:
+        """Whether any path can be remote at all (else the feature traps nothing)."""
+        return self.mode != "local" or self.always_remote is not None
+
+    @property
+    def writes_remote(self) -> bool:
+        """Whether any path can be written remotely (close/fsync then need a stop)."""
+        return self.mode == "write" or (self.mode != "local" and self.read_write is not None)
+
+    def map_path(self, path: str) -> str:
+        for pattern, repl in self.mapping:
+            if pattern.search(path):
+                return pattern.sub(repl, path, count=1)
+        return path
+
+    def decide(self, path: str) -> Access:
+        """The access an (absolute, normalised, mapped) path gets."""
+        if self.mode == "local":
+            if self.always_remote is not None and self.always_remote.search(path):
+                return Access.READ_ONLY
+            return Access.LOCAL
+        for pattern, access in (
+            (self.not_found, Access.NOT_FOUND),
+            (self.read_write, Access.READ_WRITE),
+            (self.read_only, Access.READ_ONLY),
+            (self.local, Access.LOCAL),
+            (self.always_remote, Access.READ_ONLY),
+            (self.default_not_found, Access.NOT_FOUND),
+            (self.default_remote_ro, Access.READ_ONLY),
+            (self.default_local, Access.LOCAL),
+        ):
+            if pattern is not None and pattern.search(path):
+                return access
+        if self.mode == "read":
+            return Access.READ_ONLY
+        if self.mode == "write":
+            return Access.READ_WRITE
+        return Access.LOCAL  # localwithoverrides
+
+    def for_open(self, path: str, flags: int) -> Access:
+        """The access for open(2) with these flags: read-only paths open locally when
+        the program means to write."""
+        access = self.decide(path)
+        if access is Access.READ_ONLY and flags & O_WRITE_INTENT:
+            return Access.LOCAL
+        return access

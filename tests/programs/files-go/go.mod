@@ -1,0 +1,3 @@
+module filesgo
+
+go 1.19
