@@ -1,0 +1,85 @@
+"""Outgoing network traffic through the target (feature.network.outgoing / dns).
+
+`network_feature(rules, redirector)` is the supervisor Feature: seccomp rules and
+handlers for the socket syscalls. What stops: connect, getpeername, getsockname,
+sendmsg, recvmsg, sendmmsg, recvmmsg always; sendto and recvfrom only when an address
+pointer is given (plain send/recv on connected sockets never stop). read/write never stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+
+from mirrord.supervisor.actions import Handler
+from mirrord.supervisor.handlers import Feature
+from mirrord.supervisor.net.filters import OutgoingRules, Route, parse_entry
+from mirrord.supervisor.net.handlers import NetHandlers
+from mirrord.supervisor.net.redirect import Redirector
+from mirrord.supervisor.net.sockaddr import Destination
+from mirrord.supervisor.seccomp import Rule
+from mirrord.supervisor.syscalls import NR
+
+__all__ = [
+    "Destination",
+    "OutgoingRules",
+    "Redirector",
+    "Route",
+    "network_feature",
+    "parse_entry",
+    "resolve_filter_names",
+]
+
+
+async def resolve_filter_names(
+    rules: OutgoingRules, resolve_in_pod: Callable[[str], Awaitable[list[bytes]]]
+) -> OutgoingRules:
+    """Fill in the addresses of the names in the filter: as the pod resolves them, plus as
+    this machine does (a `filter.local` name is often a local one, e.g. a dev database)."""
+    names: dict[str, frozenset[bytes]] = {}
+    loop = asyncio.get_running_loop()
+    for name in rules.hostnames():
+        found = set(await resolve_in_pod(name))
+        try:
+            infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except OSError:
+            infos = []
+        for info in infos:
+            found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]).packed)
+        names[name] = frozenset(found)
+    return dataclasses.replace(rules, names=names)
+
+
+def network_feature(rules: OutgoingRules, redirector: Redirector) -> Feature:
+    h = NetHandlers(rules, redirector)
+    handlers: dict[int, Handler] = {
+        NR["connect"]: h.connect,
+        NR["getpeername"]: h.getpeername,
+        NR["getsockname"]: h.getsockname,
+        NR["sendto"]: h.sendto,
+        NR["recvfrom"]: h.recvfrom,
+        NR["sendmsg"]: h.sendmsg,
+        NR["recvmsg"]: h.recvmsg,
+        NR["sendmmsg"]: h.sendmmsg,
+        NR["recvmmsg"]: h.recvmmsg,
+    }
+    seccomp_rules = [
+        Rule(NR["sendto"], arg_nonzero=4),
+        Rule(NR["recvfrom"], arg_nonzero=4),
+        *(
+            Rule(NR[name])
+            for name in (
+                "connect",
+                "getpeername",
+                "getsockname",
+                "sendmsg",
+                "recvmsg",
+                "sendmmsg",
+                "recvmmsg",
+            )
+        ),
+    ]
+    return Feature("network", seccomp_rules, handlers)

@@ -1,0 +1,373 @@
+"""Socket syscall handlers: redirect what must leave from the pod to loopback
+interceptors, and make the program see the addresses it asked for.
+
+- connect(TCP/UDP, IPv4/IPv6/v4-mapped) to a REMOTE destination: the thread waits (Defer)
+  while the proxy has the agent connect from the pod; then the connect runs for real,
+  pointed at the interceptor (a sockaddr written below SP), or fails with the pod's errno.
+  The kernel's own loopback connect gives blocking/non-blocking semantics (0 or
+  EINPROGRESS, then writable). Data then flows natively: no stop per read/write.
+- getpeername/getsockname: the interceptor's loopback address becomes the original
+  destination / the pod-side socket's address (looked up by port, so every dup and
+  forked copy of the fd gets the same answer).
+- sendto/sendmsg/sendmmsg with an address (unconnected UDP): the address is swapped for
+  the interceptor's; recvfrom/recvmsg/recvmmsg: the interceptor source becomes the remote.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
+from mirrord.supervisor.net.filters import OutgoingRules, Route
+from mirrord.supervisor.net.listeners import program_listens_on
+from mirrord.supervisor.net.redirect import Redirector
+from mirrord.supervisor.net.sockaddr import (
+    SOCKADDR_IN6,
+    Destination,
+    build_sockaddr,
+    loopback_kind,
+    parse_sockaddr,
+)
+from mirrord.supervisor.net.sockinfo import local_port, socket_info
+
+log = logging.getLogger("mirrord.supervisor.net")
+
+MSGHDR = struct.Struct("<QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, controllen, flags
+MMSGHDR_SIZE = MSGHDR.size + 8  # + unsigned msg_len, padded
+MAX_MMSG = 64  # sendmmsg entries rewritten per call; the program sees a partial send
+SOCKADDR_SLOT = 32
+
+
+def _errno_of(result: BaseException) -> int:
+    if isinstance(result, OSError) and result.errno:
+        return result.errno
+    log.error("network redirect failed: %r", result)
+    return errno.EIO
+
+
+class NetHandlers:
+    def __init__(
+        self,
+        rules: OutgoingRules,
+        redirector: Redirector,
+        program_listens: Callable[[int], bool] = program_listens_on,
+    ) -> None:
+        self.rules = rules
+        self.redirector = redirector
+        self.program_listens = program_listens
+
+    # --- decisions -------------------------------------------------------------------
+
+    def _remote(self, tid: int, fd: int, dest: Destination) -> str | None:
+        """'tcp'/'udp' if this socket's traffic to dest goes through the pod, else None."""
+        try:
+            info = socket_info(tid, fd)
+        except OSError:
+            return None
+        if info is None or info.family != dest.family:
+            return None
+        if info.kind == socket.SOCK_STREAM:
+            protocol = "tcp"
+        elif info.kind == socket.SOCK_DGRAM:
+            protocol = "udp"
+        else:
+            return None
+        route = self.rules.route(
+            protocol, dest.ip, dest.port, lambda: self.program_listens(dest.port)
+        )
+        return protocol if route is Route.REMOTE else None
+
+    def _interceptor(self, dest: Destination, port: int) -> bytes:
+        return build_sockaddr(dest.family, self.redirector.interceptor_ip(dest.family), port)
+
+    # --- connect ---------------------------------------------------------------------
+
+    def connect(self, sc: Syscall, mem: Memory) -> Action:
+        fd, ptr, size = sc.args[0], sc.args[1], sc.args[2] & 0xFFFFFFFF
+        if ptr == 0 or size < 2:
+            return Allow()
+        try:
+            dest = parse_sockaddr(mem.read(ptr, min(size, 128)))
+        except OSError:
+            return Allow()
+        if dest is None:
+            return Allow()
+        protocol = self._remote(sc.tid, fd, dest)
+        if protocol is None:
+            return Allow()
+        scratch = sc.scratch(SOCKADDR_SLOT)
+
+        def redirect(port: int, m: Memory) -> Action:
+            addr = self._interceptor(dest, port)
+            m.write(scratch, addr)
+            kind = "v4" if len(self.redirector.interceptor_ip(dest.family)) == 4 else "v6"
+
+            def on_exit(ret: int, _m: Memory) -> int | None:
+                if ret in (0, -errno.EINPROGRESS):
+                    try:
+                        lp = local_port(sc.tid, fd)
+                    except OSError:
+                        lp = None
+                    if lp is not None:
+                        self.redirector.note_local(kind, lp, port)
+                return None
+
+            return Allow(set_args={1: scratch, 2: len(addr)}, on_exit=on_exit)
+
+        if protocol == "udp":
+            cached = self.redirector.udp_port(dest)
+            if cached is not None:
+                return redirect(cached, mem)
+
+        def then(result: Any, m: Memory) -> Action:
+            if isinstance(result, BaseException):
+                return Fake(-_errno_of(result))
+            return redirect(int(result), m)
+
+        if protocol == "tcp":
+            return Defer(lambda: self.redirector.open_tcp(dest), then)
+        return Defer(lambda: self.redirector.open_udp(dest), then)
+
+    # --- addresses the program reads back ----------------------------------------------
+
+    def _fix_address(
+        self,
+        m: Memory,
+        ptr: int,
+        lenptr: int,
+        cap: int,
+        look: Callable[[Destination], bytes | None],
+    ) -> None:
+        """Rewrite a sockaddr the kernel returned at ptr (*lenptr its length, cap the
+        buffer size the program gave) when `look` knows a replacement."""
+        (n,) = struct.unpack("<I", m.read(lenptr, 4))
+        got = parse_sockaddr(m.read(ptr, min(n, cap, SOCKADDR_IN6)))
+        if got is None:
+            return
+        new = look(got)
+        if new is None:
+            return
+        m.write(ptr, new[:cap])
+        m.write(lenptr, struct.pack("<I", len(new)))
+
+    def _peer_of(self, got: Destination) -> bytes | None:
+        kind = loopback_kind(got)
+        if kind is None:
+            return None
+        raw = self.redirector.original(kind, got.port)
+        if raw is None:
+            return None
+        orig = parse_sockaddr(raw)
+        if orig is None or orig.family == got.family:
+            return raw
+        return build_sockaddr(got.family, orig.ip, orig.port)
+
+    def _local_of(self, got: Destination) -> bytes | None:
+        kind = loopback_kind(got)
+        if kind is None:
+            return None
+        local = self.redirector.pod_local(kind, got.port)
+        if local is None:
+            return None
+        ip, port = local
+        if got.family == socket.AF_INET and len(ip) != 4:
+            return None
+        return build_sockaddr(got.family, ip, port)
+
+    def _name_call(self, look: Callable[[Destination], bytes | None]) -> Callable[..., Action]:
+        def handle(sc: Syscall, mem: Memory) -> Action:
+            ptr, lenptr = sc.args[1], sc.args[2]
+            if not ptr or not lenptr:
+                return Allow()
+            try:
+                (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
+            except OSError:
+                return Allow()
+
+            def on_exit(ret: int, m: Memory) -> int | None:
+                if ret == 0:
+                    self._fix_address(m, ptr, lenptr, cap, look)
+                return None
+
+            return Allow(on_exit=on_exit)
+
+        return handle
+
+    def getpeername(self, sc: Syscall, mem: Memory) -> Action:
+        return self._name_call(self._peer_of)(sc, mem)
+
+    def getsockname(self, sc: Syscall, mem: Memory) -> Action:
+        return self._name_call(self._local_of)(sc, mem)
+
+    def recvfrom(self, sc: Syscall, mem: Memory) -> Action:
+        ptr, lenptr = sc.args[4], sc.args[5]
+        if not ptr or not lenptr:
+            return Allow()
+        try:
+            (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
+        except OSError:
+            return Allow()
+
+        def on_exit(ret: int, m: Memory) -> int | None:
+            if ret >= 0:
+                self._fix_address(m, ptr, lenptr, cap, self._peer_of)
+            return None
+
+        return Allow(on_exit=on_exit)
+
+    def _fix_msghdr(self, m: Memory, hdr_addr: int, cap: int) -> None:
+        name, _namelen, *_ = MSGHDR.unpack(m.read(hdr_addr, MSGHDR.size))
+        if name and cap:
+            self._fix_address(m, name, hdr_addr + 8, cap, self._peer_of)
+
+    def recvmsg(self, sc: Syscall, mem: Memory) -> Action:
+        hdr = sc.args[1]
+        try:
+            name, cap, *_ = MSGHDR.unpack(mem.read(hdr, MSGHDR.size))
+        except OSError:
+            return Allow()
+        if not name:
+            return Allow()
+
+        def on_exit(ret: int, m: Memory) -> int | None:
+            if ret >= 0:
+                self._fix_msghdr(m, hdr, cap)
+            return None
+
+        return Allow(on_exit=on_exit)
+
+    def recvmmsg(self, sc: Syscall, mem: Memory) -> Action:
+        vec, vlen = sc.args[1], min(sc.args[2] & 0xFFFFFFFF, 1024)
+        try:
+            raw = mem.read(vec, vlen * MMSGHDR_SIZE)
+        except OSError:
+            return Allow()
+        caps = [MSGHDR.unpack_from(raw, i * MMSGHDR_SIZE)[1] for i in range(vlen)]
+
+        def on_exit(ret: int, m: Memory) -> int | None:
+            for i in range(max(ret, 0)):
+                self._fix_msghdr(m, vec + i * MMSGHDR_SIZE, caps[i])
+            return None
+
+        return Allow(on_exit=on_exit)
+
+    # --- sends with an address (unconnected UDP) ----------------------------------------
+
+    def _udp_ports(
+        self,
+        sc: Syscall,
+        dests: Sequence[Destination | None],
+        use: Callable[[list[int | None]], Action],
+    ) -> Action:
+        """Interceptor ports for the REMOTE destinations (None: leave that one alone),
+        found at once when they exist, else after a Defer that makes them."""
+        wanted: list[Destination | None] = [
+            d if d is not None and self._remote(sc.tid, sc.args[0], d) == "udp" else None
+            for d in dests
+        ]
+        if not any(wanted):
+            return Allow()
+        ports = [self.redirector.udp_port(d) if d else None for d in wanted]
+        missing = [d for d, p in zip(wanted, ports, strict=True) if d is not None and p is None]
+        if not missing:
+            return use(ports)
+
+        async def work() -> list[int | None]:
+            return [await self.redirector.open_udp(d) if d else None for d in wanted]
+
+        def then(result: Any, _m: Memory) -> Action:
+            if isinstance(result, BaseException):
+                return Fake(-_errno_of(result))
+            return use(list(result))
+
+        return Defer(work, then)
+
+    def sendto(self, sc: Syscall, mem: Memory) -> Action:
+        ptr, size = sc.args[4], sc.args[5] & 0xFFFFFFFF
+        if not ptr:
+            return Allow()
+        try:
+            dest = parse_sockaddr(mem.read(ptr, min(size, 128)))
+        except OSError:
+            return Allow()
+        if dest is None:
+            return Allow()
+        scratch = sc.scratch(SOCKADDR_SLOT)
+
+        def use(ports: list[int | None]) -> Action:
+            assert dest is not None and ports[0] is not None
+            addr = self._interceptor(dest, ports[0])
+            mem.write(scratch, addr)  # the same thread's memory, before or after a Defer
+            return Allow(set_args={4: scratch, 5: len(addr)})
+
+        return self._udp_ports(sc, [dest], use)
+
+    def _read_msg_dest(self, mem: Memory, hdr: bytes) -> Destination | None:
+        name, namelen, *_ = MSGHDR.unpack(hdr)
+        if not name or namelen < 2:
+            return None
+        try:
+            return parse_sockaddr(mem.read(name, min(namelen, 128)))
+        except OSError:
+            return None
+
+    def sendmsg(self, sc: Syscall, mem: Memory) -> Action:
+        try:
+            hdr = mem.read(sc.args[1], MSGHDR.size)
+        except OSError:
+            return Allow()
+        dest = self._read_msg_dest(mem, hdr)
+        if dest is None:
+            return Allow()
+        area = sc.scratch(SOCKADDR_SLOT + MSGHDR.size)
+
+        def use(ports: list[int | None]) -> Action:
+            assert dest is not None and ports[0] is not None
+            addr = self._interceptor(dest, ports[0])
+            fields = list(MSGHDR.unpack(hdr))
+            fields[0], fields[1] = area, len(addr)
+            mem.write(area, addr.ljust(SOCKADDR_SLOT, b"\0") + MSGHDR.pack(*fields))
+            return Allow(set_args={1: area + SOCKADDR_SLOT})
+
+        return self._udp_ports(sc, [dest], use)
+
+    def sendmmsg(self, sc: Syscall, mem: Memory) -> Action:
+        vec, vlen = sc.args[1], min(sc.args[2] & 0xFFFFFFFF, MAX_MMSG)
+        try:
+            raw = mem.read(vec, vlen * MMSGHDR_SIZE)
+        except OSError:
+            return Allow()
+        hdrs = [raw[i * MMSGHDR_SIZE : i * MMSGHDR_SIZE + MSGHDR.size] for i in range(vlen)]
+        dests = [self._read_msg_dest(mem, h) for h in hdrs]
+        slot = SOCKADDR_SLOT + MMSGHDR_SIZE
+        area = sc.scratch(slot * vlen)
+
+        def use(ports: list[int | None]) -> Action:
+            out = bytearray()
+            names = bytearray()
+            for i, (h, d, p) in enumerate(zip(hdrs, dests, ports, strict=True)):
+                fields = list(MSGHDR.unpack(h))
+                if d is not None and p is not None:
+                    addr = self._interceptor(d, p)
+                    fields[0], fields[1] = area + vlen * MMSGHDR_SIZE + i * SOCKADDR_SLOT, len(addr)
+                    names += addr.ljust(SOCKADDR_SLOT, b"\0")
+                else:
+                    names += b"\0" * SOCKADDR_SLOT
+                out += MSGHDR.pack(*fields) + b"\0" * 8
+            mem.write(area, bytes(out + names))
+
+            def on_exit(ret: int, m: Memory) -> int | None:
+                # The kernel wrote msg_len into our copy; the program reads its own array.
+                for i in range(max(ret, 0)):
+                    off = i * MMSGHDR_SIZE + MSGHDR.size
+                    m.write(vec + off, m.read(area + off, 4))
+                return None
+
+            return Allow(set_args={1: area, 2: vlen}, on_exit=on_exit)
+
+        return self._udp_ports(sc, dests, use)

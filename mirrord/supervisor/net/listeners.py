@@ -1,0 +1,68 @@
+"""Does the traced program listen on a local port? (upstream's localhost rule: a
+connection to 127.0.0.1:P stays local when the program itself listens on P.)
+
+Read from /proc, only when a loopback connect is decided: the listening sockets on P in
+this network namespace (/proc/net/tcp*, state 0A = LISTEN; UDP sockets bound to P), then
+whether one of them is an fd of a process we trace (TracerPid is our tracer thread).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+LISTEN = "0A"
+
+
+def _inodes_on_port(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table, need_listen in (("tcp", True), ("tcp6", True), ("udp", False), ("udp6", False)):
+        try:
+            with open(f"/proc/net/{table}") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 10:
+                        continue
+                    if int(parts[1].rsplit(":", 1)[1], 16) != port:
+                        continue
+                    if need_listen and parts[3] != LISTEN:
+                        continue
+                    inodes.add(parts[9])
+        except OSError:
+            continue
+    return inodes
+
+
+def _traced_by_us(pid: str, me: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return line.split()[1] == me
+    except OSError:
+        pass
+    return False
+
+
+def program_listens_on(port: int) -> bool:
+    inodes = _inodes_on_port(port)
+    if not inodes:
+        return False
+    wanted = {f"socket:[{i}]" for i in inodes}
+    # TracerPid names the tracing *thread*; handlers run on it.
+    me = str(threading.get_native_id())
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or not _traced_by_us(pid, me):
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return True
+            except OSError:
+                continue
+    return False

@@ -1,0 +1,44 @@
+"""What the network handlers need from the local proxy (mirrord/proxy implements it).
+
+Interceptors are identified statelessly (graftcp-style): each redirected TCP connect gets
+its own loopback listener port, each remote UDP address its own loopback UDP port, so
+the port a program's socket is connected to (or receives from) names the original
+destination. Nothing is tracked per fd, so dup, fork and fd passing need no bookkeeping.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mirrord.supervisor.net.sockaddr import Destination
+
+
+class Redirector(Protocol):
+    def interceptor_ip(self, family: int) -> bytes:
+        """The loopback address a socket of `family` is pointed at (4 or 16 bytes)."""
+        ...
+
+    async def open_tcp(self, dest: Destination) -> int:
+        """Connect to dest from the pod; the interceptor port for the program's socket.
+        Raises OSError(errno) with the error the pod saw."""
+        ...
+
+    async def open_udp(self, dest: Destination) -> int:
+        """The interceptor UDP port for dest (made on first use)."""
+        ...
+
+    def udp_port(self, dest: Destination) -> int | None:
+        """The interceptor UDP port for dest if it already exists (no stop needed)."""
+        ...
+
+    def original(self, kind: str, port: int) -> bytes | None:
+        """The sockaddr the program used for the interceptor at ('v4'|'v6', port)."""
+        ...
+
+    def note_local(self, kind: str, local_port: int, interceptor_port: int) -> None:
+        """The program's socket at ('v4'|'v6', local_port) talks to that interceptor."""
+        ...
+
+    def pod_local(self, kind: str, local_port: int) -> tuple[bytes, int] | None:
+        """The pod-side (ip, port) standing for the program's socket at local_port."""
+        ...

@@ -1,0 +1,72 @@
+"""struct sockaddr_in / sockaddr_in6 to and from Python values. Pure.
+
+A `Destination` keeps the bytes the program passed, so getpeername can give back exactly
+what it asked for (family, v4-mapped form, flow info, scope id).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+
+AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
+SOCKADDR_IN = 16
+SOCKADDR_IN6 = 28
+V4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+
+
+@dataclass(frozen=True)
+class Destination:
+    family: int  # of the sockaddr (= of the program's socket)
+    ip: bytes  # the real address: 4 bytes for IPv4 and v4-mapped IPv6, else 16
+    port: int
+    raw: bytes  # the sockaddr as the program gave it
+
+    @property
+    def ip_text(self) -> str:
+        return str(ipaddress.ip_address(self.ip))
+
+    @property
+    def is_loopback(self) -> bool:
+        ip = ipaddress.ip_address(self.ip)
+        return ip.is_loopback or ip.is_unspecified
+
+
+def parse_sockaddr(raw: bytes) -> Destination | None:
+    """An IPv4/IPv6 sockaddr; None for other families or short buffers."""
+    if len(raw) < 2:
+        return None
+    (family,) = struct.unpack_from("<H", raw)
+    if family == AF_INET and len(raw) >= SOCKADDR_IN:
+        (port,) = struct.unpack_from("!H", raw, 2)
+        return Destination(AF_INET, raw[4:8], port, raw[:SOCKADDR_IN])
+    if family == AF_INET6 and len(raw) >= SOCKADDR_IN6:
+        (port,) = struct.unpack_from("!H", raw, 2)
+        ip = raw[8:24]
+        real = ip[12:] if ip.startswith(V4_MAPPED_PREFIX) else ip
+        return Destination(AF_INET6, real, port, raw[:SOCKADDR_IN6])
+    return None
+
+
+def build_sockaddr(family: int, ip: bytes, port: int) -> bytes:
+    """A sockaddr of `family` for ip (4 or 16 bytes; IPv4 in an AF_INET6 one is v4-mapped)."""
+    if family == AF_INET:
+        if len(ip) != 4:
+            raise ValueError("an IPv6 address in an AF_INET sockaddr")
+        return struct.pack("<H", AF_INET) + struct.pack("!H", port) + ip + b"\0" * 8
+    if len(ip) == 4:
+        ip = V4_MAPPED_PREFIX + ip
+    return struct.pack("<H", AF_INET6) + struct.pack("!HI", port, 0) + ip + struct.pack("<I", 0)
+
+
+def loopback_kind(dest: Destination) -> str | None:
+    """'v4' for 127.0.0.1 (plain or v4-mapped), 'v6' for ::1, else None: the two
+    interceptor address spaces."""
+    if dest.ip == b"\x7f\0\0\x01":
+        return "v4"
+    if dest.ip == b"\0" * 15 + b"\x01":
+        return "v6"
+    return None

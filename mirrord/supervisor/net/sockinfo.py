@@ -1,0 +1,96 @@
+"""Look at a tracee's socket from the supervisor: pidfd_getfd(2) gives us a duplicate of
+its file descriptor (same open file description), so plain getsockopt/getsockname answer
+for it with no syscall injected into the tracee. The duplicate is closed at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+SYS_PIDFD_OPEN = 434
+SYS_PIDFD_GETFD = 438
+PIDFD_THREAD = os.O_EXCL  # Linux 6.9+: a pidfd for a thread, not only a process leader
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _syscall(*args: int) -> int:
+    ret = int(_libc.syscall(*(ctypes.c_long(a) for a in args)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def _tgid(tid: int) -> int:
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise OSError(errno.ESRCH, "no Tgid")
+
+
+def _pidfd(tid: int) -> int:
+    try:
+        return _syscall(SYS_PIDFD_OPEN, tid, PIDFD_THREAD)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    return _syscall(SYS_PIDFD_OPEN, _tgid(tid), 0)  # older kernels: the process leader
+
+
+@contextlib.contextmanager
+def borrowed_socket(tid: int, fd: int) -> Iterator[socket.socket | None]:
+    """The tracee's fd as a socket object of ours, or None if it is not a socket."""
+    pidfd = _pidfd(tid)
+    try:
+        dup = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+    except OSError as e:
+        if e.errno == errno.EBADF:
+            yield None
+            return
+        raise
+    finally:
+        os.close(pidfd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        yield None
+        return
+    try:
+        yield sock
+    finally:
+        sock.close()  # our duplicate only; the program's fd is untouched
+
+
+@dataclass(frozen=True)
+class SocketInfo:
+    kind: int  # SOCK_STREAM, SOCK_DGRAM…
+    family: int
+    nonblocking: bool
+
+
+def socket_info(tid: int, fd: int) -> SocketInfo | None:
+    with borrowed_socket(tid, fd) as sock:
+        if sock is None:
+            return None
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+        return SocketInfo(kind, family, not sock.getblocking())
+
+
+def local_port(tid: int, fd: int) -> int | None:
+    """The tracee socket's own port (after a connect), or None."""
+    with borrowed_socket(tid, fd) as sock:
+        if sock is None:
+            return None
+        name = sock.getsockname()
+        return int(name[1]) if isinstance(name, tuple) else None

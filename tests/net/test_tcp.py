@@ -1,0 +1,208 @@
+"""Outgoing TCP through the target: many kinds of clients, errno fidelity, non-blocking
+connect, concurrency, forked children, getpeername/getsockname."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.net.net_world import World
+
+PY = "/usr/bin/python3"
+
+
+def py(code: str) -> list[str]:
+    return [PY, "-c", textwrap.dedent(code)]
+
+
+def test_host_cannot_reach_the_service(world: World) -> None:
+    r = subprocess.run(
+        ["curl", "-sS", "-m", "1", f"http://{world.service.address}:8080/"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert r.returncode != 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["curl", "-sS", "-m", "10", "http://ADDR:8080/"],
+        ["busybox", "wget", "-q", "-O", "-", "http://ADDR:8080/"],
+        py(
+            "import urllib.request; print(urllib.request.urlopen('http://ADDR:8080/').read().decode())"
+        ),
+        ["node", "-e", "require('http').get('http://ADDR:8080/', r => r.pipe(process.stdout))"],
+        ["GO", "http://ADDR:8080/"],
+    ],
+    ids=["curl", "busybox-wget", "python-urllib", "node", "go-static"],
+)
+def test_clients_fetch_from_the_service(
+    world: World, programs: dict[str, Path], argv: list[str]
+) -> None:
+    argv = [a.replace("ADDR", world.service.address) for a in argv]
+    if argv[0] == "GO":
+        argv[0] = str(programs["httpget-go"])
+    r = world.mirrord(argv)
+    assert r.returncode == 0, r.stderr
+    assert "service" in r.stdout
+    if "go" in argv[0]:
+        assert f"peer={world.service.address}:8080" in r.stdout
+
+
+def test_python_asyncio_and_addresses(world: World) -> None:
+    svc = world.service.address
+    r = world.mirrord(
+        py(f"""
+        import asyncio, os, socket
+        async def main():
+            r, w = await asyncio.open_connection('{svc}', 8080)
+            w.write(b'GET / HTTP/1.0\\r\\n\\r\\n'); await w.drain()
+            print('asyncio', (await r.read()).split(b'\\r\\n\\r\\n', 1)[1].decode())
+            w.close()
+        asyncio.run(main())
+        s = socket.create_connection(('{svc}', 8080))
+        print('peer', s.getpeername())
+        print('sock', s.getsockname()[0])
+        d = os.dup(s.fileno())
+        print('dup', socket.socket(fileno=d).getpeername())
+    """)
+    )
+    assert r.returncode == 0, r.stderr
+    assert "asyncio service" in r.stdout
+    assert f"peer ('{svc}', 8080)" in r.stdout
+    assert f"sock {world.target.address}" in r.stdout  # the pod's side, not 127.0.0.1
+    assert f"dup ('{svc}', 8080)" in r.stdout
+
+
+def test_ipv6_socket_with_v4_mapped_address(world: World) -> None:
+    svc = world.service.address
+    r = world.mirrord(
+        py(f"""
+        import socket
+        s = socket.socket(socket.AF_INET6)
+        s.connect(('::ffff:{svc}', 8080))
+        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')
+        print(s.getpeername()[:2]); print(s.makefile('rb').read().split(b'\\r\\n\\r\\n')[1])
+    """)
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"('::ffff:{svc}', 8080)" in r.stdout
+    assert "b'service'" in r.stdout
+
+
+def test_errors_are_the_pods(world: World) -> None:
+    svc = world.service.address
+    prefix = svc.rsplit(".", 1)[0]
+    # Refused: nothing on port 9 in the service pod. Network unreachable: pods have no
+    # default route. Host unreachable: an address of the pods' /24 nobody has (ARP fails).
+    r = world.mirrord(
+        py(f"""
+        import socket
+        for addr in [('{svc}', 9), ('10.254.0.1', 80), ('{prefix}.250', 80)]:
+            try:
+                socket.create_connection(addr, timeout=30)
+            except OSError as e:
+                print(addr[0], e.errno)
+    """),
+        timeout=90,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert f"{svc} 111" in lines  # ECONNREFUSED
+    assert "10.254.0.1 101" in lines  # ENETUNREACH
+    assert f"{prefix}.250 113" in lines  # EHOSTUNREACH
+
+
+def test_timeout_is_the_pods(world: World) -> None:
+    # A DROP for port 81 in the service pod, and SYN retries cut to 1 in the target's netns
+    # (a per-netns sysctl): the pod's kernel gives up with ETIMEDOUT after ~3 s.
+    world.service.run(["iptables", "-I", "INPUT", "-p", "tcp", "--dport", "81", "-j", "DROP"])
+    world.target.run(["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"], check=True)
+    try:
+        r = world.mirrord(
+            py(f"""
+            import socket
+            try: socket.create_connection(('{world.service.address}', 81))
+            except OSError as e: print('errno', e.errno)
+        """),
+            timeout=60,
+        )
+    finally:
+        world.target.run(["sysctl", "-qw", "net.ipv4.tcp_syn_retries=6"])
+        world.service.run(["iptables", "-D", "INPUT", "-p", "tcp", "--dport", "81", "-j", "DROP"])
+    assert r.returncode == 0, r.stderr
+    assert "errno 110" in r.stdout  # ETIMEDOUT
+
+
+def test_non_blocking_connect(world: World) -> None:
+    svc = world.service.address
+    r = world.mirrord(
+        py(f"""
+        import errno, select, socket
+        for port in (8080, 9):
+            s = socket.socket(); s.setblocking(False)
+            rc = s.connect_ex(('{svc}', port))
+            if rc == errno.EINPROGRESS:
+                select.select([], [s], [], 10)
+                rc = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            print(port, 'result', rc)
+            if rc == 0:
+                s.setblocking(True); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')
+                print(port, s.makefile('rb').read().split(b'\\r\\n\\r\\n')[1])
+    """)
+    )
+    assert r.returncode == 0, r.stderr
+    assert "8080 result 0" in r.stdout
+    assert "8080 b'service'" in r.stdout
+    assert "9 result 111" in r.stdout
+
+
+def test_many_threads_many_connections(world: World) -> None:
+    r = world.mirrord(
+        py(f"""
+        import socket, threading
+        ok = []
+        def worker():
+            n = 0
+            for _ in range(20):
+                with socket.create_connection(('{world.service.address}', 6379), timeout=20) as s:
+                    s.sendall(b'PING\\r\\n')
+                    if s.recv(100) == b'+PONG\\r\\n': n += 1
+            ok.append(n)
+        ts = [threading.Thread(target=worker) for _ in range(50)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print('ok', sum(ok))
+    """),
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ok 1000" in r.stdout
+
+
+def test_forked_child_uses_the_parents_socket(world: World) -> None:
+    r = world.mirrord(
+        py(f"""
+        import os, socket
+        s = socket.create_connection(('{world.service.address}', 6379))
+        if os.fork() == 0:
+            print('child peer', s.getpeername()); s.sendall(b'PING\\r\\n')
+            print('child got', s.recv(100)); os._exit(0)
+        os.wait()
+    """)
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"child peer ('{world.service.address}', 6379)" in r.stdout
+    assert "child got b'+PONG\\r\\n'" in r.stdout
+
+
+def test_redis_cli(world: World) -> None:
+    r = world.mirrord(
+        ["sh", "-c", f"redis-cli -h {world.service.address} set k v && "
+         f"redis-cli -h {world.service.address} get k"]
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["OK", "v"]

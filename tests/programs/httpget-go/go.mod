@@ -1,0 +1,3 @@
+module httpget
+
+go 1.19
