@@ -1,0 +1,219 @@
+"""Steal with an HTTP filter, for HTTP/1.x: each request on a (keep-alive) connection goes
+either to the client (it matches) or to the pod's server, and its response comes back to
+the peer, in order.
+
+h11 parses both sides: the peer's requests (h11 as server) and each side's responses (h11
+as client). Requests and responses are re-serialised by h11, so framing may change (e.g. a
+response without length to an HTTP/1.1 peer becomes chunked), as with any HTTP proxy. Both
+sides are opened lazily, at the first request that needs them. A connection that does not
+start with an HTTP/1.x request (HTTP/2 prior knowledge, TLS, anything else) is passed
+through to the pod's server whole: only matching requests are ever stolen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+
+from mirrord.agent.incoming.delivery import Delivery
+from mirrord.agent.incoming.http_filter import HttpFilter, Request
+from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams, pipe
+
+log = logging.getLogger(__name__)
+
+H2_PREFACE = b"PRI * HTTP/2.0"
+MAX_HEAD = 64 * 1024
+
+
+@dataclass
+class Side:
+    """Where requests go: the pod's server (a socket) or the client (a Delivery)."""
+
+    name: str
+    conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
+    streams: Streams | None = None
+    delivery: Delivery | None = None
+
+    async def write(self, data: bytes) -> None:
+        if self.delivery is not None:
+            await self.delivery.to_client.put(data)
+        else:
+            assert self.streams is not None
+            self.streams[1].write(data)
+            await self.streams[1].drain()
+
+    async def read(self) -> bytes:
+        if self.delivery is not None:
+            return await self.delivery.from_client.get() or b""
+        assert self.streams is not None
+        return await self.streams[0].read(CHUNK)
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.conn.receive_data(await self.read())
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+        if self.delivery is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.delivery.to_client.put_nowait(None)
+
+
+def _as_request(event: h11.Request) -> Request:
+    return Request(
+        method=event.method.decode("latin-1"),
+        target=event.target.decode("latin-1"),
+        headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()],
+    )
+
+
+class FilteredConnection:
+    def __init__(
+        self,
+        peer: Streams,
+        http_filter: HttpFilter,
+        open_pod: OpenPod,
+        open_delivery: Callable[[], Delivery],
+    ) -> None:
+        self.peer = peer
+        self.filter = http_filter
+        self.open_pod = open_pod
+        self.open_delivery = open_delivery
+        self.inbound = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.pod: Side | None = None
+        self.local: Side | None = None
+        self.stolen = 0
+        self.passed = 0
+
+    async def run(self) -> None:
+        try:
+            first = await self._first_bytes()
+            if first is None:
+                return
+            await self._requests()
+        finally:
+            for side in (self.pod, self.local):
+                if side is not None:
+                    side.close()
+
+    async def _first_bytes(self) -> bytes | None:
+        """Feed h11 until the first request head; anything not HTTP/1.x passes through."""
+        seen = b""
+        while True:
+            data = await self.peer[0].read(CHUNK)
+            seen += data
+            if not data:
+                return None
+            if H2_PREFACE.startswith(seen[: len(H2_PREFACE)]) and len(seen) < len(H2_PREFACE):
+                continue
+            if seen.startswith(H2_PREFACE):
+                await self._pass_through(seen, "HTTP/2 prior knowledge (not filtered yet)")
+                return None
+            self.inbound.receive_data(data)
+            try:
+                event = self.inbound.next_event()
+            except h11.RemoteProtocolError:
+                await self._pass_through(seen, "not HTTP/1.x")
+                return None
+            if event is h11.NEED_DATA:
+                continue
+            self._pending_first = event
+            return seen
+
+    async def _pass_through(self, seen: bytes, why: str) -> None:
+        log.info("filtered connection passed through whole: %s", why)
+        reader, writer = await self.open_pod()
+        try:
+            writer.write(seen)
+            await writer.drain()
+            await asyncio.gather(pipe(self.peer[0], writer), pipe(reader, self.peer[1]))
+        finally:
+            writer.close()
+
+    async def _peer_event(self) -> Any:
+        while True:
+            event = self.inbound.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.inbound.receive_data(await self.peer[0].read(CHUNK))
+
+    async def _side_for(self, request: h11.Request) -> Side:
+        if self.filter.matches(_as_request(request)):
+            self.stolen += 1
+            if self.local is None:
+                self.local = Side("client", delivery=self.open_delivery())
+                if not await self.local.delivery.wait_attached():  # type: ignore[union-attr]
+                    raise ConnectionError("the client did not take the filtered connection")
+            return self.local
+        self.passed += 1
+        if self.pod is None:
+            self.pod = Side("pod", streams=await self.open_pod())
+        return self.pod
+
+    async def _requests(self) -> None:
+        event: Any = self._pending_first
+        while True:
+            if isinstance(event, h11.ConnectionClosed):
+                return
+            if not isinstance(event, h11.Request):
+                raise h11.RemoteProtocolError(f"expected a request, got {event!r}")
+            side = await self._side_for(event)
+            await side.write(
+                side.conn.send(
+                    h11.Request(
+                        method=event.method, target=event.target, headers=event.headers.raw_items()
+                    )
+                )
+                or b""
+            )
+            await asyncio.gather(self._request_body(side), self._response(side))
+            if (
+                self.inbound.our_state is h11.MUST_CLOSE
+                or self.inbound.their_state is h11.MUST_CLOSE
+            ):
+                return
+            self.inbound.start_next_cycle()
+            if side.conn.our_state is h11.DONE and side.conn.their_state is h11.DONE:
+                side.conn.start_next_cycle()
+            else:
+                side.close()
+                if side is self.pod:
+                    self.pod = None
+                else:
+                    self.local = None
+            event = await self._peer_event()
+
+    async def _request_body(self, side: Side) -> None:
+        while True:
+            event = await self._peer_event()
+            await side.write(side.conn.send(event) or b"")
+            if isinstance(event, h11.EndOfMessage):
+                return
+
+    async def _response(self, side: Side) -> None:
+        while True:
+            event = await side.next_event()
+            if isinstance(event, h11.ConnectionClosed):
+                raise ConnectionError(f"the {side.name} closed before answering")
+            if isinstance(event, h11.InformationalResponse | h11.Response):
+                event = type(event)(
+                    status_code=event.status_code,
+                    headers=event.headers.raw_items(),
+                    reason=event.reason,
+                )
+            data = self.inbound.send(event)
+            if data:
+                self.peer[1].write(data)
+                await self.peer[1].drain()
+            if isinstance(event, h11.EndOfMessage):
+                return

@@ -1,0 +1,348 @@
+"""The Incoming gRPC service: Subscribe (rules + listener per port) and Connection (the
+bytes of one delivered connection). Per-session state is created at the first Subscribe
+and undone by the session's cleanup stack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+
+import grpc
+import grpc.aio
+
+from mirrord.agent.incoming import iptables
+from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
+from mirrord.agent.incoming.http_filter import HttpFilter, HttpFilterError, build_filter
+from mirrord.agent.incoming.node import node_addresses
+from mirrord.agent.incoming.rules import (
+    PortRules,
+    SessionChains,
+    add_port_script,
+    create_chains_script,
+    remove_chains_script,
+    remove_port_script,
+)
+from mirrord.agent.incoming.sockets import make_listener
+from mirrord.agent.incoming.subscription import Announcement, Subscription
+from mirrord.agent.service import session_of
+from mirrord.agent.session import AgentSession, SessionRegistry
+from mirrord.v1 import incoming_pb2, incoming_pb2_grpc
+
+if TYPE_CHECKING:
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+log = logging.getLogger(__name__)
+
+pb = incoming_pb2
+MODES = {pb.INCOMING_MODE_STEAL: "steal", pb.INCOMING_MODE_MIRROR: "mirror"}
+PREFERENCES = {pb.IPTABLES_BACKEND_LEGACY: "legacy", pb.IPTABLES_BACKEND_NFT: "nft"}
+
+
+async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
+    log.warning("incoming: refusing: %s: %s", code.name, message)
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")
+
+
+@dataclass
+class SessionIncoming:
+    """What incoming traffic set up for one session."""
+
+    session: AgentSession
+    pid: int
+    tables: iptables.NetnsIptables
+    chains: SessionChains
+    lock: asyncio.Lock
+    deliveries: DeliveryTable = field(default_factory=DeliveryTable)
+    subscriptions: dict[int, Subscription] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        for sub in list(self.subscriptions.values()):
+            await sub.close()
+        self.subscriptions.clear()
+        self.deliveries.close_all()
+        async with self.lock:
+            ours = [
+                c for c in await self.tables.chains() if c.name in self.chains.__dict__.values()
+            ]
+            if ours:
+                await self.tables.restore(remove_chains_script(ours))
+        log.info("session %s: incoming rules removed", self.session.id)
+
+
+def _filter_of(request: incoming_pb2.IncomingSubscribeRequest) -> HttpFilter | None:
+    if not request.HasField("http_filter"):
+        return None
+    f = request.http_filter
+    kind = f.WhichOneof("kind")
+
+    def conditions(lst: incoming_pb2.HttpMatchList) -> list[tuple[Any, str]]:
+        out: list[tuple[Any, str]] = []
+        for m in lst.matches:
+            which = m.WhichOneof("condition")
+            if which is None:
+                raise HttpFilterError(f"an {kind} entry has no condition")
+            out.append((which, getattr(m, which)))
+        return out
+
+    return build_filter(
+        header_filter=f.header_filter if kind == "header_filter" else None,
+        path_filter=f.path_filter if kind == "path_filter" else None,
+        method_filter=f.method_filter if kind == "method_filter" else None,
+        all_of=conditions(f.all_of) if kind == "all_of" else None,
+        any_of=conditions(f.any_of) if kind == "any_of" else None,
+        ports=f.ports,
+    )
+
+
+def _address(ip_port: tuple[str, int]) -> incoming_pb2.IncomingAddress:
+    return pb.IncomingAddress(ip=ip_port[0], port=ip_port[1])
+
+
+class IncomingService(incoming_pb2_grpc.IncomingServicer):
+    def __init__(self, registry: SessionRegistry) -> None:
+        self.registry = registry
+        self._state: dict[str, SessionIncoming] = {}
+        self._setup_locks: dict[str, asyncio.Lock] = {}
+        # One lock per target netns: a port's check-then-add must not interleave with
+        # another session's changes to the same netns (inside this agent).
+        self._netns_locks: dict[int, asyncio.Lock] = {}
+
+    def _netns_lock(self, session: AgentSession) -> asyncio.Lock:
+        return self._netns_locks.setdefault(session.worker.entered.net_ns_inode, asyncio.Lock())
+
+    async def _session_state(
+        self, session: AgentSession, preference: str | None, context: Context
+    ) -> SessionIncoming:
+        lock = self._setup_locks.setdefault(session.id, asyncio.Lock())
+        async with lock:
+            state = self._state.get(session.id)
+            if state is not None:
+                return state
+            if session.pid is None:
+                await _abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "incoming traffic needs a target: this session is targetless",
+                )
+            pid = session.pid
+            async with self._netns_lock(session):
+                try:
+                    counts = await iptables.available_rule_counts(pid)
+                    backend = iptables.choose_backend(counts, preference)
+                    # "At start" for this agent = the first subscription of a session: the
+                    # first moment it acts on this target's netns.
+                    await iptables.remove_leftovers(pid, list(counts))
+                    tables = iptables.NetnsIptables(pid, backend)
+                    chains = SessionChains.for_session(session.id)
+                    await tables.restore(create_chains_script(chains, iptables.this_agent()))
+                except iptables.IptablesError as e:
+                    await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            state = SessionIncoming(session, pid, tables, chains, self._netns_lock(session))
+            self._state[session.id] = state
+
+            async def cleanup() -> None:
+                self._state.pop(session.id, None)
+                self._setup_locks.pop(session.id, None)
+                await state.close()
+
+            session.on_close(cleanup, "incoming traffic rules")
+            log.info("session %s: incoming traffic via %s", session.id, backend)
+            return state
+
+    async def Subscribe(
+        self, request: incoming_pb2.IncomingSubscribeRequest, context: Context
+    ) -> AsyncIterator[incoming_pb2.IncomingSubscribeEvent]:
+        session = await session_of(self.registry, context)
+        port = request.port
+        mode = MODES.get(request.mode)
+        if not 0 < port < 65536:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"port {port} is out of range")
+        if mode is None:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "mode must be steal or mirror")
+        try:
+            http_filter = _filter_of(request)
+        except HttpFilterError as e:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"bad HTTP filter: {e}")
+        if http_filter is not None and mode != "steal":
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "HTTP filters are implemented for steal mode only (mirror copies everything)",
+            )
+        state = await self._session_state(session, PREFERENCES.get(request.backend), context)
+        events: asyncio.Queue[Announcement] = asyncio.Queue()
+        sub = await self._add_subscription(state, request, mode, http_filter, events, context)
+        ended = asyncio.ensure_future(session.ended.wait())
+        try:
+            yield pb.IncomingSubscribeEvent(
+                subscribed=pb.IncomingSubscribed(port=port, backend=state.tables.backend)
+            )
+            while True:
+                get = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({get, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    return
+                a = get.result()
+                yield pb.IncomingSubscribeEvent(
+                    connection=pb.IncomingNewConnection(
+                        connection_id=a.delivery.id,
+                        remote=_address(a.remote),
+                        original_destination=_address(a.original),
+                        mode=request.mode,
+                        http_filtered=a.http_filtered,
+                    )
+                )
+        finally:
+            ended.cancel()
+            await asyncio.shield(self._remove_subscription(state, sub))
+
+    async def _add_subscription(
+        self,
+        state: SessionIncoming,
+        request: incoming_pb2.IncomingSubscribeRequest,
+        mode: str,
+        http_filter: HttpFilter | None,
+        events: asyncio.Queue[Announcement],
+        context: Context,
+    ) -> Subscription:
+        session, port = state.session, request.port
+        async with state.lock:
+            if port in state.subscriptions:
+                await _abort(
+                    context,
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"port {port} is already subscribed in this session",
+                )
+            for chain in await state.tables.chains():
+                if not iptables.owner_alive(chain.owner):
+                    continue
+                for other_mode, other_port in chain.claims:
+                    if other_port == port:
+                        await _abort(
+                            context,
+                            grpc.StatusCode.ALREADY_EXISTS,
+                            f"port {port} of the target is already taken: another mirrord "
+                            f"session {other_mode}s it ({chain.name}); only one session may "
+                            "redirect a port at a time",
+                        )
+            listener = await session.worker.run(make_listener)
+            skip = () if request.include_node_traffic else tuple(node_addresses(state.pid))
+            rules = PortRules(
+                port, listener.getsockname()[1], mode, skip, not request.ignore_localhost
+            )
+            sub = Subscription(
+                session.worker, rules, listener, http_filter, state.deliveries, events.put_nowait
+            )
+            try:
+                await sub.start()
+                await state.tables.restore(add_port_script(rules, state.chains))
+            except BaseException as e:
+                await sub.close()
+                if isinstance(e, iptables.IptablesError):
+                    await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                raise
+            state.subscriptions[port] = sub
+        log.info(
+            "session %s: %s port %d -> agent listener %d (node sources kept: %s)",
+            session.id,
+            mode,
+            port,
+            rules.listener_port,
+            ", ".join(skip) or "none",
+        )
+        return sub
+
+    async def _remove_subscription(self, state: SessionIncoming, sub: Subscription) -> None:
+        if state.subscriptions.get(sub.rules.port) is not sub:
+            return  # the session's cleanup got there first
+        del state.subscriptions[sub.rules.port]
+        async with state.lock:
+            with contextlib.suppress(iptables.IptablesError):
+                await state.tables.restore(remove_port_script(sub.rules, state.chains))
+        await sub.close()
+
+    async def Connection(
+        self,
+        request_iterator: AsyncIterator[incoming_pb2.IncomingConnectionClientMessage],
+        context: Context,
+    ) -> AsyncIterator[incoming_pb2.IncomingConnectionAgentMessage]:
+        session = await session_of(self.registry, context)
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("msg") != "open":
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be open"
+            )
+        state = self._state.get(session.id)
+        delivery = state.deliveries.attach(first.open.connection_id) if state else None
+        if delivery is None:
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no connection {first.open.connection_id!r} waiting in this session "
+                "(unknown, already taken, closed, or not opened within 10 s)",
+            )
+        reader = asyncio.ensure_future(self._from_client(requests, delivery))
+        try:
+            async for msg in _to_client(delivery):
+                yield msg
+        finally:
+            reader.cancel()
+            if state is not None:
+                state.deliveries.discard(delivery)
+            delivery.close()
+
+    @staticmethod
+    async def _from_client(
+        requests: AsyncIterator[incoming_pb2.IncomingConnectionClientMessage], delivery: Delivery
+    ) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("msg")
+                if kind == "data":
+                    await delivery.from_client.put(msg.data)
+                elif kind == "eof":
+                    break
+        except grpc.aio.AioRpcError:
+            delivery.close()
+            return
+        await delivery.from_client.put(None)
+
+
+async def _to_client(
+    delivery: Delivery,
+) -> AsyncIterator[incoming_pb2.IncomingConnectionAgentMessage]:
+    """Queued bytes, then eof, until the connection is over (what is queued still goes)."""
+    closed = asyncio.ensure_future(delivery.closed.wait())
+    sent_eof = False
+    try:
+        while True:
+            if delivery.to_client.empty():
+                if delivery.closed.is_set():
+                    return
+                get = asyncio.ensure_future(delivery.to_client.get())
+                await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    continue
+                item = get.result()
+            else:
+                item = delivery.to_client.get_nowait()
+            if item is None:
+                if not sent_eof:
+                    sent_eof = True
+                    yield pb.IncomingConnectionAgentMessage(eof=True)
+            else:
+                yield pb.IncomingConnectionAgentMessage(data=item)
+    finally:
+        closed.cancel()
+
+
+def register(server: grpc.aio.Server, registry: SessionRegistry) -> None:
+    incoming_pb2_grpc.add_IncomingServicer_to_server(IncomingService(registry), server)

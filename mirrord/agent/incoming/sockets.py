@@ -1,0 +1,46 @@
+"""Sockets the agent creates inside the target's netns (call these on the session's
+namespace worker thread), and SO_ORIGINAL_DST."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from mirrord.agent.incoming.rules import AGENT_MARK
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, at level SOL_IP
+
+
+def make_listener() -> socket.socket:
+    """A TCP listener on a free port of every address of the current netns: REDIRECT sends
+    PREROUTING traffic to the incoming interface's address and OUTPUT traffic to 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("0.0.0.0", 0))
+        sock.listen(512)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def make_marked_socket() -> socket.socket:
+    """A TCP socket whose packets carry AGENT_MARK, which our OUTPUT chain lets through: the
+    agent's pass-through connections to the pod's server are never redirected to us again."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, AGENT_MARK)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int]:
+    """Where the peer meant to connect before REDIRECT rewrote it (a sockaddr_in)."""
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, packed = struct.unpack_from("!2xH4s", raw)
+    return socket.inet_ntoa(packed), port

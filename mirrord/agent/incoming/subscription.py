@@ -1,0 +1,126 @@
+"""One subscribed port: the agent's listener in the pod's netns, the redirect rules that
+feed it, and what each accepted connection becomes (stolen, mirrored, filtered)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mirrord.agent.incoming import relay
+from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
+from mirrord.agent.incoming.http1 import FilteredConnection
+from mirrord.agent.incoming.http_filter import HttpFilter
+from mirrord.agent.incoming.rules import PortRules
+from mirrord.agent.incoming.sockets import make_marked_socket, original_destination
+from mirrord.agent.namespaces import NamespaceWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A connection for the client: sent as IncomingNewConnection."""
+
+    delivery: Delivery
+    remote: tuple[str, int]
+    original: tuple[str, int]
+    http_filtered: bool
+
+
+class Subscription:
+    def __init__(
+        self,
+        worker: NamespaceWorker,
+        rules: PortRules,
+        listener: socket.socket,
+        http_filter: HttpFilter | None,
+        deliveries: DeliveryTable,
+        announce: Callable[[Announcement], None],
+    ) -> None:
+        self.worker = worker
+        self.rules = rules
+        self.listener = listener
+        self.filter = http_filter if http_filter and http_filter.applies_to(rules.port) else None
+        self.deliveries = deliveries
+        self.announce = announce
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._mine: set[Delivery] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accepted, sock=self.listener)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        else:
+            self.listener.close()
+        for delivery in list(self._mine):
+            delivery.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _open_pod(self, address: tuple[str, int]) -> relay.Streams:
+        sock = await self.worker.run(make_marked_socket)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
+
+    def _new_delivery(self, remote: tuple[str, int], original: tuple[str, int]) -> Delivery:
+        delivery = Delivery()
+        self.deliveries.add(delivery)
+        self._mine.add(delivery)
+        self.announce(Announcement(delivery, remote, original, self.filter is not None))
+        return delivery
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        deliveries: list[Delivery] = []
+        try:
+            sock = writer.get_extra_info("socket")
+            original = original_destination(sock)
+            host, port = writer.get_extra_info("peername")[:2]
+            remote = (str(host), int(port))
+
+            def new_delivery() -> Delivery:
+                deliveries.append(self._new_delivery(remote, original))
+                return deliveries[-1]
+
+            async def open_pod() -> relay.Streams:
+                return await self._open_pod(original)
+
+            log.debug("port %d: connection from %s to %s", self.rules.port, remote, original)
+            if self.filter is not None:
+                await FilteredConnection(
+                    (reader, writer), self.filter, open_pod, new_delivery
+                ).run()
+            elif self.rules.mode == "steal":
+                await relay.steal((reader, writer), new_delivery())
+            else:
+                await relay.mirror((reader, writer), new_delivery(), open_pod)
+        except (OSError, ConnectionError, EOFError) as e:
+            log.info("port %d: connection ended: %s", self.rules.port, e)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("port %d: connection failed", self.rules.port)
+        finally:
+            for delivery in deliveries:
+                with contextlib.suppress(asyncio.QueueFull):
+                    delivery.to_client.put_nowait(None)
+                # The client's stream still sends what is queued, then ends.
+                delivery.closed.set()
+                self._mine.discard(delivery)
+            writer.close()
+            self._tasks.discard(task)

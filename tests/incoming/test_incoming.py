@@ -1,0 +1,184 @@
+"""Incoming traffic with real pods, a real agent and real iptables rules in the target's
+netns. The "local program" is a plain asyncio consumer of mirrord.client.incoming."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mirrord.agent.server import AgentServer
+from mirrord.client import AgentClient
+from mirrord.client.incoming import HttpFilterSpec, IncomingClient, PortTaken, Subscription
+from mirrord.testpod import Pod
+from tests.incoming.incoming_helpers import (
+    LOCAL_ANSWER,
+    TOKEN,
+    answer_requests,
+    mirrord_rules,
+    request,
+    send_requests_async,
+)
+
+pytestmark = pytest.mark.root
+
+
+def pod_requests(target: Pod) -> list[str]:
+    return [line for line in target.read_log().splitlines() if line.startswith("REQ")]
+
+
+async def test_steal_answers_from_local_and_pod_sees_nothing(
+    session: AgentClient, target: Pod, client_pod: Pod
+) -> None:
+    sub = await IncomingClient(session).subscribe(8080, "steal")
+    assert any("mirrord:steal:8080" in line for line in mirrord_rules(target))
+    seen: list[bytes] = []
+
+    async def local_program() -> None:
+        conn = await sub.accept()
+        assert conn.remote[0] == client_pod.address
+        assert conn.original_destination == (target.address, 8080)
+        await answer_requests(conn, seen)
+
+    consumer = asyncio.ensure_future(local_program())
+    answers = await send_requests_async(client_pod, target.address, 8080, [request("/stolen")])
+    assert answers == [LOCAL_ANSWER.decode()]
+    await asyncio.wait_for(consumer, 10)
+    assert seen[0].startswith(b"GET /stolen HTTP/1.1\r\n")
+    assert pod_requests(target) == []
+    await sub.close()
+
+
+async def test_mirror_pod_answers_byte_for_byte_and_local_gets_a_copy(
+    session: AgentClient, target: Pod, client_pod: Pod
+) -> None:
+    req = request("/mirrored", {"Connection": "close"})
+    direct = await send_requests_async(client_pod, target.address, 8080, [req])
+    sub = await IncomingClient(session).subscribe(8080, "mirror")
+    copies: list[bytes] = []
+
+    async def local_program() -> None:
+        conn = await sub.accept()
+        assert conn.mode == "mirror"
+        await conn.write(b"HTTP/1.1 500 dropped\r\n\r\n")  # the agent drops mirror answers
+        while data := await conn.reader.read(65536):
+            copies.append(data)
+        await conn.close()
+
+    consumer = asyncio.ensure_future(local_program())
+    mirrored = await send_requests_async(client_pod, target.address, 8080, [req])
+    await asyncio.wait_for(consumer, 10)
+    # The Date header differs between two answers; everything else must be identical.
+    assert [_without_date(a) for a in mirrored] == [_without_date(a) for a in direct]
+    assert mirrored[0].endswith("\r\n\r\npod")
+    assert b"".join(copies) == req.encode()
+    assert len(pod_requests(target)) == 2
+    await sub.close()
+
+
+def _without_date(answer: str) -> str:
+    return "\r\n".join(x for x in answer.split("\r\n") if not x.startswith("Date:"))
+
+
+async def test_header_filter_splits_one_keep_alive_connection(
+    session: AgentClient, target: Pod, client_pod: Pod
+) -> None:
+    sub = await IncomingClient(session).subscribe(
+        8080, "steal", HttpFilterSpec(header_filter="^x-user: me$")
+    )
+    seen: list[bytes] = []
+
+    async def local_program() -> None:
+        conn = await sub.accept()
+        assert conn.http_filtered
+        await answer_requests(conn, seen)
+
+    consumer = asyncio.ensure_future(local_program())
+    reqs = [
+        request("/1", {"X-User": "me"}),
+        request("/2", {"X-User": "someone-else"}),
+        request("/3"),
+        request("/4", {"x-user": "ME"}),
+    ]
+    answers = await send_requests_async(client_pod, target.address, 8080, reqs)
+    bodies = [a.rpartition("\r\n\r\n")[2] for a in answers]
+    assert bodies == ["local", "pod", "pod", "local"]
+    assert [line.split()[2] for line in pod_requests(target)] == ["/2", "/3"]
+    await sub.close()
+    await asyncio.wait_for(consumer, 10)
+    assert [s.split(b" ")[1] for s in seen] == [b"/1", b"/4"]
+
+
+async def test_node_traffic_is_not_stolen_unless_asked(
+    session: AgentClient, target: Pod, client_pod: Pod
+) -> None:
+    incoming = IncomingClient(session)
+    sub = await incoming.subscribe(8080, "steal")
+    # The host is the node here: its request (like a kubelet probe) still reaches the pod.
+    reader, writer = await asyncio.open_connection(target.address, 8080)
+    writer.write(request("/healthz", {"Connection": "close"}).encode())
+    answer = await reader.read()
+    writer.close()
+    assert answer.endswith(b"\r\n\r\npod")
+    await sub.close()
+    sub = await incoming.subscribe(8080, "steal", include_node_traffic=True)
+    seen: list[bytes] = []
+    consumer = asyncio.ensure_future(_answer_one(sub, seen))
+    reader, writer = await asyncio.open_connection(target.address, 8080)
+    writer.write(request("/healthz").encode())
+    answer = await reader.readexactly(len(LOCAL_ANSWER))
+    writer.close()
+    assert answer == LOCAL_ANSWER
+    await asyncio.wait_for(consumer, 10)
+    await sub.close()
+
+
+async def _answer_one(sub: Subscription, seen: list[bytes]) -> None:
+    conn = await sub.accept()
+    await answer_requests(conn, seen)
+
+
+async def test_two_ports_coexist_and_a_second_steal_is_refused(
+    agent: AgentServer, session: AgentClient, target: Pod, client_pod: Pod
+) -> None:
+    sub = await IncomingClient(session).subscribe(8080, "steal")
+    other = await AgentClient.connect(agent.address, TOKEN, target.main_pid, timeout=10.0)
+    try:
+        other_incoming = IncomingClient(other)
+        with pytest.raises(PortTaken, match="port 8080 of the target is already taken"):
+            await other_incoming.subscribe(8080, "steal")
+        sub2 = await other_incoming.subscribe(9090, "steal")
+        rules = mirrord_rules(target)
+        assert any("mirrord:steal:8080" in r for r in rules)
+        assert any("mirrord:steal:9090" in r for r in rules)
+        await sub2.close()
+    finally:
+        await other.close()
+    rules = mirrord_rules(target)
+    assert not any("9090" in r for r in rules)
+    assert any("mirrord:steal:8080" in r for r in rules)
+    await sub.close()
+
+
+@pytest.mark.parametrize(
+    ("existing", "nftables", "expected"),
+    [
+        (None, False, "iptables-legacy"),
+        (None, True, "iptables-nft"),
+        ("iptables-legacy", True, "iptables-legacy"),  # what the netns uses beats preference
+        ("iptables-nft", False, "iptables-nft"),
+    ],
+)
+async def test_backend_follows_the_netns_then_the_preference(
+    session: AgentClient, target: Pod, existing: str | None, nftables: bool, expected: str
+) -> None:
+    if existing is not None:  # a rule someone else (a CNI, a mesh) put there
+        done = target.run([existing, "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "ACCEPT"])
+        assert done.returncode == 0, done.stderr
+    sub = await IncomingClient(session).subscribe(8080, "steal", nftables=nftables)
+    assert sub.backend == expected
+    dump = target.run([f"{expected}-save", "-t", "nat"]).stdout.decode()
+    assert "mirrord:steal:8080" in dump
+    await sub.close()
+    await session.close()
+    assert mirrord_rules(target) == []

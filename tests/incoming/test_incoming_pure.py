@@ -1,0 +1,145 @@
+"""The pure parts of incoming traffic: HTTP filters, rule scripts and dumps, node addresses."""
+
+from __future__ import annotations
+
+import pytest
+
+from mirrord.agent.incoming.http_filter import HttpFilterError, Request, build_filter
+from mirrord.agent.incoming.iptables import LEGACY, NFT, choose_backend
+from mirrord.agent.incoming.node import gateways_from_route, local_addresses_from_fib_trie
+from mirrord.agent.incoming.rules import (
+    Owner,
+    PortRules,
+    SessionChains,
+    add_port_script,
+    create_chains_script,
+    parse_nat_dump,
+    remove_chains_script,
+)
+
+
+def req(method: str = "GET", target: str = "/", **headers: str) -> Request:
+    return Request(method, target, [(k.replace("_", "-"), v) for k, v in headers.items()])
+
+
+def test_header_filter_matches_name_colon_value_case_insensitively() -> None:
+    f = build_filter(header_filter="^x-user: me$")
+    assert f.matches(req(X_User="me"))
+    assert f.matches(req(x_user="ME"))
+    assert not f.matches(req(X_User="me2"))
+    assert not f.matches(req())
+
+
+def test_path_filter_matches_path_with_or_without_query() -> None:
+    f = build_filter(path_filter="^/api/v1$")
+    assert f.matches(req(target="/api/v1?x=1"))  # the path alone
+    assert not f.matches(req(target="/api/v12"))
+    q = build_filter(path_filter=r"x=1$")
+    assert q.matches(req(target="/api/v1?x=1"))  # path + query
+    assert build_filter(path_filter="^/API").matches(req(target="/api"))
+
+
+def test_method_filter_is_a_name_not_a_regex() -> None:
+    f = build_filter(method_filter="post")
+    assert f.matches(req("POST"))
+    assert not f.matches(req("GET"))
+    assert not build_filter(method_filter="P.*").matches(req("POST"))
+
+
+def test_all_of_and_any_of() -> None:
+    conditions = [("header", "x-user: me"), ("path", "^/api"), ("method", "GET")]
+    all_of = build_filter(all_of=conditions)  # type: ignore[arg-type]
+    any_of = build_filter(any_of=conditions)  # type: ignore[arg-type]
+    assert all_of.matches(req("GET", "/api", X_User="me"))
+    assert not all_of.matches(req("GET", "/api"))
+    assert any_of.matches(req("PUT", "/other", X_User="me"))
+    assert not any_of.matches(req("PUT", "/other"))
+
+
+def test_ports_limit_where_the_filter_applies() -> None:
+    assert build_filter(header_filter="a", ports=[80]).applies_to(80)
+    assert not build_filter(header_filter="a", ports=[80]).applies_to(8080)
+    assert build_filter(header_filter="a").applies_to(8080)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"header_filter": "a", "path_filter": "b"}, {"path_filter": "("}, {"all_of": []}],
+)
+def test_bad_filters_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(HttpFilterError):
+        build_filter(**kwargs)  # type: ignore[arg-type]
+
+
+CHAINS = SessionChains.for_session("0123456789abcdef0123")
+RULES = PortRules(8080, 40000, "steal", ("10.0.0.1",), True)
+
+
+def test_chain_names_fit_iptables() -> None:
+    assert len(CHAINS.inbound) <= 28 and len(CHAINS.outbound) <= 28
+
+
+def test_scripts_name_only_our_chains() -> None:
+    script = create_chains_script(CHAINS, Owner(12, 34)) + add_port_script(RULES, CHAINS)
+    assert "-j REDIRECT --to-ports 40000" in script
+    assert "-s 10.0.0.1/32" in script  # node traffic skipped
+    assert "-o lo" in script  # the pod's own loopback traffic
+    for line in script.splitlines():
+        if line.startswith(("-A", "-I")):
+            assert "MIRRORD_" in line, line
+
+
+DUMP = """*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:MIRRORD_IN_aaaa - [0:0]
+:MIRRORD_OUT_aaaa - [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "mirrord:owner=12/34" -j MIRRORD_IN_aaaa
+-A PREROUTING -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "mirrord:owner=12/34" -j MIRRORD_OUT_aaaa
+-A MIRRORD_IN_aaaa -p tcp -m tcp --dport 80 -m comment --comment "mirrord:steal:80" \
+-j REDIRECT --to-ports 999
+COMMIT
+""".replace("\\\n", "")
+
+
+def test_dump_parsing_finds_owner_jumps_and_claims() -> None:
+    chains = {c.name: c for c in parse_nat_dump(DUMP)}
+    assert set(chains) == {"MIRRORD_IN_aaaa", "MIRRORD_OUT_aaaa"}
+    inbound = chains["MIRRORD_IN_aaaa"]
+    assert inbound.owner == Owner(12, 34)
+    assert inbound.claims == (("steal", 80),)
+    script = remove_chains_script(chains.values())
+    assert "-D PREROUTING -m comment --comment mirrord:owner=12/34 -j MIRRORD_IN_aaaa" in script
+    assert "-X MIRRORD_OUT_aaaa" in script
+    assert "KUBE" not in script
+
+
+def test_backend_choice() -> None:
+    assert choose_backend({LEGACY: 3, NFT: 0}, "nft") == LEGACY
+    assert choose_backend({LEGACY: 0, NFT: 2}, "legacy") == NFT
+    assert choose_backend({LEGACY: 0, NFT: 0}, "legacy") == LEGACY
+    assert choose_backend({LEGACY: 1, NFT: 1}, "nft") == NFT
+    assert choose_backend({NFT: 0}, "legacy") == NFT  # only what is installed
+
+
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 10.213.1.0
+        /24 link UNICAST
+     |-- 10.213.1.1
+        /32 host LOCAL
+     |-- 127.0.0.1
+        /32 host LOCAL
+"""
+
+ROUTE = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask
+eth0\t00000000\t0101D50A\t0003\t0\t0\t0\t00000000
+eth0\t0001D50A\t00000000\t0001\t0\t0\t0\t00FFFFFF
+"""
+
+
+def test_node_addresses_parsing() -> None:
+    assert local_addresses_from_fib_trie(FIB_TRIE) == {"10.213.1.1"}
+    assert gateways_from_route(ROUTE) == {"10.213.1.1"}
