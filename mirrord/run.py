@@ -8,6 +8,7 @@ it), the local agent (if we started one) is stopped, and signals are given back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
@@ -20,9 +21,11 @@ from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.errors import AgentError
 from mirrord.config import ConfigError, MirrordConfig
 from mirrord.environment import merge_env
-from mirrord.features import build_features
+from mirrord.features import build_features, close_features
+from mirrord.kube import KubeError, uses_cluster
 from mirrord.supervisor import (
     ExitStatus,
+    Feature,
     SignalForwarder,
     SpawnError,
     SupervisedRun,
@@ -76,7 +79,8 @@ async def run_exec(
         target = parse_target(config.target.path_string)
     except TargetError as exc:
         raise ExecError(str(exc), 2) from None
-    if agent is None and os.geteuid() != 0:
+    in_cluster = agent is None and uses_cluster(config, target)
+    if agent is None and not in_cluster and os.geteuid() != 0:
         raise ExecError(needs_root_message(argv))
 
     loop = asyncio.get_running_loop()
@@ -95,14 +99,23 @@ async def run_exec(
     forwarder.start()
     local_agent = None
     client: AgentClient | None = None
+    features: tuple[Feature, ...] = ()
+    kube = contextlib.AsyncExitStack()
     try:
         startup = float(config.agent.startup_timeout_s)
-        if agent is None:
-            local_agent = await start_local_agent(
-                ping_timeout=_ping_timeout(config), startup_timeout=startup
+        if in_cluster:
+            from mirrord.kube.session import kube_agent_session
+
+            client = await kube.enter_async_context(kube_agent_session(config, target, local_env))
+        else:
+            if agent is None:
+                local_agent = await start_local_agent(
+                    ping_timeout=_ping_timeout(config), startup_timeout=startup
+                )
+                agent = AgentEndpoint(local_agent.address, local_agent.token)
+            client = await AgentClient.connect(
+                agent.address, agent.token, target.pid, timeout=startup
             )
-            agent = AgentEndpoint(local_agent.address, local_agent.token)
-        client = await AgentClient.connect(agent.address, agent.token, target.pid, timeout=startup)
         env_on = config.feature.env_enabled
         remote_env = await client.get_env() if env_on else {}
         env = merge_env(local_env, remote_env, config.feature.env_config if env_on else False)
@@ -112,15 +125,19 @@ async def run_exec(
         run = SupervisedRun(argv, env, options)
         runs.append(run)
         return await _wait_program(run, client)
-    except AgentError as exc:
+    except (AgentError, KubeError) as exc:
         raise ExecError(str(exc)) from None
     except ConfigError as exc:  # env_file unreadable or malformed
         raise ExecError(str(exc), 2) from None
     except SpawnError as exc:
         raise ExecError(str(exc), exc.exit_code) from None
     finally:
-        if client is not None:
-            await client.close()
+        try:
+            await close_features(features)  # e.g. file write-back: needs the session
+        finally:
+            if client is not None:
+                await client.close()
+        await kube.aclose()  # the port-forward and the API connection
         if local_agent is not None:
             await local_agent.stop()
         forwarder.stop()

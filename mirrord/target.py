@@ -1,7 +1,7 @@
-"""Target strings: `pid/N` (a process on this host) or targetless, for now.
+"""Target strings: `pid/N` (a process on this host), a Kubernetes object, or targetless.
 
-Kubernetes targets (`pod/…`, `deployment/…`) are recognised and refused with a clear
-message until the Kubernetes part exists.
+Kubernetes targets are `KIND/NAME[/container/C]` as normalized by the config
+(`deploy/x` is already `deployment/x`); `mirrord.kube` resolves them to a pod.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ KUBE_KINDS = (
     "cronjob",
     "rollout",
     "service",
+    "labels",
 )
 
 
@@ -26,9 +27,19 @@ class TargetError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    pid: int | None  # None: targetless
+    pid: int | None  # None: targetless, or a Kubernetes target
+    kind: str | None = None  # a Kubernetes kind (KUBE_KINDS); None: not Kubernetes
+    name: str | None = None
+    container: str | None = None
+
+    @property
+    def is_kube(self) -> bool:
+        return self.kind is not None
 
     def __str__(self) -> str:
+        if self.kind is not None:
+            text = f"{self.kind}/{self.name}"
+            return f"{text}/container/{self.container}" if self.container else text
         return f"pid/{self.pid}" if self.pid is not None else "targetless"
 
 
@@ -41,10 +52,12 @@ def parse_target(path: str | None) -> Target:
             raise TargetError(f"target {path!r}: expected pid/N with N a process id")
         return Target(pid=int(rest))
     if kind in KUBE_KINDS:
-        raise TargetError(
-            f"target {path!r}: Kubernetes targets are not supported by this version yet; "
-            "use pid/N (a process on this host) or targetless"
-        )
+        parts = rest.split("/")
+        if parts[0] and len(parts) == 1:
+            return Target(pid=None, kind=kind, name=parts[0])
+        if len(parts) == 3 and parts[0] and parts[1] == "container" and parts[2]:
+            return Target(pid=None, kind=kind, name=parts[0], container=parts[2])
+        raise TargetError(f"target {path!r}: expected {kind}/NAME[/container/CONTAINER]")
     raise TargetError(
         f"target {path!r}: unknown target kind {kind!r}; expected pid/N, targetless, or "
         + ", ".join(f"{k}/NAME" for k in KUBE_KINDS)

@@ -10,8 +10,15 @@ from collections.abc import Callable
 
 import grpc
 
+from mirrord.agent.files import register as register_files
+from mirrord.agent.incoming import register as register_incoming
+from mirrord.agent.net import register as register_net
 from mirrord.agent.session import SessionRegistry
 
 Register = Callable[[grpc.aio.Server, SessionRegistry], None]
 
-FEATURE_SERVICES: list[Register] = []
+FEATURE_SERVICES: list[Register] = [
+    register_net,  # outgoing traffic and DNS
+    register_files,  # the target's file system
+    register_incoming,  # mirror / steal of the target's ports
+]

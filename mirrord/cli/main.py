@@ -1,4 +1,4 @@
-"""`mirrord` command line: exec, verify-config, schema, and the hidden `agent`.
+"""`mirrord` command line: exec, verify-config, schema; ls and agent (in kube_cmds).
 
 Heavy modules (grpc, the supervisor) are imported inside the commands that need them, so
 `mirrord --help` and `verify-config` start quickly.
@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 
 from mirrord import __version__
+from mirrord.cli.kube_cmds import register as register_kube_commands
+from mirrord.cli.portforward_cmd import register as register_port_forward
 
 app = typer.Typer(
     name="mirrord",
@@ -216,26 +218,14 @@ def schema() -> None:
     print(json.dumps(config_json_schema(), indent=2))
 
 
-@app.command(
-    "agent",
-    hidden=True,
-    context_settings={
-        "allow_extra_args": True,
-        "ignore_unknown_options": True,
-        "help_option_names": [],
-    },
-    add_help_option=False,
-)
-def agent(ctx: typer.Context) -> None:
-    """Run the agent (normally started by mirrord itself, or as a DaemonSet)."""
-    from mirrord.agent.main import main as agent_main
-
-    raise typer.Exit(agent_main(list(ctx.args)))
-
-
 # The program must get the user's environment as it was, not what mirrord sets for
 # itself below.
 ORIGINAL_ENV = dict(os.environ)
+
+
+# ls, agent serve|install|uninstall|status
+register_kube_commands(app)
+register_port_forward(app)
 
 
 def main() -> None:

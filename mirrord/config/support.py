@@ -15,12 +15,36 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "$schema",
         "target",
         "feature.env",
+        "feature.fs",
         "feature.hostname",
+        "feature.network.outgoing.tcp",
+        "feature.network.outgoing.udp",
+        "feature.network.outgoing.ignore_localhost",
+        "feature.network.outgoing.filter",
+        "feature.network.dns.enabled",
         "agent.startup_timeout",
         "agent.communication_timeout",
         "kube_context",
         "kubeconfig",
+        # The agent DaemonSet (mirrord/kube/manifests.py) is built from these.
+        "agent.namespace",
+        "agent.image",
+        "agent.image_pull_policy",
+        "agent.image_pull_secrets",
+        "agent.privileged",
+        "agent.tolerations",
+        "agent.node_selector",
+        "agent.resources",
+        "agent.labels",
+        "agent.annotations",
+        "agent.priority_class",
+        "agent.log_level",
     }
+)
+
+# Sections whose true/false switch we act on even where some keys below are not built.
+IMPLEMENTED_SWITCHES: frozenset[str] = frozenset(
+    {"feature.network.outgoing", "feature.network.dns"}
 )
 
 # Keys that only upstream's own machinery (operator, IDE plugins, macOS SIP patching, its
@@ -43,6 +67,7 @@ NO_EFFECT: Mapping[str, str] = {
     "use_proxy": "HTTP(S)_PROXY handling of upstream's CLI does not apply",
     "experimental": "upstream's experimental switches target its LD_PRELOAD layer",
     "feature.env.load_from_process": "the environment is always fetched before start",
+    "feature.fs.readonly_file_buffer": "remote files are read from a local copy at native speed",
 }
 
 # Keys upstream once had and old configs still carry. Accepted, ignored, and reported.
@@ -122,7 +147,9 @@ def _judge(path: str, value: Any) -> Iterator[str]:
         if plain != {}:
             yield f"{path}: has no effect here ({NO_EFFECT[path]}); ignored"
         return
-    implemented = _covered(path, IMPLEMENTED) is not None
+    implemented = _covered(path, IMPLEMENTED) is not None or (
+        isinstance(value, bool) and path in IMPLEMENTED_SWITCHES
+    )
     if isinstance(value, Mapping) and (
         path in _GROUPS or (not implemented and _leads_to(path, IMPLEMENTED))
     ):

@@ -36,9 +36,12 @@ def main() -> int:
         return 1
     sweep_stale()
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    with create_pod(name="checkout-7f9c", hostname="checkout-7f9c", env=POD_ENV) as pod:
+    files = {"/srv/checkout/config.yaml": "payment_gateway: sandbox\nmax_cart_items: 50\n"}
+    with create_pod(
+        name="checkout-7f9c", hostname="checkout-7f9c", env=POD_ENV, files=files
+    ) as pod:
         print(f"demo pod: {pod.name}  pid {pod.main_pid}  address {pod.address}")
-        print("          a small HTTP service with its own env and hostname\n")
+        print("          a small HTTP service with its own env, hostname and files\n")
         print("$ python3 app.py                                   (plain, on this machine)")
         subprocess.run([python, str(APP)], check=True)
         cmd = [_mirrord(), "exec", "--target", f"pid/{pod.main_pid}", "--", python, str(APP)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mirrord.supervisor.actions import Action, Allow, Fake, Handler, Memory, Syscall
@@ -105,6 +105,9 @@ class Feature:
     name: str
     rules: list[Rule]
     handlers: dict[int, Handler]
+    # Run once when the program's run is over, while the agent session is still open
+    # (e.g. write back files, remove a cache directory). Must not raise.
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 def build_policy(*, hostname: str | None, features: Sequence[Feature] = ()) -> Policy:

@@ -8,7 +8,8 @@ Layout of the program:
      data FOREIGN_ABI: its numbers differ, so it is passed through, never misread as x86_64.
   2. x32 syscalls (nr with bit 30 set) fail with ENOSYS: x32 programs are not supported.
   3. Each rule: `if nr == N` then its action. A rule may test bits of the low 32 bits of
-     args[0] (clone's flags) so that only the rare interesting case stops.
+     args[0] (clone's flags), or that an argument is not NULL (sendto's address), so
+     that only the interesting case stops.
   4. Default: allow.
 Each rule is "jeq N, 0, skip; ...; ret" with only short forward jumps, so the program
 never needs a jump longer than the 8-bit offsets BPF allows.
@@ -27,6 +28,7 @@ from mirrord.supervisor.syscalls import AUDIT_ARCH_X86_64, X32_SYSCALL_BIT
 OFF_NR = 0
 OFF_ARCH = 4
 OFF_ARG0_LO = 16
+OFF_ARGS = 16  # args[i] at 16 + 8*i, little-endian: low word first
 
 # BPF opcodes (linux/bpf_common.h).
 BPF_LD_W_ABS = 0x20
@@ -57,6 +59,9 @@ class Rule:
     errno: int = 0
     # When set, only stop if (low 32 bits of args[0]) & arg0_mask != 0; else allow.
     arg0_mask: int = 0
+    # When set, only stop if args[arg_nonzero] != 0 (a pointer given: sendto/recvfrom's
+    # address); else allow. Both halves of the 64-bit argument are tested.
+    arg_nonzero: int | None = None
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
@@ -87,7 +92,23 @@ def build_filter(rules: list[Rule]) -> bytes:
         _insn(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS),
     ]
     for r in sorted(rules, key=lambda r: r.nr):
-        if r.arg0_mask:
+        if r.arg0_mask and r.arg_nonzero is not None:
+            raise ValueError(f"syscall {r.nr}: one argument test per rule")
+        if r.arg_nonzero is not None:
+            if not 0 <= r.arg_nonzero < 6:
+                raise ValueError(f"syscall {r.nr}: no argument {r.arg_nonzero}")
+            lo = OFF_ARGS + 8 * r.arg_nonzero
+            # jeq nr; ld lo; jeq 0 (else ret action); ld hi; jeq 0 -> ret allow; ret action.
+            prog += [
+                _insn(BPF_JEQ_K, 0, 6, r.nr),
+                _insn(BPF_LD_W_ABS, 0, 0, lo),
+                _insn(BPF_JEQ_K, 0, 2, 0),
+                _insn(BPF_LD_W_ABS, 0, 0, lo + 4),
+                _insn(BPF_JEQ_K, 1, 0, 0),
+                _insn(BPF_RET_K, 0, 0, _ret_for(r)),
+                _insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+            ]
+        elif r.arg0_mask:
             # jeq nr; ld arg0; jset mask -> ret action; else ret allow. The accumulator is
             # clobbered, so the not-equal path must skip the whole block.
             prog += [

@@ -33,7 +33,7 @@ from typing import Any
 from mirrord.supervisor import ptrace_ops as pt
 from mirrord.supervisor.actions import Action, Allow, Defer, ExitHook, Fake, Syscall
 from mirrord.supervisor.handlers import Policy
-from mirrord.supervisor.seccomp import FOREIGN_ABI, Kind, build_filter
+from mirrord.supervisor.seccomp import FOREIGN_ABI, Kind, Rule, build_filter
 from mirrord.supervisor.spawn import SpawnError, read_exec_failure, spawn_traced
 from mirrord.supervisor.wakeup import Wakeup
 
@@ -308,7 +308,7 @@ class Tracer:
         task.in_syscall = True
         regs = pt.getregs(task.tid)
         rule = self._trapped.get(regs.orig_rax)
-        if rule is None or (rule.arg0_mask and not (regs.rdi & rule.arg0_mask)):
+        if rule is None or not _rule_stops(rule, regs):
             pt.syscall(task.tid)
         elif rule.kind is Kind.ERRNO:
             self._apply(task.tid, regs, Fake(-rule.errno), fake_now=False)
@@ -412,6 +412,13 @@ class Tracer:
             except pt.PtraceError as exc:
                 if getattr(exc, "errno", None) != errno.ESRCH:
                     raise
+
+
+def _rule_stops(rule: Rule, regs: pt.Regs) -> bool:
+    """The full-stop fallback's copy of the filter's argument tests (seccomp.py)."""
+    if rule.arg0_mask and not (regs.rdi & rule.arg0_mask):
+        return False
+    return rule.arg_nonzero is None or getattr(regs, ARG_REGS[rule.arg_nonzero]) != 0
 
 
 async def _await(aw: Awaitable[Any]) -> Any:

@@ -133,6 +133,12 @@ def main() -> None:
         argv = [str(a) for a in spec["argv"]]
         os.chdir(str(spec["cwd"]))
         prog = _resolve(argv[0], env)
+        user = spec.get("user")
+        if user:
+            # Last, after every privileged step (mounts, holder): drop to the pod's user.
+            os.setgroups([])
+            os.setgid(int(user[1]))
+            os.setuid(int(user[0]))
         os.execve(prog, argv, env)
     except BaseException as e:
         os.write(status_fd, f"ERROR {type(e).__name__}: {e}\n".encode())

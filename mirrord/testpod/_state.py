@@ -189,6 +189,36 @@ def host_paths_in_use(exclude: str) -> set[str]:
     return used
 
 
+def cgroup2_root() -> Path:
+    """Where cgroup v2 is mounted: /sys/fs/cgroup/unified (hybrid) or /sys/fs/cgroup."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    raise RuntimeError("no cgroup v2 hierarchy is mounted (needed for container IDs)")
+
+
+def cgroup_pids(path: str) -> list[int]:
+    try:
+        return [int(x) for x in Path(path, "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+def remove_cgroups(paths: list[str]) -> None:
+    """Remove cgroup directories we created, deepest first. A shared parent still in use by
+    another pod stays (rmdir fails on a non-empty cgroup)."""
+    for p in sorted(paths, key=len, reverse=True):
+        if not os.path.isdir(p):
+            continue
+        root = cgroup2_root()
+        for pid in cgroup_pids(p):  # normally none: the pod's processes are dead by now
+            with contextlib.suppress(OSError):
+                (root / "cgroup.procs").write_text(str(pid))
+        with contextlib.suppress(OSError):
+            os.rmdir(p)
+
+
 def cleanup_record(name: str, rec: dict[str, Any]) -> None:
     """Remove everything a record names. Safe on partial or already-removed resources."""
     procs = [int(p["pid"]) for p in rec.get("procs", []) if alive(int(p["pid"]), int(p["start"]))]
@@ -199,7 +229,9 @@ def cleanup_record(name: str, rec: dict[str, Any]) -> None:
         net = ns_inode(f"/run/netns/{rec['netns']}")
         if net is not None:
             ns["net"] = net
-    kill_and_wait(sorted(set(procs) | set(pids_in_namespaces(ns))))
+    in_cgroups = {pid for cg in rec.get("cgroups", []) for pid in cgroup_pids(cg)}
+    kill_and_wait(sorted(set(procs) | set(pids_in_namespaces(ns)) | in_cgroups))
+    remove_cgroups(list(rec.get("cgroups", [])))
     for link in rec.get("links", []):
         delete_link(link)
     if rec.get("netns"):

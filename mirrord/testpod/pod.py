@@ -213,6 +213,8 @@ class Network:
         wait_port: int | None = None,
         cwd: str = "/",
         stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        container_id: str | None = None,
+        user: tuple[int, int] | None = None,
     ) -> Pod:
         """Create a pod on this network; see `Pod` for the arguments."""
         if self._closed:
@@ -231,6 +233,8 @@ class Network:
             wait_port=wait_port,
             cwd=cwd,
             stdin=stdin,
+            container_id=container_id,
+            user=user,
         )
         self._pods.append(pod)
         return pod
@@ -283,6 +287,11 @@ class Pod:
       argv          the main program (default: HTTP server on `port` answering "pod").
       wait_port     TCP port to wait for (LISTEN in the pod) before returning; defaults to
                     `port` for the default service, none for a custom argv.
+      user          (uid, gid) the main program runs as (no supplementary groups); default
+                    root. The pod's files stay root's; run()/spawn() still run as root.
+      container_id  64 hex digits: the main process is moved into a real cgroup v2
+                    `.../cri-containerd-<id>.scope`, so /proc/PID/cgroup names the container
+                    as on a Kubernetes node (the agent finds the PID by it).
     """
 
     def __init__(
@@ -302,6 +311,8 @@ class Pod:
         cwd: str = "/",
         stdin: int | IO[Any] | None = subprocess.DEVNULL,
         own_network: bool = False,
+        container_id: str | None = None,
+        user: tuple[int, int] | None = None,
     ) -> None:
         _require_root()
         self._owner_pid = os.getpid()
@@ -324,6 +335,8 @@ class Pod:
         # The pod's "pause" process: holds its namespaces for run()/spawn() (see _enter.py).
         self.holder_pid = 0
         self.address = network._allocate_address()
+        self.container_id = container_id
+        self.cgroup: str | None = None
 
         if argv is None:
             argv = http_server_argv(port)
@@ -346,10 +359,13 @@ class Pod:
                 "host_paths": [],
                 "procs": [],
                 "ns": {},
+                "cgroups": [],
             }
+            cgroups = self._plan_cgroup(container_id)
             with _state.global_lock():
                 # Record the mount points before creating them, so a sweep can find them.
                 self._record["host_paths"] = host_paths
+                self._record["cgroups"] = cgroups
                 _state.write_record(self._record_name, self._record)
                 for hp, is_dir in _host_paths_kinds(host_paths, all_files):
                     if is_dir:
@@ -359,7 +375,9 @@ class Pod:
             self._dir.mkdir(mode=0o700)
             (self._dir / "stage").mkdir()
             self._setup_network(all_files)
-            self._start_main(cwd, stdin, overlays, binds, all_files)
+            self._start_main(cwd, stdin, overlays, binds, all_files, user)
+            if cgroups:
+                self._enter_cgroup(cgroups)
             if wait_port is not None:
                 self.wait_listening(wait_port)
         except BaseException:
@@ -367,6 +385,23 @@ class Pod:
             raise
 
     # -- construction helpers
+
+    def _plan_cgroup(self, container_id: str | None) -> list[str]:
+        """The cgroup directories for `container_id`, outermost first (systemd-driver layout,
+        under a prefix of ours so nothing else's cgroups are touched)."""
+        if container_id is None:
+            return []
+        if len(container_id) != 64 or any(c not in "0123456789abcdef" for c in container_id):
+            raise TestPodError(f"container_id must be 64 lower-case hex digits: {container_id!r}")
+        top = _state.cgroup2_root() / f"{_state.NETNS_PREFIX}kubepods.slice"
+        pod = top / f"{_state.NETNS_PREFIX}kubepods-pod{self.id}.slice"
+        return [str(top), str(pod), str(pod / f"cri-containerd-{container_id}.scope")]
+
+    def _enter_cgroup(self, cgroups: list[str]) -> None:
+        for path in cgroups:
+            os.makedirs(path, exist_ok=True)
+        self.cgroup = cgroups[-1]
+        Path(self.cgroup, "cgroup.procs").write_text(str(self.main_pid))
 
     def _default_files(
         self,
@@ -422,8 +457,10 @@ class Pod:
         overlays: list[str],
         binds: list[str],
         files: Mapping[str, bytes],
+        user: tuple[int, int] | None = None,
     ) -> None:
         spec = {
+            "user": list(user) if user is not None else None,
             "netns_path": f"/run/netns/{self.netns}",
             "hostname": self.hostname,
             "staging": str(self._dir / "stage"),
@@ -595,10 +632,13 @@ class Pod:
             pids.append(self._main.pid)
         if self.holder_pid and _state.proc_start_time(self.holder_pid) is not None:
             pids.append(self.holder_pid)  # also found by namespace below, unless it failed early
-        _state.kill_and_wait(sorted(set(pids) | set(_state.pids_in_namespaces(ns))))
+        cgroups = list(self._record.get("cgroups", []))
+        in_cgroups = {pid for cg in cgroups for pid in _state.cgroup_pids(cg)}
+        _state.kill_and_wait(sorted(set(pids) | set(_state.pids_in_namespaces(ns)) | in_cgroups))
         for p in [*self._spawned, *([self._main] if self._main else [])]:
             with contextlib.suppress(Exception):
                 p.wait(timeout=2)
+        _state.remove_cgroups(cgroups)
         # Deleting the host end removes both ends at once; netns deletion alone is lazy.
         _state.delete_link(self.veth)
         _state.delete_netns(self.netns)

@@ -156,7 +156,7 @@ def test_warnings_for_unimplemented_and_no_effect_keys() -> None:
             "$schema": "https://example/schema.json",
             "target": "pod/p",
             "kube_context": "c",
-            "agent": {"startup_timeout": 5, "namespace": "ns"},
+            "agent": {"startup_timeout": 5, "namespace": "ns", "ttl": 30},
             "feature": {
                 "env": {"include": "A", "load_from_process": True},
                 "hostname": False,
@@ -168,7 +168,7 @@ def test_warnings_for_unimplemented_and_no_effect_keys() -> None:
         }
     )
     assert warnings == [
-        "agent.namespace: accepted but not supported yet by this version; ignored",
+        "agent.ttl: accepted but not supported yet by this version; ignored",
         "feature.env.load_from_process: has no effect here "
         "(the environment is always fetched before start); ignored",
         "feature.network.incoming.http_header_filter: deprecated upstream, accepted and ignored "

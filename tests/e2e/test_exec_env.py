@@ -147,10 +147,33 @@ def test_exit_code_and_signal_are_the_programs(target: Pod) -> None:
     assert r.returncode == -signal.SIGUSR1
 
 
+def _processes_with_env(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def test_no_agent_is_left_behind(target: Pod) -> None:
-    mirrord("exec", "-t", f"pid/{target.main_pid}", "--", "true")
-    left = subprocess.run(["pgrep", "-f", "mirrord.agent --one-session"], capture_output=True)
-    assert left.returncode == 1, left.stdout
+    # The local agent inherits mirrord's environment: a marker finds it (and only ours,
+    # even when other test runs share the machine).
+    marker = f"MIRRORD_TEST_RUN=agent-left-{os.getpid()}-{time.monotonic_ns()}"
+    name, value = marker.split("=", 1)
+    seen: list[int] = []
+    p = subprocess.Popen(
+        [MIRRORD, "exec", "-t", f"pid/{target.main_pid}", "--", "sleep", "1"],
+        env=dict(os.environ, **{name: value}),
+    )
+    time.sleep(0.7)
+    seen = _processes_with_env(marker)
+    assert p.wait(timeout=30) == 0
+    assert len(seen) >= 3  # mirrord, its agent, the program: the marker works
+    assert _processes_with_env(marker) == []
 
 
 def test_targetless_uses_the_agents_own_environment() -> None:
@@ -164,12 +187,14 @@ def test_targetless_uses_the_agents_own_environment() -> None:
     [
         ("pid/999999", "process 999999 does not exist"),
         ("pid/abc", "a local process target is pid/PID"),
-        ("pod/checkout", "Kubernetes targets are not supported by this version yet"),
+        ("pod/checkout", "no Kubernetes configuration: no kubeconfig at /nonexistent/kubeconfig"),
         ("banana/x", '\'banana/x\': expected "targetless", "pid/PID"'),
     ],
 )
 def test_bad_targets_are_clear_errors(target_arg: str, message: str) -> None:
-    r = mirrord("exec", "-t", target_arg, "--", "true")
+    r = mirrord(
+        "exec", "-t", target_arg, "--", "true", env={"KUBECONFIG": "/nonexistent/kubeconfig"}
+    )
     assert r.returncode != 0
     assert message in r.stderr
     assert "Traceback" not in r.stderr

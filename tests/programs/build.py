@@ -22,7 +22,11 @@ C_PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
     "spawner": (["spawner.c"], []),
     "exitwith": (["exitwith.c"], []),
 }
-GO_PROGRAMS: dict[str, str] = {"envprint-go": "envprint-go"}
+GO_PROGRAMS: dict[str, str] = {
+    "envprint-go": "envprint-go",
+    "httpget-go": "httpget-go",
+    "files-go": "files-go",
+}
 SCRIPTS: dict[str, str] = {"interactive": "interactive.py"}
 
 
