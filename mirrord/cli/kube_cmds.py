@@ -15,6 +15,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
+from mirrord.cli.common import ORIGINAL_ENV, err, load_config
+
 T = TypeVar("T")
 
 ContextOpt = Annotated[str | None, typer.Option("--context", help="Kube context.")]
@@ -27,10 +29,6 @@ AgentNsOpt = Annotated[
     str | None,
     typer.Option("--agent-namespace", "-a", help="Namespace of the agent (default mirrord)."),
 ]
-
-
-def _err(msg: str) -> None:
-    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
 
 
 class _AgentGroup(TyperGroup):
@@ -56,8 +54,7 @@ def _config(
     agent_namespace: str | None = None,
     agent_image: str | None = None,
 ) -> Any:
-    from mirrord.cli.main import ORIGINAL_ENV
-    from mirrord.config import ConfigError, ExecOverrides, resolve_config
+    from mirrord.config import ExecOverrides
 
     overrides = ExecOverrides(
         kube_context=context,
@@ -65,19 +62,11 @@ def _config(
         agent_namespace=agent_namespace,
         agent_image=agent_image,
     )
-    try:
-        resolved = resolve_config(config_file, overrides, ORIGINAL_ENV)
-    except ConfigError as exc:
-        _err(str(exc))
-        raise typer.Exit(2) from None
-    for warning in resolved.warnings:
-        _err(f"warning: {warning}")
-    return resolved.config
+    return load_config(config_file, overrides)
 
 
 def _with_api(config: Any, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(api)` with a connected KubeApi; KubeError becomes a clean exit 1."""
-    from mirrord.cli.main import ORIGINAL_ENV
     from mirrord.kube.api import KubeApi
     from mirrord.kube.errors import KubeError
     from mirrord.kube.session import settings_from
@@ -92,13 +81,13 @@ def _with_api(config: Any, work: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except KubeError as exc:
-        _err(str(exc))
+        err(str(exc))
         raise typer.Exit(1) from None
 
 
 def _check_output(output: str, allowed: tuple[str, ...]) -> None:
     if output not in allowed:
-        _err(f"--output must be one of {', '.join(allowed)}, got {output!r}")
+        err(f"--output must be one of {', '.join(allowed)}, got {output!r}")
         raise typer.Exit(2)
 
 
@@ -225,7 +214,7 @@ def ls(
 
     listing = _with_api(config, work)
     for note in listing.notes:
-        _err(f"note: {note}")
+        err(f"note: {note}")
     if output == "json":
         print(json.dumps({"namespace": listing.namespace, "targets": listing.targets}))
     else:

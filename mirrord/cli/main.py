@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from mirrord import __version__
+from mirrord.cli.common import ORIGINAL_ENV, err, load_config
 from mirrord.cli.kube_cmds import register as register_kube_commands
 from mirrord.cli.portforward_cmd import register as register_port_forward
 
@@ -26,10 +27,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _err(msg: str) -> None:
-    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
 
 
 def _version(value: bool) -> None:
@@ -112,7 +109,7 @@ def exec_(
     ] = None,
 ) -> None:
     """Run COMMAND with the target's environment (use -- before COMMAND)."""
-    from mirrord.config import ConfigError, ExecOverrides, resolve_config
+    from mirrord.config import ExecOverrides
 
     overrides = ExecOverrides(
         target=target,
@@ -130,20 +127,14 @@ def exec_(
         kube_context=context,
         kubeconfig=kubeconfig,
     )
-    try:
-        resolved = resolve_config(config_file, overrides, ORIGINAL_ENV)
-    except ConfigError as exc:
-        _err(str(exc))
-        raise typer.Exit(2) from None
-    for warning in resolved.warnings:
-        _err(f"warning: {warning}")
+    config = load_config(config_file, overrides)
     if not command:
-        _err("no program given: mirrord exec [OPTIONS] -- PROGRAM [ARGS…]")
+        err("no program given: mirrord exec [OPTIONS] -- PROGRAM [ARGS…]")
         raise typer.Exit(2)
     endpoint = None
     if agent_address is not None:
         endpoint = _agent_endpoint(agent_address, agent_token_file)
-    code = _run(command, resolved.config, endpoint)
+    code = _run(command, config, endpoint)
     raise typer.Exit(code)
 
 
@@ -155,12 +146,12 @@ def _agent_endpoint(address: str, token_file: str | None) -> object:
             with open(token_file) as f:
                 token = f.read().strip()
         except OSError as exc:
-            _err(f"cannot read the agent token file {token_file}: {exc.strerror}")
+            err(f"cannot read the agent token file {token_file}: {exc.strerror}")
             raise typer.Exit(2) from None
     else:
         token = os.environ.get("MIRRORD_AGENT_TOKEN", "")
     if not token:
-        _err(
+        err(
             "--agent-address needs the agent's token: set MIRRORD_AGENT_TOKEN or "
             "pass --agent-token-file"
         )
@@ -177,10 +168,10 @@ def _run(command: list[str], config: object, endpoint: object) -> int:
             run_exec(command, config, agent=endpoint, environ=ORIGINAL_ENV)  # type: ignore[arg-type]
         )
     except ExecError as exc:
-        _err(str(exc))
+        err(str(exc))
         return exc.exit_code
     except (KeyboardInterrupt, asyncio.CancelledError):
-        _err("interrupted before the program started")
+        err("interrupted before the program started")
         return 130
     sys.stdout.flush()
     return exit_like(status.code, status.signal)
@@ -200,13 +191,13 @@ def verify_config(
         if as_json:
             print(json.dumps({"type": "Fail", "errors": exc.errors, "source": exc.source}))
         else:
-            _err(str(exc))
+            err(str(exc))
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps({"type": "Success", "warnings": warnings}))
         return
     for w in warnings:
-        _err(f"warning: {w}")
+        err(f"warning: {w}")
     print(f"{path}: OK")
 
 
@@ -216,11 +207,6 @@ def schema() -> None:
     from mirrord.config import config_json_schema
 
     print(json.dumps(config_json_schema(), indent=2))
-
-
-# The program must get the user's environment as it was, not what mirrord sets for
-# itself below.
-ORIGINAL_ENV = dict(os.environ)
 
 
 # ls, agent serve|install|uninstall|status

@@ -1,0 +1,35 @@
+"""What every command shares: the user's environment as it was, error output, config."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from mirrord.config import ExecOverrides, MirrordConfig
+
+# The program (and the config's templates) must see the user's environment as it was,
+# not what mirrord sets for itself in main().
+ORIGINAL_ENV = dict(os.environ)
+
+
+def err(msg: str) -> None:
+    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
+
+
+def load_config(config_file: str | None, overrides: ExecOverrides) -> MirrordConfig:
+    """The resolved config (file, MIRRORD_CONFIG_FILE, flags); warnings printed; a bad
+    config ends the command with exit code 2 and every error named by its key."""
+    from mirrord.config import ConfigError, resolve_config
+
+    try:
+        resolved = resolve_config(config_file, overrides, ORIGINAL_ENV)
+    except ConfigError as exc:
+        err(str(exc))
+        raise typer.Exit(2) from None
+    for warning in resolved.warnings:
+        err(f"warning: {warning}")
+    return resolved.config
