@@ -56,11 +56,13 @@ def main() -> int:
             mirrord = [MIRRORD, "exec", "-t", f"pid/{pod.main_pid}", "--"]
             # The mirrord CLI's own start-up (agent, session) is not the program's: measure
             # an empty program under mirrord and subtract it.
-            base = timed([*mirrord, "/bin/true"])
+            # More runs for the small numbers: the start-up subtracted is ~400 ms and
+            # varies by tens of ms, the python row is ~30-100 ms.
+            base = timed([*mirrord, "/bin/true"], 3 * RUNS)
             rows = []
             py = [PY, "-c", IMPORTS]
-            native = timed(py)
-            under = timed([*mirrord, *py]) - base + timed(["/bin/true"])
+            native = timed(py, 3 * RUNS)
+            under = timed([*mirrord, *py], 3 * RUNS) - base + timed(["/bin/true"])
             strace = timed(["strace", "-f", "-qq", "-o", "/dev/null", *py])
             rows.append(("python3 start-up (imports)", native, under, f"strace -f: {strace:.1f}"))
             find_local = timed(["busybox", "find", str(local / "tree")], 3)

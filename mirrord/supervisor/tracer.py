@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,9 @@ WNOTHREAD = 0x20000000  # __WNOTHREAD: only our own children/tracees, not the ag
 U64 = (1 << 64) - 1
 STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 SYSCALL_TRAP = signal.SIGTRAP | 0x80
+# How long _reap keeps polling waitpid after handling a stop before it sleeps (bench:
+# python3 start-up, ~600 stops, 100 -> 67 ms on 2 CPUs). Bounded CPU per burst of stops.
+SPIN_S = 200e-6
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 
 
@@ -139,6 +143,7 @@ class Tracer:
             collections.deque()
         )
         self._wakeup: Wakeup | None = None
+        self._resumed = False  # a tracee was resumed during this _reap (see SPIN_S)
 
     # --- public --------------------------------------------------------------------
 
@@ -181,6 +186,9 @@ class Tracer:
 
     def _reap(self) -> None:
         """Handle every stop and exit that is waiting, without blocking."""
+        handled = False
+        deadline = 0.0
+        self._resumed = False
         while True:
             try:
                 tid, status = os.waitpid(-1, WALL | WNOTHREAD | os.WNOHANG)
@@ -189,7 +197,20 @@ class Tracer:
                 self.held.clear()
                 return
             if tid == 0:
+                if handled and self._resumed and not self._answers:
+                    # Busy-poll briefly before sleeping: a program that just made a
+                    # trapped syscall usually makes the next within microseconds, and a
+                    # select() sleep + SIGCHLD wakeup per stop costs more than the stop.
+                    # Only when a tracee was resumed (not all waiting on the agent, whose
+                    # answer needs the CPU), and answers that came meanwhile end it.
+                    now = time.perf_counter()
+                    if not deadline:
+                        deadline = now + SPIN_S
+                    if now < deadline:
+                        continue
                 return
+            handled = True
+            deadline = 0.0
             self.stats.stops += 1
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 self._gone(tid, status)
@@ -214,6 +235,7 @@ class Tracer:
                 self.main_status = ExitStatus(signal=os.WTERMSIG(status))
 
     def _resume(self, tid: int, sig: int = 0) -> None:
+        self._resumed = True
         task = self.tasks.get(tid)
         if self.use_seccomp and (task is None or task.exit_fix is None):
             pt.cont(tid, sig)

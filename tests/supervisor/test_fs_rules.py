@@ -120,3 +120,27 @@ def test_stat_structs_round_trip() -> None:
     assert (back.ino, back.mode, back.uid, back.gid, back.size, back.mtime_ns) == (
         42, 0o100640, 1000, 1001, 123, 1_600_000_000_000_000_001,
     )  # fmt: skip
+
+
+def test_builtin_lists_decide_like_one_searched_regex() -> None:
+    """The built-in lists are matched split (anchored patterns at position 0, the rest
+    searched) for speed: the same answers as upstream's one case-insensitive search."""
+    import re
+
+    from mirrord.supervisor.fs import rules as r
+
+    upstream = [
+        p.replace(r".\.asdf/.", r".+\.asdf/.+")
+        .replace(r"(^|/)jvm\.cfg$", r".*(^|/)jvm\.cfg$")
+        .replace(r"/\.tool-versions$", r".*/\.tool-versions$")
+        for p in r.DEFAULT_LOCAL
+    ]
+    one = re.compile("|".join(f"(?:{p})" for p in upstream), re.IGNORECASE)
+    split = r._Builtin(r.DEFAULT_LOCAL)
+    for path in [
+        "/usr/lib/x.py", "/USR/lib/x", "/srv/app/config.yaml", "/srv/a.SO", "/x/.asdf/y",
+        "/.asdf/y", "/a/.asdf/", "/jvm.cfg", "/srv/jvm.cfg", "/srv/xjvm.cfg", "/srv/.tool-versions",
+        "/.tool-versions", "/srv/node_modules/a", "/procfs", "/proc", "/", "/srv/clr-1-pipe-2",
+        "/srv/x.dll", "/srv/package.json", "/tmpx", "/var/tmp/a", "/srv/app\n/x.so",
+    ]:  # fmt: skip
+        assert split.search(path) == (one.search(path) is not None), path

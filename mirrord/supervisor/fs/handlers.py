@@ -163,8 +163,19 @@ class FsFeature:
             st = self.cache.stat_of(cache_path)
             if st is not None:
                 return write(mem, st)
+        else:
+            st = self.cache.cached_stat(remote_path, follow)
+            if st is not None:
+                return write(mem, st)  # listed or stat'ed moments ago: no round trip
+
+        async def work() -> tuple[int, RemoteStat | None]:
+            err, st = await self.remote.stat(remote_path, follow)
+            if not err and st is not None:
+                self.cache.remember(remote_path, follow, st)
+            return err, st
+
         return Defer(
-            lambda: self.remote.stat(remote_path, follow),
+            work,
             lambda r, mem: _failed(r) or (Fake(-r[0]) if r[0] else write(mem, r[1])),
         )
 
@@ -563,6 +574,8 @@ class FsFeature:
 
         async def work() -> int:
             err = await self.remote.path_op(PathOp.CHMOD, path, mode=mode)
+            if not err:
+                self.cache.invalidate(path)
             meta = self.cache.meta.get(cache_path)
             if not err and meta is not None:
                 err2, st = await self.remote.stat(path, True)

@@ -69,17 +69,17 @@ DEFAULT_LOCAL: tuple[str, ...] = (
     r"^/run(/|$)",
     r"^/selinux(/|$)",
     r"^/nix(/|$)",
-    r".+\.asdf/.+",
+    r".\.asdf/.",  # upstream: .+\.asdf/.+ (the same as a search, faster)
     r"clr-.*-pipe-",
     r"\.pdb$",
     r"\.dll$",
-    r".*(^|/)jvm\.cfg$",
+    r"(^|/)jvm\.cfg$",  # upstream: .*(^|/)jvm\.cfg$
     r"/package\.json$",
     r"/\.yarnrc$",
     r"/\.yarnrc.yml$",
     r"/\.yarnrc.json$",
     r"/node_modules",
-    r".*/\.tool-versions$",
+    r"/\.tool-versions$",  # upstream: .*/\.tool-versions$
     r"^/$",
 )
 DEFAULT_REMOTE_RO: tuple[str, ...] = (
@@ -110,6 +110,31 @@ def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in pats), re.IGNORECASE)
 
 
+class _Builtin:
+    """A built-in list, searched like `_compile`'s one regex but faster: the patterns
+    anchored with a leading `^` (no top-level `|` in them, as in all the lists here) are
+    one regex tried at position 0 only (`match`), the rest one regex searched. A
+    single alternation of both would be tried at every position of every remote path."""
+
+    __slots__ = ("_anchored", "_floating")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        pats = list(patterns)
+        anchored = [p[1:] for p in pats if p.startswith("^")]
+        self._anchored = _compile(anchored)
+        self._floating = _compile(p for p in pats if not p.startswith("^"))
+
+    def search(self, path: str) -> bool:
+        if self._anchored is not None and self._anchored.match(path):
+            return True
+        return self._floating is not None and self._floating.search(path) is not None
+
+
+def _builtin(patterns: Iterable[str]) -> _Builtin | None:
+    pats = list(patterns)
+    return _Builtin(pats) if pats else None
+
+
 def _replacement(template: str) -> str:
     """Rust regex replacement syntax ($1, ${1}, $name, ${name}) → Python's \\g<...>."""
     out = re.sub(r"\$\{(\w+)\}", r"\\g<\1>", template.replace("\\", "\\\\"))
@@ -135,10 +160,10 @@ class FsRules:
     local: re.Pattern[str] | None = None
     not_found: re.Pattern[str] | None = None
     mapping: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
-    always_remote: re.Pattern[str] | None = None
-    default_local: re.Pattern[str] | None = None
-    default_remote_ro: re.Pattern[str] | None = None
-    default_not_found: re.Pattern[str] | None = None
+    always_remote: _Builtin | None = None
+    default_local: _Builtin | None = None
+    default_remote_ro: _Builtin | None = None
+    default_not_found: _Builtin | None = None
 
     @classmethod
     def build(
@@ -172,10 +197,10 @@ class FsRules:
             local=_compile(local),
             not_found=_compile(not_found),
             mapping=[(re.compile(p, re.IGNORECASE), _replacement(r)) for p, r in mapping],
-            always_remote=_compile(f"^{re.escape(p)}$" for p in DNS_FILES) if dns_remote else None,
-            default_local=_compile(defaults),
-            default_remote_ro=_compile(DEFAULT_REMOTE_RO),
-            default_not_found=_compile(
+            always_remote=_builtin(f"^{re.escape(p)}$" for p in DNS_FILES) if dns_remote else None,
+            default_local=_builtin(defaults),
+            default_remote_ro=_builtin(DEFAULT_REMOTE_RO),
+            default_not_found=_builtin(
                 f"^{re.escape(home)}/{p}" for p in DEFAULT_NOT_FOUND_UNDER_HOME
             )
             if home
@@ -204,7 +229,7 @@ class FsRules:
             if self.always_remote is not None and self.always_remote.search(path):
                 return Access.READ_ONLY
             return Access.LOCAL
-        for pattern, access in (
+        checks: tuple[tuple[re.Pattern[str] | _Builtin | None, Access], ...] = (
             (self.not_found, Access.NOT_FOUND),
             (self.read_write, Access.READ_WRITE),
             (self.read_only, Access.READ_ONLY),
@@ -213,7 +238,8 @@ class FsRules:
             (self.default_not_found, Access.NOT_FOUND),
             (self.default_remote_ro, Access.READ_ONLY),
             (self.default_local, Access.LOCAL),
-        ):
+        )
+        for pattern, access in checks:
             if pattern is not None and pattern.search(path):
                 return access
         if self.mode == "read":
