@@ -4,7 +4,8 @@ Prints a table of medians over N runs (default 15) for three workloads. Columns:
 - native: the command alone;
 - strace -f: `strace -f -o /dev/null` (a ptrace tool that stops at every syscall);
 - supervisor: `python -m mirrord.supervisor` (tracing only, no agent);
-- mirrord exec: the whole `mirrord exec --target pid/N` command: CLI start, local agent,
+- mirrord exec: the whole `mirrord exec --target pid/N` command with only the env feature
+  (fs local, network off): CLI start, local agent,
   env from the pod, the traced program, cleanup;
 - exec - fixed: mirrord exec minus the median of `mirrord exec -- /bin/true`, i.e. what
   the program itself costs under mirrord once mirrord is up.
@@ -14,11 +15,13 @@ Needs root (a demo pod and a local agent). Not a test: nothing here asserts a ti
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,8 +55,19 @@ def main() -> int:
     mirrord = str(Path(sys.executable).with_name("mirrord"))
     strace = shutil.which("strace")
     env = {"PATH": "/usr/bin:/bin", "APP_MODE": "bench"}
+    # Env (and hostname) only: the other features are measured by their own benches.
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as cfg:
+        json.dump(
+            {
+                "feature": {
+                    "fs": "local",
+                    "network": {"incoming": "off", "outgoing": False, "dns": False},
+                }
+            },
+            cfg,
+        )
     with create_pod(name="bench", hostname="bench-pod", env=env) as pod:
-        exec_prefix = [mirrord, "exec", "--target", f"pid/{pod.main_pid}", "--"]
+        exec_prefix = [mirrord, "exec", "-f", cfg.name, "--target", f"pid/{pod.main_pid}", "--"]
         sup_prefix = [sys.executable, "-m", "mirrord.supervisor", "--hostname", "bench-pod", "--"]
         fixed = timed([*exec_prefix, "/bin/true"], args.runs)
         rows = []
@@ -63,6 +77,7 @@ def main() -> int:
             sup = timed([*sup_prefix, *cmd], args.runs)
             ex = timed([*exec_prefix, *cmd], args.runs)
             rows.append((label, native, st, sup, ex, max(ex - fixed, 0.0)))
+    os.unlink(cfg.name)
     print(
         f"medians of {args.runs} runs, seconds (ratio to native); "
         f"fixed cost of `mirrord exec -- /bin/true`: {fixed:.3f}s\n"

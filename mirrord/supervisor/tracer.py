@@ -143,7 +143,9 @@ class Tracer:
             collections.deque()
         )
         self._wakeup: Wakeup | None = None
-        self._resumed = False  # a tracee was resumed during this _reap (see SPIN_S)
+        # A syscall stop was answered and its thread resumed during this _reap (see
+        # SPIN_S): fork/exec/exit events do not come in bursts, syscalls do.
+        self._resumed = False
 
     # --- public --------------------------------------------------------------------
 
@@ -235,7 +237,6 @@ class Tracer:
                 self.main_status = ExitStatus(signal=os.WTERMSIG(status))
 
     def _resume(self, tid: int, sig: int = 0) -> None:
-        self._resumed = True
         task = self.tasks.get(tid)
         if self.use_seccomp and (task is None or task.exit_fix is None):
             pt.cont(tid, sig)
@@ -357,6 +358,7 @@ class Tracer:
             if new is not None:
                 regs.rax = new & U64
         pt.setregs(task.tid, regs)
+        self._resumed = True
         self._resume(task.tid)
 
     def _handle(self, tid: int, nr: int, regs: pt.Regs, *, fake_now: bool) -> None:
@@ -397,6 +399,7 @@ class Tracer:
         else:
             self._defer(tid, regs, action, fake_now)
             return  # stays stopped until the answer comes
+        self._resumed = True
         self._resume(tid)
 
     # --- deferred syscalls ---------------------------------------------------------------
