@@ -51,7 +51,11 @@ class DeliveryTable:
 
     def attach(self, delivery_id: str) -> Delivery | None:
         delivery = self._by_id.get(delivery_id)
-        if delivery is None or delivery.attached.is_set() or delivery.closed.is_set():
+        if delivery is None or delivery.attached.is_set():
+            return None
+        # A connection that ended before the client opened its stream (a short mirrored
+        # request) still hands over what was queued for it; only an empty one is gone.
+        if delivery.closed.is_set() and delivery.to_client.empty():
             return None
         delivery.attached.set()
         return delivery

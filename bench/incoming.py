@@ -1,0 +1,154 @@
+"""Incoming traffic: HTTP/1.1 from a client pod to the target pod's port 8080, one table.
+
+- direct: the pod's own server answers (no mirrord);
+- stolen: `mirrord exec` (steal) — the same server, run locally, answers;
+- mirrored: `mirrord exec` (mirror) — the pod's server answers, the local one gets copies.
+
+Per scenario, from the client pod: requests/s and p50/p99 latency over one keep-alive
+connection, and over a new connection per request. The server is the same python
+http.server (HTTP/1.1 keep-alive) in the pod and locally.
+
+Run as root: .venv/bin/python bench/incoming.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mirrord.testpod import Network, Pod
+
+MIRRORD = str(Path(sys.executable).with_name("mirrord"))
+PY = "/usr/bin/python3"
+
+SERVER = """
+import sys, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else header and body writes meet delayed ACKs (40 ms)
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+CLIENT = """
+import json, socket, sys, time
+host, n, keep = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "keep"
+close = b"" if keep else b"Connection: close\\r\\n"
+req = b"GET / HTTP/1.1\\r\\nHost: t\\r\\n" + close + b"\\r\\n"
+def one(s):
+    s.sendall(req); got = b""
+    while not got.endswith(b"ok"):
+        chunk = s.recv(65536)
+        if not chunk: raise SystemExit("closed early")
+        got += chunk
+times = []
+s = socket.create_connection((host, 8080)) if keep else None
+start = time.perf_counter()
+for _ in range(n):
+    t = time.perf_counter()
+    if keep:
+        one(s)
+    else:
+        with socket.create_connection((host, 8080)) as c:
+            one(c)
+    times.append(time.perf_counter() - t)
+total = time.perf_counter() - start
+times.sort()
+print(json.dumps([n / total, times[n // 2] * 1e3, times[int(n * 0.99)] * 1e3]))
+"""
+
+
+def load(client: Pod, host: str, n: int, keep: bool) -> list[float]:
+    done = client.run([PY, "-c", CLIENT, host, str(n), "keep" if keep else "new"], timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    result: list[float] = json.loads(done.stdout)
+    return result
+
+
+def rules(target: Pod) -> str:
+    return (
+        target.run(["iptables-save"]).stdout.decode()
+        + target.run(["iptables-nft-save"]).stdout.decode()
+    )
+
+
+def under_mirrord(target: Pod, mode: str, tmp: Path) -> subprocess.Popen[bytes]:
+    cfg = tmp / f"{mode}.json"
+    cfg.write_text(json.dumps({"feature": {"network": {"incoming": {"mode": mode}}}}))
+    proc = subprocess.Popen(
+        [MIRRORD, "exec", "--target", f"pid/{target.main_pid}", "-f", str(cfg), "--",
+         PY, "-c", SERVER],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while f"mirrord:{mode}:8080" not in rules(target):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{mode}: no subscription")
+        time.sleep(0.05)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    n = parser.parse_args().requests
+    results: dict[str, dict[str, list[float]]] = {}
+    with Network() as net, tempfile.TemporaryDirectory() as tmp:
+        target = net.add_pod("target", argv=[PY, "-c", SERVER], wait_port=8080)
+        client = net.add_pod("client", argv=["/bin/sleep", "3600"])
+        results["direct"] = {
+            k: load(client, target.address, n, k == "keep") for k in ("keep", "new")
+        }
+        for mode, name in (("steal", "stolen"), ("mirror", "mirrored")):
+            proc = under_mirrord(target, mode, Path(tmp))
+            try:
+                results[name] = {
+                    k: load(client, target.address, n, k == "keep") for k in ("keep", "new")
+                }
+            finally:
+                stop(proc)
+    print(f"HTTP/1.1 GET, {n} sequential requests from the client pod to target:8080\n")
+    head = f"{'':10}" + "".join(
+        f"{label:>34}" for label in ("one keep-alive connection", "a connection per request")
+    )
+    print(head)
+    print(f"{'':10}" + f"{'req/s':>12}{'p50 ms':>11}{'p99 ms':>11}" * 2)
+    for name, by in results.items():
+        row = "".join(f"{r[0]:>12.0f}{r[1]:>11.3f}{r[2]:>11.3f}" for r in (by["keep"], by["new"]))
+        print(f"{name:10}{row}")
+    d, s, m = results["direct"], results["stolen"], results["mirrored"]
+    print(
+        f"\nstolen/direct req/s: keep-alive {s['keep'][0] / d['keep'][0]:.2f}x, "
+        f"per-connection {s['new'][0] / d['new'][0]:.2f}x (target >= 0.5x)"
+    )
+    print(
+        f"mirror adds to the pod's p50: keep-alive {m['keep'][1] - d['keep'][1]:+.3f} ms, "
+        f"per-connection {m['new'][1] - d['new'][1]:+.3f} ms (target <= 1 ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Incoming traffic, proxy side: subscriptions and delivery to the program's listener.
+
+Implements the supervisor's `Delivery` (supervisor/net/incoming.py). Per listening socket
+of the program, one agent `Subscription`; per connection the agent delivers, a loopback
+connection from here to the program's real local listener, relayed over the agent's
+stream (steal: both ways; mirror: the program's answers are read and dropped here, the
+pod's server answers the peer). The proxy socket's local port names the delivered
+connection, so accept/getpeername can show the real remote peer without any per-fd state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from mirrord.client.incoming import (
+    HttpFilterSpec,
+    IncomingClient,
+    IncomingConnection,
+    IncomingUnavailable,
+    Mode,
+    PortTaken,
+    Subscription,
+)
+
+log = logging.getLogger("mirrord.proxy.incoming")
+
+CHUNK = 256 * 1024
+ANY4, ANY6 = b"\0" * 4, b"\0" * 16
+
+
+@dataclass(frozen=True)
+class IncomingSettings:
+    """feature.network.incoming as the proxy applies it (built by mirrord/incoming_config)."""
+
+    mode: Mode = "mirror"
+    http_filter: HttpFilterSpec | None = None
+    port_mapping: dict[int, int] = field(default_factory=dict)  # local P -> remote port
+    ignore_localhost: bool = False
+    on_concurrent_steal: str = "abort"
+    nftables: bool | None = None
+
+
+def _say(msg: str) -> None:
+    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
+
+
+def _target(family: int, ip: bytes, port: int) -> tuple[int, tuple[str, int]]:
+    """Where to connect to reach the program's listener bound at ip:port."""
+    if ip == ANY4:
+        return socket.AF_INET, ("127.0.0.1", port)
+    if ip == ANY6:
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            return socket.AF_INET6, ("::1", port)
+        return socket.AF_INET, ("127.0.0.1", port)  # dual-stack listener, no IPv6 loopback
+    fam = socket.AF_INET if len(ip) == 4 else socket.AF_INET6
+    return fam, (socket.inet_ntop(fam, ip), port)
+
+
+class IncomingProxy:
+    def __init__(self, client: IncomingClient, settings: IncomingSettings) -> None:
+        self.client = client
+        self.settings = settings
+        # proxy-side local port -> (remote peer, original destination); read by the
+        # supervisor's handlers on the tracer thread (single dict operations are atomic).
+        self._delivered: dict[int, tuple[tuple[str, int], tuple[str, int]]] = {}
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unavailable_said = False
+
+    def delivered(self, proxy_port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        return self._delivered.get(proxy_port)
+
+    async def subscribe(self, family: int, ip: bytes, local_port: int, port: int) -> None:
+        remote = self.settings.port_mapping.get(port, port)
+        mode = self.settings.mode
+        flt = self.settings.http_filter if mode == "steal" else None
+        try:
+            sub = await self.client.subscribe(
+                remote,
+                mode,
+                flt,
+                ignore_localhost=self.settings.ignore_localhost,
+                nftables=self.settings.nftables,
+            )
+        except PortTaken as e:
+            if self.settings.on_concurrent_steal == "abort":
+                _say(f"port {remote} of the target is already taken ({e}); listen fails")
+                raise OSError(errno.EADDRINUSE, str(e)) from None
+            _say(f"port {remote} of the target is already taken ({e}); listening locally only")
+            return
+        except IncomingUnavailable as e:
+            if not self._unavailable_said:
+                self._unavailable_said = True
+                _say(f"incoming traffic is not available ({e}); listening locally only")
+            return
+        self._subs.append(sub)
+        if local_port != port or remote != port:
+            _say(f"{mode} of the target's port {remote} → local port {local_port}")
+        self._spawn(self._serve(sub, _target(family, ip, local_port)))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sub: Subscription, target: tuple[int, tuple[str, int]]) -> None:
+        async for conn in sub:
+            self._spawn(self._deliver(conn, target))
+
+    async def _deliver(self, conn: IncomingConnection, target: tuple[int, tuple[str, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        family, address = target
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        port = 0
+        try:
+            # Bound (and named) before connecting: the program may accept the connection
+            # before this task runs again after the handshake.
+            sock.bind((address[0], 0))
+            port = int(sock.getsockname()[1])
+            self._delivered[port] = (conn.remote, conn.original_destination)
+            await loop.sock_connect(sock, address)
+            await asyncio.gather(self._down(loop, conn, sock), self._up(loop, conn, sock))
+        except OSError as e:
+            log.debug("delivery of %s to %s failed: %s", conn.remote, address, e)
+        finally:
+            self._delivered.pop(port, None)
+            sock.close()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _down(
+        self, loop: asyncio.AbstractEventLoop, conn: IncomingConnection, sock: socket.socket
+    ) -> None:
+        """The peer's bytes (stolen, or mirrored copies) to the program."""
+        while data := await conn.reader.read(CHUNK):
+            await loop.sock_sendall(sock, data)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    async def _up(
+        self, loop: asyncio.AbstractEventLoop, conn: IncomingConnection, sock: socket.socket
+    ) -> None:
+        """The program's answers: to the peer when stolen; read and dropped when mirrored
+        (the agent would drop them anyway: not sending saves the stream)."""
+        steal = conn.mode == "steal"
+        while data := await loop.sock_recv(sock, CHUNK):
+            if steal:
+                await conn.write(data)
+        if steal:
+            with contextlib.suppress(Exception):
+                await conn.write_eof()
+
+    async def close(self) -> None:
+        """End every subscription (the agent removes their rules) and delivery."""
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.close()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(tasks, timeout=2.0)

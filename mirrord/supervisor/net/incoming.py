@@ -1,0 +1,228 @@
+"""Incoming traffic, supervisor side: bind/listen/accept of the program's TCP listeners.
+
+- bind(P) of a TCP socket that incoming traffic applies to (`IncomingPolicy.applies`): the
+  supervisor binds the program's own socket itself, through a pidfd_getfd duplicate (same
+  open file description, so the program's SO_REUSEADDR/V6ONLY options count): to the
+  `listen_ports` port for P if one is set (EADDRINUSE as upstream if it is taken), else to P,
+  else (P taken locally) to a free port. The syscall is then faked with 0. The local port
+  → P mapping is remembered; getsockname says P.
+- listen: the supervisor puts the socket in the listening state (again on the duplicate),
+  then the thread waits (Defer) while the agent subscribes to the remote port, so no
+  delivered connection can find the listener not yet listening.
+- accept/accept4 (only when an address pointer is given) and getpeername: a delivered
+  connection comes from the proxy's loopback socket; its source port names it, so the
+  kernel's 127.0.0.1:X is replaced by the real remote peer (stateless: dup/fork need
+  nothing). getsockname of a delivered connection gives the pod-side original destination.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
+from mirrord.supervisor.net.sockaddr import (
+    SOCKADDR_IN6,
+    Destination,
+    build_sockaddr,
+    parse_sockaddr,
+)
+from mirrord.supervisor.net.sockinfo import borrowed_socket
+
+log = logging.getLogger("mirrord.supervisor.net.incoming")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class IncomingPolicy:
+    """Which listeners take the target's traffic, and on which local port (pure)."""
+
+    ports: frozenset[int] | None = None  # upstream `ports`: only these (None: all)
+    ignore_ports: frozenset[int] = frozenset()
+    ignore_localhost: bool = False  # upstream: sockets bound to localhost stay local
+    listen_ports: dict[int, int] = field(default_factory=dict)  # requested P -> local port
+
+    def applies(self, dest: Destination) -> bool:
+        if dest.port == 0 or dest.port in self.ignore_ports:
+            return False
+        if self.ports is not None and dest.port not in self.ports:
+            return False
+        ip = ipaddress.ip_address(dest.ip)
+        return not (self.ignore_localhost and ip.is_loopback)
+
+
+class Delivery(Protocol):
+    """What the handlers need from the proxy side (mirrord/proxy/incoming.py)."""
+
+    async def subscribe(self, family: int, ip: bytes, local_port: int, port: int) -> None:
+        """Subscribe to the target's port for `port` (the program's requested one) and
+        deliver its connections to the program's listener at ip:local_port. Raises OSError
+        (errno for the program) when refused."""
+        ...
+
+    def delivered(self, proxy_port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """(real remote peer, original destination) of the delivered connection whose
+        proxy-side socket has local port proxy_port."""
+        ...
+
+
+def _sockaddr_text(family: int, host: str, port: int) -> bytes | None:
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if family == socket.AF_INET and ip.version != 4:
+        return None
+    return build_sockaddr(family, ip.packed, port)
+
+
+def _bind_raw(fd: int, raw: bytes) -> int:
+    """bind(2) on our duplicate of the program's socket; 0 or an errno."""
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    if _libc.bind(fd, buf, len(raw)) == 0:
+        return 0
+    return ctypes.get_errno() or errno.EIO
+
+
+def _with_port(raw: bytes, port: int) -> bytes:
+    return raw[:2] + struct.pack("!H", port) + raw[4:]
+
+
+def rewrite_sockaddr(
+    m: Memory, ptr: int, lenptr: int, cap: int, look: Callable[[Destination], bytes | None]
+) -> None:
+    """Replace the sockaddr the kernel returned at ptr (*lenptr its length, cap the size the
+    program gave) when `look` knows a replacement."""
+    (n,) = struct.unpack("<I", m.read(lenptr, 4))
+    got = parse_sockaddr(m.read(ptr, min(n, cap, SOCKADDR_IN6)))
+    if got is None:
+        return
+    new = look(got)
+    if new is None:
+        return
+    m.write(ptr, new[:cap])
+    m.write(lenptr, struct.pack("<I", len(new)))
+
+
+class IncomingHandlers:
+    def __init__(self, policy: IncomingPolicy, delivery: Delivery) -> None:
+        self.policy = policy
+        self.delivery = delivery
+        # local port -> the port the program asked for. Keyed by port, not fd: every
+        # socket on that port (SO_REUSEPORT workers, dups, forks) gets the same answer.
+        self.bound: dict[int, int] = {}
+        self.subscribed: set[int] = set()
+
+    # --- bind / listen ---------------------------------------------------------------
+
+    def bind(self, sc: Syscall, mem: Memory) -> Action:
+        fd, ptr, size = sc.args[0], sc.args[1], sc.args[2] & 0xFFFFFFFF
+        if ptr == 0 or size < 2:
+            return Allow()
+        try:
+            dest = parse_sockaddr(mem.read(ptr, min(size, 128)))
+        except OSError:
+            return Allow()
+        if dest is None or not self.policy.applies(dest):
+            return Allow()
+        try:
+            with borrowed_socket(sc.tid, fd) as sock:
+                if sock is None or sock.type != socket.SOCK_STREAM:
+                    return Allow()
+                mapped = self.policy.listen_ports.get(dest.port)
+                err = _bind_raw(sock.fileno(), _with_port(dest.raw, mapped or dest.port))
+                if err == errno.EADDRINUSE and mapped is None:
+                    err = _bind_raw(sock.fileno(), _with_port(dest.raw, 0))  # any free port
+                if err:
+                    return Fake(-err)
+                local = int(sock.getsockname()[1])
+        except OSError:
+            return Allow()  # not ours to judge: let the kernel answer
+        self.bound[local] = dest.port
+        if local != dest.port:
+            log.info("port %d is bound locally on %d", dest.port, local)
+        return Fake(0)
+
+    def listen(self, sc: Syscall, mem: Memory) -> Action:
+        fd, backlog = sc.args[0], ctypes.c_int32(sc.args[1] & 0xFFFFFFFF).value
+        try:
+            with borrowed_socket(sc.tid, fd) as sock:
+                if sock is None or sock.type != socket.SOCK_STREAM:
+                    return Allow()
+                name = sock.getsockname()
+                local = int(name[1])
+                if local not in self.bound or local in self.subscribed:
+                    return Allow()
+                family = sock.family
+                sock.listen(max(backlog, 0))  # before the first delivery can arrive
+        except OSError:
+            return Allow()
+        ip = ipaddress.ip_address(str(name[0]).split("%")[0]).packed
+        requested = self.bound[local]
+        self.subscribed.add(local)
+
+        def then(result: Any, _m: Memory) -> Action:
+            if isinstance(result, OSError):
+                self.subscribed.discard(local)
+                return Fake(-(result.errno or errno.EIO))
+            if isinstance(result, BaseException):
+                log.error("incoming subscription failed: %r", result)
+            return Fake(0)
+
+        return Defer(lambda: self.delivery.subscribe(family, ip, local, requested), then)
+
+    # --- the addresses of delivered connections --------------------------------------------
+
+    def _remote_of(self, got: Destination) -> bytes | None:
+        if not got.is_loopback:
+            return None
+        found = self.delivery.delivered(got.port)
+        if found is None:
+            return None
+        host, port = found[0]
+        return _sockaddr_text(got.family, host, port)
+
+    def accept(self, sc: Syscall, mem: Memory) -> Action:
+        """accept and accept4 (same first three arguments)."""
+        ptr, lenptr = sc.args[1], sc.args[2]
+        if not ptr or not lenptr or not self.subscribed:
+            return Allow()
+        try:
+            (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
+        except OSError:
+            return Allow()
+
+        def on_exit(ret: int, m: Memory) -> int | None:
+            if ret >= 0:
+                rewrite_sockaddr(m, ptr, lenptr, cap, self._remote_of)
+            return None
+
+        return Allow(on_exit=on_exit)
+
+    def peer_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
+        """getpeername: the real remote peer of a delivered connection."""
+        return self._remote_of(got) if self.subscribed else None
+
+    def local_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
+        """getsockname: P for a listener bound elsewhere, the original destination for a
+        delivered connection."""
+        requested = self.bound.get(got.port)
+        if requested is None:
+            return None
+        try:
+            with borrowed_socket(tid, fd) as sock:
+                peer = sock.getpeername() if sock is not None else None
+        except OSError:
+            peer = None  # not connected: the listener itself
+        if isinstance(peer, tuple):
+            found = self.delivery.delivered(int(peer[1]))
+            if found is not None:
+                return _sockaddr_text(got.family, *found[1])
+        if requested == got.port:
+            return None
+        return build_sockaddr(got.family, got.ip, requested)

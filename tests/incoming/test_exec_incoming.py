@@ -1,0 +1,217 @@
+"""Incoming traffic end to end: local servers under `mirrord exec --target pid/N` receive
+the target pod's traffic (steal, mirror, HTTP filter, port options), and the target's
+netns has no mirrord rule left after each run, however it ends."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.incoming.exec_world import PORT, ExecWorld, server_argv, xworld
+from tests.incoming.incoming_helpers import mirrord_rules, request, send_requests, wait_until
+
+pytestmark = pytest.mark.root
+__all__ = ["xworld"]  # the module-scoped fixture
+
+SERVERS = ["python", "go", "busybox", "node"]
+PATH = {"busybox": "/index.html"}  # busybox serves files: ask for the one that exists
+
+
+def steal(**extra: object) -> dict[str, object]:
+    return {"feature": {"network": {"incoming": {"mode": "steal", **extra}}}}
+
+
+def mirror(**extra: object) -> dict[str, object]:
+    return {"feature": {"network": {"incoming": {"mode": "mirror", **extra}}}}
+
+
+def body(answer: str) -> str:
+    return answer.split("\r\n\r\n", 1)[1]
+
+
+def no_date(answer: str) -> str:
+    return re.sub(r"\r\nDate: [^\r]*", "", answer)
+
+
+@pytest.fixture(autouse=True)
+def _clean_after(xworld: ExecWorld) -> Iterator[None]:
+    yield
+    assert mirrord_rules(xworld.target) == []
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_steal(xworld: ExecWorld, programs: dict[str, Path], kind: str) -> None:
+    path = PATH.get(kind, f"/steal-{kind}")
+    before = len(xworld.pod_requests())
+    run = xworld.start(server_argv(kind, programs, xworld.tmp), steal())
+    try:
+        run.wait_subscribed("steal")
+        n = 1 if kind == "busybox" else 2  # busybox httpd closes after each answer
+        answers = send_requests(xworld.client, xworld.target.address, PORT, [request(path)] * n)
+        assert [body(a) for a in answers] == ["local"] * n
+        log = run.wait_log(xworld.client.address)
+        assert xworld.pod_requests()[before:] == []
+    finally:
+        run.stop()
+    # accept/getpeername gave the client pod's address, not the proxy's loopback one.
+    assert xworld.client.address in log, log
+    if kind in ("python", "go"):
+        assert f"local={xworld.target.address}:{PORT}" in log  # getsockname: the pod side
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_mirror(xworld: ExecWorld, programs: dict[str, Path], kind: str) -> None:
+    path = f"/mirror-{kind}"
+    req = request(path, {"Connection": "close"})
+    direct = send_requests(xworld.client, xworld.target.address, PORT, [req])
+    run = xworld.start(server_argv(kind, programs, xworld.tmp), mirror())
+    try:
+        run.wait_subscribed("mirror")
+        mirrored = send_requests(xworld.client, xworld.target.address, PORT, [req])
+        log = run.wait_log(path)
+    finally:
+        run.stop()
+    assert [no_date(a) for a in mirrored] == [no_date(a) for a in direct]
+    assert xworld.pod_requests()[-1].startswith(f"REQ GET {path}")
+    assert path in log, log  # the local program got the copy
+
+
+def test_mirror_delivers_the_same_bytes(xworld: ExecWorld, programs: dict[str, Path]) -> None:
+    req = request("/bytes", {"Connection": "close", "X-Odd": "a\tb  c"})
+    run = xworld.start(server_argv("raw", programs, xworld.tmp), mirror())
+    try:
+        run.wait_subscribed("mirror")
+        (answer,) = send_requests(xworld.client, xworld.target.address, PORT, [req])
+        log = run.wait_log("RAW ")
+    finally:
+        run.stop()
+    assert body(answer) == "pod"
+    assert f"RAW {req.encode().hex()} peer={xworld.client.address}:" in log, log
+
+
+def test_header_filter_on_one_keepalive_connection(
+    xworld: ExecWorld, programs: dict[str, Path]
+) -> None:
+    before = len(xworld.pod_requests())
+    config = steal(http_filter={"header_filter": "x-user: me"})
+    run = xworld.start(server_argv("go", programs, xworld.tmp), config)
+    try:
+        run.wait_subscribed("steal")
+        me = {"x-user": "me"}
+        reqs = [request("/a"), request("/b", me), request("/c"), request("/d", me)]
+        answers = send_requests(xworld.client, xworld.target.address, PORT, reqs)
+        log = run.wait_log("/d")
+    finally:
+        run.stop()
+    assert [body(a) for a in answers] == ["pod", "local", "pod", "local"]
+    assert xworld.pod_requests()[before:] == ["REQ GET /a -", "REQ GET /c -"]
+    assert re.findall(r"REQ GET (/\w) me", log) == ["/b", "/d"]
+
+
+def test_port_mapping(xworld: ExecWorld, programs: dict[str, Path]) -> None:
+    # The program listens on 9090; the pod's 8080 is what it takes.
+    config = steal(port_mapping=[[9090, PORT]])
+    run = xworld.start(server_argv("python", programs, xworld.tmp, port=9090), config)
+    try:
+        run.wait_subscribed("steal", PORT)
+        answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/pm")])
+        assert [body(a) for a in answers] == ["local"]
+    finally:
+        run.stop()
+
+
+def test_listen_ports(xworld: ExecWorld, programs: dict[str, Path]) -> None:
+    # 8080 is requested, 18080 used locally; getsockname still says 8080.
+    config = steal(listen_ports=[[PORT, 18080]])
+    run = xworld.start(server_argv("python", programs, xworld.tmp), config)
+    try:
+        run.wait_subscribed("steal")
+        log = run.wait_log("LISTENING")
+        answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/lp")])
+        assert [body(a) for a in answers] == ["local"]
+        with socket.create_connection(("127.0.0.1", 18080), timeout=5) as s:
+            s.sendall(request("/direct").encode())
+            assert s.recv(4096).endswith(b"local")
+    finally:
+        run.stop()
+    assert f"LISTENING ('0.0.0.0', {PORT})" in log, log
+
+
+def test_local_port_already_taken(xworld: ExecWorld, programs: dict[str, Path]) -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("0.0.0.0", PORT))
+        taken.listen(1)
+        run = xworld.start(server_argv("python", programs, xworld.tmp), steal())
+        try:
+            run.wait_subscribed("steal")
+            log = run.wait_log("LISTENING")
+            answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/t")])
+            assert [body(a) for a in answers] == ["local"]
+        finally:
+            run.stop()
+    assert f"LISTENING ('0.0.0.0', {PORT})" in log, log  # another local port, still "8080"
+
+
+def test_sigkill_of_mirrord_leaves_no_rules(xworld: ExecWorld, programs: dict[str, Path]) -> None:
+    run = xworld.start(server_argv("python", programs, xworld.tmp), steal())
+    try:
+        run.wait_subscribed("steal")
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait()
+        wait_until(lambda: mirrord_rules(xworld.target) == [])
+    finally:
+        run.kill()
+    # and the pod's own server answers again
+    answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/after")])
+    assert [body(a) for a in answers] == ["pod"]
+
+
+def _agent_of(pid: int) -> int:
+    """The local agent mirrord started (a child running mirrord.agent)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"agent" in cmdline:
+            return int(child)
+    raise AssertionError(f"no agent among {children}")
+
+
+def test_sigkill_of_the_agent_then_next_session_cleans(
+    xworld: ExecWorld, programs: dict[str, Path]
+) -> None:
+    run = xworld.start(server_argv("python", programs, xworld.tmp), steal())
+    try:
+        run.wait_subscribed("steal")
+        os.kill(_agent_of(run.proc.pid), signal.SIGKILL)
+        assert run.proc.wait(15) != 0  # mirrord notices the lost agent and stops
+    finally:
+        run.kill()
+    # The dead agent's chains stay until the next subscription on this target removes them.
+    run = xworld.start(server_argv("python", programs, xworld.tmp), mirror())
+    try:
+        run.wait_subscribed("mirror")
+        assert not any("mirrord:steal" in line for line in mirrord_rules(xworld.target))
+    finally:
+        run.stop()
+
+
+def test_program_close_is_not_needed_for_cleanup(xworld: ExecWorld) -> None:
+    # A program that exits on its own: the session's end removes the rules.
+    code = (
+        "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen(1);"
+        "print('LISTENING', s.getsockname(), flush=True); time.sleep(1)"
+    )
+    run = xworld.start(["/usr/bin/python3", "-c", code], mirror())
+    try:
+        run.wait_subscribed("mirror")
+        assert run.proc.wait(30) == 0
+    finally:
+        run.kill()
+    assert mirrord_rules(xworld.target) == []
