@@ -1,5 +1,5 @@
 """The little of the DNS wire format (RFC 1035) mirrord needs: build an A/AAAA query,
-read the question name of a query, and the addresses of an answer. Pure.
+read the question of a query, the addresses of an answer, and build an answer. Pure.
 """
 
 from __future__ import annotations
@@ -80,3 +80,40 @@ def answer_addresses(msg: bytes, qid: int) -> tuple[list[bytes], bool]:
         if (rtype == TYPE_A and rdlen == 4) or (rtype == TYPE_AAAA and rdlen == 16):
             out.append(data)
     return out, bool(flags & FLAG_TC)
+
+
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+FLAG_QR = 0x8000
+FLAG_RA = 0x0080
+ANSWER_TTL = 5  # short: the program's own cache should not outlive our local answer
+
+
+def question(msg: bytes) -> tuple[str, int, int]:
+    """(name lower case without the final dot, qtype, offset after the first question)."""
+    if len(msg) < HEADER.size:
+        raise DnsFormatError("shorter than a DNS header")
+    _qid, flags, qd, _an, _ns, _ar = HEADER.unpack_from(msg)
+    if qd < 1 or flags & FLAG_QR:
+        raise DnsFormatError("not a query")
+    name, off = _read_name(msg, HEADER.size)
+    if off + 4 > len(msg):
+        raise DnsFormatError("truncated question")
+    (qtype,) = struct.unpack_from("!H", msg, off)
+    return name.lower(), qtype, off + 4
+
+
+def build_answer(query: bytes, addresses: list[bytes] | None, rcode: int = 0) -> bytes:
+    """A reply to `query`'s first question: the addresses of its type (A: the 4-byte
+    ones, AAAA: the 16-byte ones; none for other types), or an error `rcode` (e.g.
+    NXDOMAIN) when `addresses` is None."""
+    _name, qtype, end = question(query)
+    qid, flags = struct.unpack_from("!HH", query)
+    wanted = {TYPE_A: 4, TYPE_AAAA: 16}.get(qtype)
+    records = [a for a in (addresses or []) if wanted is not None and len(a) == wanted]
+    out_flags = FLAG_QR | FLAG_RA | (flags & FLAG_RD) | (rcode if addresses is None else 0)
+    head = HEADER.pack(qid, out_flags, 1, len(records), 0, 0)
+    body = b"".join(
+        struct.pack("!HHHIH", 0xC00C, qtype, CLASS_IN, ANSWER_TTL, len(a)) + a for a in records
+    )
+    return head + query[HEADER.size : end] + body

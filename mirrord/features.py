@@ -6,24 +6,40 @@ handlers), so each feature adds one block here and run.py stays unchanged.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mirrord.client import AgentClient
 from mirrord.config import MirrordConfig
 from mirrord.net_config import outgoing_rules
 from mirrord.supervisor import Feature
 
+if TYPE_CHECKING:
+    from mirrord.proxy.incoming import IncomingProxy
+    from mirrord.supervisor.net import IncomingHandlers
+
 
 async def build_features(config: MirrordConfig, client: AgentClient) -> tuple[Feature, ...]:
     features: list[Feature] = []
 
-    # Network: outgoing TCP/UDP and DNS queries leave from the target's netns.
+    # Network: outgoing TCP/UDP and DNS queries leave from the target's netns; incoming
+    # traffic of the target's ports reaches the program's listeners (one feature: both
+    # need getpeername/getsockname).
     rules = outgoing_rules(config)
-    if rules is not None:
+    incoming = _incoming(config, client)
+    if rules is not None or incoming is not None:
         from mirrord.proxy import NetProxy
-        from mirrord.supervisor.net import network_feature, resolve_filter_names
+        from mirrord.supervisor.net import OutgoingRules, network_feature, resolve_filter_names
 
         proxy = NetProxy(client.channel, client.metadata())
+        if rules is None:  # incoming only: every connect stays local
+            rules = OutgoingRules.build(tcp=False, udp=False, dns_enabled=False)
         rules = await resolve_filter_names(rules, proxy.resolve)
-        features.append(network_feature(rules, proxy))
+        if rules.dns_filter_mode is not None:
+            proxy.dns_local = rules.dns_local  # dns.filter: per query name
+        feature = network_feature(rules, proxy, incoming[0] if incoming else None)
+        if incoming is not None:
+            feature.close = incoming[1].close
+        features.append(feature)
 
     # Files: paths by upstream's fs rules; DNS files stay remote while DNS is.
     from mirrord.fs_config import fs_rules
@@ -39,6 +55,25 @@ async def build_features(config: MirrordConfig, client: AgentClient) -> tuple[Fe
         features.append(make_fs_feature(fs, remote))
 
     return tuple(features)
+
+
+def _incoming(
+    config: MirrordConfig, client: AgentClient
+) -> tuple[IncomingHandlers, IncomingProxy] | None:
+    """(IncomingHandlers, IncomingProxy), or None when incoming traffic is off or there is
+    no target whose ports could be subscribed to (targetless)."""
+    from mirrord.incoming_config import incoming_config
+
+    found = incoming_config(config)
+    if found is None or client.hello.target_pid == 0:
+        return None
+    from mirrord.client.incoming import IncomingClient
+    from mirrord.proxy.incoming import IncomingProxy
+    from mirrord.supervisor.net import IncomingHandlers
+
+    policy, settings = found
+    delivery = IncomingProxy(IncomingClient(client), settings)
+    return IncomingHandlers(policy, delivery), delivery
 
 
 async def close_features(features: tuple[Feature, ...]) -> None:

@@ -28,6 +28,13 @@ def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
     udp = enabled and out.udp is not False
     if not (tcp or udp or dns_enabled):
         return None
+    dns_mode: str | None = None
+    dns_entries: list[str] = []
+    if isinstance(dns, DnsConfig) and dns.filter is not None:
+        if dns.filter.remote is not None:
+            dns_mode, dns_entries = "remote", _as_list(dns.filter.remote)
+        else:
+            dns_mode, dns_entries = "local", _as_list(dns.filter.local)
     mode: str | None = None
     entries: list[str] = []
     if out.filter is not None:
@@ -42,4 +49,7 @@ def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
         filter_mode=mode,
         filter_entries=entries,
         dns_enabled=dns_enabled,
+        unix_streams=_as_list(out.unix_streams) if enabled else [],
+        dns_filter_mode=dns_mode if dns_enabled else None,
+        dns_filter_entries=dns_entries,
     )

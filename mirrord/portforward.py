@@ -64,7 +64,7 @@ async def _handle(proxy: NetProxy, spec: ForwardSpec, conn: socket.socket) -> No
         addrs = await proxy.resolve(spec.host)
         if not addrs:
             raise OSError(errno.EHOSTUNREACH, f"{spec.host} does not resolve in the target")
-        call, _ = await open_stream(proxy.stub, proxy.metadata, addrs[0], spec.remote_port)
+        call, _ = await open_stream(proxy.tcp, proxy.metadata, addrs[0], spec.remote_port)
     except OSError as e:
         log.warning("port-forward to %s:%d failed: %s", spec.host, spec.remote_port, e)
         print(f"mirrord: {spec.host}:{spec.remote_port}: {e.strerror}", file=sys.stderr)

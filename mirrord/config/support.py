@@ -21,7 +21,23 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "feature.network.outgoing.udp",
         "feature.network.outgoing.ignore_localhost",
         "feature.network.outgoing.filter",
+        "feature.network.outgoing.unix_streams",
         "feature.network.dns.enabled",
+        "feature.network.dns.filter",
+        "feature.network.incoming.mode",
+        "feature.network.incoming.port_mapping",
+        "feature.network.incoming.listen_ports",
+        "feature.network.incoming.ignore_localhost",
+        "feature.network.incoming.ignore_ports",
+        "feature.network.incoming.ports",
+        "feature.network.incoming.on_concurrent_steal",
+        "feature.network.incoming.http_filter.header_filter",
+        "feature.network.incoming.http_filter.path_filter",
+        "feature.network.incoming.http_filter.method_filter",
+        "feature.network.incoming.http_filter.all_of",
+        "feature.network.incoming.http_filter.any_of",
+        "feature.network.incoming.http_filter.ports",
+        "agent.nftables",
         "agent.startup_timeout",
         "agent.communication_timeout",
         "kube_context",
@@ -42,9 +58,10 @@ IMPLEMENTED: frozenset[str] = frozenset(
     }
 )
 
-# Sections whose true/false switch we act on even where some keys below are not built.
+# Sections whose switch (true/false, or a mode string) we act on even where some keys
+# below are not built.
 IMPLEMENTED_SWITCHES: frozenset[str] = frozenset(
-    {"feature.network.outgoing", "feature.network.dns"}
+    {"feature.network.outgoing", "feature.network.dns", "feature.network.incoming"}
 )
 
 # Keys that only upstream's own machinery (operator, IDE plugins, macOS SIP patching, its
@@ -148,7 +165,7 @@ def _judge(path: str, value: Any) -> Iterator[str]:
             yield f"{path}: has no effect here ({NO_EFFECT[path]}); ignored"
         return
     implemented = _covered(path, IMPLEMENTED) is not None or (
-        isinstance(value, bool) and path in IMPLEMENTED_SWITCHES
+        isinstance(value, (bool, str)) and path in IMPLEMENTED_SWITCHES
     )
     if isinstance(value, Mapping) and (
         path in _GROUPS or (not implemented and _leads_to(path, IMPLEMENTED))

@@ -6,9 +6,12 @@ world. Standard library only, and it knows nothing about mirrord.
 
 import os
 import socket
+import urllib.request
 
 SHOWN = ("SERVICE_NAME", "DATABASE_URL", "FEATURE_FLAGS", "POD_NAME", "HOME", "PATH")
 CONFIG = "/srv/checkout/config.yaml"  # exists only in the pod's file system
+# A service only the pod reaches, by a name only the pod resolves (its /etc/hosts).
+INVENTORY = "http://inventory.shop.svc.cluster.local:8080/"
 
 
 def main() -> None:
@@ -21,7 +24,38 @@ def main() -> None:
     except OSError as e:
         text = f"({e.strerror})"
     print(f"  {CONFIG}: {text}")
+    try:
+        # Short timeout: outside the pod the name does not resolve, or nothing answers.
+        with urllib.request.urlopen(INVENTORY, timeout=3) as resp:
+            body = resp.read().decode()
+    except OSError as e:
+        body = f"({getattr(e, 'reason', None) or e})"
+    print(f"  GET {INVENTORY}: {body}")
+
+
+def serve_once(port: int) -> None:
+    """Answer one HTTP request on `port` (under mirrord steal: a request sent to the pod)."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = f"answered by the local program (peer {self.client_address[0]})".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.HTTPServer(("0.0.0.0", port), Handler) as server:
+        server.handle_request()
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--serve"]:
+        serve_once(int(sys.argv[2]))
+    else:
+        main()

@@ -13,18 +13,28 @@ operations are atomic in CPython, so no lock is needed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
+import itertools
 import logging
+import os
 import resource
+import shutil
 import socket
+import tempfile
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc.aio
 
-from mirrord.proxy.relay import open_stream, relay, reset
+from mirrord.proxy.relay import open_stream, relay, reset, tcp_method
 from mirrord.proxy.udp import UdpInterceptor
 from mirrord.supervisor.net import Destination
 from mirrord.v1 import net_pb2, net_pb2_grpc
+
+if TYPE_CHECKING:
+    from mirrord.proxy.relay import TcpCall
 
 log = logging.getLogger("mirrord.proxy")
 
@@ -32,6 +42,12 @@ ACCEPT_TIMEOUT_S = 30.0  # a connect interrupted before reaching its interceptor
 V4 = b"\x7f\0\0\x01"
 V6 = b"\0" * 15 + b"\x01"
 V4_MAPPED = b"\0" * 10 + b"\xff\xff" + V4
+# `Net.Tcp` streams kept after their connection ended cleanly (TcpConnect.reuse), for the
+# next connects: one then costs one message round trip instead of also a new HTTP/2
+# stream and the per-call setup on both sides, whose CPU competes with the connection
+# itself. Each idle one costs the agent a waiting handler and one unconnected socket.
+IDLE_STREAMS = 8
+DNS_PORT = 53
 
 
 def raise_fd_limit() -> None:
@@ -55,6 +71,7 @@ def _ipv6_loopback_usable() -> bool:
 class NetProxy:
     def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
         self.stub = net_pb2_grpc.NetStub(channel)
+        self.tcp = tcp_method(channel)
         self.metadata = metadata
         # AF_INET6 sockets go to ::1, or to the v4 interceptors (v4-mapped) without IPv6.
         self._v6 = _ipv6_loopback_usable()
@@ -63,7 +80,22 @@ class NetProxy:
         self._locals: dict[tuple[str, int], tuple[str, int]] = {}  # program port -> interceptor
         self._udp: dict[tuple[int, bytes, int], UdpInterceptor] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: collections.deque[TcpCall] = collections.deque()
+        # Per interceptor kind, a port where nothing listens (refused_port): bound and never
+        # listening, it holds the port and the kernel answers every SYN to it with a RST.
+        # Made here once: the tracer thread only reads the port.
+        self._refusers: list[socket.socket] = []
+        self._refused_ports: dict[str, int] = {}
+        for kind, bind_ip, family in {self._bind(socket.AF_INET), self._bind(socket.AF_INET6)}:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self._refusers.append(sock)
+            sock.bind((bind_ip, 0))
+            self._refused_ports[kind] = int(sock.getsockname()[1])
         self._closed = False
+        # dns.filter (set by whoever owns the rules): query names answered locally.
+        self.dns_local: Callable[[str], bool] | None = None
+        self._unix_dir: str | None = None  # the unix listeners' private directory
+        self._unix_names = itertools.count()
         raise_fd_limit()
 
     # --- Redirector --------------------------------------------------------------------
@@ -79,10 +111,15 @@ class NetProxy:
             return "v6", "::1", socket.AF_INET6
         return "v4", "127.0.0.1", socket.AF_INET
 
+    def refused_port(self, family: int) -> int:
+        return self._refused_ports[self._bind(family)[0]]
+
     async def open_tcp(self, dest: Destination) -> int:
         if self._closed:
             raise OSError(errno.ENETUNREACH, "mirrord is shutting down")
-        call, connected = await open_stream(self.stub, self.metadata, dest.ip, dest.port)
+        call, connected = await open_stream(
+            self.tcp, self.metadata, dest.ip, dest.port, self._idle_call(), reuse=True
+        )
         kind, bind_ip, family = self._bind(dest.family)
         listener = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -101,17 +138,71 @@ class NetProxy:
         task.add_done_callback(self._tasks.discard)
         return port
 
-    async def _serve(self, listener: socket.socket, call: object, kind: str, port: int) -> None:
+    async def open_unix(self, path: str) -> bytes:
+        if self._closed:
+            raise OSError(errno.ENETUNREACH, "mirrord is shutting down")
+        call, _ = await open_stream(
+            self.tcp, self.metadata, b"", 0, self._idle_call(), unix_path=path, reuse=True
+        )
+        if self._unix_dir is None:
+            self._unix_dir = tempfile.mkdtemp(prefix="mirrord-unix-")
+        name = f"{self._unix_dir}/{next(self._unix_names)}"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(name)
+            listener.listen(1)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            call.cancel()
+            raise
+        task = asyncio.get_running_loop().create_task(self._serve_unix(listener, call, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return name.encode()
+
+    async def _serve_unix(self, listener: socket.socket, call: TcpCall, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            conn, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT_S)
+        except TimeoutError:
+            call.cancel()
+            return
+        finally:
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(name)  # one connection per listener, like the TCP interceptors
+        if await relay(conn, call):
+            self._give_back(call)
+
+    def _idle_call(self) -> TcpCall | None:
+        while self._idle:
+            call = self._idle.popleft()
+            if not call.done():  # one the agent ended (session gone) is of no use
+                return call
+        return None
+
+    def _give_back(self, call: TcpCall) -> None:
+        if self._closed or call.done() or len(self._idle) >= IDLE_STREAMS:
+            call.cancel()
+        else:
+            self._idle.append(call)
+
+    async def _serve(self, listener: socket.socket, call: TcpCall, kind: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         try:
             try:
                 conn, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT_S)
             except TimeoutError:
-                call.cancel()  # type: ignore[attr-defined]
+                call.cancel()
                 return
             finally:
                 listener.close()
-            await relay(conn, call)  # type: ignore[arg-type]
+            # As on the agent's side: relayed bytes go out as they come.
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if await relay(conn, call):
+                self._give_back(call)
         finally:
             self._peers.pop((kind, port), None)
             self._pod_locals.pop((kind, port), None)
@@ -133,7 +224,10 @@ class NetProxy:
             if self._closed:
                 raise OSError(errno.ENETUNREACH, "mirrord is shutting down")
             kind, bind_ip, family = self._bind(dest.family)
-            icpt = UdpInterceptor(self.stub, self.metadata, bind_ip, family, dest.ip, dest.port)
+            dns_local = self.dns_local if dest.port == DNS_PORT else None
+            icpt = UdpInterceptor(
+                self.stub, self.metadata, bind_ip, family, dest.ip, dest.port, dns_local
+            )
             self._udp[key] = icpt
             self._peers[(kind, icpt.local_port)] = dest.raw
         return icpt.local_port
@@ -161,6 +255,13 @@ class NetProxy:
     async def close(self) -> None:
         """Reset every relayed connection and close the interceptors."""
         self._closed = True
+        while self._idle:
+            self._idle.popleft().cancel()
+        for sock in self._refusers:
+            sock.close()
+        if self._unix_dir is not None:
+            shutil.rmtree(self._unix_dir, ignore_errors=True)
+        self._refusers.clear()
         for udp in self._udp.values():
             udp.close()
         self._udp.clear()

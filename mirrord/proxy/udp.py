@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import grpc.aio
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
+from mirrord import dnswire
 from mirrord.v1 import net_pb2, net_pb2_grpc
 
 if TYPE_CHECKING:
@@ -87,8 +90,13 @@ class UdpInterceptor:
         family: int,
         ip: bytes,
         port: int,
+        dns_local: Callable[[str], bool] | None = None,
     ) -> None:
+        """dns_local: for a nameserver's address, which query names are answered here
+        (dns.filter) instead of by the pod's nameserver."""
         self.stub = stub
+        self.dns_local = dns_local
+        self._answering: set[asyncio.Task[None]] = set()
         self.metadata = metadata
         self.ip = ip
         self.port = port
@@ -107,10 +115,45 @@ class UdpInterceptor:
                 return
             except OSError:
                 return
+            if self.dns_local is not None and self._answered_locally(data, src):
+                continue
             flow = self.flows.get(src)
             if flow is None:
                 flow = self.flows[src] = _Flow(self, src)
             flow.queue.put_nowait(data)
+
+    def _answered_locally(self, data: bytes, src: Any) -> bool:
+        try:
+            name, _qtype, _end = dnswire.question(data)
+        except dnswire.DnsFormatError:
+            return False
+        assert self.dns_local is not None
+        if not self.dns_local(name):
+            return False
+        task = asyncio.get_running_loop().create_task(self._answer(data, src, name))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+        return True
+
+    async def _answer(self, query: bytes, src: Any, name: str) -> None:
+        """Answer with what this machine's resolver says (its /etc/hosts, its DNS), as a
+        program resolving the name without mirrord would get."""
+        loop = asyncio.get_running_loop()
+        addresses: list[bytes] | None = []
+        rcode = 0
+        try:
+            infos = await loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
+        except socket.gaierror as e:
+            infos, addresses = [], None
+            rcode = (
+                dnswire.RCODE_NXDOMAIN if e.errno == socket.EAI_NONAME else dnswire.RCODE_SERVFAIL
+            )
+        for info in infos:
+            packed = ipaddress.ip_address(str(info[4][0]).split("%")[0]).packed
+            if addresses is not None and packed not in addresses:
+                addresses.append(packed)
+        with contextlib.suppress(OSError, dnswire.DnsFormatError):
+            self.sock.sendto(dnswire.build_answer(query, addresses, rcode), src)
 
     def pod_local(self, src_port: int) -> tuple[bytes, int] | None:
         for src, flow in self.flows.items():
@@ -123,4 +166,6 @@ class UdpInterceptor:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
         for flow in list(self.flows.values()):
             flow.task.cancel()
+        for task in list(self._answering):
+            task.cancel()
         self.sock.close()

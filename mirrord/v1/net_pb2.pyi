@@ -54,16 +54,29 @@ class TcpConnect(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REMOTE_FIELD_NUMBER: _builtins.int
+    UNIX_PATH_FIELD_NUMBER: _builtins.int
+    REUSE_FIELD_NUMBER: _builtins.int
+    unix_path: _builtins.str
+    """When set: connect to this unix stream socket path in the target's file system
+    instead of `remote` (feature.network.outgoing.unix_streams); `connected.local` is empty.
+    """
+    reuse: _builtins.bool
+    """Keep the stream after this connection: once both directions have ended cleanly the
+    agent answers `done` and waits for the next `connect` (saves a new stream per
+    connection). Without it, or on any error, the stream ends with the connection.
+    """
     @_builtins.property
     def remote(self) -> Global___SocketAddress: ...
     def __init__(
         self,
         *,
         remote: Global___SocketAddress | None = ...,
+        unix_path: _builtins.str = ...,
+        reuse: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["remote", b"remote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["remote", b"remote"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["remote", b"remote", "reuse", b"reuse", "unix_path", b"unix_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,12 +144,15 @@ class TcpServerMessage(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     EOF_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
     error: _builtins.int
     """first answer on failure: the errno the pod saw"""
     data: _builtins.bytes
     """bytes the remote sent"""
     eof: _builtins.bool
     """the remote shut down its sending side"""
+    done: _builtins.bool
+    """`reuse` was asked: the connection is over, send a connect"""
     @_builtins.property
     def connected(self) -> Global___TcpConnected:
         """first answer on success"""
@@ -148,12 +164,13 @@ class TcpServerMessage(_message.Message):
         error: _builtins.int = ...,
         data: _builtins.bytes = ...,
         eof: _builtins.bool = ...,
+        done: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "data", b"data", "eof", b"eof", "error", b"error", "msg", b"msg"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "data", b"data", "done", b"done", "eof", b"eof", "error", b"error", "msg", b"msg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "data", b"data", "eof", b"eof", "error", b"error", "msg", b"msg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "data", b"data", "done", b"done", "eof", b"eof", "error", b"error", "msg", b"msg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["connected", "error", "data", "eof"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["connected", "error", "data", "eof", "done"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 

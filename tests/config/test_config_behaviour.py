@@ -173,7 +173,6 @@ def test_warnings_for_unimplemented_and_no_effect_keys() -> None:
         "(the environment is always fetched before start); ignored",
         "feature.network.incoming.http_header_filter: deprecated upstream, accepted and ignored "
         "(replaced upstream by feature.network.incoming.http_filter.header_filter)",
-        "feature.network.incoming: accepted but not supported yet by this version; ignored",
         "operator: has no effect here (the mirrord operator is not used); ignored",
         "pause: deprecated upstream, accepted and ignored (the pause feature was removed)",
     ]

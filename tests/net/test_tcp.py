@@ -138,6 +138,8 @@ def test_timeout_is_the_pods(world: World) -> None:
 
 
 def test_non_blocking_connect(world: World) -> None:
+    # A pod-side refusal reaches a non-blocking socket as the kernel reports it: connect()
+    # says EINPROGRESS, the socket becomes writable, SO_ERROR says ECONNREFUSED.
     svc = world.service.address
     r = world.mirrord(
         py(f"""
@@ -145,19 +147,28 @@ def test_non_blocking_connect(world: World) -> None:
         for port in (8080, 9):
             s = socket.socket(); s.setblocking(False)
             rc = s.connect_ex(('{svc}', port))
+            print(port, 'connect', rc)
             if rc == errno.EINPROGRESS:
-                select.select([], [s], [], 10)
+                _, w, _ = select.select([], [s], [], 10)
+                print(port, 'writable', w == [s])
                 rc = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             print(port, 'result', rc)
             if rc == 0:
                 s.setblocking(True); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')
                 print(port, s.makefile('rb').read().split(b'\\r\\n\\r\\n')[1])
+            else:
+                try: s.getpeername()
+                except OSError as e: print(port, 'getpeername', e.errno)
     """)
     )
     assert r.returncode == 0, r.stderr
-    assert "8080 result 0" in r.stdout
-    assert "8080 b'service'" in r.stdout
-    assert "9 result 111" in r.stdout
+    lines = r.stdout.splitlines()
+    assert "8080 result 0" in lines
+    assert "8080 b'service'" in lines
+    assert "9 connect 115" in lines  # EINPROGRESS
+    assert "9 writable True" in lines
+    assert "9 result 111" in lines  # ECONNREFUSED
+    assert "9 getpeername 107" in lines  # ENOTCONN: the failed socket has no peer
 
 
 def test_many_threads_many_connections(world: World) -> None:
@@ -206,3 +217,38 @@ def test_redis_cli(world: World) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["OK", "v"]
+
+
+def test_sequential_connections_with_mixed_endings(world: World) -> None:
+    # The proxy reuses a stream after a clean connection (TcpConnect.reuse): whatever the
+    # previous connection on it was (server closed first, program half-closed first,
+    # refused), the next one gets exactly its own bytes.
+    svc = world.service.address
+    r = world.mirrord(
+        py(f"""
+        import socket
+        req = b'GET / HTTP/1.0\\r\\n\\r\\n'
+        def get(half_close):
+            with socket.create_connection(('{svc}', 8080)) as s:
+                s.sendall(req)
+                if half_close:
+                    s.shutdown(socket.SHUT_WR)
+                data = b''
+                while chunk := s.recv(65536):
+                    data += chunk
+                return data.split(b'\\r\\n\\r\\n', 1)[1].decode()
+        out = []
+        for i in range(12):
+            if i % 4 == 3:
+                try:
+                    socket.create_connection(('{svc}', 9))
+                    out.append('connected?')
+                except OSError as e:
+                    out.append(str(e.errno))
+            else:
+                out.append(get(half_close=i % 2 == 1))
+        print(' '.join(out))
+    """)
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["service", "service", "service", "111"] * 3

@@ -26,6 +26,7 @@ GO_PROGRAMS: dict[str, str] = {
     "envprint-go": "envprint-go",
     "httpget-go": "httpget-go",
     "files-go": "files-go",
+    "httpserve-go": "httpserve-go",
 }
 SCRIPTS: dict[str, str] = {"interactive": "interactive.py"}
 

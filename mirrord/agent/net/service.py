@@ -11,10 +11,11 @@ import grpc.aio
 
 from mirrord.agent.net.resolve import resolve
 from mirrord.agent.net.sockets import NetSessionState
-from mirrord.agent.net.tcp import relay_tcp
+from mirrord.agent.net.tcp import Reply, Request, relay_tcp
 from mirrord.agent.net.udp import relay_udp
 from mirrord.agent.service import session_of
 from mirrord.agent.session import AgentSession, SessionRegistry
+from mirrord.netwire import deserialize_client, serialize_server
 from mirrord.v1 import net_pb2, net_pb2_grpc
 
 if TYPE_CHECKING:
@@ -39,9 +40,9 @@ class NetService(net_pb2_grpc.NetServicer):
         state.adopt()
         return state
 
-    async def Tcp(
-        self, request_iterator: AsyncIterator[net_pb2.TcpClientMessage], context: Context
-    ) -> AsyncIterator[net_pb2.TcpServerMessage]:
+    async def Tcp(  # type: ignore[override]  # data as views/bytes: mirrord/netwire.py
+        self, request_iterator: AsyncIterator[Request], context: Context
+    ) -> AsyncIterator[Reply]:
         session = await session_of(self.registry, context)
         self._state(session)
         async for msg in relay_tcp(session, aiter(request_iterator)):
@@ -67,4 +68,27 @@ def register(server: grpc.aio.Server, registry: SessionRegistry) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    net_pb2_grpc.add_NetServicer_to_server(NetService(registry), server)
+    # As net_pb2_grpc.add_NetServicer_to_server, with Tcp's `data` messages taking the fast
+    # path of mirrord/netwire.py (same bytes on the wire).
+    servicer = NetService(registry)
+    handlers = {
+        "Tcp": grpc.stream_stream_rpc_method_handler(
+            servicer.Tcp,
+            request_deserializer=deserialize_client,
+            response_serializer=serialize_server,
+        ),
+        "Udp": grpc.stream_stream_rpc_method_handler(
+            servicer.Udp,
+            request_deserializer=net_pb2.UdpClientMessage.FromString,
+            response_serializer=net_pb2.UdpServerMessage.SerializeToString,
+        ),
+        "Resolve": grpc.unary_unary_rpc_method_handler(
+            servicer.Resolve,
+            request_deserializer=net_pb2.ResolveRequest.FromString,
+            response_serializer=net_pb2.ResolveReply.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("mirrord.v1.Net", handlers),)
+    )
+    server.add_registered_method_handlers("mirrord.v1.Net", handlers)  # type: ignore[attr-defined]  # missing from grpc-stubs

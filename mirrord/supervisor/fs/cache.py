@@ -6,8 +6,9 @@ complete, so a reader never sees half a file). A remote file opened by the progr
 real local file there, so reads, seeks and mmap run at native speed; a remote directory
 is a real directory whose entries are placeholders of the right type (empty files,
 directories, symlinks to nowhere, FIFOs; all but directories hard links to one shared
-inode per type, `shared/`), so getdents64 runs natively with the right names and d_type. Placeholder content and local metadata are never shown: every path and
-fd syscall on them is answered with the remote metadata (handlers.py).
+inode per type, `shared/`), so getdents64 runs natively with the right names and
+d_type. Placeholder content and local metadata are never shown: every path and fd
+syscall on them is answered with the remote metadata (handlers.py).
 
 Since the mapping between cache paths and remote paths is a prefix, an fd is remote iff
 /proc/TID/fd/N points into `root/`: dup, fork, exec and close_range need no tracking.

@@ -18,6 +18,7 @@ from mirrord.supervisor.actions import Handler
 from mirrord.supervisor.handlers import Feature
 from mirrord.supervisor.net.filters import OutgoingRules, Route, parse_entry
 from mirrord.supervisor.net.handlers import NetHandlers
+from mirrord.supervisor.net.incoming import IncomingHandlers
 from mirrord.supervisor.net.redirect import Redirector
 from mirrord.supervisor.net.sockaddr import Destination
 from mirrord.supervisor.seccomp import Rule
@@ -25,6 +26,7 @@ from mirrord.supervisor.syscalls import NR
 
 __all__ = [
     "Destination",
+    "IncomingHandlers",
     "OutgoingRules",
     "Redirector",
     "Route",
@@ -53,7 +55,9 @@ async def resolve_filter_names(
     return dataclasses.replace(rules, names=names)
 
 
-def network_feature(rules: OutgoingRules, redirector: Redirector) -> Feature:
+def network_feature(
+    rules: OutgoingRules, redirector: Redirector, incoming: IncomingHandlers | None = None
+) -> Feature:
     h = NetHandlers(rules, redirector)
     handlers: dict[int, Handler] = {
         NR["connect"]: h.connect,
@@ -82,4 +86,20 @@ def network_feature(rules: OutgoingRules, redirector: Redirector) -> Feature:
             )
         ),
     ]
+    if incoming is not None:
+        # Incoming traffic (supervisor/net/incoming.py): one feature, since it shares
+        # getpeername/getsockname with outgoing traffic.
+        h.incoming_peer, h.incoming_local = incoming.peer_hook, incoming.local_hook
+        handlers |= {
+            NR["bind"]: incoming.bind,
+            NR["listen"]: incoming.listen,
+            NR["accept"]: incoming.accept,
+            NR["accept4"]: incoming.accept,
+        }
+        seccomp_rules += [
+            Rule(NR["bind"]),
+            Rule(NR["listen"]),
+            Rule(NR["accept"], arg_nonzero=1),  # only when the peer address is asked for
+            Rule(NR["accept4"], arg_nonzero=1),
+        ]
     return Feature("network", seccomp_rules, handlers)

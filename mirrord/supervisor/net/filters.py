@@ -19,6 +19,7 @@ matched by the addresses they resolve to in the pod (`names`, resolved once at s
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -102,6 +103,14 @@ class OutgoingRules:
     entries: tuple[FilterEntry, ...] = ()
     names: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
     dns_enabled: bool = True
+    # outgoing.unix_streams: unix stream socket paths that mean the target's socket
+    # (upstream: any of the regexes matches somewhere in the path).
+    unix_streams: tuple[re.Pattern[str], ...] = ()
+    # dns.filter: the names of its entries, matched against the name in each DNS query
+    # (UDP) the program sends to its nameserver; "local" answers those locally, "remote"
+    # all but those. Address entries cannot match a name and are not used.
+    dns_filter_mode: str | None = None
+    dns_filter_names: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -113,7 +122,15 @@ class OutgoingRules:
         filter_mode: str | None = None,
         filter_entries: Sequence[str] = (),
         dns_enabled: bool = True,
+        unix_streams: Sequence[str] = (),
+        dns_filter_mode: str | None = None,
+        dns_filter_entries: Sequence[str] = (),
     ) -> OutgoingRules:
+        """Raises ValueError for a bad filter entry or unix_streams regex."""
+        try:
+            unix = tuple(re.compile(r) for r in unix_streams)
+        except re.error as e:
+            raise ValueError(f"feature.network.outgoing.unix_streams: {e}") from None
         return cls(
             tcp=tcp,
             udp=udp,
@@ -121,7 +138,25 @@ class OutgoingRules:
             filter_mode=filter_mode,
             entries=tuple(parse_entry(e) for e in filter_entries),
             dns_enabled=dns_enabled,
+            unix_streams=unix,
+            dns_filter_mode=dns_filter_mode,
+            dns_filter_names=frozenset(
+                e.name.lower().rstrip(".")
+                for e in (parse_entry(x) for x in dns_filter_entries)
+                if e.name is not None and e.port in (0, DNS_PORT)
+            ),
         )
+
+    def dns_local(self, name: str) -> bool:
+        """Whether a DNS query for `name` is answered locally (dns.filter)."""
+        if self.dns_filter_mode is None:
+            return False
+        matched = name.lower().rstrip(".") in self.dns_filter_names
+        return matched if self.dns_filter_mode == "local" else not matched
+
+    def unix_remote(self, path: str) -> bool:
+        """Whether a unix stream socket connect to `path` goes to the target's socket."""
+        return any(r.search(path) for r in self.unix_streams)
 
     def hostnames(self) -> list[str]:
         """Names in the filter, to resolve in the pod before the program starts."""

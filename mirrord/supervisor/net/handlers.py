@@ -41,6 +41,8 @@ MSGHDR = struct.Struct("<QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, c
 MMSGHDR_SIZE = MSGHDR.size + 8  # + unsigned msg_len, padded
 MAX_MMSG = 64  # sendmmsg entries rewritten per call; the program sees a partial send
 SOCKADDR_SLOT = 32
+SOCKADDR_UN_SLOT = 112  # sizeof(struct sockaddr_un) = 110, rounded up
+AddressHook = Callable[[int, int, Destination], bytes | None]  # (tid, fd, got) -> sockaddr
 
 
 def _errno_of(result: BaseException) -> int:
@@ -60,6 +62,9 @@ class NetHandlers:
         self.rules = rules
         self.redirector = redirector
         self.program_listens = program_listens
+        # Incoming traffic's lookups (supervisor/net/incoming.py), tried first when set.
+        self.incoming_peer: AddressHook | None = None
+        self.incoming_local: AddressHook | None = None
 
     # --- decisions -------------------------------------------------------------------
 
@@ -92,9 +97,12 @@ class NetHandlers:
         if ptr == 0 or size < 2:
             return Allow()
         try:
-            dest = parse_sockaddr(mem.read(ptr, min(size, 128)))
+            raw = mem.read(ptr, min(size, 128))
         except OSError:
             return Allow()
+        if self.rules.unix_streams and struct.unpack_from("<H", raw)[0] == socket.AF_UNIX:
+            return self._connect_unix(sc, raw)
+        dest = parse_sockaddr(raw)
         if dest is None:
             return Allow()
         protocol = self._remote(sc.tid, fd, dest)
@@ -102,10 +110,12 @@ class NetHandlers:
             return Allow()
         scratch = sc.scratch(SOCKADDR_SLOT)
 
-        def redirect(port: int, m: Memory) -> Action:
+        def redirect(port: int, m: Memory, *, note: bool = True) -> Action:
             addr = self._interceptor(dest, port)
             m.write(scratch, addr)
             kind = "v4" if len(self.redirector.interceptor_ip(dest.family)) == 4 else "v6"
+            if not note:
+                return Allow(set_args={1: scratch, 2: len(addr)})
 
             def on_exit(ret: int, _m: Memory) -> int | None:
                 if ret in (0, -errno.EINPROGRESS):
@@ -126,12 +136,54 @@ class NetHandlers:
 
         def then(result: Any, m: Memory) -> Action:
             if isinstance(result, BaseException):
-                return Fake(-_errno_of(result))
+                code = _errno_of(result)
+                if protocol == "tcp" and code == errno.ECONNREFUSED:
+                    # Refused by the pod: connect to a loopback port nobody listens on, so
+                    # the kernel refuses too, the way the program expects for its socket:
+                    # ECONNREFUSED when blocking; EINPROGRESS, then writable with
+                    # SO_ERROR = ECONNREFUSED, when non-blocking.
+                    return redirect(self.redirector.refused_port(dest.family), m, note=False)
+                return Fake(-code)
             return redirect(int(result), m)
 
         if protocol == "tcp":
             return Defer(lambda: self.redirector.open_tcp(dest), then)
         return Defer(lambda: self.redirector.open_udp(dest), then)
+
+    def _connect_unix(self, sc: Syscall, raw: bytes) -> Action:
+        """A unix stream socket connect to a path matching outgoing.unix_streams: the agent
+        connects to the target's socket, the program's socket to a local unix listener of
+        the proxy that relays to it (rewritten sockaddr_un below SP)."""
+        sun_path = raw[2:]
+        if sun_path[:1] == b"\0":
+            name = sun_path  # abstract: the length is the name's, NULs included
+        else:
+            name = sun_path.split(b"\0", 1)[0]
+            if not name.startswith(b"/"):
+                return Allow()  # relative to the program's own cwd: a local path
+        try:
+            path = name.decode()
+        except UnicodeDecodeError:
+            return Allow()
+        if not self.rules.unix_remote(path):
+            return Allow()
+        try:
+            info = socket_info(sc.tid, sc.args[0])
+        except OSError:
+            return Allow()
+        if info is None or info.family != socket.AF_UNIX or info.kind != socket.SOCK_STREAM:
+            return Allow()
+        scratch = sc.scratch(SOCKADDR_UN_SLOT)
+
+        def then(result: Any, m: Memory) -> Action:
+            if isinstance(result, BaseException):
+                return Fake(-_errno_of(result))
+            local: bytes = result
+            addr = struct.pack("<H", socket.AF_UNIX) + local + b"\0"
+            m.write(scratch, addr)
+            return Allow(set_args={1: scratch, 2: len(addr)})
+
+        return Defer(lambda: self.redirector.open_unix(path), then)
 
     # --- addresses the program reads back ----------------------------------------------
 
@@ -198,11 +250,18 @@ class NetHandlers:
 
         return handle
 
+    def _hooked(
+        self, sc: Syscall, hook: AddressHook | None, look: Callable[[Destination], bytes | None]
+    ) -> Callable[[Destination], bytes | None]:
+        if hook is None:
+            return look
+        return lambda got: hook(sc.tid, sc.args[0], got) or look(got)
+
     def getpeername(self, sc: Syscall, mem: Memory) -> Action:
-        return self._name_call(self._peer_of)(sc, mem)
+        return self._name_call(self._hooked(sc, self.incoming_peer, self._peer_of))(sc, mem)
 
     def getsockname(self, sc: Syscall, mem: Memory) -> Action:
-        return self._name_call(self._local_of)(sc, mem)
+        return self._name_call(self._hooked(sc, self.incoming_local, self._local_of))(sc, mem)
 
     def recvfrom(self, sc: Syscall, mem: Memory) -> Action:
         ptr, lenptr = sc.args[4], sc.args[5]

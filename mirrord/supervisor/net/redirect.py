@@ -23,8 +23,19 @@ class Redirector(Protocol):
         Raises OSError(errno) with the error the pod saw."""
         ...
 
+    async def open_unix(self, path: str) -> bytes:
+        """Connect to the unix stream socket `path` in the target (a leading NUL: an
+        abstract name); the path of a local unix listener for the program's socket, at
+        most 107 bytes. Raises OSError(errno) with the error the target gave."""
+        ...
+
     async def open_udp(self, dest: Destination) -> int:
         """The interceptor UDP port for dest (made on first use)."""
+        ...
+
+    def refused_port(self, family: int) -> int:
+        """A loopback port (at `interceptor_ip(family)`) where nothing listens, ever:
+        connecting to it is refused by the local kernel."""
         ...
 
     def udp_port(self, dest: Destination) -> int | None:
