@@ -46,7 +46,7 @@ test: apt-test venv lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: apt-test venv
-	$(PY) bench/overhead.py
+	for b in overhead files network incoming kube_ls; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
