@@ -124,7 +124,15 @@ class IncomingConnection:
         self._call = call
         self._lock = asyncio.Lock()
         self._closed = False
-        self._pump = asyncio.get_running_loop().create_task(self._read())
+        loop = asyncio.get_running_loop()
+        # The open goes out in the background: starting the stream costs about a
+        # millisecond, which the caller spends connecting to the program's listener
+        # instead of waiting. Every later write waits for it (the agent wants it first).
+        open_msg = pb.IncomingConnectionClientMessage(
+            open=pb.IncomingConnectionOpen(connection_id=self.id)
+        )
+        self._opened = loop.create_task(self._call.write(open_msg))
+        self._pump = loop.create_task(self._read())
 
     async def _read(self) -> None:
         try:
@@ -146,10 +154,12 @@ class IncomingConnection:
     async def write(self, data: bytes) -> None:
         if data:
             async with self._lock:
+                await self._opened
                 await self._call.write(pb.IncomingConnectionClientMessage(data=data))
 
     async def write_eof(self) -> None:
         async with self._lock:
+            await self._opened
             await self._call.write(pb.IncomingConnectionClientMessage(eof=True))
             await self._call.done_writing()
 
@@ -160,12 +170,14 @@ class IncomingConnection:
         self._closed = True
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             async with self._lock:
+                await self._opened
                 await self._call.done_writing()
         # Let the agent flush and end the stream; then drop it.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
         self._call.cancel()
         self._pump.cancel()
+        self._opened.cancel()
 
 
 class Subscription:
@@ -259,9 +271,4 @@ class IncomingClient:
 
     async def _open(self, event: incoming_pb2.IncomingNewConnection) -> IncomingConnection:
         call: ConnCall = self._stub.Connection(metadata=self._agent.metadata())  # type: ignore[call-arg]
-        await call.write(
-            pb.IncomingConnectionClientMessage(
-                open=pb.IncomingConnectionOpen(connection_id=event.connection_id)
-            )
-        )
         return IncomingConnection(call, event)

@@ -92,7 +92,10 @@ class IncomingProxy:
                 nftables=self.settings.nftables,
             )
         except PortTaken as e:
-            if self.settings.on_concurrent_steal == "abort":
+            # on_concurrent_steal is about stealing: a mirror that cannot have the port
+            # (another session holds it) degrades to a local listener, as upstream's
+            # mirror never makes the program's listen fail.
+            if mode == "steal" and self.settings.on_concurrent_steal == "abort":
                 _say(f"port {remote} of the target is already taken ({e}); listen fails")
                 raise OSError(errno.EADDRINUSE, str(e)) from None
             _say(f"port {remote} of the target is already taken ({e}); listening locally only")

@@ -215,3 +215,31 @@ def test_program_close_is_not_needed_for_cleanup(xworld: ExecWorld) -> None:
     finally:
         run.kill()
     assert mirrord_rules(xworld.target) == []
+
+
+@pytest.mark.parametrize("second", ["steal", "mirror"])
+def test_a_port_another_session_steals(
+    xworld: ExecWorld, programs: dict[str, Path], second: str
+) -> None:
+    first = xworld.start(server_argv("python", programs, xworld.tmp), steal())
+    try:
+        first.wait_subscribed("steal")
+        config = steal() if second == "steal" else {"feature": {"network": {"incoming": "mirror"}}}
+        other = xworld.start(server_argv("python", programs, xworld.tmp), config)
+        try:
+            if second == "steal":
+                # on_concurrent_steal defaults to abort: the program's listen fails.
+                assert other.proc.wait(30) != 0
+                assert "already taken" in other.log()
+                assert "Address already in use" in other.log()
+            else:
+                # A mirror that cannot have the port keeps a local listener only.
+                log = other.wait_log("listening locally only")
+                assert "listening locally only" in log, log
+                assert other.proc.poll() is None
+            answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/c")])
+            assert [body(a) for a in answers] == ["local"]  # still the first session's
+        finally:
+            other.stop()
+    finally:
+        first.stop()

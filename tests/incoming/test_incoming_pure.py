@@ -143,3 +143,15 @@ eth0\t0001D50A\t00000000\t0001\t0\t0\t0\t00FFFFFF
 def test_node_addresses_parsing() -> None:
     assert local_addresses_from_fib_trie(FIB_TRIE) == {"10.213.1.1"}
     assert gateways_from_route(ROUTE) == {"10.213.1.1"}
+
+
+def test_relayed_sockets_never_wait_for_nagle() -> None:
+    # asyncio only sets TCP_NODELAY when sock.proto == IPPROTO_TCP; ours say 0 (a 40 ms
+    # stall per two-piece response, found by bench/incoming.py).
+    import socket
+
+    from mirrord.agent.incoming.sockets import make_marked_socket
+
+    with make_marked_socket() as marked:
+        assert marked.proto == 0
+        assert marked.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

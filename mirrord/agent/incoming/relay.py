@@ -62,19 +62,28 @@ async def until_closed(delivery: Delivery, *jobs: Awaitable[None]) -> None:
 
 async def steal(peer: Streams, delivery: Delivery) -> None:
     """Both directions between the peer and the client; the pod's server sees nothing."""
-    if not await delivery.wait_attached():
+    # The peer's first bytes are read while the client opens its stream, so they leave
+    # with the stream's first message (the queue is bounded: no unbounded buffering).
+    reading = asyncio.ensure_future(socket_to_delivery(peer[0], delivery))
+    try:
+        attached = await delivery.wait_attached()
+    except BaseException:
+        reading.cancel()
+        raise
+    if not attached:
+        reading.cancel()
         log.warning("the client did not take stolen connection %s in time", delivery.id)
         return
-    await until_closed(
-        delivery, socket_to_delivery(peer[0], delivery), delivery_to_socket(delivery, peer[1])
-    )
+    await until_closed(delivery, reading, delivery_to_socket(delivery, peer[1]))
 
 
-async def mirror(peer: Streams, delivery: Delivery, open_pod: OpenPod) -> None:
-    """Pass the connection through to the pod's server unchanged; copy what the peer sends
-    to the client, best effort: a client that cannot keep up loses its copy, never slows the
-    real traffic down. The client's answers are read and dropped."""
-    pod_reader, pod_writer = await open_pod()
+async def mirror(peer: Streams, delivery: Delivery, pod: Streams) -> None:
+    """Pass the connection through to the pod's server (already connected: the caller
+    does that before announcing the copy, so the real traffic waits for nothing of ours)
+    unchanged; copy what the peer sends to the client, best effort: a client that cannot
+    keep up loses its copy, never slows the real traffic down. The client's answers are
+    read and dropped."""
+    pod_reader, pod_writer = pod
     copying = True
 
     async def peer_to_pod() -> None:

@@ -318,30 +318,23 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
 async def _to_client(
     delivery: Delivery,
 ) -> AsyncIterator[incoming_pb2.IncomingConnectionAgentMessage]:
-    """Queued bytes, then eof, until the connection is over (what is queued still goes)."""
-    closed = asyncio.ensure_future(delivery.closed.wait())
+    """Queued bytes, then eof, until the connection is over (what is queued still goes).
+
+    A plain get() per message (no helper futures: this runs per chunk): whoever closes the
+    delivery puts None into an empty queue (Delivery.close, the subscription's end), which
+    wakes this up; a queue that still holds chunks is drained first, then found closed."""
     sent_eof = False
-    try:
-        while True:
-            if delivery.to_client.empty():
-                if delivery.closed.is_set():
-                    return
-                get = asyncio.ensure_future(delivery.to_client.get())
-                await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    continue
-                item = get.result()
-            else:
-                item = delivery.to_client.get_nowait()
-            if item is None:
-                if not sent_eof:
-                    sent_eof = True
-                    yield pb.IncomingConnectionAgentMessage(eof=True)
-            else:
-                yield pb.IncomingConnectionAgentMessage(data=item)
-    finally:
-        closed.cancel()
+    queue = delivery.to_client
+    while True:
+        if queue.empty() and delivery.closed.is_set():
+            return
+        item = await queue.get()
+        if item is None:
+            if not sent_eof:
+                sent_eof = True
+                yield pb.IncomingConnectionAgentMessage(eof=True)
+        else:
+            yield pb.IncomingConnectionAgentMessage(data=item)
 
 
 def register(server: grpc.aio.Server, registry: SessionRegistry) -> None:

@@ -15,10 +15,12 @@ from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
 from mirrord.agent.incoming.http1 import FilteredConnection
 from mirrord.agent.incoming.http_filter import HttpFilter
 from mirrord.agent.incoming.rules import PortRules
-from mirrord.agent.incoming.sockets import make_marked_socket, original_destination
+from mirrord.agent.incoming.sockets import make_marked_socket, original_destination, relayed
 from mirrord.agent.namespaces import NamespaceWorker
 
 log = logging.getLogger(__name__)
+
+SPARE_SOCKETS = 4
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,52 @@ class Subscription:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._mine: set[Delivery] = set()
+        # Marked sockets made ahead of time on the namespace worker: a connection to the
+        # pod's server (mirror, filtered pass-through) then costs no hop to that thread,
+        # which may be busy with the session's other jobs.
+        self._spares: list[socket.socket] = []
+        self._refill: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accepted, sock=self.listener)
+        if self.rules.mode == "mirror" or self.filter is not None:
+            self._top_up()
+
+    def _top_up(self) -> None:
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.ensure_future(self._make_spares())
+
+    async def _make_spares(self) -> None:
+        while not self._closed and len(self._spares) < SPARE_SOCKETS:
+            try:
+                sock = await self.worker.run(make_marked_socket)
+            except Exception as e:  # the worker is gone: connections make their own
+                log.debug("port %d: no spare sockets: %s", self.rules.port, e)
+                return
+            if self._closed:
+                sock.close()
+                return
+            self._spares.append(sock)
+
+    async def _marked_socket(self) -> socket.socket:
+        if self._spares:
+            sock = self._spares.pop()
+            self._top_up()
+            return sock
+        self._top_up()
+        return await self.worker.run(make_marked_socket)
 
     async def close(self) -> None:
+        self._closed = True
+        if self._refill is not None:
+            # Not cancelled at once: a socket being made on the worker would be lost
+            # unclosed; the refill sees _closed and closes it.
+            await asyncio.wait({self._refill}, timeout=1.0)
+            self._refill.cancel()
+        for spare in self._spares:
+            spare.close()
+        self._spares.clear()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -67,7 +110,7 @@ class Subscription:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _open_pod(self, address: tuple[str, int]) -> relay.Streams:
-        sock = await self.worker.run(make_marked_socket)
+        sock = await self._marked_socket()
         try:
             await asyncio.get_running_loop().sock_connect(sock, address)
         except BaseException:
@@ -89,6 +132,7 @@ class Subscription:
         deliveries: list[Delivery] = []
         try:
             sock = writer.get_extra_info("socket")
+            relayed(sock)
             original = original_destination(sock)
             host, port = writer.get_extra_info("peername")[:2]
             remote = (str(host), int(port))
@@ -108,7 +152,8 @@ class Subscription:
             elif self.rules.mode == "steal":
                 await relay.steal((reader, writer), new_delivery())
             else:
-                await relay.mirror((reader, writer), new_delivery(), open_pod)
+                pod = await open_pod()
+                await relay.mirror((reader, writer), new_delivery(), pod)
         except (OSError, ConnectionError, EOFError) as e:
             log.info("port %d: connection ended: %s", self.rules.port, e)
         except asyncio.CancelledError:
