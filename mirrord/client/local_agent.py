@@ -1,8 +1,9 @@
 """Start an agent on this machine as a child process (`mirrord exec --target pid/N`).
 
 The agent's stderr goes to a log file, not a pipe: a pipe nobody drains can fill up and
-stall the agent, and a file can be shown after a failure. Without `log_path`, a temporary
-file is used and removed by stop(); an error raised at startup already carries its tail.
+stall the agent, and a file can be shown after a failure. Without `log_path` the file has
+no name at all (O_TMPFILE), so nothing is left behind even when mirrord is SIGKILLed; an
+error raised at startup already carries its tail.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from mirrord.client.errors import AgentStartFailed
 
@@ -23,10 +25,13 @@ TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
 PARENT_PID_ENV = "MIRRORD_AGENT_PARENT_PID"
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def _tail(log: BinaryIO, lines: int = 20) -> str:
     try:
-        text = path.read_text(errors="replace")
-    except OSError:
+        # pread: the agent shares this file description; moving its offset would make the
+        # agent write over what it wrote before.
+        fd = log.fileno()
+        text = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+    except (OSError, ValueError):
         return "(no agent log)"
     tail = text.strip().splitlines()[-lines:]
     return "\n".join(tail) if tail else "(the agent wrote nothing to stderr)"
@@ -38,19 +43,19 @@ class LocalAgent:
         process: asyncio.subprocess.Process,
         address: str,
         token: str,
-        log_path: Path,
-        remove_log: bool,
+        log: BinaryIO,
+        log_path: Path | None,
     ) -> None:
         self.process = process
         self.address = address
         self.token = token
         self.pid = process.pid
-        self.log_path = log_path
-        self._remove_log = remove_log
+        self.log_path = log_path  # None: an unnamed temporary file
+        self._log = log
         self._stopped = False
 
     def stderr_tail(self, lines: int = 20) -> str:
-        return _tail(self.log_path, lines)
+        return _tail(self._log, lines)
 
     async def stop(self, grace: float = 3.0) -> int | None:
         """SIGTERM (the agent ends its sessions and runs their cleanups), SIGKILL after
@@ -61,9 +66,7 @@ class LocalAgent:
             if self.process.stdout is not None:
                 # Drop the pipe's transport now rather than at garbage collection.
                 self.process.stdout.feed_eof()
-            if self._remove_log:
-                with contextlib.suppress(OSError):
-                    self.log_path.unlink()
+            self._log.close()
         return self.process.returncode
 
 
@@ -89,12 +92,8 @@ async def start_local_agent(
     """Launch `python -m mirrord.agent --one-session --parent-death` on loopback with a fresh
     token (passed in the environment, never argv) and wait until it listens."""
     token = secrets.token_urlsafe(32)
-    if log_path is None:
-        fd, name = tempfile.mkstemp(prefix="mirrord-agent-", suffix=".log")
-        os.close(fd)
-        path, remove_log = Path(name), True
-    else:
-        path, remove_log = Path(log_path), False
+    path = Path(log_path) if log_path is not None else None
+    log: BinaryIO = tempfile.TemporaryFile() if path is None else open(path, "ab")  # noqa: SIM115
     env = dict(os.environ)
     env[TOKEN_ENV] = token
     env[PARENT_PID_ENV] = str(os.getpid())
@@ -104,25 +103,26 @@ async def start_local_agent(
         "--ping-timeout", f"{ping_timeout:g}",
         *extra_args,
     ]  # fmt: skip
-    with open(path, "ab") as log_file:
+    try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
+            stderr=log,
             env=env,
             # Its own session: a Ctrl-C or Ctrl-Z at the terminal is for the program, not
             # for the agent (it ends with mirrord through --parent-death and Bye).
             start_new_session=True,
         )
+    except BaseException:
+        log.close()
+        raise
     try:
         address = await asyncio.wait_for(_read_address(process), startup_timeout)
     except BaseException as e:
         await _terminate(process, 1.0)
-        tail = _tail(path)
-        if remove_log:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        tail = _tail(log)
+        log.close()
         if isinstance(e, TimeoutError):
             raise AgentStartFailed(
                 f"the local agent did not start listening within {startup_timeout:g}s; "
@@ -131,7 +131,7 @@ async def start_local_agent(
         if isinstance(e, AgentStartFailed):
             raise AgentStartFailed(f"{e}; its stderr ends with:\n{tail}") from None
         raise
-    return LocalAgent(process, address, token, path, remove_log)
+    return LocalAgent(process, address, token, log, path)
 
 
 async def _read_address(process: asyncio.subprocess.Process) -> str:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,8 +57,33 @@ async def test_local_agent_session_and_stop(target: Target) -> None:
         status = await agent.stop()
         assert await agent.stop() == status  # idempotent
     assert gone(agent.pid)
-    assert not agent.log_path.exists()  # the temporary log is removed
+    assert agent.log_path is None  # an unnamed file: nothing to remove, nothing left behind
     assert agent_children() == []
+
+
+async def test_a_killed_mirrord_leaves_no_agent_log(tmp_path: Path) -> None:
+    # The agent's log file has no name, so even SIGKILL of its parent leaves no file.
+    script = (
+        "import asyncio, os, signal\n"
+        "from mirrord.client.local_agent import start_local_agent\n"
+        "async def main():\n"
+        "    agent = await start_local_agent(ping_timeout=5.0, startup_timeout=10.0)\n"
+        "    print(agent.pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "asyncio.run(main())\n"
+    )
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, env=env
+    )
+    out, _ = await proc.communicate()
+    agent_pid = int(out.split()[0])
+    for _ in range(100):  # --parent-death: the agent follows its parent
+        if gone(agent_pid):
+            break
+        await asyncio.sleep(0.05)
+    assert gone(agent_pid)
+    assert list(tmp_path.iterdir()) == []
 
 
 async def test_one_session_agent_exits_after_its_session(target: Target) -> None:
