@@ -37,8 +37,18 @@ async def build_features(config: MirrordConfig, client: AgentClient) -> tuple[Fe
         if rules.dns_filter_mode is not None:
             proxy.dns_local = rules.dns_local  # dns.filter: per query name
         feature = network_feature(rules, proxy, incoming[0] if incoming else None)
-        if incoming is not None:
-            feature.close = incoming[1].close
+        delivery = incoming[1] if incoming is not None else None
+
+        async def close_network() -> None:
+            # Incoming first (its subscriptions use the session), then the outgoing proxy:
+            # relays reset, interceptors and the unix listeners' directory removed.
+            try:
+                if delivery is not None:
+                    await delivery.close()
+            finally:
+                await proxy.close()
+
+        feature.close = close_network
         features.append(feature)
 
     # Files: paths by upstream's fs rules; DNS files stay remote while DNS is.

@@ -5,6 +5,7 @@ abstract name, which is per network namespace)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
 import time
@@ -70,12 +71,17 @@ def _config(regexes: list[str]) -> str:
     return json.dumps({"feature": {"network": {"outgoing": {"unix_streams": regexes}}}})
 
 
-def test_matching_paths_reach_the_pods_sockets(world: World, unix_server: None) -> None:
+def test_matching_paths_reach_the_pods_sockets(
+    world: World, unix_server: None, tmp_path: Path
+) -> None:
     assert not Path(DIR).exists()  # the socket's directory exists only in the pod
     r = world.mirrord(
         [PY, "-c", textwrap.dedent(CLIENT)],
         config=_config([r"unix-test/app\.sock$", "^\0mirrord-unix-test-abs"]),
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
     )
+    # mirrord's temporary files (the unix listeners' directory, the files cache) are gone.
+    assert list(tmp_path.iterdir()) == []
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert f"{PATH} got pod:hello" in lines
