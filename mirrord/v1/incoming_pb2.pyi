@@ -234,18 +234,24 @@ class IncomingSubscribed(_message.Message):
 
     PORT_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
     port: _builtins.int
     backend: _builtins.str
     """"iptables-legacy" or "iptables-nft", for logs"""
+    subscription_id: _builtins.str
+    """Set by agents that take idle Connection streams (IncomingConnectionIdle); empty: they
+    don't, every connection is announced.
+    """
     def __init__(
         self,
         *,
         port: _builtins.int = ...,
         backend: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "port", b"port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "port", b"port", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,33 +342,88 @@ class IncomingConnectionOpen(_message.Message):
 Global___IncomingConnectionOpen: _TypeAlias = IncomingConnectionOpen  # noqa: Y015
 
 @_typing.final
+class IncomingConnectionIdle(_message.Message):
+    """A stream opened before its connection exists, waiting for the agent to assign one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncomingConnectionIdle: _TypeAlias = IncomingConnectionIdle  # noqa: Y015
+
+@_typing.final
 class IncomingConnectionClientMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OPEN_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     EOF_FIELD_NUMBER: _builtins.int
+    IDLE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     eof: _builtins.bool
     """the client will send no more bytes (the peer's read sees EOF)"""
     @_builtins.property
     def open(self) -> Global___IncomingConnectionOpen: ...
+    @_builtins.property
+    def idle(self) -> Global___IncomingConnectionIdle: ...
     def __init__(
         self,
         *,
         open: Global___IncomingConnectionOpen | None = ...,
         data: _builtins.bytes = ...,
         eof: _builtins.bool = ...,
+        idle: Global___IncomingConnectionIdle | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "msg", b"msg", "open", b"open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "idle", b"idle", "msg", b"msg", "open", b"open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "msg", b"msg", "open", b"open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "idle", b"idle", "msg", b"msg", "open", b"open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["open", "data", "eof"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["open", "data", "eof", "idle"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___IncomingConnectionClientMessage: _TypeAlias = IncomingConnectionClientMessage  # noqa: Y015
+
+@_typing.final
+class IncomingConnectionAssigned(_message.Message):
+    """The first agent message of an idle stream: its connection, with the peer's first bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    EOF_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """what the peer already sent (may be empty)"""
+    eof: _builtins.bool
+    """the peer already shut down its sending side"""
+    @_builtins.property
+    def connection(self) -> Global___IncomingNewConnection: ...
+    def __init__(
+        self,
+        *,
+        connection: Global___IncomingNewConnection | None = ...,
+        data: _builtins.bytes = ...,
+        eof: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "data", b"data", "eof", b"eof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncomingConnectionAssigned: _TypeAlias = IncomingConnectionAssigned  # noqa: Y015
 
 @_typing.final
 class IncomingConnectionAgentMessage(_message.Message):
@@ -370,20 +431,24 @@ class IncomingConnectionAgentMessage(_message.Message):
 
     DATA_FIELD_NUMBER: _builtins.int
     EOF_FIELD_NUMBER: _builtins.int
+    ASSIGNED_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     eof: _builtins.bool
     """the peer will send no more bytes"""
+    @_builtins.property
+    def assigned(self) -> Global___IncomingConnectionAssigned: ...
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         eof: _builtins.bool = ...,
+        assigned: Global___IncomingConnectionAssigned | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "msg", b"msg"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "data", b"data", "eof", b"eof", "msg", b"msg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "msg", b"msg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "data", b"data", "eof", b"eof", "msg", b"msg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["data", "eof"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["data", "eof", "assigned"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 

@@ -62,7 +62,10 @@ class IncomingServicer:
 
     def Connection(self, request_iterator, context):
         """One stream per delivered connection: the first client message is IncomingConnectionOpen naming
-        it; then bytes both ways. Steal: the client's bytes go to the remote peer. Mirror: the
+        it; then bytes both ways. Or, opened ahead of time: the first client message is
+        IncomingConnectionIdle (subscription_id from IncomingSubscribed) and the stream waits; the
+        agent hands the subscription's next connection to it with IncomingConnectionAssigned (no
+        IncomingNewConnection is announced for it), or ends the stream when the subscription ends. Steal: the client's bytes go to the remote peer. Mirror: the
         agent sends the copy of what the peer sent, and drops whatever the client writes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -46,7 +46,10 @@ class IncomingStub:
     """
     Connection: _grpc.StreamStreamMultiCallable[_incoming_pb2.IncomingConnectionClientMessage, _incoming_pb2.IncomingConnectionAgentMessage]
     """One stream per delivered connection: the first client message is IncomingConnectionOpen naming
-    it; then bytes both ways. Steal: the client's bytes go to the remote peer. Mirror: the
+    it; then bytes both ways. Or, opened ahead of time: the first client message is
+    IncomingConnectionIdle (subscription_id from IncomingSubscribed) and the stream waits; the
+    agent hands the subscription's next connection to it with IncomingConnectionAssigned (no
+    IncomingNewConnection is announced for it), or ends the stream when the subscription ends. Steal: the client's bytes go to the remote peer. Mirror: the
     agent sends the copy of what the peer sent, and drops whatever the client writes.
     """
 
@@ -62,7 +65,10 @@ class IncomingAsyncStub(IncomingStub):
     """
     Connection: _aio.StreamStreamMultiCallable[_incoming_pb2.IncomingConnectionClientMessage, _incoming_pb2.IncomingConnectionAgentMessage]  # type: ignore[assignment]
     """One stream per delivered connection: the first client message is IncomingConnectionOpen naming
-    it; then bytes both ways. Steal: the client's bytes go to the remote peer. Mirror: the
+    it; then bytes both ways. Or, opened ahead of time: the first client message is
+    IncomingConnectionIdle (subscription_id from IncomingSubscribed) and the stream waits; the
+    agent hands the subscription's next connection to it with IncomingConnectionAssigned (no
+    IncomingNewConnection is announced for it), or ends the stream when the subscription ends. Steal: the client's bytes go to the remote peer. Mirror: the
     agent sends the copy of what the peer sent, and drops whatever the client writes.
     """
 
@@ -87,7 +93,10 @@ class IncomingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_incoming_pb2.IncomingConnectionAgentMessage], _abc.AsyncIterator[_incoming_pb2.IncomingConnectionAgentMessage]]:
         """One stream per delivered connection: the first client message is IncomingConnectionOpen naming
-        it; then bytes both ways. Steal: the client's bytes go to the remote peer. Mirror: the
+        it; then bytes both ways. Or, opened ahead of time: the first client message is
+        IncomingConnectionIdle (subscription_id from IncomingSubscribed) and the stream waits; the
+        agent hands the subscription's next connection to it with IncomingConnectionAssigned (no
+        IncomingNewConnection is announced for it), or ends the stream when the subscription ends. Steal: the client's bytes go to the remote peer. Mirror: the
         agent sends the copy of what the peer sent, and drops whatever the client writes.
         """
 

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 pb = incoming_pb2
 MODES = {pb.INCOMING_MODE_STEAL: "steal", pb.INCOMING_MODE_MIRROR: "mirror"}
 PREFERENCES = {pb.IPTABLES_BACKEND_LEGACY: "legacy", pb.IPTABLES_BACKEND_NFT: "nft"}
+# Event-loop turns an idle stream gives the relay to read the peer's first bytes.
+FIRST_BYTES_TURNS = 3
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -103,9 +105,22 @@ def _address(ip_port: tuple[str, int]) -> incoming_pb2.IncomingAddress:
     return pb.IncomingAddress(ip=ip_port[0], port=ip_port[1])
 
 
+def _new_connection(a: Announcement, sub: Subscription) -> incoming_pb2.IncomingNewConnection:
+    return pb.IncomingNewConnection(
+        connection_id=a.delivery.id,
+        remote=_address(a.remote),
+        original_destination=_address(a.original),
+        mode=pb.INCOMING_MODE_STEAL if sub.rules.mode == "steal" else pb.INCOMING_MODE_MIRROR,
+        http_filtered=a.http_filtered,
+    )
+
+
 class IncomingService(incoming_pb2_grpc.IncomingServicer):
-    def __init__(self, registry: SessionRegistry) -> None:
+    def __init__(self, registry: SessionRegistry, *, idle_streams: bool = True) -> None:
         self.registry = registry
+        # False: behave as an agent that predates idle Connection streams (no
+        # subscription_id offered, so clients announce-and-open every connection).
+        self.idle_streams = idle_streams
         self._state: dict[str, SessionIncoming] = {}
         self._setup_locks: dict[str, asyncio.Lock] = {}
         # One lock per target netns: a port's check-then-add must not interleave with
@@ -180,7 +195,11 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
         ended = asyncio.ensure_future(session.ended.wait())
         try:
             yield pb.IncomingSubscribeEvent(
-                subscribed=pb.IncomingSubscribed(port=port, backend=state.tables.backend)
+                subscribed=pb.IncomingSubscribed(
+                    port=port,
+                    backend=state.tables.backend,
+                    subscription_id=sub.id if self.idle_streams else "",
+                )
             )
             while True:
                 get = asyncio.ensure_future(events.get())
@@ -188,16 +207,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 if get not in done:
                     get.cancel()
                     return
-                a = get.result()
-                yield pb.IncomingSubscribeEvent(
-                    connection=pb.IncomingNewConnection(
-                        connection_id=a.delivery.id,
-                        remote=_address(a.remote),
-                        original_destination=_address(a.original),
-                        mode=request.mode,
-                        http_filtered=a.http_filtered,
-                    )
-                )
+                yield pb.IncomingSubscribeEvent(connection=_new_connection(get.result(), sub))
         finally:
             ended.cancel()
             await asyncio.shield(self._remove_subscription(state, sub))
@@ -275,28 +285,109 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
         session = await session_of(self.registry, context)
         requests = aiter(request_iterator)
         first = await anext(requests, None)
-        if first is None or first.WhichOneof("msg") != "open":
+        kind = first.WhichOneof("msg") if first is not None else None
+        if first is None or kind not in ("open", "idle"):
             await _abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be open"
             )
         state = self._state.get(session.id)
-        delivery = state.deliveries.attach(first.open.connection_id) if state else None
-        if delivery is None:
-            await _abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"no connection {first.open.connection_id!r} waiting in this session "
-                "(unknown, already taken, closed, or not opened within 10 s)",
-            )
+        head: incoming_pb2.IncomingConnectionAgentMessage | None = None
+        if kind == "idle":
+            idle = await self._wait_idle(state, first.idle.subscription_id, context)
+            if idle is None:
+                return  # the subscription ended before a connection came
+            delivery, head = idle
+        else:
+            found = state.deliveries.attach(first.open.connection_id) if state else None
+            if found is None:
+                await _abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no connection {first.open.connection_id!r} waiting in this session "
+                    "(unknown, already taken, closed, or not opened within 10 s)",
+                )
+            delivery = found
         reader = asyncio.ensure_future(self._from_client(requests, delivery))
         try:
-            async for msg in _to_client(delivery):
+            if head is not None:
+                yield head
+            async for msg in _to_client(delivery, sent_eof=head is not None and head.assigned.eof):
                 yield msg
         finally:
             reader.cancel()
             if state is not None:
                 state.deliveries.discard(delivery)
             delivery.close()
+
+    async def _wait_idle(
+        self, state: SessionIncoming | None, subscription_id: str, context: Context
+    ) -> tuple[Delivery, incoming_pb2.IncomingConnectionAgentMessage] | None:
+        """Park an idle stream until its subscription hands it a connection; that
+        connection's first message (details and the bytes already read). None: the
+        subscription ended first."""
+        sub = next(
+            (
+                s
+                for s in (state.subscriptions.values() if state and self.idle_streams else ())
+                if s.id == subscription_id
+            ),
+            None,
+        )
+        waiter = sub.wait_assigned() if sub is not None else None
+        if sub is None or state is None or waiter is None:
+            await _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no subscription {subscription_id!r} taking idle streams in this session",
+            )
+        while True:
+            try:
+                announcement = await waiter
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if waiter.cancelled() and not (task and task.cancelling()):
+                    return None  # the subscription ended, not this stream
+                # The stream went away: a connection handed to it meanwhile is announced
+                # instead, so it is never lost with the stream.
+                if not waiter.cancelled():
+                    sub.announce(waiter.result())
+                raise
+            delivery = state.deliveries.attach(announcement.delivery.id)
+            if delivery is not None:
+                break
+            # Over before it reached the client (and nothing queued): wait for the next.
+            next_waiter = sub.wait_assigned()
+            if next_waiter is None:
+                return None
+            waiter = next_waiter
+        # The peer's first bytes usually arrive with its handshake: a few loop turns let the
+        # relay read them, so they travel in this first message rather than in the next one.
+        # Turns, not time: a peer that waits for the server to speak first costs no delay.
+        try:
+            for _ in range(FIRST_BYTES_TURNS):
+                if not delivery.to_client.empty():
+                    break
+                await asyncio.sleep(0)
+        except BaseException:
+            # The stream went away after taking the connection: end it, as a stream that
+            # ends while carrying its connection does.
+            state.deliveries.discard(delivery)
+            delivery.close()
+            raise
+        data: list[bytes] = []
+        eof = False
+        while not delivery.to_client.empty():
+            item = delivery.to_client.get_nowait()
+            if item is None:
+                eof = True
+                break
+            data.append(item)
+        head = pb.IncomingConnectionAgentMessage(
+            assigned=pb.IncomingConnectionAssigned(
+                connection=_new_connection(announcement, sub), data=b"".join(data), eof=eof
+            )
+        )
+        return delivery, head
 
     @staticmethod
     async def _from_client(
@@ -316,14 +407,14 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
 
 
 async def _to_client(
-    delivery: Delivery,
+    delivery: Delivery, *, sent_eof: bool = False
 ) -> AsyncIterator[incoming_pb2.IncomingConnectionAgentMessage]:
     """Queued bytes, then eof, until the connection is over (what is queued still goes).
 
     A plain get() per message (no helper futures: this runs per chunk): whoever closes the
     delivery puts None into an empty queue (Delivery.close, the subscription's end), which
-    wakes this up; a queue that still holds chunks is drained first, then found closed."""
-    sent_eof = False
+    wakes this up; a queue that still holds chunks is drained first, then found closed.
+    sent_eof: the eof already went (in an idle stream's first message)."""
     queue = delivery.to_client
     while True:
         if queue.empty() and delivery.closed.is_set():

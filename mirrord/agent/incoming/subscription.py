@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +23,9 @@ from mirrord.agent.namespaces import NamespaceWorker
 log = logging.getLogger(__name__)
 
 SPARE_SOCKETS = 4
+# Idle Connection streams one subscription keeps at most: the client asks for a few; more
+# would only hold agent resources for connections that may never come.
+MAX_IDLE_STREAMS = 32
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class Subscription:
         self.filter = http_filter if http_filter and http_filter.applies_to(rules.port) else None
         self.deliveries = deliveries
         self.announce = announce
+        # Names the subscription in IncomingConnectionIdle: a port alone could name a later
+        # subscription of the same port.
+        self.id = secrets.token_hex(12)
+        # Idle Connection streams of the client, oldest first: each waits on its future for
+        # the Announcement of the connection it will carry.
+        self._idle: deque[asyncio.Future[Announcement]] = deque()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._mine: set[Delivery] = set()
@@ -88,8 +99,32 @@ class Subscription:
         self._top_up()
         return await self.worker.run(make_marked_socket)
 
+    def wait_assigned(self) -> asyncio.Future[Announcement] | None:
+        """An idle stream's turn: resolves with the connection it carries, is cancelled when
+        the subscription ends. None: too many idle streams (or closed already)."""
+        while self._idle and self._idle[0].done():
+            self._idle.popleft()
+        if self._closed or len(self._idle) >= MAX_IDLE_STREAMS:
+            return None
+        waiter: asyncio.Future[Announcement] = asyncio.get_running_loop().create_future()
+        self._idle.append(waiter)
+        return waiter
+
+    def _hand_over(self, announcement: Announcement) -> None:
+        """To an idle stream if the client keeps one (no announce hop, no stream to open),
+        else announced on the Subscribe stream."""
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():  # a cancelled one is a stream that went away
+                waiter.set_result(announcement)
+                return
+        self.announce(announcement)
+
     async def close(self) -> None:
         self._closed = True
+        for waiter in self._idle:
+            waiter.cancel()
+        self._idle.clear()
         if self._refill is not None:
             # Not cancelled at once: a socket being made on the worker would be lost
             # unclosed; the refill sees _closed and closes it.
@@ -122,7 +157,7 @@ class Subscription:
         delivery = Delivery()
         self.deliveries.add(delivery)
         self._mine.add(delivery)
-        self.announce(Announcement(delivery, remote, original, self.filter is not None))
+        self._hand_over(Announcement(delivery, remote, original, self.filter is not None))
         return delivery
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
