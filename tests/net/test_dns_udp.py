@@ -102,3 +102,14 @@ def test_busybox_nslookup(world: World) -> None:
     r = world.mirrord(["busybox", "nslookup", SVC_NAME, world.target.address])
     # (exit status 1: dnsmasq refuses the AAAA half, having no upstream)
     assert f"Address: {world.service.address}" in r.stdout, r.stderr
+
+
+def test_sendmmsg_recvmmsg(world: World, programs: dict[str, Path]) -> None:
+    # A static C program: two datagrams in one sendmmsg, answers through recvmmsg, each
+    # with the remote's address (not the local interceptor's).
+    svc = world.service.address
+    r = world.mirrord([str(programs["mmsg"]), svc, "9999"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "sent 2"
+    assert sorted(lines[1:]) == [f"recv echo:m1 from {svc}:9999", f"recv echo:m2 from {svc}:9999"]

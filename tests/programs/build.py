@@ -21,6 +21,7 @@ C_PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
     "threads": (["threads.c"], ["-pthread"]),
     "spawner": (["spawner.c"], []),
     "exitwith": (["exitwith.c"], []),
+    "mmsg": (["mmsg.c"], []),
 }
 GO_PROGRAMS: dict[str, str] = {
     "envprint-go": "envprint-go",
