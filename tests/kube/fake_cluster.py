@@ -117,13 +117,16 @@ class FakeCluster:
         owner: dict[str, str] | None = None,
         ready: bool = True,
         backed: bool = True,
+        files: dict[str, bytes] | None = None,
     ) -> Pod | None:
         """A running pod; its first container is a real process (unless backed=False)."""
         containers = containers or ["app"]
         ids = {c: secrets.token_hex(32) for c in containers}
         pod = None
         if backed:
-            pod = self.network.add_pod(name, env=env or {}, container_id=ids[containers[0]])
+            pod = self.network.add_pod(
+                name, env=env or {}, files=files, container_id=ids[containers[0]]
+            )
             self.backing[(namespace, name)] = pod
         meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels or {}}
         if owner:

@@ -166,3 +166,32 @@ async def test_port_forward_carries_bytes_and_reports_errors(
         for f in forwards:
             await f.close()
         await api.close()
+
+
+def test_files_and_outgoing_traffic_through_the_port_forward(
+    cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
+) -> None:
+    # The Files and Net services ride the same port-forwarded agent channel as the env.
+    cluster.namespace("shop")
+    labels = {"app": "orders"}
+    cluster.api.put({"kind": "Deployment", "metadata": {"name": "orders", "namespace": "shop"},
+                     "spec": {"selector": {"matchLabels": labels}}})  # fmt: skip
+    pod = cluster.add_pod(
+        "orders-5d8f-bbbbb",
+        "shop",
+        labels=labels,
+        env=POD_ENV,
+        files={"/srv/app/config.yaml": b"greeting: from-the-kube-pod\n"},
+    )
+    assert pod is not None
+    pod.wait_listening(8080)  # the pod's own service answers "pod" on its loopback too
+    script = (
+        "import urllib.request\n"
+        "print(open('/srv/app/config.yaml').read().strip())\n"
+        "print(urllib.request.urlopen('http://127.0.0.1:8080/', timeout=10).read().decode())\n"
+    )
+    r = mirrord(
+        kubeconfig, "exec", "-n", "shop", "--target", "deployment/orders", "--", PY, "-c", script
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["greeting: from-the-kube-pod", "pod"]
