@@ -27,11 +27,11 @@ from mirrord.supervisor.net.filters import OutgoingRules, Route
 from mirrord.supervisor.net.listeners import program_listens_on
 from mirrord.supervisor.net.redirect import Redirector
 from mirrord.supervisor.net.sockaddr import (
-    SOCKADDR_IN6,
     Destination,
     build_sockaddr,
     loopback_kind,
     parse_sockaddr,
+    rewrite_sockaddr,
 )
 from mirrord.supervisor.net.sockinfo import local_port, socket_info
 
@@ -187,26 +187,6 @@ class NetHandlers:
 
     # --- addresses the program reads back ----------------------------------------------
 
-    def _fix_address(
-        self,
-        m: Memory,
-        ptr: int,
-        lenptr: int,
-        cap: int,
-        look: Callable[[Destination], bytes | None],
-    ) -> None:
-        """Rewrite a sockaddr the kernel returned at ptr (*lenptr its length, cap the
-        buffer size the program gave) when `look` knows a replacement."""
-        (n,) = struct.unpack("<I", m.read(lenptr, 4))
-        got = parse_sockaddr(m.read(ptr, min(n, cap, SOCKADDR_IN6)))
-        if got is None:
-            return
-        new = look(got)
-        if new is None:
-            return
-        m.write(ptr, new[:cap])
-        m.write(lenptr, struct.pack("<I", len(new)))
-
     def _peer_of(self, got: Destination) -> bytes | None:
         kind = loopback_kind(got)
         if kind is None:
@@ -243,7 +223,7 @@ class NetHandlers:
 
             def on_exit(ret: int, m: Memory) -> int | None:
                 if ret == 0:
-                    self._fix_address(m, ptr, lenptr, cap, look)
+                    rewrite_sockaddr(m, ptr, lenptr, cap, look)
                 return None
 
             return Allow(on_exit=on_exit)
@@ -274,7 +254,7 @@ class NetHandlers:
 
         def on_exit(ret: int, m: Memory) -> int | None:
             if ret >= 0:
-                self._fix_address(m, ptr, lenptr, cap, self._peer_of)
+                rewrite_sockaddr(m, ptr, lenptr, cap, self._peer_of)
             return None
 
         return Allow(on_exit=on_exit)
@@ -282,7 +262,7 @@ class NetHandlers:
     def _fix_msghdr(self, m: Memory, hdr_addr: int, cap: int) -> None:
         name, _namelen, *_ = MSGHDR.unpack(m.read(hdr_addr, MSGHDR.size))
         if name and cap:
-            self._fix_address(m, name, hdr_addr + 8, cap, self._peer_of)
+            rewrite_sockaddr(m, name, hdr_addr + 8, cap, self._peer_of)
 
     def recvmsg(self, sc: Syscall, mem: Memory) -> Action:
         hdr = sc.args[1]

@@ -23,16 +23,15 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
 from mirrord.supervisor.net.sockaddr import (
-    SOCKADDR_IN6,
     Destination,
     build_sockaddr,
     parse_sockaddr,
+    rewrite_sockaddr,
 )
 from mirrord.supervisor.net.sockinfo import borrowed_socket
 
@@ -91,22 +90,6 @@ def _bind_raw(fd: int, raw: bytes) -> int:
 
 def _with_port(raw: bytes, port: int) -> bytes:
     return raw[:2] + struct.pack("!H", port) + raw[4:]
-
-
-def rewrite_sockaddr(
-    m: Memory, ptr: int, lenptr: int, cap: int, look: Callable[[Destination], bytes | None]
-) -> None:
-    """Replace the sockaddr the kernel returned at ptr (*lenptr its length, cap the size the
-    program gave) when `look` knows a replacement."""
-    (n,) = struct.unpack("<I", m.read(lenptr, 4))
-    got = parse_sockaddr(m.read(ptr, min(n, cap, SOCKADDR_IN6)))
-    if got is None:
-        return
-    new = look(got)
-    if new is None:
-        return
-    m.write(ptr, new[:cap])
-    m.write(lenptr, struct.pack("<I", len(new)))
 
 
 class IncomingHandlers:

@@ -9,7 +9,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mirrord.supervisor.actions import Memory
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -70,3 +75,19 @@ def loopback_kind(dest: Destination) -> str | None:
     if dest.ip == b"\0" * 15 + b"\x01":
         return "v6"
     return None
+
+
+def rewrite_sockaddr(
+    m: Memory, ptr: int, lenptr: int, cap: int, look: Callable[[Destination], bytes | None]
+) -> None:
+    """Replace the sockaddr the kernel returned at ptr (*lenptr its length, cap the size the
+    program gave) when `look` knows a replacement."""
+    (n,) = struct.unpack("<I", m.read(lenptr, 4))
+    got = parse_sockaddr(m.read(ptr, min(n, cap, SOCKADDR_IN6)))
+    if got is None:
+        return
+    new = look(got)
+    if new is None:
+        return
+    m.write(ptr, new[:cap])
+    m.write(lenptr, struct.pack("<I", len(new)))
