@@ -4,6 +4,8 @@
   cost is the trapped open/stat calls), also under `strace -f` for scale;
 - `find` (busybox, static) over a 5 000-file tree: remote (in a pod) vs the same tree local;
 - sha256 of a 50 MiB file: remote (materialised once on open) vs local.
+Times are the program's own, measured inside by tests/programs/repeat.c (median wall time
+of N sequential runs), so mirrord's start-up is not in them; it is printed apart.
 Run as root: python bench/files.py
 """
 
@@ -24,6 +26,7 @@ MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 PY = "/usr/bin/python3"
 IMPORTS = "import json, re, argparse, subprocess, pathlib, email.parser"
 RUNS = 5
+REPEAT_C = Path(__file__).resolve().parent.parent / "tests" / "programs" / "repeat.c"
 
 
 def timed(argv: list[str], runs: int = RUNS) -> float:
@@ -54,24 +57,34 @@ def main() -> int:
             pod.run(["sh", "-c", f"head -c {50 << 20} /dev/urandom > /srv/bench/big.bin"],
                     check=True)  # fmt: skip
             mirrord = [MIRRORD, "exec", "-t", f"pid/{pod.main_pid}", "--"]
-            # The mirrord CLI's own start-up (agent, session) is not the program's: measure
-            # an empty program under mirrord and subtract it.
-            # More runs for the small numbers: the start-up subtracted is ~400 ms and
-            # varies by tens of ms, the python row is ~30-100 ms.
-            base = timed([*mirrord, "/bin/true"], 3 * RUNS)
+            # The program's own time, measured inside by `repeat` (a static C program):
+            # mirrord's start-up (CLI, agent, session) is not part of it.
+            repeat = str(local / "repeat")
+            subprocess.run(["gcc", "-O2", "-static", "-o", repeat, str(REPEAT_C)], check=True)
+
+            def inner(prefix: list[str], n: int, cmd: list[str], runs: int = 3) -> float:
+                return statistics.median(
+                    float(subprocess.run([*prefix, repeat, str(n), *cmd], check=True,
+                                         capture_output=True, text=True).stdout)
+                    for _ in range(runs)
+                )  # fmt: skip
+
             rows = []
             py = [PY, "-c", IMPORTS]
-            native = timed(py, 3 * RUNS)
-            under = timed([*mirrord, *py], 3 * RUNS) - base + timed(["/bin/true"])
-            strace = timed(["strace", "-f", "-qq", "-o", "/dev/null", *py])
-            rows.append(("python3 start-up (imports)", native, under, f"strace -f: {strace:.1f}"))
-            find_local = timed(["busybox", "find", str(local / "tree")], 3)
-            find_remote = timed([*mirrord, "busybox", "find", "/srv/bench/tree"], 3) - base
-            rows.append(("busybox find, 5 000 files", find_local, find_remote, ""))
-            sha_local = timed(["sha256sum", str(local / "big.bin")], 3)
-            sha_remote = timed([*mirrord, "sha256sum", "/srv/bench/big.bin"], 3) - base
+            native = inner([], 15, py)
+            under = inner(mirrord, 15, py)
+            no_notify = inner(["env", "MIRRORD_NO_NOTIFY=1", *mirrord], 15, py)
+            strace = inner(["strace", "-f", "-qq", "-o", "/dev/null"], 15, py)
+            note = f"strace -f: {strace:.1f}; ptrace stops only: {no_notify:.1f}"
+            rows.append(("python3 start-up (imports)", native, under, note))
+            find_local = inner([], 3, ["busybox", "find", str(local / "tree")])
+            find_remote = inner(mirrord, 1, ["busybox", "find", "/srv/bench/tree"])
+            rows.append(("busybox find, 5 000 files", find_local, find_remote, "first listing"))
+            sha_local = inner([], 3, ["sha256sum", str(local / "big.bin")])
+            sha_remote = inner(mirrord, 1, ["sha256sum", "/srv/bench/big.bin"])
             rows.append(("sha256sum, 50 MiB", sha_local, sha_remote, "incl. the download"))
-            print(f"mirrord exec start-up itself (subtracted below): {base:.1f} ms\n")
+            base = timed([*mirrord, "/bin/true"], RUNS)
+            print(f"mirrord exec start-up itself (not in the rows below): {base:.1f} ms\n")
             print(f"| {'':28} | {'local ms':>9} | {'mirrord ms':>10} | {'ratio':>6} | note")
             print(f"|{'-' * 30}|{'-' * 11}|{'-' * 12}|{'-' * 8}|------")
             for name, a, b, note in rows:

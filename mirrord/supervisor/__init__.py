@@ -37,6 +37,9 @@ class SupervisorOptions:
     hostname: str | None = None  # uname() nodename to show; None leaves it alone
     # None: use seccomp when the kernel has it. False forces the slow full-stop fallback.
     use_seccomp: bool | None = None
+    # None: seccomp user notifications where rules allow them and the kernel has them;
+    # False (or MIRRORD_NO_NOTIFY=1) makes those syscalls ptrace stops too (slower).
+    use_notify: bool | None = None
     features: tuple[Feature, ...] = ()  # files, network…: rules + handlers
 
 
@@ -57,6 +60,9 @@ class SupervisedRun:
             )
             use_seccomp = False
         self.use_seccomp = use_seccomp
+        use_notify = options.use_notify
+        if use_notify is None:
+            use_notify = os.environ.get("MIRRORD_NO_NOTIFY") != "1"
         self.started = threading.Event()
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -65,6 +71,7 @@ class SupervisedRun:
         self.tracer = Tracer(
             build_policy(hostname=options.hostname, features=options.features),
             use_seccomp=use_seccomp,
+            use_notify=use_notify,
             on_started=lambda _pid: self.started.set(),
             on_main_stopped=lambda _sig: os.kill(os.getpid(), signal.SIGSTOP),
             loop=loop,

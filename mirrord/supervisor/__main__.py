@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mirrord.supervisor")
     p.add_argument("--hostname")
     p.add_argument("--no-seccomp", action="store_true")
-    p.add_argument("--stats", action="store_true", help="print ptrace stop counts")
+    p.add_argument("--stats", action="store_true", help="print ptrace stop and notification counts")
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             fwd.stop()
         if args.stats:
-            print(f"mirrord-stats stops={run.tracer.stats.stops}", file=sys.stderr)
+            st = run.tracer.stats
+            print(
+                f"mirrord-stats stops={st.stops} notifications={st.notifications}",
+                file=sys.stderr,
+            )
         return status.code, status.signal
 
     try:

@@ -12,6 +12,10 @@ of the stopped thread, and returns one of:
   (an agent round trip); then `then(result, mem)` runs on the tracer thread and returns
   the action to apply. `result` is the exception instance if `work` raised. Every other
   traced thread keeps running meanwhile.
+- `OpenFile(path, flags, mode)`: only for a `Syscall` that came as a user notification
+  (`notified`, see notify.py): the supervisor opens `path` and the program gets that open
+  file as the syscall's result, in its lowest free fd. Registers cannot be changed for a
+  notified syscall, so `Allow` may not set arguments or exit hooks there.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class Syscall:
     nr: int
     args: tuple[int, int, int, int, int, int]
     sp: int = 0
+    # A seccomp user notification, not a ptrace stop: answer with Fake, OpenFile, Defer or
+    # a plain Allow() (no scratch, no register changes, no exit hook).
+    notified: bool = False
 
     def scratch(self, size: int) -> int:
         """An address for `size` bytes of scratch below this thread's red zone.
@@ -64,5 +71,12 @@ class Defer:
     then: Callable[[Any, Memory], Action]
 
 
-Action = Allow | Fake | Defer
+@dataclass(frozen=True)
+class OpenFile:
+    path: str
+    flags: int  # the program's open flags; O_CLOEXEC decides the new fd's close-on-exec
+    mode: int = 0
+
+
+Action = Allow | Fake | Defer | OpenFile
 Handler = Callable[[Syscall, Memory], Action]

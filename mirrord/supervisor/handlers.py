@@ -122,7 +122,8 @@ def build_policy(*, hostname: str | None, features: Sequence[Feature] = ()) -> P
         NR["clone3"]: clone3_handler,
     }
     if hostname is not None:
-        rules.append(Rule(NR["uname"]))
+        # Answered whole (no registers to change): a notification, not a ptrace stop.
+        rules.append(Rule(NR["uname"], Kind.NOTIFY))
         handlers[NR["uname"]] = make_uname_handler(hostname)
     owner = {r.nr: "core" for r in rules}
     for feature in features:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from typing import Any
 
 from ptrace.binding import func as _pt
@@ -103,8 +104,31 @@ _libc.process_vm_readv.argtypes = _vm_args
 _libc.process_vm_writev.argtypes = _vm_args
 
 
+# One reusable buffer and iovec pair for the common small read (a path, a struct): the
+# hot path of every trapped syscall; building ctypes objects per call cost as much as
+# the syscall. A lock, as handlers may (rarely) read from another thread.
+_SMALL = 4096
+_sbuf = ctypes.create_string_buffer(_SMALL)
+_slocal = _IoVec(ctypes.addressof(_sbuf), 0)
+_sremote = _IoVec(0, 0)
+_slocal_ref = ctypes.byref(_slocal)
+_sremote_ref = ctypes.byref(_sremote)
+_slock = threading.Lock()
+
+
 def read_mem(tid: int, addr: int, size: int) -> bytes:
     """Read tracee memory; OSError(EFAULT) when the range is not mapped."""
+    if 0 < size <= _SMALL:
+        with _slock:
+            _slocal.iov_len = _sremote.iov_len = size
+            _sremote.iov_base = addr
+            n = _libc.process_vm_readv(tid, _slocal_ref, 1, _sremote_ref, 1, 0)
+            if n == size:
+                return ctypes.string_at(_sbuf, size)
+        if n < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        raise OSError(14, "short read of tracee memory")
     buf = ctypes.create_string_buffer(size)
     local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size)
     remote = _IoVec(addr, size)

@@ -7,7 +7,8 @@ Layout of the program:
   1. Anything not x86_64 (an `int 0x80` from a 64-bit program, a 32-bit binary) stops with
      data FOREIGN_ABI: its numbers differ, so it is passed through, never misread as x86_64.
   2. x32 syscalls (nr with bit 30 set) fail with ENOSYS: x32 programs are not supported.
-  3. Each rule: `if nr == N` then its action. A rule may test bits of the low 32 bits of
+  3. Each rule: `if nr == N` then its action (a ptrace stop, a user notification, or an
+     errno). A rule may test bits of the low 32 bits of
      args[0] (clone's flags), or that an argument is not NULL (sendto's address), so
      that only the interesting case stops.
   4. Default: allow.
@@ -40,6 +41,7 @@ BPF_RET_K = 0x06
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_TRACE = 0x7FF00000
+SECCOMP_RET_USER_NOTIF = 0x7FC00000
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_DATA = 0x0000FFFF
 
@@ -50,6 +52,11 @@ FOREIGN_ABI = 0xFFFF
 class Kind(Enum):
     TRACE = "trace"  # stop at a seccomp event; RET_DATA carries the syscall number
     ERRNO = "errno"  # fail at once with an errno, no stop
+    # A seccomp user notification (notify.py): the thread waits, not ptrace-stopped, while
+    # the supervisor decides. ~8x cheaper than a ptrace stop, but registers cannot be
+    # changed: only for handlers that answer, continue unchanged, or hand over an fd.
+    # Falls back to TRACE where the kernel has no listener (build_filter(notify=False)).
+    NOTIFY = "notify"
 
 
 @dataclass(frozen=True)
@@ -68,14 +75,22 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("<HBBI", code, jt, jf, k & 0xFFFFFFFF)
 
 
-def _ret_for(rule: Rule) -> int:
+def _ret_for(rule: Rule, notify: bool) -> int:
     if rule.kind is Kind.ERRNO:
         return SECCOMP_RET_ERRNO | (rule.errno & SECCOMP_RET_DATA)
+    if rule.kind is Kind.NOTIFY and notify:
+        return SECCOMP_RET_USER_NOTIF
     return SECCOMP_RET_TRACE | (rule.nr & SECCOMP_RET_DATA)
 
 
-def build_filter(rules: list[Rule]) -> bytes:
-    """Return the filter program for these rules (one rule per syscall number)."""
+def has_notify(rules: list[Rule]) -> bool:
+    return any(r.kind is Kind.NOTIFY for r in rules)
+
+
+def build_filter(rules: list[Rule], *, notify: bool = True) -> bytes:
+    """Return the filter program for these rules (one rule per syscall number).
+
+    With notify=False, NOTIFY rules stop with ptrace instead (no listener available)."""
     seen: set[int] = set()
     for r in rules:
         if r.nr in seen:
@@ -105,7 +120,7 @@ def build_filter(rules: list[Rule]) -> bytes:
                 _insn(BPF_JEQ_K, 0, 2, 0),
                 _insn(BPF_LD_W_ABS, 0, 0, lo + 4),
                 _insn(BPF_JEQ_K, 1, 0, 0),
-                _insn(BPF_RET_K, 0, 0, _ret_for(r)),
+                _insn(BPF_RET_K, 0, 0, _ret_for(r, notify)),
                 _insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
             ]
         elif r.arg0_mask:
@@ -115,13 +130,13 @@ def build_filter(rules: list[Rule]) -> bytes:
                 _insn(BPF_JEQ_K, 0, 4, r.nr),
                 _insn(BPF_LD_W_ABS, 0, 0, OFF_ARG0_LO),
                 _insn(BPF_JSET_K, 0, 1, r.arg0_mask),
-                _insn(BPF_RET_K, 0, 0, _ret_for(r)),
+                _insn(BPF_RET_K, 0, 0, _ret_for(r, notify)),
                 _insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
             ]
         else:
             prog += [
                 _insn(BPF_JEQ_K, 0, 1, r.nr),
-                _insn(BPF_RET_K, 0, 0, _ret_for(r)),
+                _insn(BPF_RET_K, 0, 0, _ret_for(r, notify)),
             ]
     prog.append(_insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
     if len(prog) > 4096:

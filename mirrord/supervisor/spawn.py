@@ -4,6 +4,13 @@ Order matters (DESIGN.md, "Seccomp details"): the tracer must hold the child wit
 TRACESECCOMP and EXITKILL set *before* the filter exists, because without a tracer every
 RET_TRACE syscall fails with ENOSYS. The child therefore waits on a pipe until the parent
 has seized it, then sets no_new_privs, installs the filter and execs.
+
+When the filter has user-notification rules (notify.py), the child installs it with a
+listener, writes the listener's fd number on a pipe and waits; the parent copies the fd
+with pidfd_getfd(2) and lets it go on to execve (which closes its O_CLOEXEC copy). Only
+read/write on pipes happen in the child once the filter is on: anything the filter
+stops or notifies would wait for a parent that is not serving yet. If the kernel refuses
+a listener the child installs the trace-only variant and writes "t".
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import struct
 from collections.abc import Mapping, Sequence
 
 from mirrord.supervisor import ptrace_ops
+from mirrord.supervisor.notify import install_listener_filter, take_fd
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
@@ -85,8 +93,10 @@ def _child(
     argv: Sequence[str],
     env: Mapping[str, str],
     filter_prog: bytes | None,
+    fallback_prog: bytes | None,
     sync_r: int,
     err_w: int,
+    note_w: int | None,
 ) -> None:
     """Runs in the forked child; never returns."""
     try:
@@ -97,9 +107,20 @@ def _child(
         _libc.sigprocmask(2, empty, None)  # SIG_SETMASK
         if os.read(sync_r, 1) != b"x":
             os._exit(127)  # the tracer gave up on us
-        os.close(sync_r)
         if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        if note_w is not None and filter_prog is not None:
+            listener = install_listener_filter(filter_prog)
+            if listener is None:
+                filter_prog = fallback_prog  # installed below, trace-only
+                os.write(note_w, b"t")
+            else:
+                filter_prog = None
+                os.write(note_w, b"%d" % listener)
+                os.close(note_w)
+                if os.read(sync_r, 1) != b"y":  # the parent has its copy
+                    os._exit(127)
+        os.close(sync_r)
         if filter_prog is not None:
             buf = ctypes.create_string_buffer(filter_prog, len(filter_prog))
             fprog = _SockFprog(len(filter_prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
@@ -120,31 +141,53 @@ def spawn_traced(
     argv: Sequence[str],
     env: Mapping[str, str],
     filter_prog: bytes | None,
-) -> tuple[int, int]:
-    """Fork and seize the program. Returns (pid, fd to read a failed exec's reason from).
+    fallback_prog: bytes | None = None,
+) -> tuple[int, int, int | None]:
+    """Fork and seize the program. Returns (pid, fd to read a failed exec's reason from,
+    the seccomp listener fd or None).
 
+    `fallback_prog` is given when `filter_prog` has user-notification rules: the filter
+    to install instead if the kernel will not make a listener.
     Must be called on the thread that will issue every later ptrace request.
     """
     path = resolve_executable(argv[0], env)
     sync_r, sync_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    want_listener = filter_prog is not None and fallback_prog is not None
+    note_r, note_w = os.pipe2(os.O_CLOEXEC) if want_listener else (None, None)
     pid = os.fork()
     if pid == 0:
         os.close(sync_w)
         os.close(err_r)
-        _child(path, argv, env, filter_prog, sync_r, err_w)
+        if note_r is not None:
+            os.close(note_r)
+        _child(path, argv, env, filter_prog, fallback_prog, sync_r, err_w, note_w)
     os.close(sync_r)
     os.close(err_w)
+    if note_w is not None:
+        os.close(note_w)
     try:
         ptrace_ops.seize(pid)
     except ptrace_ops.PtraceError as exc:
         os.close(sync_w)  # the child reads EOF and exits
+        if note_r is not None:
+            os.close(note_r)
         os.waitpid(pid, 0)
         os.close(err_r)
         raise PtraceRefused(_explain_ptrace_refusal(exc)) from None
     os.write(sync_w, b"x")
+    listener = None
+    if note_r is not None:
+        # b"" (it failed before the filter: the exec error says why) or b"t": none.
+        note = os.read(note_r, 32)
+        os.close(note_r)
+        if note.isdigit():
+            try:
+                listener = take_fd(pid, int(note))
+            finally:
+                os.write(sync_w, b"y")
     os.close(sync_w)
-    return pid, err_r
+    return pid, err_r, listener
 
 
 def _explain_ptrace_refusal(exc: Exception) -> str:

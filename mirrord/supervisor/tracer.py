@@ -14,6 +14,9 @@ Rules this loop keeps (DESIGN.md):
 - The thread sleeps in select() on a signalfd (SIGCHLD) and an eventfd (answers to
   deferred syscalls), never in a blocking waitpid, so a thread waiting for the agent stays
   stopped while every other tracee is served (wakeup.py).
+- Syscalls with Kind.NOTIFY rules come as seccomp user notifications on a listener fd
+  (notify.py), watched by the same select(): no ptrace stop; the same handlers answer
+  them (Syscall.notified tells them registers cannot change).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirrord.supervisor import ptrace_ops as pt
-from mirrord.supervisor.actions import Action, Allow, Defer, ExitHook, Fake, Syscall
+from mirrord.supervisor.actions import Action, Allow, Defer, ExitHook, Fake, OpenFile, Syscall
 from mirrord.supervisor.handlers import Policy
-from mirrord.supervisor.seccomp import FOREIGN_ABI, Kind, Rule, build_filter
+from mirrord.supervisor.notify import Listener
+from mirrord.supervisor.seccomp import FOREIGN_ABI, Kind, Rule, build_filter, has_notify
 from mirrord.supervisor.spawn import SpawnError, read_exec_failure, spawn_traced
 from mirrord.supervisor.wakeup import Wakeup
 
@@ -48,6 +52,7 @@ SYSCALL_TRAP = signal.SIGTRAP | 0x80
 # How long _reap keeps polling waitpid after handling a stop before it sleeps (bench:
 # python3 start-up, ~600 stops, 100 -> 67 ms on 2 CPUs). Bounded CPU per burst of stops.
 SPIN_S = 200e-6
+FIRST_READ = 256
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 
 
@@ -81,8 +86,12 @@ class _Mem:
         """A NUL-terminated string, read a page at a time (never past a page that may be
         unmapped: the first chunk ends at the page boundary)."""
         out = b""
+        first = True
         while len(out) < limit:
-            chunk = min(4096 - (addr % 4096), limit - len(out))
+            # Most paths are short: a small first read (the copy is most of its cost).
+            want = FIRST_READ if first else 4096
+            first = False
+            chunk = min(want, 4096 - (addr % 4096), limit - len(out))
             data = pt.read_mem(self.tid, addr, chunk)
             nul = data.find(b"\0")
             if nul >= 0:
@@ -112,6 +121,7 @@ class _Task:
 @dataclass
 class Stats:
     stops: int = 0
+    notifications: int = 0
     syscalls: dict[str, int] = field(default_factory=dict)
 
 
@@ -121,12 +131,14 @@ class Tracer:
         policy: Policy,
         *,
         use_seccomp: bool = True,
+        use_notify: bool = True,
         on_started: Callable[[int], None] | None = None,
         on_main_stopped: Callable[[int], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.policy = policy
         self.use_seccomp = use_seccomp
+        self.use_notify = use_seccomp and use_notify and has_notify(policy.rules)
         self.on_started = on_started
         self.on_main_stopped = on_main_stopped
         self.tasks: dict[int, _Task] = {}
@@ -143,6 +155,8 @@ class Tracer:
             collections.deque()
         )
         self._wakeup: Wakeup | None = None
+        self._listener: Listener | None = None
+        self._notify_answers: collections.deque[tuple[int, int, Defer, Any]] = collections.deque()
         # A syscall stop was answered and its thread resumed during this _reap (see
         # SPIN_S): fork/exec/exit events do not come in bursts, syscalls do.
         self._resumed = False
@@ -151,15 +165,31 @@ class Tracer:
 
     def run(self, argv: Sequence[str], env: Mapping[str, str]) -> ExitStatus:
         """Start the program and trace it and its descendants until all have exited."""
-        prog = build_filter(self.policy.rules) if self.use_seccomp else None
+        rules = self.policy.rules
+        prog = build_filter(rules, notify=self.use_notify) if self.use_seccomp else None
+        fallback = build_filter(rules, notify=False) if self.use_notify else None
         self._wakeup = Wakeup()
         try:
-            return self._run(argv, env, prog)
+            return self._run(argv, env, prog, fallback)
         finally:
             self._wakeup.close()
+            if self._listener is not None:
+                self._listener.close()
 
-    def _run(self, argv: Sequence[str], env: Mapping[str, str], prog: bytes | None) -> ExitStatus:
-        pid, err_fd = spawn_traced(argv, env, prog)
+    def _run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        prog: bytes | None,
+        fallback: bytes | None,
+    ) -> ExitStatus:
+        pid, err_fd, listener_fd = spawn_traced(argv, env, prog, fallback)
+        if listener_fd is not None:
+            self._listener = Listener(listener_fd)
+            assert self._wakeup is not None
+            self._wakeup.watch(listener_fd)
+        elif fallback is not None:
+            log.info("no seccomp listener on this kernel: file syscalls use ptrace stops")
         self._exec_err_fd = err_fd
         self.main_pid = pid
         self.tasks[pid] = _Task(pid, started=True)  # seized directly: no attach stop
@@ -181,9 +211,17 @@ class Tracer:
         assert self._wakeup is not None
         while self.tasks or self.held:
             self._reap()
+            if self._listener is not None:
+                self._serve_notifications(self._listener)
+                if self._listener.hung_up:
+                    # Nothing uses the filter any more; a hung-up fd would wake select()
+                    # at once, forever.
+                    self._wakeup.unwatch(self._listener.fd)
+                    self._listener.close()
+                    self._listener = None
             if not (self.tasks or self.held):
                 break
-            if self._answers or self._wakeup.wait():
+            if self._answers or self._notify_answers or self._wakeup.wait():
                 self._answer_deferred()
 
     def _reap(self) -> None:
@@ -199,7 +237,12 @@ class Tracer:
                 self.held.clear()
                 return
             if tid == 0:
-                if handled and self._resumed and not self._answers:
+                if (
+                    handled
+                    and self._resumed
+                    and not self._answers
+                    and not (self._listener and self._listener.pending())
+                ):
                     # Busy-poll briefly before sleeping: a program that just made a
                     # trapped syscall usually makes the next within microseconds, and a
                     # select() sleep + SIGCHLD wakeup per stop costs more than the stop.
@@ -386,6 +429,10 @@ class Tracer:
                 # At a plain syscall-entry stop the kernel overwrites rax with -ENOSYS;
                 # set the result again at the exit stop.
                 task.exit_fix = _ExitFix({}, fake_ret=action.ret)
+        elif isinstance(action, OpenFile):
+            log.error("OpenFile answered at a ptrace stop (only for notifications); EIO")
+            self._apply(tid, regs, Fake(-errno.EIO), fake_now=fake_now)
+            return
         elif isinstance(action, Allow):
             restore = {}
             for index, value in action.set_args.items():
@@ -401,6 +448,69 @@ class Tracer:
             return  # stays stopped until the answer comes
         self._resumed = True
         self._resume(tid)
+
+    # --- user notifications ---------------------------------------------------------------
+
+    def _serve_notifications(self, listener: Listener) -> None:
+        while listener.pending():
+            n = listener.receive()
+            if n is None:
+                continue
+            self.stats.notifications += 1
+            handler = self.policy.handlers.get(n.nr)
+            if handler is None:
+                listener.proceed(n.id)
+                continue
+            sc = Syscall(n.tid, n.nr, n.args, notified=True)
+            try:
+                action = handler(sc, _Mem(n.tid))
+            except Exception:
+                log.exception("handler for syscall %d failed; the program gets EIO", n.nr)
+                action = Fake(-errno.EIO)
+            self._answer_notification(listener, n.id, n.tid, action)
+
+    def _answer_notification(self, listener: Listener, nid: int, tid: int, action: Action) -> None:
+        if isinstance(action, Fake):
+            listener.answer(nid, action.ret)
+        elif isinstance(action, Allow):
+            if action.set_args or action.on_exit is not None:
+                # A handler bug: notified syscalls cannot be rewritten. Fail closed.
+                log.error("syscall answered with a rewrite it cannot have; EIO")
+                listener.answer(nid, -errno.EIO)
+            else:
+                listener.proceed(nid)
+        elif isinstance(action, OpenFile):
+            self._open_for(listener, nid, action)
+        elif self.loop is None:
+            log.error("a handler deferred work but the tracer has no event loop; EIO")
+            listener.answer(nid, -errno.EIO)
+        else:
+            fut = asyncio.run_coroutine_threadsafe(_await(action.work()), self.loop)
+            defer = action
+
+            def done(f: concurrent.futures.Future[Any]) -> None:
+                try:
+                    result: Any = f.result()
+                except BaseException as exc:  # handed to `then`, which decides
+                    result = exc
+                self._notify_answers.append((nid, tid, defer, result))
+                if self._wakeup is not None:
+                    self._wakeup.poke()
+
+            fut.add_done_callback(done)
+
+    @staticmethod
+    def _open_for(listener: Listener, nid: int, action: OpenFile) -> None:
+        try:
+            # Ours is always close-on-exec; the program's copy gets its own O_CLOEXEC.
+            fd = os.open(action.path, action.flags | os.O_CLOEXEC | os.O_NOCTTY, action.mode)
+        except OSError as exc:
+            listener.answer(nid, -(exc.errno or errno.EIO))
+            return
+        try:
+            listener.answer_fd(nid, fd, cloexec=bool(action.flags & os.O_CLOEXEC))
+        finally:
+            os.close(fd)
 
     # --- deferred syscalls ---------------------------------------------------------------
 
@@ -423,6 +533,15 @@ class Tracer:
         fut.add_done_callback(done)
 
     def _answer_deferred(self) -> None:
+        while self._notify_answers:
+            nid, tid, defer, result = self._notify_answers.popleft()
+            try:
+                nxt = defer.then(result, _Mem(tid))
+            except Exception:
+                log.exception("deferred handler failed; the program gets EIO")
+                nxt = Fake(-errno.EIO)
+            if self._listener is not None:
+                self._answer_notification(self._listener, nid, tid, nxt)
         while self._answers:
             tid, action, result, regs, fake_now = self._answers.popleft()
             if tid not in self.tasks:

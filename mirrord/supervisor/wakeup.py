@@ -1,5 +1,6 @@
-"""How the tracer thread sleeps: on SIGCHLD (a tracee stopped or exited) or on an
-eventfd (an agent answer for a stopped tracee is ready), whichever comes first.
+"""How the tracer thread sleeps: on SIGCHLD (a tracee stopped or exited), on an
+eventfd (an agent answer for a stopped tracee is ready) or on the seccomp listener (a
+notification), whichever comes first.
 
 SIGCHLD is blocked and read through a signalfd. It must be blocked in every thread of
 mirrord, or the kernel may hand it to a thread that discards it (its default action is
@@ -37,10 +38,18 @@ class Wakeup:
             raise OSError(err, f"signalfd: {os.strerror(err)}")
         self.sigfd: int = fd
         self.evfd: int = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._fds = [self.sigfd, self.evfd]
+
+    def watch(self, fd: int) -> None:
+        """Also wake when `fd` is readable (the seccomp listener); the caller reads it."""
+        self._fds.append(fd)
+
+    def unwatch(self, fd: int) -> None:
+        self._fds.remove(fd)
 
     def wait(self) -> bool:
         """Sleep until a SIGCHLD or a poke; True if poked (answers are waiting)."""
-        ready, _, _ = select.select([self.sigfd, self.evfd], [], [], SAFETY_TIMEOUT_S)
+        ready, _, _ = select.select(self._fds, [], [], SAFETY_TIMEOUT_S)
         poked = False
         if self.sigfd in ready:
             try:

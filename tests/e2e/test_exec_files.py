@@ -330,3 +330,18 @@ def test_cache_dir_is_removed(fpod: Pod) -> None:
     assert r.returncode == 0
     after = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("mirrord-fs-")}
     assert after <= before
+
+
+def test_ptrace_fallback_sees_the_same(fpod: Pod) -> None:
+    """Kernels without a seccomp listener run the file syscalls as ptrace stops
+    (MIRRORD_NO_NOTIFY=1 forces that path): same answers as with notifications."""
+    outputs = []
+    for no_notify in ("0", "1"):
+        env = dict(os.environ, BIG=BIG, MIRRORD_NO_NOTIFY=no_notify)
+        args = [MIRRORD, "exec", "-t", f"pid/{fpod.main_pid}", "--", PY, "-c"]
+        r1 = subprocess.run([*args, PY_READER], capture_output=True, text=True, timeout=60, env=env)
+        r2 = subprocess.run([*args, ERRORS], capture_output=True, text=True, timeout=60, env=env)
+        assert r1.returncode == 0, r1.stderr
+        outputs.append((json.loads(r1.stdout), r2.stdout.split()))
+    assert outputs[0] == outputs[1]
+    assert outputs[1][1] == ["ENOENT", "EACCES", "ELOOP", "ENOTDIR", "ENOENT"]

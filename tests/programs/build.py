@@ -22,6 +22,7 @@ C_PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
     "spawner": (["spawner.c"], []),
     "exitwith": (["exitwith.c"], []),
     "mmsg": (["mmsg.c"], []),
+    "repeat": (["repeat.c"], []),
 }
 GO_PROGRAMS: dict[str, str] = {
     "envprint-go": "envprint-go",

@@ -10,6 +10,7 @@ from mirrord.supervisor.seccomp import (
     SECCOMP_RET_ALLOW,
     SECCOMP_RET_ERRNO,
     SECCOMP_RET_TRACE,
+    SECCOMP_RET_USER_NOTIF,
     Kind,
     Rule,
     build_filter,
@@ -23,7 +24,12 @@ def prog() -> bytes:
     return build_filter(build_policy(hostname="pod").rules)
 
 
-def test_uname_stops_with_its_number_as_data(prog: bytes) -> None:
+def test_uname_is_a_user_notification(prog: bytes) -> None:
+    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_USER_NOTIF
+
+
+def test_without_a_listener_uname_stops_with_its_number_as_data() -> None:
+    prog = build_filter(build_policy(hostname="pod").rules, notify=False)
     assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_TRACE | NR["uname"]
 
 
@@ -47,7 +53,7 @@ def test_clone_stops_only_when_it_would_escape_tracing(prog: bytes) -> None:
     untraced = plain_fork | CLONE_UNTRACED
     assert run_filter(prog, nr=NR["clone"], args=(untraced,)) == SECCOMP_RET_TRACE | NR["clone"]
     # The test clobbers the accumulator: the syscalls after clone must still match.
-    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_TRACE | NR["uname"]
+    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_USER_NOTIF
 
 
 def test_clone3_always_stops(prog: bytes) -> None:

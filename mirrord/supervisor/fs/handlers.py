@@ -7,6 +7,13 @@ Path arguments are rewritten into a scratch buffer below the stopped thread's st
 (Syscall.scratch); Allow's machinery restores the original registers at the exit stop.
 Results written into the program's buffers (struct stat, readlink text) are written
 only when the call is faked, i.e. the kernel does not run it.
+
+Most of these syscalls come as seccomp user notifications (Syscall.notified, far cheaper
+than ptrace stops), where registers cannot be changed: a remote open is then answered
+with OpenFile (the supervisor opens the cached copy and hands the program the fd), a
+/proc fd link is read here instead of fixed at the syscall's exit. Those that must
+rewrite a path or see the result (openat2, chdir, close/fsync in write mode) stay ptrace
+stops (TRACED_SYSCALLS).
 """
 
 from __future__ import annotations
@@ -20,14 +27,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Handler, Memory, Syscall
+from mirrord.supervisor.actions import (
+    Action,
+    Allow,
+    Defer,
+    Fake,
+    Handler,
+    Memory,
+    OpenFile,
+    Syscall,
+)
 from mirrord.supervisor.fs.cache import Cache, sweep_stale
 from mirrord.supervisor.fs.paths import AT_FDCWD, Named, absolute, as_int
 from mirrord.supervisor.fs.remote import PathOp, RemoteFs
 from mirrord.supervisor.fs.rules import O_WRITE_INTENT, Access, FsRules
 from mirrord.supervisor.fs.structs import RemoteStat, pack_stat, pack_statx
 from mirrord.supervisor.handlers import Feature
-from mirrord.supervisor.seccomp import Rule
+from mirrord.supervisor.seccomp import Kind, Rule
 from mirrord.supervisor.syscalls import NR
 
 log = logging.getLogger("mirrord.fs")
@@ -41,6 +57,7 @@ REMOTE_OPEN_FLAGS = (
 )
 # Links in /proc whose text may name a cache path: shown as the remote path instead.
 _PROC_LINK = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(fd/\d+|cwd)$")
+_PROC_SELF = re.compile(r"^/proc/(?:self|(thread-self))/")
 
 READ_SYSCALLS = [
     "open",
@@ -81,6 +98,10 @@ WRITE_SYSCALLS = [
     "fchmod",
     "fchmodat",
 ]
+# Ptrace stops, not notifications: they rewrite a path argument (openat2's resolve
+# flags must apply to the copy, chdir must really change the cwd) or fix the result at
+# the syscall's exit (close/fsync report a failed write-back after the kernel ran them).
+TRACED_SYSCALLS = frozenset({"openat2", "chdir", "close", "fsync", "fdatasync"})
 
 
 def _umask(tid: int) -> int:
@@ -220,6 +241,8 @@ class FsFeature:
                 return Fake(-err)
             # The remote side created/truncated it; locally the copy exists already.
             local_flags = flags & ~(os.O_CREAT | os.O_EXCL)
+            if sc.notified:
+                return OpenFile(cache_path, local_flags)
             blob = os.fsencode(cache_path) + b"\0"
             if how is not None:
                 new_how = struct.pack("<Q", local_flags) + how[8:]
@@ -362,6 +385,8 @@ class FsFeature:
         path, access = self._access(named)
         if access is Access.LOCAL:
             if _PROC_LINK.match(named.path):
+                if sc.notified:
+                    return self._read_proc_link(sc.tid, named.path, buf, size, mem)
                 return Allow(on_exit=self._unmap_link(buf, size))
             return Allow()
         if access is Access.NOT_FOUND:
@@ -381,6 +406,27 @@ class FsFeature:
             return Fake(len(data))
 
         return Defer(lambda: self.remote.readlink(path), then)
+
+    def _read_proc_link(self, tid: int, path: str, buf: int, size: int, mem: Memory) -> Action:
+        """readlink of /proc/…/fd/N or cwd, done here for a notified call: the link's
+        text as the program would read it, a cache path shown as the remote one."""
+        if as_int(size) <= 0:
+            return Fake(-errno.EINVAL)
+        # "self" must mean the program, not us; /proc/TID also works for a thread.
+        ours = _PROC_SELF.sub(
+            lambda m: f"/proc/{tid}/task/{tid}/" if m[1] else f"/proc/{tid}/", path
+        )
+        try:
+            text = os.fsencode(os.readlink(ours))
+        except OSError as exc:
+            return Fake(-(exc.errno or errno.EIO))
+        remote = self.cache.from_cache(os.fsdecode(text))
+        data = (os.fsencode(remote) if remote is not None else text)[: as_int(size)]
+        try:
+            mem.write(buf, data)
+        except OSError:
+            return Fake(-errno.EFAULT)
+        return Fake(len(data))
 
     def _unmap_link(self, buf: int, size: int) -> Callable[[int, Memory], int | None]:
         def on_exit(ret: int, m: Memory) -> int | None:
@@ -662,9 +708,10 @@ def make_fs_feature(rules: FsRules, remote: RemoteFs, *, tmpdir: str | None = No
     sweep_stale(tmpdir)
     fs = FsFeature(rules, remote, Cache(tmpdir))
     handlers = fs.handlers()
+    traced = {NR[name] for name in TRACED_SYSCALLS}
     return Feature(
         name="files",
-        rules=[Rule(nr) for nr in sorted(handlers)],
+        rules=[Rule(nr, Kind.TRACE if nr in traced else Kind.NOTIFY) for nr in sorted(handlers)],
         handlers=handlers,
         close=fs.close_session,
     )

@@ -39,6 +39,7 @@ class Access(enum.Enum):
     READ_WRITE = "read_write"
 
 
+MEMO_MAX = 8192
 O_WRITE_INTENT = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 DEFAULT_LOCAL: tuple[str, ...] = (
@@ -164,6 +165,9 @@ class FsRules:
     default_local: _Builtin | None = None
     default_remote_ro: _Builtin | None = None
     default_not_found: _Builtin | None = None
+    # decide() is pure and programs ask about the same paths over and over (a Python
+    # start-up stats each sys.path entry per import): memoised, bounded.
+    _memo: dict[str, Access] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -225,6 +229,14 @@ class FsRules:
 
     def decide(self, path: str) -> Access:
         """The access an (absolute, normalised, mapped) path gets."""
+        access = self._memo.get(path)
+        if access is None:
+            if len(self._memo) >= MEMO_MAX:
+                self._memo.clear()
+            access = self._memo[path] = self._decide(path)
+        return access
+
+    def _decide(self, path: str) -> Access:
         if self.mode == "local":
             if self.always_remote is not None and self.always_remote.search(path):
                 return Access.READ_ONLY
