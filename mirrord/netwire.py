@@ -36,9 +36,16 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def encode_data(key: int, data: bytes | bytearray | memoryview) -> bytes:
-    """A complete `data` message (one copy of the payload)."""
-    return b"".join((bytes((key,)), _varint(len(data)), data))
+# TcpServerMessage.then_eof = true: key (6 << 3) | 0 (varint), value 1. Appended to a
+# server `data` message it is still a valid protobuf message; a receiver parses that
+# shape (one per connection at most) through protobuf.
+THEN_EOF = bytes(((6 << 3) | 0, 1))
+
+
+def encode_data(key: int, data: bytes | bytearray | memoryview, suffix: bytes = b"") -> bytes:
+    """A complete `data` message (one copy of the payload), `suffix` being further
+    encoded fields (THEN_EOF)."""
+    return b"".join((bytes((key,)), _varint(len(data)), data, suffix))
 
 
 def data_payload(key: int, raw: bytes) -> memoryview | None:

@@ -172,7 +172,7 @@ class NetProxy:
             listener.close()
             with contextlib.suppress(OSError):
                 os.unlink(name)  # one connection per listener, like the TCP interceptors
-        if await relay(conn, call):
+        if await relay(conn, call, pipelined=True):
             self._give_back(call)
 
     def _idle_call(self) -> TcpCall | None:
@@ -192,16 +192,21 @@ class NetProxy:
         loop = asyncio.get_running_loop()
         try:
             try:
-                conn, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT_S)
-            except TimeoutError:
-                call.cancel()
-                return
+                # The supervisor connects the program's socket right after open_tcp, so
+                # the connection is usually there already: no waiting task nor timer.
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                try:
+                    conn, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT_S)
+                except TimeoutError:
+                    call.cancel()
+                    return
             finally:
                 listener.close()
             # As on the agent's side: relayed bytes go out as they come.
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if await relay(conn, call):
+            if await relay(conn, call, pipelined=True):
                 self._give_back(call)
         finally:
             self._peers.pop((kind, port), None)

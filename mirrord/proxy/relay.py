@@ -64,6 +64,10 @@ def new_call(method: TcpMethod, metadata: tuple[tuple[str, str], ...]) -> TcpCal
     return method(metadata=metadata)  # type: ignore[call-arg]  # stubs: iterator is optional
 
 
+class _StreamGone(Exception):
+    """An idle stream the agent had ended: nothing was tried on it."""
+
+
 async def open_stream(
     method: TcpMethod,
     metadata: tuple[tuple[str, str], ...],
@@ -75,25 +79,47 @@ async def open_stream(
 ) -> tuple[TcpCall, net_pb2.TcpConnected]:
     """Have the agent connect to ip:port (or `unix_path`) from the pod, on `call` (an
     idle stream kept after a connection with `reuse`), else on a new stream. OSError(errno)
-    on failure, with the pod's errno (ENETUNREACH when the agent cannot be reached)."""
-    if call is None:
-        call = new_call(method, metadata)
-    try:
-        await call.write(
-            net_pb2.TcpClientMessage(
-                connect=net_pb2.TcpConnect(
-                    remote=net_pb2.SocketAddress(ip=ip, port=port),
-                    unix_path=unix_path,
-                    reuse=reuse,
-                )
-            )
+    on failure, with the pod's errno (ENETUNREACH when the agent cannot be reached).
+
+    With `reuse` the stream is pipelined (TcpConnect.pipelined): relay() gives it back
+    without waiting for `done`, so an idle one may turn out to be ended by the agent
+    (its last connection did not end cleanly there); then a new stream is used."""
+    connect = net_pb2.TcpClientMessage(
+        connect=net_pb2.TcpConnect(
+            remote=net_pb2.SocketAddress(ip=ip, port=port),
+            unix_path=unix_path,
+            reuse=reuse,
+            pipelined=reuse,
+            data_eof=True,
         )
+    )
+    if call is not None:
+        try:
+            return await _connect_on(call, connect, reused=True)
+        except _StreamGone:
+            pass
+    return await _connect_on(new_call(method, metadata), connect, reused=False)
+
+
+async def _connect_on(
+    call: TcpCall, connect: net_pb2.TcpClientMessage, reused: bool
+) -> tuple[TcpCall, net_pb2.TcpConnected]:
+    try:
+        await call.write(connect)
         first = await call.read()
-    except grpc.aio.AioRpcError as e:
+        if isinstance(first, net_pb2.TcpServerMessage) and first.WhichOneof("msg") == "done":
+            first = await call.read()  # from an agent that does not pipeline: the last one's
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
         call.cancel()
-        raise OSError(errno.ENETUNREACH, f"agent: {e.code().name}: {e.details()}") from None
+        if reused:
+            raise _StreamGone from None
+        if isinstance(e, grpc.aio.AioRpcError):
+            raise OSError(errno.ENETUNREACH, f"agent: {e.code().name}: {e.details()}") from None
+        raise OSError(errno.ENETUNREACH, "agent: the stream is over") from None
     if first is EOF or not isinstance(first, net_pb2.TcpServerMessage):
         call.cancel()
+        if reused and first is EOF:
+            raise _StreamGone
         raise OSError(errno.ECONNREFUSED, "agent ended the stream")
     kind = first.WhichOneof("msg")
     if kind != "connected":
@@ -103,10 +129,10 @@ async def open_stream(
     return call, first.connected
 
 
-async def relay(sock: socket.socket, call: TcpCall) -> bool:
-    """Pump bytes until both directions are done; always closes sock. True when the agent
-    said `done` (the stream was opened with reuse and may carry another connection);
-    otherwise the call is over."""
+async def relay(sock: socket.socket, call: TcpCall, pipelined: bool = False) -> bool:
+    """Pump bytes until both directions are done; always closes sock. True when the
+    stream may carry another connection: the agent said `done` (opened with reuse), or,
+    `pipelined`, both directions ended with an eof; otherwise the call is over."""
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
     upload = asyncio.create_task(_upload(loop, sock, call))
@@ -120,11 +146,18 @@ async def relay(sock: socket.socket, call: TcpCall) -> bool:
             if msg is EOF or not isinstance(msg, net_pb2.TcpServerMessage):
                 break
             kind = msg.WhichOneof("msg")
+            eof = kind == "eof"
             if kind == "data":
                 await loop.sock_sendall(sock, msg.data)
-            elif kind == "eof":
+                eof = msg.then_eof
+            if eof:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
+                if pipelined:
+                    # Nothing more comes for this connection: what follows on the stream
+                    # is the answer to the next connect.
+                    done = True
+                    break
             elif kind == "error":
                 failed = True
                 break
@@ -132,7 +165,8 @@ async def relay(sock: socket.socket, call: TcpCall) -> bool:
                 done = True
                 break
         if not failed:
-            await upload
+            # Pipelined, the stream is reusable only once our eof is sent too.
+            done = await upload and done if pipelined else done
     except grpc.aio.AioRpcError as e:
         log.debug("tcp stream failed: %s", e.code().name)
         failed = True
@@ -152,15 +186,17 @@ async def relay(sock: socket.socket, call: TcpCall) -> bool:
     return done and not failed
 
 
-async def _upload(loop: asyncio.AbstractEventLoop, sock: socket.socket, call: TcpCall) -> None:
+async def _upload(loop: asyncio.AbstractEventLoop, sock: socket.socket, call: TcpCall) -> bool:
+    """Forward the program's bytes; True once they ended with an `eof` message."""
     try:
         while True:
             data = await loop.sock_recv(sock, CHUNK)
             if not data:
                 await call.write(net_pb2.TcpClientMessage(eof=True))
-                return
+                return True
             await call.write(encode_data(CLIENT_DATA_KEY, data))
     except OSError:
         call.cancel()  # the program reset its socket: drop the pod's connection too
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass  # the read side reports the failure
+    return False

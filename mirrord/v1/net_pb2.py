@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mirrord/v1/net.proto\x12\nmirrord.v1\")\n\rSocketAddress\x12\n\n\x02ip\x18\x01 \x01(\x0c\x12\x0c\n\x04port\x18\x02 \x01(\r\"Y\n\nTcpConnect\x12)\n\x06remote\x18\x01 \x01(\x0b\x32\x19.mirrord.v1.SocketAddress\x12\x11\n\tunix_path\x18\x02 \x01(\t\x12\r\n\x05reuse\x18\x03 \x01(\x08\"c\n\x10TcpClientMessage\x12)\n\x07\x63onnect\x18\x01 \x01(\x0b\x32\x16.mirrord.v1.TcpConnectH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x03 \x01(\x08H\x00\x42\x05\n\x03msg\"8\n\x0cTcpConnected\x12(\n\x05local\x18\x01 \x01(\x0b\x32\x19.mirrord.v1.SocketAddress\"\x88\x01\n\x10TcpServerMessage\x12-\n\tconnected\x18\x01 \x01(\x0b\x32\x18.mirrord.v1.TcpConnectedH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\x05H\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x04 \x01(\x08H\x00\x12\x0e\n\x04\x64one\x18\x05 \x01(\x08H\x00\x42\x05\n\x03msg\"4\n\x07UdpOpen\x12)\n\x06remote\x18\x01 \x01(\x0b\x32\x19.mirrord.v1.SocketAddress\"R\n\x10UdpClientMessage\x12#\n\x04open\x18\x01 \x01(\x0b\x32\x13.mirrord.v1.UdpOpenH\x00\x12\x12\n\x08\x64\x61tagram\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"k\n\x10UdpServerMessage\x12+\n\x06opened\x18\x01 \x01(\x0b\x32\x19.mirrord.v1.SocketAddressH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\x05H\x00\x12\x12\n\x08\x64\x61tagram\x18\x03 \x01(\x0cH\x00\x42\x05\n\x03msg\"\x1e\n\x0eResolveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"!\n\x0cResolveReply\x12\x11\n\taddresses\x18\x01 \x03(\x0c\x32\xd4\x01\n\x03Net\x12\x45\n\x03Tcp\x12\x1c.mirrord.v1.TcpClientMessage\x1a\x1c.mirrord.v1.TcpServerMessage(\x01\x30\x01\x12\x45\n\x03Udp\x12\x1c.mirrord.v1.UdpClientMessage\x1a\x1c.mirrord.v1.UdpServerMessage(\x01\x30\x01\x12?\n\x07Resolve\x12\x1a.mirrord.v1.ResolveRequest\x1a\x18.mirrord.v1.ResolveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mirrord/v1/net.proto\x12\nmirrord.v1\")\n\rSocketAddress\x12\n\n\x02ip\x18\x01 \x01(\x0c\x12\x0c\n\x04port\x18\x02 \x01(\r\"~\n\nTcpConnect\x12)\n\x06remote\x18\x01 \x01(\x0b\x32\x19.mirrord.v1.SocketAddress\x12\x11\n\tunix_path\x18\x02 \x01(\t\x12\r\n\x05reuse\x18\x03 \x01(\x08\x12\x11\n\tpipelined\x18\x04 \x01(\x08\x12\x10\n\x08\x64\x61ta_eof\x18\x05 \x01(\x08\"c\n\x10TcpClientMessage\x12)\n\x07\x63onnect\x18\x01 \x01(\x0b\x32\x16.mirrord.v1.TcpConnectH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x03 \x01(\x08H\x00\x42\x05\n\x03msg\"8\n\x0cTcpConnected\x12(\n\x05local\x18\x01 \x01(\x0b\x32\x19.mirrord.v1.SocketAddress\"\x9a\x01\n\x10TcpServerMessage\x12-\n\tconnected\x18\x01 \x01(\x0b\x32\x18.mirrord.v1.TcpConnectedH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\x05H\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x04 \x01(\x08H\x00\x12\x0e\n\x04\x64one\x18\x05 \x01(\x08H\x00\x12\x10\n\x08then_eof\x18\x06 \x01(\x08\x42\x05\n\x03msg\"4\n\x07UdpOpen\x12)\n\x06remote\x18\x01 \x01(\x0b\x32\x19.mirrord.v1.SocketAddress\"R\n\x10UdpClientMessage\x12#\n\x04open\x18\x01 \x01(\x0b\x32\x13.mirrord.v1.UdpOpenH\x00\x12\x12\n\x08\x64\x61tagram\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg\"k\n\x10UdpServerMessage\x12+\n\x06opened\x18\x01 \x01(\x0b\x32\x19.mirrord.v1.SocketAddressH\x00\x12\x0f\n\x05\x65rror\x18\x02 \x01(\x05H\x00\x12\x12\n\x08\x64\x61tagram\x18\x03 \x01(\x0cH\x00\x42\x05\n\x03msg\"\x1e\n\x0eResolveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"!\n\x0cResolveReply\x12\x11\n\taddresses\x18\x01 \x03(\x0c\x32\xd4\x01\n\x03Net\x12\x45\n\x03Tcp\x12\x1c.mirrord.v1.TcpClientMessage\x1a\x1c.mirrord.v1.TcpServerMessage(\x01\x30\x01\x12\x45\n\x03Udp\x12\x1c.mirrord.v1.UdpClientMessage\x1a\x1c.mirrord.v1.UdpServerMessage(\x01\x30\x01\x12?\n\x07Resolve\x12\x1a.mirrord.v1.ResolveRequest\x1a\x18.mirrord.v1.ResolveReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOCKETADDRESS']._serialized_start=36
   _globals['_SOCKETADDRESS']._serialized_end=77
   _globals['_TCPCONNECT']._serialized_start=79
-  _globals['_TCPCONNECT']._serialized_end=168
-  _globals['_TCPCLIENTMESSAGE']._serialized_start=170
-  _globals['_TCPCLIENTMESSAGE']._serialized_end=269
-  _globals['_TCPCONNECTED']._serialized_start=271
-  _globals['_TCPCONNECTED']._serialized_end=327
-  _globals['_TCPSERVERMESSAGE']._serialized_start=330
-  _globals['_TCPSERVERMESSAGE']._serialized_end=466
-  _globals['_UDPOPEN']._serialized_start=468
-  _globals['_UDPOPEN']._serialized_end=520
-  _globals['_UDPCLIENTMESSAGE']._serialized_start=522
-  _globals['_UDPCLIENTMESSAGE']._serialized_end=604
-  _globals['_UDPSERVERMESSAGE']._serialized_start=606
-  _globals['_UDPSERVERMESSAGE']._serialized_end=713
-  _globals['_RESOLVEREQUEST']._serialized_start=715
-  _globals['_RESOLVEREQUEST']._serialized_end=745
-  _globals['_RESOLVEREPLY']._serialized_start=747
-  _globals['_RESOLVEREPLY']._serialized_end=780
-  _globals['_NET']._serialized_start=783
-  _globals['_NET']._serialized_end=995
+  _globals['_TCPCONNECT']._serialized_end=205
+  _globals['_TCPCLIENTMESSAGE']._serialized_start=207
+  _globals['_TCPCLIENTMESSAGE']._serialized_end=306
+  _globals['_TCPCONNECTED']._serialized_start=308
+  _globals['_TCPCONNECTED']._serialized_end=364
+  _globals['_TCPSERVERMESSAGE']._serialized_start=367
+  _globals['_TCPSERVERMESSAGE']._serialized_end=521
+  _globals['_UDPOPEN']._serialized_start=523
+  _globals['_UDPOPEN']._serialized_end=575
+  _globals['_UDPCLIENTMESSAGE']._serialized_start=577
+  _globals['_UDPCLIENTMESSAGE']._serialized_end=659
+  _globals['_UDPSERVERMESSAGE']._serialized_start=661
+  _globals['_UDPSERVERMESSAGE']._serialized_end=768
+  _globals['_RESOLVEREQUEST']._serialized_start=770
+  _globals['_RESOLVEREQUEST']._serialized_end=800
+  _globals['_RESOLVEREPLY']._serialized_start=802
+  _globals['_RESOLVEREPLY']._serialized_end=835
+  _globals['_NET']._serialized_start=838
+  _globals['_NET']._serialized_end=1050
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,8 @@ class TcpConnect(_message.Message):
     REMOTE_FIELD_NUMBER: _builtins.int
     UNIX_PATH_FIELD_NUMBER: _builtins.int
     REUSE_FIELD_NUMBER: _builtins.int
+    PIPELINED_FIELD_NUMBER: _builtins.int
+    DATA_EOF_FIELD_NUMBER: _builtins.int
     unix_path: _builtins.str
     """When set: connect to this unix stream socket path in the target's file system
     instead of `remote` (feature.network.outgoing.unix_streams); `connected.local` is empty.
@@ -65,6 +67,14 @@ class TcpConnect(_message.Message):
     agent answers `done` and waits for the next `connect` (saves a new stream per
     connection). Without it, or on any error, the stream ends with the connection.
     """
+    pipelined: _builtins.bool
+    """With `reuse`: the client sends the next `connect` as soon as both directions have
+    ended (its `eof` sent, the agent's received) without waiting for `done`, and the
+    agent sends no `done`. If the agent ends the stream instead (the connection did not
+    end cleanly on its side), the client makes that next connect on a new stream.
+    """
+    data_eof: _builtins.bool
+    """The client understands `TcpServerMessage.then_eof`."""
     @_builtins.property
     def remote(self) -> Global___SocketAddress: ...
     def __init__(
@@ -73,10 +83,12 @@ class TcpConnect(_message.Message):
         remote: Global___SocketAddress | None = ...,
         unix_path: _builtins.str = ...,
         reuse: _builtins.bool = ...,
+        pipelined: _builtins.bool = ...,
+        data_eof: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["remote", b"remote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["remote", b"remote", "reuse", b"reuse", "unix_path", b"unix_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_eof", b"data_eof", "pipelined", b"pipelined", "remote", b"remote", "reuse", b"reuse", "unix_path", b"unix_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -145,6 +157,7 @@ class TcpServerMessage(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     EOF_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    THEN_EOF_FIELD_NUMBER: _builtins.int
     error: _builtins.int
     """first answer on failure: the errno the pod saw"""
     data: _builtins.bytes
@@ -153,6 +166,11 @@ class TcpServerMessage(_message.Message):
     """the remote shut down its sending side"""
     done: _builtins.bool
     """`reuse` was asked: the connection is over, send a connect"""
+    then_eof: _builtins.bool
+    """With `data`, only for a client that set `TcpConnect.data_eof`: the remote shut down
+    its sending side right after these bytes (the `eof` message it saves is a round of
+    per-message work on both sides, for every connection the server closes).
+    """
     @_builtins.property
     def connected(self) -> Global___TcpConnected:
         """first answer on success"""
@@ -165,10 +183,11 @@ class TcpServerMessage(_message.Message):
         data: _builtins.bytes = ...,
         eof: _builtins.bool = ...,
         done: _builtins.bool = ...,
+        then_eof: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "data", b"data", "done", b"done", "eof", b"eof", "error", b"error", "msg", b"msg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "data", b"data", "done", b"done", "eof", b"eof", "error", b"error", "msg", b"msg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "data", b"data", "done", b"done", "eof", b"eof", "error", b"error", "msg", b"msg", "then_eof", b"then_eof"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["connected", "error", "data", "eof", "done"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015

@@ -44,8 +44,8 @@ class NetService(net_pb2_grpc.NetServicer):
         self, request_iterator: AsyncIterator[Request], context: Context
     ) -> AsyncIterator[Reply]:
         session = await session_of(self.registry, context)
-        self._state(session)
-        async for msg in relay_tcp(session, aiter(request_iterator)):
+        state = self._state(session)
+        async for msg in relay_tcp(session, aiter(request_iterator), state):
             yield msg
 
     async def Udp(

@@ -29,6 +29,23 @@ async def pod_socket(session: AgentSession, family: int, kind: int) -> socket.so
     return await session.worker.run(_new_socket, family, kind)
 
 
+# IPv4 TCP sockets are made ahead in batches: one hop to the namespace worker thread (two
+# thread switches and the GIL handed over twice) per SPARE_BATCH connections, not one
+# each, and none on a connect's path while the batch lasts.
+SPARE_BATCH = 16
+
+
+def _new_sockets(family: int, kind: int, count: int) -> list[socket.socket]:
+    made: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            made.append(_new_socket(family, kind))
+    except OSError:
+        if not made:  # e.g. EMFILE: the caller sees it
+            raise
+    return made
+
+
 def to_sockaddr(addr: net_pb2.SocketAddress) -> tuple[int, tuple[str, int]]:
     """(family, address tuple) for a protobuf address; ValueError if malformed."""
     ip = ipaddress.ip_address(addr.ip)
@@ -49,6 +66,38 @@ class NetSessionState:
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[object]] = set()
         self.closed = False
+        self._spare: list[socket.socket] = []  # unconnected IPv4 TCP sockets in the netns
+        self._refill: asyncio.Task[None] | None = None
+
+    async def tcp_socket(self, session: AgentSession, family: int) -> socket.socket:
+        """A non-blocking TCP socket in the target's network namespace (IPv4 ones from
+        the spares, refilled in the background before they run out)."""
+        if family == socket.AF_INET and not self._spare and not self.closed:
+            self._start_refill(session)
+            assert self._refill is not None
+            await asyncio.shield(self._refill)  # raises its error (EMFILE…)
+        if family != socket.AF_INET or not self._spare:  # IPv6, or others took them all
+            return await pod_socket(session, family, socket.SOCK_STREAM)
+        sock = self._spare.pop()
+        if len(self._spare) < SPARE_BATCH // 4:
+            self._start_refill(session)
+        return sock
+
+    def _start_refill(self, session: AgentSession) -> None:
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.get_running_loop().create_task(self._make_spares(session))
+            # A failure (EMFILE…) reaches whoever awaits the next refill; none is logged.
+            self._refill.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _make_spares(self, session: AgentSession) -> None:
+        made = await session.worker.run(
+            _new_sockets, socket.AF_INET, socket.SOCK_STREAM, SPARE_BATCH
+        )
+        if self.closed:
+            for sock in made:
+                sock.close()
+        else:
+            self._spare.extend(made)
 
     def adopt(self) -> None:
         """Register the calling task (a relay) so that the session's end cancels it."""
@@ -63,6 +112,9 @@ class NetSessionState:
 
     async def close(self) -> None:
         self.closed = True
+        # A refill under way is left to finish: it closes what it made (`closed`).
+        while self._spare:
+            self._spare.pop().close()
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()

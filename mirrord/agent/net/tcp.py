@@ -3,8 +3,11 @@
 Stream protocol (net.proto): the client's first message is `connect`; the answer is
 `connected` (with the pod-side local address) or `error` (the errno the pod's kernel gave:
 ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH…). Then `data` both ways, and `eof`
-for a half-close in either direction. The stream ends when both directions are done or
-either side fails; the pod socket is always closed.
+for a half-close in either direction (a client that set `data_eof` gets the remote's end
+on its last `data` as `then_eof` when the end is already there). The stream ends when
+both directions are done or either side fails, unless the client asked for `reuse`: then
+the next `connect` follows (after `done`, or unasked with `pipelined`). The pod socket is
+always closed.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import os
 import socket
 from collections.abc import AsyncIterator
 
-from mirrord.agent.net.sockets import from_sockaddr, pod_socket, to_sockaddr
+from mirrord.agent.net.sockets import NetSessionState, from_sockaddr, to_sockaddr
 from mirrord.agent.session import AgentSession
-from mirrord.netwire import SERVER_DATA_KEY, encode_data
+from mirrord.netwire import SERVER_DATA_KEY, THEN_EOF, encode_data
 from mirrord.v1 import net_pb2
 
 # What the stream carries (mirrord/netwire.py): `data` as a payload view / encoded bytes.
@@ -32,17 +35,19 @@ CHUNK = 1024 * 1024  # big reads: fewer gRPC messages (each has a fixed cost) fo
 
 
 async def relay_tcp(
-    session: AgentSession, requests: AsyncIterator[Request]
+    session: AgentSession, requests: AsyncIterator[Request], state: NetSessionState
 ) -> AsyncIterator[Reply]:
     """Connections one after the other on one stream: the next only when the client asked
-    for reuse and the last ended cleanly (then `done` tells it to send a `connect`)."""
+    for reuse and the last ended cleanly (then `done` tells it to send a `connect`, unless
+    it pipelines: it sends it unasked)."""
     while True:
         outcome = _Outcome()
-        async for reply in _one_connection(session, requests, outcome):
+        async for reply in _one_connection(session, requests, state, outcome):
             yield reply
         if not (outcome.clean and outcome.reuse):
             return
-        yield net_pb2.TcpServerMessage(done=True)
+        if not outcome.pipelined:
+            yield net_pb2.TcpServerMessage(done=True)
 
 
 class _Outcome:
@@ -50,48 +55,45 @@ class _Outcome:
 
     def __init__(self) -> None:
         self.reuse = False  # the client asked to keep the stream (TcpConnect.reuse)
+        self.pipelined = False  # …and sends the next connect without a `done`
         self.clean = False  # both directions ended with an eof, the pod socket is closed
 
 
 async def _one_connection(
-    session: AgentSession, requests: AsyncIterator[Request], outcome: _Outcome
+    session: AgentSession,
+    requests: AsyncIterator[Request],
+    state: NetSessionState,
+    outcome: _Outcome,
 ) -> AsyncIterator[Reply]:
-    # The client opens streams ahead of use and reuses them: make the likely (IPv4) socket
-    # on the namespace worker while waiting, so a connect does not wait for that hop.
-    ahead = asyncio.ensure_future(pod_socket(session, socket.AF_INET, socket.SOCK_STREAM))
-    used = False
     try:
         first = await anext(requests)
-        if isinstance(first, memoryview) or first.WhichOneof("msg") != "connect":
-            yield net_pb2.TcpServerMessage(error=errno.EINVAL)
-            return
-        outcome.reuse = first.connect.reuse
-        if first.connect.unix_path:
-            used = True
-            _discard(ahead)
-            try:
-                sock = await session.worker.run(_connect_unix, session.pid, first.connect.unix_path)
-            except OSError as e:
-                yield net_pb2.TcpServerMessage(error=e.errno or errno.ECONNREFUSED)
-                return
-            async for reply in _relay_connected(sock, requests, outcome):
-                yield reply
-            return
-        try:
-            family, addr = to_sockaddr(first.connect.remote)
-        except ValueError:
-            yield net_pb2.TcpServerMessage(error=errno.EINVAL)
-            return
-        if family == socket.AF_INET:
-            used = True
-            sock = await ahead
-        else:
-            sock = await pod_socket(session, family, socket.SOCK_STREAM)
     except StopAsyncIteration:
         return
-    finally:
-        if not used:
-            _discard(ahead)
+    if isinstance(first, memoryview) or first.WhichOneof("msg") != "connect":
+        yield net_pb2.TcpServerMessage(error=errno.EINVAL)
+        return
+    connect = first.connect
+    outcome.reuse = connect.reuse
+    outcome.pipelined = connect.reuse and connect.pipelined
+    if connect.unix_path:
+        try:
+            sock = await session.worker.run(_connect_unix, session.pid, connect.unix_path)
+        except OSError as e:
+            yield net_pb2.TcpServerMessage(error=e.errno or errno.ECONNREFUSED)
+            return
+        async for reply in _relay_connected(sock, requests, outcome, connect.data_eof):
+            yield reply
+        return
+    try:
+        family, addr = to_sockaddr(connect.remote)
+    except ValueError:
+        yield net_pb2.TcpServerMessage(error=errno.EINVAL)
+        return
+    try:
+        sock = await state.tcp_socket(session, family)
+    except OSError as e:
+        yield net_pb2.TcpServerMessage(error=e.errno or errno.EMFILE)
+        return
     try:
         # No timeout of our own: the pod's kernel decides (tcp_syn_retries), as it would
         # for a program running there.
@@ -108,14 +110,24 @@ async def _one_connection(
     # TCP_NODELAY on its own socket, expects none).
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    async for reply in _relay_connected(sock, requests, outcome):
+    async for reply in _relay_connected(sock, requests, outcome, connect.data_eof):
         yield reply
 
 
+def _recv_now(sock: socket.socket) -> bytes | None:
+    """What a recv gives at once: bytes, b"" at the end, None when nothing is there yet."""
+    try:
+        return sock.recv(CHUNK)
+    except (BlockingIOError, InterruptedError):
+        return None
+
+
 async def _relay_connected(
-    sock: socket.socket, requests: AsyncIterator[Request], outcome: _Outcome
+    sock: socket.socket, requests: AsyncIterator[Request], outcome: _Outcome, data_eof: bool
 ) -> AsyncIterator[Reply]:
-    """`connected`, then bytes both ways until both directions are done; closes sock."""
+    """`connected`, then bytes both ways until both directions are done; closes sock.
+    data_eof: the client takes `then_eof` on the last data (the end looked for right
+    after each read: one recv that finds it spares a message for the eof)."""
     loop = asyncio.get_running_loop()
     uploader: asyncio.Task[bool] | None = None
     try:
@@ -123,17 +135,26 @@ async def _relay_connected(
         local = from_sockaddr(name) if isinstance(name, tuple) else net_pb2.SocketAddress()
         yield net_pb2.TcpServerMessage(connected=net_pb2.TcpConnected(local=local))
         uploader = asyncio.create_task(_upload(sock, requests))
+        data: bytes | None = None
         while True:
             try:
-                data = await loop.sock_recv(sock, CHUNK)
+                if data is None:
+                    data = await loop.sock_recv(sock, CHUNK)
+                more = _recv_now(sock) if data and data_eof else None
             except OSError as e:
                 log.debug("tcp relay: recv failed: %s", e)
+                if data:
+                    yield encode_data(SERVER_DATA_KEY, data)
                 yield net_pb2.TcpServerMessage(error=e.errno or errno.ECONNRESET)
                 return
             if not data:
                 yield net_pb2.TcpServerMessage(eof=True)
                 break
+            if more == b"":
+                yield encode_data(SERVER_DATA_KEY, data, THEN_EOF)
+                break
             yield encode_data(SERVER_DATA_KEY, data)
+            data = more
         # The remote is done sending; keep forwarding the program's bytes until it is too.
         outcome.clean = await uploader
     finally:
@@ -173,17 +194,6 @@ def _connect_unix(pid: int | None, path: str) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _discard(pending: asyncio.Future[socket.socket]) -> None:
-    """Close the socket made ahead when it is not used (also when the stream ends first).
-    Not cancelled: the worker may already have made it, and it must not be left to GC."""
-
-    def close(f: asyncio.Future[socket.socket]) -> None:
-        if not f.cancelled() and f.exception() is None:
-            f.result().close()
-
-    pending.add_done_callback(close)
 
 
 async def _upload(sock: socket.socket, requests: AsyncIterator[Request]) -> bool:

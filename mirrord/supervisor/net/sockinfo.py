@@ -1,6 +1,7 @@
 """Look at a tracee's socket from the supervisor: pidfd_getfd(2) gives us a duplicate of
 its file descriptor (same open file description), so plain getsockopt/getsockname answer
-for it with no syscall injected into the tracee. The duplicate is closed at once.
+for it with no syscall injected into the tracee, and a connect() made on it connects the
+program's socket. The duplicate is closed once used.
 """
 
 from __future__ import annotations
@@ -46,29 +47,34 @@ def _pidfd(tid: int) -> int:
     return _syscall(SYS_PIDFD_OPEN, _tgid(tid), 0)  # older kernels: the process leader
 
 
-@contextlib.contextmanager
-def borrowed_socket(tid: int, fd: int) -> Iterator[socket.socket | None]:
-    """The tracee's fd as a socket object of ours, or None if it is not a socket."""
+def borrow(tid: int, fd: int) -> socket.socket | None:
+    """The tracee's fd as a socket object of ours (the caller closes it), or None if it
+    is not a socket. Never change its O_NONBLOCK flag: the program shares it."""
     pidfd = _pidfd(tid)
     try:
         dup = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
     except OSError as e:
         if e.errno == errno.EBADF:
-            yield None
-            return
+            return None
         raise
     finally:
         os.close(pidfd)
     try:
-        sock = socket.socket(fileno=dup)
+        return socket.socket(fileno=dup)
     except OSError:
         os.close(dup)
-        yield None
-        return
+        return None
+
+
+@contextlib.contextmanager
+def borrowed_socket(tid: int, fd: int) -> Iterator[socket.socket | None]:
+    """The tracee's fd as a socket object of ours, or None if it is not a socket."""
+    sock = borrow(tid, fd)
     try:
         yield sock
     finally:
-        sock.close()  # our duplicate only; the program's fd is untouched
+        if sock is not None:
+            sock.close()  # our duplicate only; the program's fd is untouched
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,15 @@ class SocketInfo:
     nonblocking: bool
 
 
+def info_of(sock: socket.socket) -> SocketInfo:
+    kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    return SocketInfo(kind, family, not sock.getblocking())
+
+
 def socket_info(tid: int, fd: int) -> SocketInfo | None:
     with borrowed_socket(tid, fd) as sock:
-        if sock is None:
-            return None
-        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-        family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
-        return SocketInfo(kind, family, not sock.getblocking())
+        return None if sock is None else info_of(sock)
 
 
 def local_port(tid: int, fd: int) -> int | None:
