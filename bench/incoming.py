@@ -6,7 +6,9 @@
 
 Per scenario, from the client pod: requests/s and p50/p99 latency over one keep-alive
 connection, and over a new connection per request. The server is the same python
-http.server (HTTP/1.1 keep-alive) in the pod and locally.
+http.server (HTTP/1.1 keep-alive) in the pod and locally. Under mirrord, also the CPU time
+per request of the agent and of the mirrord process (proxy + tracer thread): on a busy
+machine latency is noisy, CPU per request much less so.
 
 Run as root: .venv/bin/python bench/incoming.py [--requests 2000]
 """
@@ -71,12 +73,28 @@ print(json.dumps([n / total, times[n // 2] * 1e3, times[int(n * 0.99)] * 1e3]))
 """
 
 
-def load(client: Pod, host: str, n: int, keep: bool) -> list[float]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def agent_of(pid: int) -> int:
+    """The local agent `mirrord exec` started (its child running mirrord.agent)."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"mirrord.agent" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise RuntimeError("no local agent")
+
+
+def load(client: Pod, host: str, n: int, keep: bool, watch: tuple[int, ...] = ()) -> list[float]:
+    """[req/s, p50 ms, p99 ms] and, per watched pid, its CPU µs per request."""
+    before = [cpu_seconds(pid) for pid in watch]
     done = client.run([PY, "-c", CLIENT, host, str(n), "keep" if keep else "new"], timeout=300)
     if done.returncode != 0:
         raise RuntimeError(done.stderr)
     result: list[float] = json.loads(done.stdout)
-    return result
+    return result + [(cpu_seconds(pid) - b) / n * 1e6 for pid, b in zip(watch, before, strict=True)]
 
 
 def rules(target: Pod) -> str:
@@ -124,9 +142,11 @@ def main() -> None:
         }
         for mode, name in (("steal", "stolen"), ("mirror", "mirrored")):
             proc = under_mirrord(target, mode, Path(tmp))
+            watch = (agent_of(proc.pid), proc.pid)
             try:
+                load(client, target.address, 100, True)  # warm-up: streams, code paths
                 results[name] = {
-                    k: load(client, target.address, n, k == "keep") for k in ("keep", "new")
+                    k: load(client, target.address, n, k == "keep", watch) for k in ("keep", "new")
                 }
             finally:
                 stop(proc)
@@ -139,6 +159,12 @@ def main() -> None:
     for name, by in results.items():
         row = "".join(f"{r[0]:>12.0f}{r[1]:>11.3f}{r[2]:>11.3f}" for r in (by["keep"], by["new"]))
         print(f"{name:10}{row}")
+    print("\nCPU µs per request" + "".join(f"{label:>34}" for label in ("keep-alive", "per conn")))
+    print(f"{'':18}" + f"{'agent':>17}{'mirrord':>17}" * 2)
+    for name in ("stolen", "mirrored"):
+        by = results[name]
+        row = "".join(f"{r[3]:>17.0f}{r[4]:>17.0f}" for r in (by["keep"], by["new"]))
+        print(f"{name:18}{row}")
     d, s, m = results["direct"], results["stolen"], results["mirrored"]
     print(
         f"\nstolen/direct req/s: keep-alive {s['keep'][0] / d['keep'][0]:.2f}x, "

@@ -117,6 +117,9 @@ class IncomingConnection:
         call: ConnCall,
         event: incoming_pb2.IncomingNewConnection,
         assigned: incoming_pb2.IncomingConnectionAssigned | None = None,
+        *,
+        reusable: bool = False,
+        park: Callable[[], incoming_pb2.IncomingConnectionIdle | None] = lambda: None,
     ) -> None:
         self.id = event.connection_id
         self.remote = (event.remote.ip, event.remote.port)
@@ -128,10 +131,26 @@ class IncomingConnection:
         self.http_filtered = event.http_filtered
         # True: it came on a stream opened ahead of time (no announce, no stream to open).
         self.preopened = assigned is not None
-        self.reader = asyncio.StreamReader()
         self._call = call
         self._lock = asyncio.Lock()
         self._closed = False
+        # The peer's bytes are read either by recv() (straight from the stream: no task
+        # between the stream and the caller) or, once `reader` is used, by a pump task.
+        self._first = assigned.data if assigned is not None else b""
+        self._ended = assigned is not None and assigned.eof
+        self._reader: asyncio.StreamReader | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._receiving = False
+        # Reusable (an idle stream asked for reuse): the stream outlives the connection;
+        # `released` resolves once it is over: True when the agent said `done` (the
+        # stream may carry another connection), False when the stream is gone.
+        self._reusable = reusable
+        # (reuse) The idle message that parks the stream again, if it is to be parked
+        # and the agent is known to reuse streams: sent instead of eof (it implies eof).
+        self._park = park
+        self.parked = False
+        self._eof_sent = False
+        self.released: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
         self._opened: asyncio.Future[None]
         if assigned is not None:
@@ -139,10 +158,6 @@ class IncomingConnection:
             # first message (read by the subscription) carried the peer's first bytes.
             self._opened = loop.create_future()
             self._opened.set_result(None)
-            if assigned.data:
-                self.reader.feed_data(assigned.data)
-            if assigned.eof:
-                self.reader.feed_eof()
         else:
             # The open goes out in the background: starting the stream costs about a
             # millisecond, which the caller spends connecting to the program's listener
@@ -151,32 +166,73 @@ class IncomingConnection:
                 open=pb.IncomingConnectionOpen(connection_id=self.id)
             )
             self._opened = loop.create_task(self._call.write(open_msg))
-        self._pump = loop.create_task(self._read())
-        # Called once, when the answer is complete (write_eof or close): the subscription
-        # then opens this stream's replacement, off the path of the answer's first bytes.
-        self._answered: Callable[[], None] | None = None
 
-    async def _read(self) -> None:
+    @property
+    def reader(self) -> asyncio.StreamReader:
+        """The peer's bytes as a stream (EOF when the peer shut down its sending side)."""
+        if self._reader is None:
+            self._reader = asyncio.StreamReader()
+            self._pump = asyncio.get_running_loop().create_task(self._read())
+        return self._reader
+
+    async def recv(self) -> bytes:
+        """The peer's next bytes, b"" at EOF. Not to be mixed with `reader`."""
+        assert self._reader is None, "recv() after reader"
+        return await self._next()
+
+    async def _next(self) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+            return data
+        while not self._ended:
+            msg = await self._read_message()
+            if msg is None:
+                break
+            kind = msg.WhichOneof("msg")
+            if kind == "data" and msg.data:
+                return msg.data
+            if kind == "eof":
+                break
+            if kind == "done":  # the agent's side is over (eof implied)
+                self._release(True)
+                break
+        self._ended = True
+        return b""
+
+    async def _read_message(self) -> incoming_pb2.IncomingConnectionAgentMessage | None:
+        """The stream's next message; None when it ended (then it is not reusable)."""
+        self._receiving = True
         try:
-            while True:
-                msg = await self._call.read()
-                if msg is EOF:
-                    break
-                assert isinstance(msg, pb.IncomingConnectionAgentMessage)
-                if msg.WhichOneof("msg") == "data" and not self.reader.at_eof():
-                    self.reader.feed_data(msg.data)
-                elif msg.WhichOneof("msg") == "eof":
-                    break
+            msg = await self._call.read()
         except grpc.aio.AioRpcError as e:
             if not self._closed:
                 log.debug("incoming connection %s: %s", self.id, e.details())
+            msg = EOF
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            msg = EOF  # the call was cancelled (its subscription closed), not this task
         finally:
-            self.reader.feed_eof()
+            self._receiving = False
+        if msg is EOF:
+            self._release(False)
+            return None
+        assert isinstance(msg, pb.IncomingConnectionAgentMessage)
+        return msg
 
-    def _done_answering(self) -> None:
-        if self._answered is not None:
-            answered, self._answered = self._answered, None
-            answered()
+    def _release(self, reusable: bool) -> None:
+        if not self.released.done():
+            self.released.set_result(reusable and self._reusable)
+
+    async def _read(self) -> None:
+        assert self._reader is not None
+        try:
+            while data := await self._next():
+                if not self._reader.at_eof():
+                    self._reader.feed_data(data)
+        finally:
+            self._reader.feed_eof()
 
     async def write(self, data: bytes) -> None:
         # Mirror: the agent drops answers, so none are sent; a short mirrored connection's
@@ -187,31 +243,63 @@ class IncomingConnection:
                 await self._call.write(pb.IncomingConnectionClientMessage(data=data))
 
     async def write_eof(self) -> None:
-        if self.mode != "steal":
-            self._done_answering()
+        if self.mode != "steal" and not self._reusable:
             return
+        await self._send_eof()
+
+    async def _send_eof(self) -> None:
         async with self._lock:
+            if self._eof_sent:
+                return
+            self._eof_sent = True
             await self._opened
-            await self._call.write(pb.IncomingConnectionClientMessage(eof=True))
-            await self._call.done_writing()
-        self._done_answering()
+            idle = self._park() if self._reusable else None
+            if idle is not None:
+                self.parked = True
+                await self._call.write(pb.IncomingConnectionClientMessage(idle=idle))
+            else:
+                await self._call.write(pb.IncomingConnectionClientMessage(eof=True))
+            if not self._reusable:
+                await self._call.done_writing()
 
     async def close(self) -> None:
         """End the connection (the peer sees the stolen connection close)."""
         if self._closed:
             return
         self._closed = True
-        self._done_answering()
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            async with self._lock:
-                await self._opened
-                await self._call.done_writing()
-        # Let the agent flush and end the stream; then drop it.
+            if self._reusable:
+                await self._send_eof()  # the stream stays: only this connection ends
+            else:
+                async with self._lock:
+                    await self._opened
+                    await self._call.done_writing()
+        # Let the agent flush and end the connection (reusable: until its `done`, read
+        # here unless a recv() is still waiting for it); then release or drop the stream.
+        if self._pump is None and not self._receiving:
+            self._pump = asyncio.get_running_loop().create_task(self._discard())
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
-        self._call.cancel()
-        self._pump.cancel()
+            if self._pump is not None:
+                await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
+                if self._reusable and not self.released.done():
+                    await asyncio.wait_for(self._until_done(), 2.0)
+        if self._pump is not None:
+            self._pump.cancel()
+        if not self.released.done() or not self.released.result():
+            self._release(False)
+            self._call.cancel()
         self._opened.cancel()
+
+    async def _discard(self) -> None:
+        while not self._ended and await self._next():
+            pass
+
+    async def _until_done(self) -> None:
+        """After eof: the messages left before the agent's `done` (none, normally)."""
+        while not self.released.done():
+            msg = await self._read_message()
+            if msg is not None and msg.WhichOneof("msg") == "done":
+                self._release(True)
 
 
 class Subscription:
@@ -239,6 +327,8 @@ class Subscription:
         # gRPC stream is not cancelled just because a connection came the other way first.
         self._event: asyncio.Future[object] | None = None
         self._idle: set[asyncio.Task[None]] = set()
+        self._parked = 0  # idle streams waiting for a connection
+        self._agent_reuses = False  # a stream came back from the agent (`done`) once
         self._closed = False
         # An empty id: the agent predates idle streams; every connection is announced.
         if subscription_id:
@@ -253,44 +343,82 @@ class Subscription:
         task.add_done_callback(self._idle.discard)
 
     async def _idle_stream(self) -> None:
+        """One idle stream: parked until the agent assigns it a connection; then, when
+        that connection is over and the agent freed the stream (`done`), parked again
+        while the pool is short of idle streams (opening a stream costs both ends more
+        CPU than relaying a short connection)."""
         call = self._incoming._connection_call()
+        conn: IncomingConnection | None = None
         try:
-            await call.write(
-                pb.IncomingConnectionClientMessage(
-                    idle=pb.IncomingConnectionIdle(subscription_id=self._id)
-                )
-            )
+            conn = await self._park(call)
+            while True:
+                if conn is None or self._closed:
+                    call.cancel()
+                    return
+                self._ready.put_nowait(conn)
+                # Opening a stream costs this loop (and the agent's) CPU just when this
+                # connection's first bytes should reach the program (measured: ~0.3 ms
+                # on the way to the program): while the pool still holds half its
+                # streams, this one comes back when its connection is over. A burst
+                # that drains the pool further replenishes at once.
+                if self._parked < self._incoming.idle_streams // 2:
+                    self._add_idle_stream()
+                # Shielded: cancelling this task must not cancel the connection's future.
+                if not await asyncio.shield(conn.released):
+                    self._add_idle_stream()  # gone with its connection (an older agent)
+                    return
+                self._agent_reuses = True
+                if self._closed:
+                    call.cancel()
+                    return
+                if conn.parked:  # parked again already, with its eof
+                    conn = await self._park(call, send=False)
+                    continue
+                if self._parked >= self._incoming.idle_streams:
+                    call.cancel()  # enough idle streams already
+                    return
+                conn = await self._park(call)
+        except BaseException:
+            # A connection still on the stream keeps it until it is over.
+            if conn is None or conn.released.done():
+                call.cancel()
+            else:
+                conn.released.add_done_callback(lambda _: call.cancel())
+            raise
+
+    def _idle_message(self) -> incoming_pb2.IncomingConnectionIdle:
+        return pb.IncomingConnectionIdle(subscription_id=self._id, reuse=True)
+
+    def _park_with_eof(self) -> incoming_pb2.IncomingConnectionIdle | None:
+        """At a reusable connection's eof: park its stream in the same message, when the
+        agent reuses streams and the pool is short of idle ones."""
+        if self._agent_reuses and not self._closed and self._parked < self._incoming.idle_streams:
+            return self._idle_message()
+        return None
+
+    async def _park(self, call: ConnCall, *, send: bool = True) -> IncomingConnection | None:
+        """Offer the stream to the agent (send: False when the connection's eof did); the
+        connection it assigns (None: refused, the subscription ended, the agent is gone)."""
+        self._parked += 1
+        try:
+            if send:
+                await call.write(pb.IncomingConnectionClientMessage(idle=self._idle_message()))
             msg = await call.read()
         except grpc.aio.AioRpcError as e:
             # Not replaced: the agent refused or is gone; announced connections still come.
             if not self._closed:
                 log.debug("port %d: idle stream ended: %s", self.port, e.details())
-            call.cancel()
-            return
-        except BaseException:
-            call.cancel()
-            raise
+            return None
+        finally:
+            self._parked -= 1
         if msg is EOF:  # the subscription ended
-            call.cancel()
-            return
+            return None
         assert isinstance(msg, pb.IncomingConnectionAgentMessage)
         if msg.WhichOneof("msg") != "assigned":
-            call.cancel()
-            return
-        conn = IncomingConnection(call, msg.assigned.connection, msg.assigned)
-        if self._closed:
-            call.cancel()
-            return
-        self._ready.put_nowait(conn)
-        # Opening the replacement stream costs this loop (and the agent's) CPU just when
-        # this connection's first bytes should reach the program (measured: ~0.3 ms on the
-        # way to the program): while the pool still holds half its streams, it waits until
-        # this connection is answered. A burst that drains the pool further replenishes at
-        # once.
-        if len(self._idle) - 1 < self._incoming.idle_streams // 2:
-            self._add_idle_stream()
-        else:
-            conn._answered = self._add_idle_stream
+            return None
+        return IncomingConnection(
+            call, msg.assigned.connection, msg.assigned, reusable=True, park=self._park_with_eof
+        )
 
     async def accept(self) -> IncomingConnection:
         """The next connection; raises IncomingError when the subscription ended."""

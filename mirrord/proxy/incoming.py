@@ -126,6 +126,7 @@ class IncomingProxy:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         port = 0
+        writer: asyncio.StreamWriter | None = None
         try:
             # Bound (and named) before connecting: the program may accept the connection
             # before this task runs again after the handshake.
@@ -133,31 +134,36 @@ class IncomingProxy:
             port = int(sock.getsockname()[1])
             self._delivered[port] = (conn.remote, conn.original_destination)
             await loop.sock_connect(sock, address)
-            await asyncio.gather(self._down(loop, conn, sock), self._up(loop, conn, sock))
+            # Streams, not sock_recv: the transport keeps the socket registered with the
+            # loop instead of adding and removing it (two epoll_ctl calls) per read.
+            reader, writer = await asyncio.open_connection(sock=sock, limit=CHUNK)
+            await asyncio.gather(self._down(conn, writer), self._up(conn, reader))
         except OSError as e:
             log.debug("delivery of %s to %s failed: %s", conn.remote, address, e)
         finally:
             self._delivered.pop(port, None)
-            sock.close()
+            if writer is not None:
+                writer.close()
+            else:
+                sock.close()
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def _down(
-        self, loop: asyncio.AbstractEventLoop, conn: IncomingConnection, sock: socket.socket
-    ) -> None:
-        """The peer's bytes (stolen, or mirrored copies) to the program."""
-        while data := await conn.reader.read(CHUNK):
-            await loop.sock_sendall(sock, data)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
+    async def _down(self, conn: IncomingConnection, writer: asyncio.StreamWriter) -> None:
+        """The peer's bytes (stolen, or mirrored copies) to the program, as they come off
+        the agent's stream (recv: no task in between)."""
+        while data := await conn.recv():
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            with contextlib.suppress(OSError):
+                writer.write_eof()
 
-    async def _up(
-        self, loop: asyncio.AbstractEventLoop, conn: IncomingConnection, sock: socket.socket
-    ) -> None:
+    async def _up(self, conn: IncomingConnection, reader: asyncio.StreamReader) -> None:
         """The program's answers: to the peer when stolen; read and dropped when mirrored
         (the agent would drop them anyway: not sending saves the stream)."""
         steal = conn.mode == "steal"
-        while data := await loop.sock_recv(sock, CHUNK):
+        while data := await reader.read(CHUNK):
             if steal:
                 await conn.write(data)
         if steal:

@@ -343,20 +343,30 @@ Global___IncomingConnectionOpen: _TypeAlias = IncomingConnectionOpen  # noqa: Y0
 
 @_typing.final
 class IncomingConnectionIdle(_message.Message):
-    """A stream opened before its connection exists, waiting for the agent to assign one."""
+    """A stream opened before its connection exists, waiting for the agent to assign one.
+    Also sent again on a stream whose connection is done (IncomingConnectionAgentMessage.done)
+    to park it for the next connection.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    REUSE_FIELD_NUMBER: _builtins.int
     subscription_id: _builtins.str
+    reuse: _builtins.bool
+    """The client will reuse the stream: once both sides sent eof and the agent's side of the
+    connection is closed, the agent sends `done` instead of ending the stream. An agent
+    that does not know this field ends the stream as before.
+    """
     def __init__(
         self,
         *,
         subscription_id: _builtins.str = ...,
+        reuse: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reuse", b"reuse", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -432,9 +442,14 @@ class IncomingConnectionAgentMessage(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     EOF_FIELD_NUMBER: _builtins.int
     ASSIGNED_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     eof: _builtins.bool
     """the peer will send no more bytes"""
+    done: _builtins.bool
+    """(reuse) The connection is over on the agent's side and the client's eof was
+    received: the stream is free; the client parks it again (idle) or ends it.
+    """
     @_builtins.property
     def assigned(self) -> Global___IncomingConnectionAssigned: ...
     def __init__(
@@ -443,12 +458,13 @@ class IncomingConnectionAgentMessage(_message.Message):
         data: _builtins.bytes = ...,
         eof: _builtins.bool = ...,
         assigned: Global___IncomingConnectionAssigned | None = ...,
+        done: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "data", b"data", "eof", b"eof", "msg", b"msg"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "data", b"data", "done", b"done", "eof", b"eof", "msg", b"msg"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "data", b"data", "eof", b"eof", "msg", b"msg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned", b"assigned", "data", b"data", "done", b"done", "eof", b"eof", "msg", b"msg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["data", "eof", "assigned"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["data", "eof", "assigned", "done"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 

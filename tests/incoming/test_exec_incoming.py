@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.incoming.exec_world import PORT, ExecWorld, server_argv, xworld
+from tests.incoming.h2_helpers import NODE_H2_SERVER, node_client
 from tests.incoming.incoming_helpers import mirrord_rules, request, send_requests, wait_until
 
 pytestmark = pytest.mark.root
@@ -243,3 +244,28 @@ def test_a_port_another_session_steals(
             other.stop()
     finally:
         first.stop()
+
+
+def test_h2_header_filter_per_stream_under_exec(xworld: ExecWorld) -> None:
+    # An HTTP/2 (prior knowledge) server of the pod on another port; the local program is
+    # Node's http2 server under mirrord exec; one client connection, concurrent streams.
+    h2_port = 8082
+    xworld.target.spawn(["node", "-e", NODE_H2_SERVER, str(h2_port), "pod"])
+    xworld.target.wait_listening(h2_port)
+    config = steal(http_filter={"header_filter": "^x-user: me$", "ports": [h2_port]})
+    run = xworld.start(["node", "-e", NODE_H2_SERVER, str(h2_port), "local"], config)
+    me = {"x-user": "me"}
+    reqs: list[object] = [["/a", {}, 0], ["/b", me, 70_000], ["/c", {}, 5], ["/d", me, 0]]
+    try:
+        run.wait_subscribed("steal", h2_port)
+        answers = node_client(xworld.client, xworld.target.address, h2_port, reqs)
+        log = run.wait_log("REQ /d")
+    finally:
+        run.stop()
+    assert [(a["from"], a["body"], a["trailers"]) for a in answers] == [
+        ("pod", "pod:/a:-:0", "pod"),
+        ("local", "local:/b:me:70000", "local"),
+        ("pod", "pod:/c:-:5", "pod"),
+        ("local", "local:/d:me:0", "local"),
+    ]
+    assert sorted(re.findall(r"REQ (/\w) me", log)) == ["/b", "/d"]

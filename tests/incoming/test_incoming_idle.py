@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -65,15 +66,47 @@ def idle_waiters(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], Awaitable[N
 
 
 @pytest.fixture
-async def old_agent(target: Pod, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AgentServer]:
-    """An agent that predates idle streams: no subscription_id, so none are opened."""
+def streams_opened(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the Connection streams the (in-process) agent is asked to open (request it
+    before the agent: the servicer's methods are bound when it is registered)."""
+    opened: list[int] = []
+    original = incoming_service.IncomingService.Connection
+
+    async def connection(self: incoming_service.IncomingService, *args: Any) -> Any:
+        opened.append(1)
+        async for msg in original(self, *args):
+            yield msg
+
+    monkeypatch.setattr(incoming_service.IncomingService, "Connection", connection)
+    return opened
+
+
+async def _agent(target: Pod, monkeypatch: pytest.MonkeyPatch, **kind: bool) -> AgentServer:
     monkeypatch.setattr(
         incoming_service,
         "IncomingService",
-        functools.partial(incoming_service.IncomingService, idle_streams=False),
+        functools.partial(incoming_service.IncomingService, **kind),
     )
     server = AgentServer(TOKEN, listen="127.0.0.1:0", ping_timeout=2.0)
     await server.start()
+    return server
+
+
+@pytest.fixture
+async def old_agent(target: Pod, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AgentServer]:
+    """An agent that predates idle streams: no subscription_id, so none are opened."""
+    server = await _agent(target, monkeypatch, idle_streams=False)
+    yield server
+    await server.stop(grace=1.0)
+    assert mirrord_rules(target) == []
+
+
+@pytest.fixture
+async def agent_without_reuse(
+    target: Pod, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AgentServer]:
+    """An agent with idle streams that predates their reuse: one connection per stream."""
+    server = await _agent(target, monkeypatch, reuse_streams=False)
     yield server
     await server.stop(grace=1.0)
     assert mirrord_rules(target) == []
@@ -122,6 +155,85 @@ async def test_connections_come_on_idle_streams(
     preopened = await _steal_sequentially(sub, client_pod, target, IDLE_STREAMS * 2, idle_waiters)
     assert preopened == [True] * (IDLE_STREAMS * 2)
     await sub.close()
+
+
+async def test_streams_carry_one_connection_after_another(
+    streams_opened: list[int],
+    session: AgentClient,
+    target: Pod,
+    client_pod: Pod,
+    idle_waiters: Callable[[int], Awaitable[None]],
+) -> None:
+    sub = await IncomingClient(session).subscribe(8080, "steal")
+    await idle_waiters(IDLE_STREAMS)
+    assert len(streams_opened) == IDLE_STREAMS
+    # Sequential connections: each stream comes back to the pool when its connection is
+    # over (the agent's `done`), so no new stream is opened for them.
+    count = IDLE_STREAMS * 3
+    preopened = await _steal_sequentially(sub, client_pod, target, count, idle_waiters)
+    assert preopened == [True] * count
+    assert len(streams_opened) == IDLE_STREAMS
+    await sub.close()
+
+
+async def test_mirrored_connections_reuse_streams_too(
+    streams_opened: list[int],
+    session: AgentClient,
+    target: Pod,
+    client_pod: Pod,
+    idle_waiters: Callable[[int], Awaitable[None]],
+) -> None:
+    sub = await IncomingClient(session).subscribe(8080, "mirror")
+    copies: list[bytes] = []
+
+    async def local_program() -> None:
+        while True:
+            conn = await sub.accept()
+            data = b""
+            while chunk := await conn.reader.read(65536):
+                data += chunk
+            copies.append(data)
+            await conn.close()
+
+    consumer = asyncio.ensure_future(local_program())
+    for i in range(IDLE_STREAMS * 2):
+        await idle_waiters(1)
+        req = request(f"/m{i}", {"Connection": "close"})
+        answers = await send_requests_async(client_pod, target.address, 8080, [req])
+        assert answers[0].endswith("pod")  # the pod's server answered
+    for _ in range(100):
+        if len(copies) == IDLE_STREAMS * 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [c.split(b" ")[1] for c in copies] == [
+        f"/m{i}".encode() for i in range(IDLE_STREAMS * 2)
+    ]
+    assert len(streams_opened) == IDLE_STREAMS
+    consumer.cancel()
+    await sub.close()
+
+
+async def test_an_agent_without_stream_reuse_gets_new_streams(
+    streams_opened: list[int],
+    agent_without_reuse: AgentServer,
+    target: Pod,
+    client_pod: Pod,
+    idle_waiters: Callable[[int], Awaitable[None]],
+) -> None:
+    client = await AgentClient.connect(
+        agent_without_reuse.address, TOKEN, target.main_pid, timeout=10.0, agent_ping_timeout=2.0
+    )
+    try:
+        sub = await IncomingClient(client).subscribe(8080, "steal")
+        count = IDLE_STREAMS * 2
+        preopened = await _steal_sequentially(sub, client_pod, target, count, idle_waiters)
+        assert preopened == [True] * count
+        # Each stream ended with its connection (reused, IDLE_STREAMS would have been
+        # enough); replacements kept the pool going.
+        assert len(streams_opened) >= count
+        await sub.close()
+    finally:
+        await client.close()
 
 
 async def test_a_client_without_idle_streams_gets_announced_connections(

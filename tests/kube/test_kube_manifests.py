@@ -137,7 +137,9 @@ def test_the_dockerfile_builds_the_agent_from_the_same_entry_point() -> None:
     assert "iptables" in runs and "nftables" in runs
     # Every third-party module the agent imports is installed, with pyproject's pins.
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    dist_of = {"grpc": "grpcio", "google": "protobuf", "h11": "h11"}
+    # hyperframe and hpack come with h2 (its own dependencies).
+    dist_of = {"grpc": "grpcio", "google": "protobuf", "h11": "h11", "h2": "h2",
+               "hyperframe": "h2", "hpack": "h2"}  # fmt: skip
     for module in _third_party_imports_of_the_agent():
         assert module in dist_of, f"the agent imports {module}: add it to the image"
         pin = next(d for d in deps if d.startswith(dist_of[module]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Awaitable, Callable
 
 QUEUE_CHUNKS = 64
 # How long a delivered connection waits for the client to open its Connection stream.
@@ -20,6 +21,9 @@ class Delivery:
         self.from_client: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
         self.attached = asyncio.Event()
         self.closed = asyncio.Event()
+        # Set by a relay that writes the client's bytes straight to the peer's socket
+        # (the stream's reader calls it: no queue and no task in between); None = EOF.
+        self.sink: Callable[[bytes | None], Awaitable[None]] | None = None
 
     def close(self) -> None:
         """Abort: both sides stop (the stream ends, the relay is cancelled by its owner)."""

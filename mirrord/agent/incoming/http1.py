@@ -5,9 +5,10 @@ the peer, in order.
 h11 parses both sides: the peer's requests (h11 as server) and each side's responses (h11
 as client). Requests and responses are re-serialised by h11, so framing may change (e.g. a
 response without length to an HTTP/1.1 peer becomes chunked), as with any HTTP proxy. Both
-sides are opened lazily, at the first request that needs them. A connection that does not
-start with an HTTP/1.x request (HTTP/2 prior knowledge, TLS, anything else) is passed
-through to the pod's server whole: only matching requests are ever stolen.
+sides are opened lazily, at the first request that needs them. A connection that starts
+with the HTTP/2 client preface is filtered per stream (http2.py); one that does not start
+with an HTTP/1.x request or that preface (TLS, anything else) is passed through to the
+pod's server whole: only matching requests are ever stolen.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import h11
 
 from mirrord.agent.incoming.delivery import Delivery
+from mirrord.agent.incoming.http2 import H2FilteredConnection
 from mirrord.agent.incoming.http_filter import HttpFilter, Request
 from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams, pipe
 
@@ -117,7 +119,9 @@ class FilteredConnection:
             if H2_PREFACE.startswith(seen[: len(H2_PREFACE)]) and len(seen) < len(H2_PREFACE):
                 continue
             if seen.startswith(H2_PREFACE):
-                await self._pass_through(seen, "HTTP/2 prior knowledge (not filtered yet)")
+                await H2FilteredConnection(
+                    self.peer, seen, self.filter, self.open_pod, self.open_delivery
+                ).run()
                 return None
             self.inbound.receive_data(data)
             try:

@@ -8,11 +8,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from mirrord.agent.incoming.delivery import Delivery
+from mirrord.agent.incoming.delivery import QUEUE_CHUNKS, Delivery
 
 log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+# The longest a mirrored connection's copy waits for the pod's first answer.
+HAND_OVER_DELAY = 0.005
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 OpenPod = Callable[[], Awaitable[Streams]]
@@ -22,14 +24,6 @@ async def socket_to_delivery(reader: asyncio.StreamReader, delivery: Delivery) -
     while data := await reader.read(CHUNK):
         await delivery.to_client.put(data)
     await delivery.to_client.put(None)
-
-
-async def delivery_to_socket(delivery: Delivery, writer: asyncio.StreamWriter) -> None:
-    while (data := await delivery.from_client.get()) is not None:
-        writer.write(data)
-        await writer.drain()
-    if not delivery.closed.is_set() and writer.can_write_eof():
-        writer.write_eof()
 
 
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -65,6 +59,21 @@ async def steal(peer: Streams, delivery: Delivery) -> None:
     # The peer's first bytes are read while the client opens its stream, so they leave
     # with the stream's first message (the queue is bounded: no unbounded buffering).
     reading = asyncio.ensure_future(socket_to_delivery(peer[0], delivery))
+    answered = asyncio.get_running_loop().create_future()
+    writer = peer[1]
+
+    async def sink(data: bytes | None) -> None:
+        # The client's bytes, straight from its stream to the socket.
+        if data is None:
+            if not answered.done():
+                answered.set_result(None)
+                if writer.can_write_eof() and not writer.is_closing():
+                    writer.write_eof()
+            return
+        writer.write(data)
+        await writer.drain()
+
+    delivery.sink = sink
     try:
         attached = await delivery.wait_attached()
     except BaseException:
@@ -74,17 +83,34 @@ async def steal(peer: Streams, delivery: Delivery) -> None:
         reading.cancel()
         log.warning("the client did not take stolen connection %s in time", delivery.id)
         return
-    await until_closed(delivery, reading, delivery_to_socket(delivery, peer[1]))
+    await until_closed(delivery, reading, answered)
 
 
-async def mirror(peer: Streams, delivery: Delivery, pod: Streams) -> None:
+async def mirror(
+    peer: Streams, delivery: Delivery, pod: Streams, hand_over: Callable[[], None] = lambda: None
+) -> None:
     """Pass the connection through to the pod's server (already connected: the caller
     does that before announcing the copy, so the real traffic waits for nothing of ours)
     unchanged; copy what the peer sends to the client, best effort: a client that cannot
     keep up loses its copy, never slows the real traffic down. The client's answers are
-    read and dropped."""
+    read and dropped.
+
+    `hand_over` gives the copy to the client. It is called once the pod's server answered
+    (or the peer ended, or the copy needs to go: half the queue, HAND_OVER_DELAY), not at
+    once: the client's work for the copy (its stream, the program's accept and read on
+    another CPU) then does not compete with the real request on a busy node."""
     pod_reader, pod_writer = pod
     copying = True
+    handed = False
+
+    def hand() -> None:
+        nonlocal handed
+        if not handed:
+            handed = True
+            timer.cancel()
+            hand_over()
+
+    timer = asyncio.get_running_loop().call_later(HAND_OVER_DELAY, hand)
 
     async def peer_to_pod() -> None:
         nonlocal copying
@@ -99,7 +125,10 @@ async def mirror(peer: Streams, delivery: Delivery, pod: Streams) -> None:
                         "mirrored connection %s: client too slow, copy dropped", delivery.id
                     )
                     delivery.close()
+                if delivery.to_client.qsize() >= QUEUE_CHUNKS // 2:
+                    hand()
             await pod_writer.drain()
+        hand()
         if copying:
             with contextlib.suppress(asyncio.QueueFull):
                 delivery.to_client.put_nowait(None)
@@ -107,13 +136,23 @@ async def mirror(peer: Streams, delivery: Delivery, pod: Streams) -> None:
             with contextlib.suppress(OSError):
                 pod_writer.write_eof()
 
+    async def pod_to_peer() -> None:
+        while data := await pod_reader.read(CHUNK):
+            peer[1].write(data)
+            hand()
+            await peer[1].drain()
+        if peer[1].can_write_eof():
+            with contextlib.suppress(OSError):
+                peer[1].write_eof()
+
     async def drop_answers() -> None:
         while await delivery.from_client.get() is not None:
             pass
 
     drop = asyncio.ensure_future(drop_answers())
     try:
-        await asyncio.gather(peer_to_pod(), pipe(pod_reader, peer[1]))
+        await asyncio.gather(peer_to_pod(), pod_to_peer())
     finally:
+        hand()
         drop.cancel()
         pod_writer.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
@@ -42,6 +42,9 @@ MODES = {pb.INCOMING_MODE_STEAL: "steal", pb.INCOMING_MODE_MIRROR: "mirror"}
 PREFERENCES = {pb.IPTABLES_BACKEND_LEGACY: "legacy", pb.IPTABLES_BACKEND_NFT: "nft"}
 # Event-loop turns an idle stream gives the relay to read the peer's first bytes.
 FIRST_BYTES_TURNS = 3
+# How long a finished connection's stream waits for the client's eof before it ends
+# instead of being reused.
+REUSE_WAIT = 2.0
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -116,11 +119,15 @@ def _new_connection(a: Announcement, sub: Subscription) -> incoming_pb2.Incoming
 
 
 class IncomingService(incoming_pb2_grpc.IncomingServicer):
-    def __init__(self, registry: SessionRegistry, *, idle_streams: bool = True) -> None:
+    def __init__(
+        self, registry: SessionRegistry, *, idle_streams: bool = True, reuse_streams: bool = True
+    ) -> None:
         self.registry = registry
         # False: behave as an agent that predates idle Connection streams (no
         # subscription_id offered, so clients announce-and-open every connection).
         self.idle_streams = idle_streams
+        # False: behave as an agent that predates stream reuse (ignores idle.reuse).
+        self.reuse_streams = reuse_streams
         self._state: dict[str, SessionIncoming] = {}
         self._setup_locks: dict[str, asyncio.Lock] = {}
         # One lock per target netns: a port's check-then-add must not interleave with
@@ -291,13 +298,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be open"
             )
         state = self._state.get(session.id)
-        head: incoming_pb2.IncomingConnectionAgentMessage | None = None
-        if kind == "idle":
-            idle = await self._wait_idle(state, first.idle.subscription_id, context)
-            if idle is None:
-                return  # the subscription ended before a connection came
-            delivery, head = idle
-        else:
+        if kind == "open":
             found = state.deliveries.attach(first.open.connection_id) if state else None
             if found is None:
                 await _abort(
@@ -306,18 +307,66 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     f"no connection {first.open.connection_id!r} waiting in this session "
                     "(unknown, already taken, closed, or not opened within 10 s)",
                 )
-            delivery = found
+            async for msg in self._carry(state, found, None, requests):
+                yield msg
+            return
+        reuse = first.idle.reuse and self.reuse_streams
+        while True:
+            idle = await self._wait_idle(state, first.idle.subscription_id, context)
+            if idle is None:
+                return  # the subscription ended before a connection came
+            delivery, head = idle
+            carried = _Carried()
+            async for msg in self._carry(
+                state, delivery, head, requests, carried if reuse else None
+            ):
+                yield msg
+            ended = carried.ended
+            if ended is None:
+                return
+            # A stream costs more to open (both ends) than a connection to relay: the
+            # client parks it again for the next connection (its idle may have come
+            # already, as its eof), or ends it.
+            yield pb.IncomingConnectionAgentMessage(done=True)
+            nxt: incoming_pb2.IncomingConnectionClientMessage | None = ended
+            if ended.WhichOneof("msg") != "idle":
+                nxt = await anext(requests, None)
+            if nxt is None or nxt.WhichOneof("msg") != "idle":
+                return
+            first = nxt
+
+    async def _carry(
+        self,
+        state: SessionIncoming | None,
+        delivery: Delivery,
+        head: incoming_pb2.IncomingConnectionAgentMessage | None,
+        requests: AsyncIterator[incoming_pb2.IncomingConnectionClientMessage],
+        carried: _Carried | None = None,
+    ) -> AsyncIterator[incoming_pb2.IncomingConnectionAgentMessage]:
+        """One connection on the stream. `carried` (reuse): `ended` is set to the client's
+        last message (eof, or idle: eof and park again) when the connection ended cleanly
+        both ways, so the stream can carry another one."""
         reader = asyncio.ensure_future(self._from_client(requests, delivery))
+        # Reuse: an eof that would meet the client's own eof can go as the `done` that
+        # follows at once (it implies eof): one message less per connection.
+        sent = _Carried(eof=head is not None and head.assigned.eof)
+        ended: incoming_pb2.IncomingConnectionClientMessage | None = None
         try:
             if head is not None:
                 yield head
-            async for msg in _to_client(delivery, sent_eof=head is not None and head.assigned.eof):
+            async for msg in _to_client(delivery, sent, reader.done if carried else None):
                 yield msg
+            if carried is not None and sent.eof:
+                # The connection is over here; the client's eof usually came already.
+                with contextlib.suppress(TimeoutError):
+                    ended = await asyncio.wait_for(asyncio.shield(reader), REUSE_WAIT)
         finally:
             reader.cancel()
             if state is not None:
                 state.deliveries.discard(delivery)
             delivery.close()
+        if carried is not None:
+            carried.ended = ended
 
     async def _wait_idle(
         self, state: SessionIncoming | None, subscription_id: str, context: Context
@@ -392,38 +441,58 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
     @staticmethod
     async def _from_client(
         requests: AsyncIterator[incoming_pb2.IncomingConnectionClientMessage], delivery: Delivery
-    ) -> None:
+    ) -> incoming_pb2.IncomingConnectionClientMessage | None:
+        """The client's bytes to the delivery. Its message that ended them while the
+        stream stays open (eof, or idle: eof and park the stream again); None when the
+        stream ended or failed."""
+        put = delivery.sink or delivery.from_client.put
         try:
-            async for msg in requests:
+            while (msg := await anext(requests, None)) is not None:
                 kind = msg.WhichOneof("msg")
                 if kind == "data":
-                    await delivery.from_client.put(msg.data)
-                elif kind == "eof":
-                    break
+                    if not delivery.closed.is_set():  # else nobody takes them any more
+                        await put(msg.data)
+                elif kind in ("eof", "idle"):
+                    if not delivery.closed.is_set():
+                        await put(None)
+                    return msg
         except grpc.aio.AioRpcError:
             delivery.close()
-            return
-        await delivery.from_client.put(None)
+            return None
+        except OSError:  # the sink's socket failed: the connection is over
+            delivery.close()
+            return None
+        await put(None)
+        return None
+
+
+@dataclass
+class _Carried:
+    eof: bool = False  # the eof went (or goes as the `done` that follows)
+    ended: incoming_pb2.IncomingConnectionClientMessage | None = None
 
 
 async def _to_client(
-    delivery: Delivery, *, sent_eof: bool = False
+    delivery: Delivery, sent: _Carried, client_ended: Callable[[], bool] | None = None
 ) -> AsyncIterator[incoming_pb2.IncomingConnectionAgentMessage]:
     """Queued bytes, then eof, until the connection is over (what is queued still goes).
 
     A plain get() per message (no helper futures: this runs per chunk): whoever closes the
     delivery puts None into an empty queue (Delivery.close, the subscription's end), which
     wakes this up; a queue that still holds chunks is drained first, then found closed.
-    sent_eof: the eof already went (in an idle stream's first message)."""
+    sent.eof: the eof went (already in an idle stream's first message, or here).
+    client_ended (reuse): true when the client's bytes ended already; the peer's eof is
+    then left to the `done` that follows."""
     queue = delivery.to_client
     while True:
         if queue.empty() and delivery.closed.is_set():
             return
         item = await queue.get()
         if item is None:
-            if not sent_eof:
-                sent_eof = True
-                yield pb.IncomingConnectionAgentMessage(eof=True)
+            if not sent.eof:
+                sent.eof = True
+                if client_ended is None or not client_ended():
+                    yield pb.IncomingConnectionAgentMessage(eof=True)
         else:
             yield pb.IncomingConnectionAgentMessage(data=item)
 

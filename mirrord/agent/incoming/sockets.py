@@ -48,6 +48,19 @@ def make_marked_socket() -> socket.socket:
     return sock
 
 
+def make_marked_sockets(count: int) -> list[socket.socket]:
+    """`count` of them (none left open if one fails)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            socks.append(make_marked_socket())
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 def original_destination(sock: socket.socket) -> tuple[str, int]:
     """Where the peer meant to connect before REDIRECT rewrote it (a sockaddr_in)."""
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)

@@ -17,12 +17,19 @@ from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
 from mirrord.agent.incoming.http1 import FilteredConnection
 from mirrord.agent.incoming.http_filter import HttpFilter
 from mirrord.agent.incoming.rules import PortRules
-from mirrord.agent.incoming.sockets import make_marked_socket, original_destination, relayed
+from mirrord.agent.incoming.sockets import (
+    make_marked_socket,
+    make_marked_sockets,
+    original_destination,
+    relayed,
+)
 from mirrord.agent.namespaces import NamespaceWorker
 
 log = logging.getLogger(__name__)
 
-SPARE_SOCKETS = 4
+# Marked sockets kept ready per subscription (mirror, filtered); refilled in one batch
+# once half are used.
+SPARE_SOCKETS = 8
 # Idle Connection streams one subscription keeps at most: the client asks for a few; more
 # would only hold agent resources for connections that may never come.
 MAX_IDLE_STREAMS = 32
@@ -80,21 +87,24 @@ class Subscription:
             self._refill = asyncio.ensure_future(self._make_spares())
 
     async def _make_spares(self) -> None:
-        while not self._closed and len(self._spares) < SPARE_SOCKETS:
-            try:
-                sock = await self.worker.run(make_marked_socket)
-            except Exception as e:  # the worker is gone: connections make their own
-                log.debug("port %d: no spare sockets: %s", self.rules.port, e)
-                return
-            if self._closed:
+        # All at once: one hop to the worker thread per batch, not per connection.
+        missing = SPARE_SOCKETS - len(self._spares)
+        try:
+            socks = await self.worker.run(make_marked_sockets, missing)
+        except Exception as e:  # the worker is gone: connections make their own
+            log.debug("port %d: no spare sockets: %s", self.rules.port, e)
+            return
+        if self._closed:
+            for sock in socks:
                 sock.close()
-                return
-            self._spares.append(sock)
+            return
+        self._spares.extend(socks)
 
     async def _marked_socket(self) -> socket.socket:
         if self._spares:
             sock = self._spares.pop()
-            self._top_up()
+            if len(self._spares) <= SPARE_SOCKETS // 2:
+                self._top_up()
             return sock
         self._top_up()
         return await self.worker.run(make_marked_socket)
@@ -153,12 +163,22 @@ class Subscription:
             raise
         return await asyncio.open_connection(sock=sock)
 
-    def _new_delivery(self, remote: tuple[str, int], original: tuple[str, int]) -> Delivery:
+    def _new_delivery(
+        self, remote: tuple[str, int], original: tuple[str, int], *, now: bool = True
+    ) -> tuple[Delivery, Callable[[], None]]:
+        """A delivery and what hands it to the client (done here already when `now`)."""
         delivery = Delivery()
         self.deliveries.add(delivery)
         self._mine.add(delivery)
-        self._hand_over(Announcement(delivery, remote, original, self.filter is not None))
-        return delivery
+        announcement = Announcement(delivery, remote, original, self.filter is not None)
+
+        def hand_over() -> None:
+            if not self._closed:
+                self._hand_over(announcement)
+
+        if now:
+            hand_over()
+        return delivery, hand_over
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -173,7 +193,7 @@ class Subscription:
             remote = (str(host), int(port))
 
             def new_delivery() -> Delivery:
-                deliveries.append(self._new_delivery(remote, original))
+                deliveries.append(self._new_delivery(remote, original)[0])
                 return deliveries[-1]
 
             async def open_pod() -> relay.Streams:
@@ -188,7 +208,9 @@ class Subscription:
                 await relay.steal((reader, writer), new_delivery())
             else:
                 pod = await open_pod()
-                await relay.mirror((reader, writer), new_delivery(), pod)
+                delivery, hand_over = self._new_delivery(remote, original, now=False)
+                deliveries.append(delivery)
+                await relay.mirror((reader, writer), delivery, pod, hand_over)
         except (OSError, ConnectionError, EOFError) as e:
             log.info("port %d: connection ended: %s", self.rules.port, e)
         except asyncio.CancelledError:
