@@ -21,7 +21,7 @@ from mirrord.supervisor.net.handlers import NetHandlers
 from mirrord.supervisor.net.incoming import IncomingHandlers
 from mirrord.supervisor.net.redirect import Redirector
 from mirrord.supervisor.net.sockaddr import Destination
-from mirrord.supervisor.seccomp import Rule
+from mirrord.supervisor.seccomp import Kind, Rule
 from mirrord.supervisor.syscalls import NR
 
 __all__ = [
@@ -73,18 +73,10 @@ def network_feature(
     seccomp_rules = [
         Rule(NR["sendto"], arg_nonzero=4),
         Rule(NR["recvfrom"], arg_nonzero=4),
-        *(
-            Rule(NR[name])
-            for name in (
-                "connect",
-                "getpeername",
-                "getsockname",
-                "sendmsg",
-                "recvmsg",
-                "sendmmsg",
-                "recvmmsg",
-            )
-        ),
+        # Answered whole from our duplicate of the socket: notifications (notify.py).
+        *(Rule(NR[name], Kind.NOTIFY) for name in ("connect", "getpeername", "getsockname")),
+        # They rewrite an address argument or the result: ptrace stops.
+        *(Rule(NR[name]) for name in ("sendmsg", "recvmsg", "sendmmsg", "recvmmsg")),
     ]
     if incoming is not None:
         # Incoming traffic (supervisor/net/incoming.py): one feature, since it shares

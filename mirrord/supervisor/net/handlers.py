@@ -6,12 +6,14 @@ interceptors, and make the program see the addresses it asked for.
   connected to the interceptor through our pidfd_getfd duplicate of it, and the syscall
   is skipped with that connect's result (or fails with the pod's errno): the kernel's own
   loopback connect gives blocking/non-blocking semantics (0 or EINPROGRESS, then
-  writable), with no argument rewrite and so no exit stop. UDP connects run for real,
-  pointed at the interceptor (a sockaddr written below SP). Data then flows natively: no
-  stop per read/write.
-- getpeername/getsockname: the interceptor's loopback address becomes the original
-  destination / the pod-side socket's address (looked up by port, so every dup and
-  forked copy of the fd gets the same answer).
+  writable), with no argument rewrite and so no exit stop. UDP connects and unix-stream
+  connects (unix_streams) are made the same way, to the UDP interceptor / the proxy's
+  unix listener. Data then flows natively: no stop per read/write.
+- getpeername/getsockname: answered from our duplicate of the socket, the interceptor's
+  loopback address becomes the original destination / the pod-side socket's address
+  (looked up by port, so every dup and forked copy of the fd gets the same answer).
+connect, getpeername and getsockname never change registers or need the kernel's result,
+so they are seccomp user notifications (notify.py), not ptrace stops.
 - sendto/sendmsg/sendmmsg with an address (unconnected UDP): the address is swapped for
   the interceptor's; recvfrom/recvmsg/recvmmsg: the interceptor source becomes the remote.
 """
@@ -40,7 +42,7 @@ from mirrord.supervisor.net.sockinfo import (
     SocketInfo,
     borrow,
     info_of,
-    local_port,
+    raw_name,
     socket_info,
 )
 
@@ -50,7 +52,6 @@ MSGHDR = struct.Struct("<QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, c
 MMSGHDR_SIZE = MSGHDR.size + 8  # + unsigned msg_len, padded
 MAX_MMSG = 64  # sendmmsg entries rewritten per call; the program sees a partial send
 SOCKADDR_SLOT = 32
-SOCKADDR_UN_SLOT = 112  # sizeof(struct sockaddr_un) = 110, rounded up
 AddressHook = Callable[[int, int, Destination], bytes | None]  # (tid, fd, got) -> sockaddr
 
 
@@ -145,10 +146,10 @@ class NetHandlers:
             # of it, and the syscall is skipped with that connect's result: no argument
             # rewrite, so no exit stop either (a stop costs ~60 µs across CPUs).
             return Defer(lambda: self._connect_tcp(sock, dest), _fake_result)
-        sock.close()
         if protocol is None:
+            sock.close()
             return Allow()
-        return self._connect_udp(sc, mem, dest)
+        return self._connect_udp(sock, dest)
 
     async def _connect_tcp(self, sock: socket.socket, dest: Destination) -> int:
         """Runs on the proxy's loop: the agent connects from the pod, then the program's
@@ -178,35 +179,31 @@ class NetHandlers:
         finally:
             sock.close()  # our duplicate only
 
-    def _connect_udp(self, sc: Syscall, mem: Memory, dest: Destination) -> Action:
-        fd = sc.args[0]
-        scratch = sc.scratch(SOCKADDR_SLOT)
+    def _connect_udp(self, sock: socket.socket, dest: Destination) -> Action:
+        """Connect the program's UDP socket (our duplicate `sock`, closed here) to the
+        interceptor for dest; a UDP connect never blocks."""
 
-        def redirect(port: int, m: Memory) -> Action:
-            addr = self._interceptor(dest, port)
-            m.write(scratch, addr)
-            kind = self._kind(dest)
-
-            def on_exit(ret: int, _m: Memory) -> int | None:
-                if ret in (0, -errno.EINPROGRESS):
-                    try:
-                        lp = local_port(sc.tid, fd)
-                    except OSError:
-                        lp = None
-                    if lp is not None:
-                        self.redirector.note_local(kind, lp, port)
-                return None
-
-            return Allow(set_args={1: scratch, 2: len(addr)}, on_exit=on_exit)
+        def finish(port: int) -> Action:
+            try:
+                ip = socket.inet_ntop(sock.family, self.redirector.interceptor_ip(dest.family))
+                err = sock.connect_ex((ip, port))
+                if err == 0:
+                    name = sock.getsockname()
+                    if isinstance(name, tuple):
+                        self.redirector.note_local(self._kind(dest), int(name[1]), port)
+                return Fake(-err)
+            finally:
+                sock.close()
 
         cached = self.redirector.udp_port(dest)
         if cached is not None:
-            return redirect(cached, mem)
+            return finish(cached)
 
-        def then(result: Any, m: Memory) -> Action:
+        def then(result: Any, _m: Memory) -> Action:
             if isinstance(result, BaseException):
+                sock.close()
                 return Fake(-_errno_of(result))
-            return redirect(int(result), m)
+            return finish(int(result))
 
         return Defer(lambda: self.redirector.open_udp(dest), then)
 
@@ -228,20 +225,26 @@ class NetHandlers:
         if not self.rules.unix_remote(path):
             return Allow()
         try:
-            info = socket_info(sc.tid, sc.args[0])
+            sock = borrow(sc.tid, sc.args[0])
         except OSError:
             return Allow()
-        if info is None or info.family != socket.AF_UNIX or info.kind != socket.SOCK_STREAM:
+        if sock is None:
             return Allow()
-        scratch = sc.scratch(SOCKADDR_UN_SLOT)
+        info = info_of(sock)
+        if info.family != socket.AF_UNIX or info.kind != socket.SOCK_STREAM:
+            sock.close()
+            return Allow()
 
-        def then(result: Any, m: Memory) -> Action:
-            if isinstance(result, BaseException):
-                return Fake(-_errno_of(result))
-            local: bytes = result
-            addr = struct.pack("<H", socket.AF_UNIX) + local + b"\0"
-            m.write(scratch, addr)
-            return Allow(set_args={1: scratch, 2: len(addr)})
+        def then(result: Any, _m: Memory) -> Action:
+            # The program's socket, through our duplicate, to the proxy's unix listener
+            # (it accepts at once: the connect does not wait).
+            try:
+                if isinstance(result, BaseException):
+                    return Fake(-_errno_of(result))
+                local: bytes = result
+                return Fake(-sock.connect_ex(local))
+            finally:
+                sock.close()
 
         return Defer(lambda: self.redirector.open_unix(path), then)
 
@@ -271,22 +274,39 @@ class NetHandlers:
             return None
         return build_sockaddr(got.family, ip, port)
 
-    def _name_call(self, look: Callable[[Destination], bytes | None]) -> Callable[..., Action]:
+    def _name_call(
+        self, look: Callable[[Destination], bytes | None], peer: bool
+    ) -> Callable[..., Action]:
         def handle(sc: Syscall, mem: Memory) -> Action:
             ptr, lenptr = sc.args[1], sc.args[2]
             if not ptr or not lenptr:
                 return Allow()
             try:
                 (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
+                sock = borrow(sc.tid, sc.args[0])
             except OSError:
-                return Allow()
-
-            def on_exit(ret: int, m: Memory) -> int | None:
-                if ret == 0:
-                    rewrite_sockaddr(m, ptr, lenptr, cap, look)
-                return None
-
-            return Allow(on_exit=on_exit)
+                return Allow()  # a bad pointer or fd: the kernel's own error
+            if sock is None or cap > 0x7FFFFFFF:
+                if sock is not None:
+                    sock.close()
+                return Allow()  # not a socket (ENOTSOCK) / a negative length (EINVAL)
+            try:
+                raw = raw_name(sock, peer)  # what the kernel would answer
+            except OSError as e:
+                return Fake(-(e.errno or errno.EIO))  # ENOTCONN…
+            finally:
+                sock.close()
+            got = parse_sockaddr(raw)
+            new = look(got) if got is not None else None
+            data = raw if new is None else new
+            try:
+                # As the kernel: at most cap bytes, and the full length in *lenptr.
+                if cap:
+                    mem.write(ptr, data[:cap])
+                mem.write(lenptr, struct.pack("<I", len(data)))
+            except OSError:
+                return Fake(-errno.EFAULT)
+            return Fake(0)
 
         return handle
 
@@ -298,10 +318,12 @@ class NetHandlers:
         return lambda got: hook(sc.tid, sc.args[0], got) or look(got)
 
     def getpeername(self, sc: Syscall, mem: Memory) -> Action:
-        return self._name_call(self._hooked(sc, self.incoming_peer, self._peer_of))(sc, mem)
+        look = self._hooked(sc, self.incoming_peer, self._peer_of)
+        return self._name_call(look, peer=True)(sc, mem)
 
     def getsockname(self, sc: Syscall, mem: Memory) -> Action:
-        return self._name_call(self._hooked(sc, self.incoming_local, self._local_of))(sc, mem)
+        look = self._hooked(sc, self.incoming_local, self._local_of)
+        return self._name_call(look, peer=False)(sc, mem)
 
     def recvfrom(self, sc: Syscall, mem: Memory) -> Action:
         ptr, lenptr = sc.args[4], sc.args[5]

@@ -95,6 +95,21 @@ def socket_info(tid: int, fd: int) -> SocketInfo | None:
         return None if sock is None else info_of(sock)
 
 
+_SOCKADDR_STORAGE = 128
+
+
+def raw_name(sock: socket.socket, peer: bool) -> bytes:
+    """getpeername/getsockname of our duplicate as the kernel's raw sockaddr bytes (the
+    length the kernel reports, which may exceed 128 only for odd families: truncated)."""
+    buf = ctypes.create_string_buffer(_SOCKADDR_STORAGE)
+    size = ctypes.c_uint32(_SOCKADDR_STORAGE)
+    call = _libc.getpeername if peer else _libc.getsockname
+    if call(sock.fileno(), buf, ctypes.byref(size)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw[: min(size.value, _SOCKADDR_STORAGE)]
+
+
 def local_port(tid: int, fd: int) -> int | None:
     """The tracee socket's own port (after a connect), or None."""
     with borrowed_socket(tid, fd) as sock:
