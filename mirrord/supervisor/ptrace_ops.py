@@ -8,8 +8,8 @@ hot path (see DESIGN.md, "Traps we already know").
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
-import threading
 from typing import Any
 
 from ptrace.binding import func as _pt
@@ -104,31 +104,63 @@ _libc.process_vm_readv.argtypes = _vm_args
 _libc.process_vm_writev.argtypes = _vm_args
 
 
-# One reusable buffer and iovec pair for the common small read (a path, a struct): the
-# hot path of every trapped syscall; building ctypes objects per call cost as much as
-# the syscall. A lock, as handlers may (rarely) read from another thread.
-_SMALL = 4096
-_sbuf = ctypes.create_string_buffer(_SMALL)
-_slocal = _IoVec(ctypes.addressof(_sbuf), 0)
-_sremote = _IoVec(0, 0)
-_slocal_ref = ctypes.byref(_slocal)
-_sremote_ref = ctypes.byref(_sremote)
-_slock = threading.Lock()
+class MemFiles:
+    """Reads of tracee memory through /proc/TID/mem with pread: one plain syscall from C,
+    where a ctypes process_vm_readv call cost as much again in argument conversion (the
+    hot path of every trapped syscall). One fd per thread, kept while it lives (owned by
+    one tracer: the tracer forgets a thread when it exec's or dies, and closes all at
+    the end). A read that returns nothing means the fd is stale: reopen once. Writes
+    stay on process_vm_writev, which, unlike /proc/TID/mem, refuses read-only pages."""
+
+    MAX = 512
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+
+    def _fd(self, tid: int) -> int:
+        fd = self._fds.get(tid)
+        if fd is None:
+            if len(self._fds) >= self.MAX:
+                self.close()
+            fd = self._fds[tid] = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        return fd
+
+    def forget(self, tid: int) -> None:
+        fd = self._fds.pop(tid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for tid in list(self._fds):
+            self.forget(tid)
+
+    def read_some(self, tid: int, addr: int, size: int) -> bytes:
+        """Up to `size` bytes from addr, fewer where the mapping ends; OSError(EFAULT)
+        if addr itself is not mapped."""
+        for attempt in (0, 1):
+            try:
+                data = os.pread(self._fd(tid), size, addr)
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EFAULT):
+                    raise OSError(errno.EFAULT, "bad address in the program") from None
+                raise
+            if data or not size:
+                return data
+            self.forget(tid)
+            if attempt:
+                break
+        raise OSError(errno.ESRCH, "the thread's memory is gone")
+
+    def read(self, tid: int, addr: int, size: int) -> bytes:
+        """Exactly `size` bytes; OSError(EFAULT) when the range is not all mapped."""
+        data = self.read_some(tid, addr, size)
+        if len(data) != size:
+            raise OSError(errno.EFAULT, "short read of tracee memory")
+        return data
 
 
 def read_mem(tid: int, addr: int, size: int) -> bytes:
     """Read tracee memory; OSError(EFAULT) when the range is not mapped."""
-    if 0 < size <= _SMALL:
-        with _slock:
-            _slocal.iov_len = _sremote.iov_len = size
-            _sremote.iov_base = addr
-            n = _libc.process_vm_readv(tid, _slocal_ref, 1, _sremote_ref, 1, 0)
-            if n == size:
-                return ctypes.string_at(_sbuf, size)
-        if n < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        raise OSError(14, "short read of tracee memory")
     buf = ctypes.create_string_buffer(size)
     local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size)
     remote = _IoVec(addr, size)

@@ -71,33 +71,32 @@ class ExitStatus:
 
 
 class _Mem:
-    __slots__ = ("tid",)
+    __slots__ = ("files", "tid")
 
-    def __init__(self, tid: int) -> None:
+    def __init__(self, tid: int, files: pt.MemFiles) -> None:
         self.tid = tid
+        self.files = files
 
     def read(self, addr: int, size: int) -> bytes:
-        return pt.read_mem(self.tid, addr, size)
+        return self.files.read(self.tid, addr, size)
 
     def write(self, addr: int, data: bytes) -> None:
         pt.write_mem(self.tid, addr, data)
 
     def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
-        """A NUL-terminated string, read a page at a time (never past a page that may be
-        unmapped: the first chunk ends at the page boundary)."""
+        """A NUL-terminated string: a short first read (most paths are short), more
+        only if needed. A read stops where the mapping ends; reading on from there
+        fails with EFAULT, as the kernel would."""
         out = b""
-        first = True
+        want = FIRST_READ
         while len(out) < limit:
-            # Most paths are short: a small first read (the copy is most of its cost).
-            want = FIRST_READ if first else 4096
-            first = False
-            chunk = min(want, 4096 - (addr % 4096), limit - len(out))
-            data = pt.read_mem(self.tid, addr, chunk)
+            data = self.files.read_some(self.tid, addr, min(want, limit - len(out)))
             nul = data.find(b"\0")
             if nul >= 0:
                 return out + data[:nul]
             out += data
-            addr += chunk
+            addr += len(data)
+            want = 4096
         raise OSError(errno.ENAMETOOLONG, "string too long")
 
 
@@ -147,6 +146,7 @@ class Tracer:
         self.main_pid = 0
         self.main_status: ExitStatus | None = None
         self.stats = Stats()
+        self.mem = pt.MemFiles()  # reads of tracee memory
         self._trapped = policy.trapped()
         self._foreign_warned = False
         self._exec_err_fd: int | None = None
@@ -173,6 +173,7 @@ class Tracer:
             return self._run(argv, env, prog, fallback)
         finally:
             self._wakeup.close()
+            self.mem.close()
             if self._listener is not None:
                 self._listener.close()
 
@@ -209,8 +210,11 @@ class Tracer:
 
     def _loop(self) -> None:
         assert self._wakeup is not None
+        reap = True
         while self.tasks or self.held:
-            self._reap()
+            if reap:
+                self._reap()
+            reap = True
             if self._listener is not None:
                 self._serve_notifications(self._listener)
                 if self._listener.hung_up:
@@ -223,6 +227,8 @@ class Tracer:
                 break
             if self._answers or self._notify_answers or self._wakeup.wait():
                 self._answer_deferred()
+            else:
+                reap = self._wakeup.maybe_stopped
 
     def _reap(self) -> None:
         """Handle every stop and exit that is waiting, without blocking."""
@@ -270,6 +276,7 @@ class Tracer:
                     raise
 
     def _gone(self, tid: int, status: int) -> None:
+        self.mem.forget(tid)
         self.tasks.pop(tid, None)
         self.held.discard(tid)
         self.expected.discard(tid)
@@ -341,6 +348,8 @@ class Tracer:
             self._resume(task.tid)
 
     def _exec(self, tid: int, former_tid: int) -> None:
+        self.mem.forget(tid)  # its memory fd is the old program's
+        self.mem.forget(former_tid)
         if former_tid != tid:
             # A non-leader thread exec'd and took the leader's tid; the old one is gone.
             self.tasks.pop(former_tid, None)
@@ -394,7 +403,7 @@ class Tracer:
         if fix.hook is not None:
             ret = regs.rax - (1 << 64) if regs.rax >= 1 << 63 else regs.rax
             try:
-                new = fix.hook(ret, _Mem(task.tid))
+                new = fix.hook(ret, _Mem(task.tid, self.mem))
             except Exception:
                 log.exception("exit hook failed; the program gets EIO")
                 new = -errno.EIO
@@ -412,7 +421,7 @@ class Tracer:
         args = tuple(getattr(regs, r) for r in ARG_REGS)
         sc = Syscall(tid, nr, args, regs.rsp)
         try:
-            action = handler(sc, _Mem(tid))
+            action = handler(sc, _Mem(tid, self.mem))
         except Exception:
             # Fail closed: a broken handler must not let the syscall silently run locally.
             log.exception("handler for syscall %d failed; the program gets EIO", nr)
@@ -463,7 +472,7 @@ class Tracer:
                 continue
             sc = Syscall(n.tid, n.nr, n.args, notified=True)
             try:
-                action = handler(sc, _Mem(n.tid))
+                action = handler(sc, _Mem(n.tid, self.mem))
             except Exception:
                 log.exception("handler for syscall %d failed; the program gets EIO", n.nr)
                 action = Fake(-errno.EIO)
@@ -536,7 +545,7 @@ class Tracer:
         while self._notify_answers:
             nid, tid, defer, result = self._notify_answers.popleft()
             try:
-                nxt = defer.then(result, _Mem(tid))
+                nxt = defer.then(result, _Mem(tid, self.mem))
             except Exception:
                 log.exception("deferred handler failed; the program gets EIO")
                 nxt = Fake(-errno.EIO)
@@ -547,7 +556,7 @@ class Tracer:
             if tid not in self.tasks:
                 continue  # killed while it waited
             try:
-                nxt = action.then(result, _Mem(tid))
+                nxt = action.then(result, _Mem(tid, self.mem))
             except Exception:
                 log.exception("deferred handler failed; the program gets EIO")
                 nxt = Fake(-errno.EIO)

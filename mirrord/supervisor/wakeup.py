@@ -39,6 +39,7 @@ class Wakeup:
         self.sigfd: int = fd
         self.evfd: int = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._fds = [self.sigfd, self.evfd]
+        self.maybe_stopped = True
 
     def watch(self, fd: int) -> None:
         """Also wake when `fd` is readable (the seccomp listener); the caller reads it."""
@@ -50,6 +51,9 @@ class Wakeup:
     def wait(self) -> bool:
         """Sleep until a SIGCHLD or a poke; True if poked (answers are waiting)."""
         ready, _, _ = select.select(self._fds, [], [], SAFETY_TIMEOUT_S)
+        # Only a watched fd (a seccomp notification): no tracee changed state, so the
+        # caller may skip its waitpid round. A timeout counts as "maybe": look anyway.
+        self.maybe_stopped = not ready or self.sigfd in ready
         poked = False
         if self.sigfd in ready:
             try:
