@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mirrord import user_environ
 from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.errors import AgentError
 from mirrord.config import ConfigError, MirrordConfig
@@ -74,7 +75,7 @@ async def run_exec(
     agent: AgentEndpoint | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ExitStatus:
-    local_env = dict(os.environ if environ is None else environ)
+    local_env = user_environ() if environ is None else dict(environ)
     try:
         target = parse_target(config.target.path_string)
     except TargetError as exc:

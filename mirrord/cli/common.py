@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING
 
 import typer
 
+from mirrord import user_environ
+
 if TYPE_CHECKING:
     from mirrord.config import ExecOverrides, MirrordConfig
 
 # The program (and the config's templates) must see the user's environment as it was,
-# not what mirrord sets for itself in main().
-ORIGINAL_ENV = dict(os.environ)
+# not what mirrord sets for itself (in main(), and mirrord/__init__.py's gRPC tuning).
+ORIGINAL_ENV = user_environ()
 
 
 def err(msg: str) -> None:

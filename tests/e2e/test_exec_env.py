@@ -294,3 +294,16 @@ def test_agent_dying_mid_session_stops_the_program_with_a_clear_message(
     assert time.monotonic() - t0 < 10
     left = subprocess.run(["pgrep", "-f", marker], capture_output=True)
     assert left.returncode == 1, "the program must not outlive the session"
+
+
+def test_mirrords_own_grpc_tuning_is_not_the_programs(target: Pod) -> None:
+    """mirrord sets GRPC_EXPERIMENTS for itself (mirrord/__init__.py); a program that uses
+    gRPC must not inherit it, but keeps the user's own value."""
+    base = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    argv = [MIRRORD, "exec", "-t", f"pid/{target.main_pid}", "--", "env"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=base)
+    assert r.returncode == 0, r.stderr
+    assert "GRPC_EXPERIMENTS" not in parse_env(r.stdout)
+    mine = dict(base, GRPC_EXPERIMENTS="-some_experiment")
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=mine)
+    assert parse_env(r.stdout).get("GRPC_EXPERIMENTS") == "-some_experiment", r.stderr
