@@ -115,7 +115,9 @@ def build_policy(*, hostname: str | None, features: Sequence[Feature] = ()) -> P
         # io_uring does I/O without syscalls we could see: make programs fall back.
         Rule(NR["io_uring_setup"], Kind.ERRNO, errno=errno.ENOSYS),
         Rule(NR["clone"], arg0_mask=CLONE_UNTRACED),
-        Rule(NR["clone3"]),
+        # The flag is cleared in memory, which the kernel reads after we answer: a
+        # notification (every thread a program starts makes one).
+        Rule(NR["clone3"], Kind.NOTIFY),
     ]
     handlers: dict[int, Handler] = {
         NR["clone"]: clone_handler,

@@ -23,6 +23,7 @@ C_PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
     "exitwith": (["exitwith.c"], []),
     "mmsg": (["mmsg.c"], []),
     "repeat": (["repeat.c"], []),
+    "untraced": (["untraced.c"], []),
 }
 GO_PROGRAMS: dict[str, str] = {
     "envprint-go": "envprint-go",
