@@ -9,19 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.supervisor.tracee_parts import SPINNER
+
 PROBE = Path(__file__).with_name("probe_policy.py")
 
-TRACEE = r"""
-import ctypes, os, signal, threading, time
-counter = 0
-stop = False
-def spin():
-    global counter
-    while not stop:
-        counter += 1
-        time.sleep(0.001)
-t = threading.Thread(target=spin); t.start()
-time.sleep(0.05)
+TRACEE = (
+    SPINNER
+    + r"""
 before = counter
 t0 = time.monotonic()
 pid = ctypes.CDLL(None).getpid()  # deferred 0.3 s by the probe; ctypes drops the GIL
@@ -46,6 +40,7 @@ signal.setitimer(signal.ITIMER_REAL, 0.1)
 data = os.read(r, 1 << 20)
 print("read", data.decode())
 """
+)
 
 
 @pytest.mark.parametrize("seccomp", [True, False], ids=["seccomp", "full-stops"])

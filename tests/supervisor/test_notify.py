@@ -18,21 +18,14 @@ from mirrord.supervisor.seccomp import (
     build_filter,
     run_filter,
 )
+from tests.supervisor.tracee_parts import SPINNER
 
 PROBE = Path(__file__).with_name("probe_notify.py")
 
-TRACEE = r"""
-import ctypes, fcntl, os, signal, threading, time
+TRACEE = (
+    SPINNER
+    + r"""
 libc = ctypes.CDLL(None)
-counter = 0
-stop = False
-def spin():
-    global counter
-    while not stop:
-        counter += 1
-        time.sleep(0.001)
-t = threading.Thread(target=spin); t.start()
-time.sleep(0.05)
 # A signal while the answer is being prepared: handled once, after the answer.
 alarms = []
 signal.signal(signal.SIGALRM, lambda *a: alarms.append(1))
@@ -67,6 +60,7 @@ if child == 0:
     os._exit(0 if os.getppid() == 777 else 1)
 print("child", os.waitpid(child, 0)[1])
 """
+)
 
 
 def test_filter_returns_user_notif_or_trace() -> None:
