@@ -31,11 +31,20 @@ MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 PY = "/usr/bin/python3"
 
 SERVER = """
-import sys, http.server
+import os, signal, sys, http.server
+served = [0]
+def report(*_):
+    # Under mirrord: how many requests (copies, when mirrored) the local program got.
+    if path := os.environ.get("BENCH_COUNT_FILE"):
+        with open(path, "w") as f:
+            f.write(str(served[0]))
+    os._exit(0)
+signal.signal(signal.SIGTERM, report)
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else header and body writes meet delayed ACKs (40 ms)
     def do_GET(self):
+        served[0] += 1
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -108,8 +117,8 @@ def under_mirrord(target: Pod, mode: str, tmp: Path) -> subprocess.Popen[bytes]:
     cfg = tmp / f"{mode}.json"
     cfg.write_text(json.dumps({"feature": {"network": {"incoming": {"mode": mode}}}}))
     proc = subprocess.Popen(
-        [MIRRORD, "exec", "--target", f"pid/{target.main_pid}", "-f", str(cfg), "--",
-         PY, "-c", SERVER],
+        ["env", f"BENCH_COUNT_FILE={tmp / mode}.count", MIRRORD, "exec",
+         "--target", f"pid/{target.main_pid}", "-f", str(cfg), "--", PY, "-c", SERVER],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -132,8 +141,21 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
-    n = parser.parse_args().requests
+    parser.add_argument(
+        "--modes", default="steal,mirror", help="comma-separated: steal, mirror (default both)"
+    )
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="seconds to keep loading each mirrord scenario after the measured runs "
+        "(to attach a profiler to the agent, whose pid is printed)",
+    )
+    args = parser.parse_args()
+    n = args.requests
+    modes = args.modes.split(",")
     results: dict[str, dict[str, list[float]]] = {}
+    copies: dict[str, int] = {}  # requests the local program served
     with Network() as net, tempfile.TemporaryDirectory() as tmp:
         target = net.add_pod("target", argv=[PY, "-c", SERVER], wait_port=8080)
         client = net.add_pod("client", argv=["/bin/sleep", "3600"])
@@ -141,6 +163,8 @@ def main() -> None:
             k: load(client, target.address, n, k == "keep") for k in ("keep", "new")
         }
         for mode, name in (("steal", "stolen"), ("mirror", "mirrored")):
+            if mode not in modes:
+                continue
             proc = under_mirrord(target, mode, Path(tmp))
             watch = (agent_of(proc.pid), proc.pid)
             try:
@@ -148,8 +172,16 @@ def main() -> None:
                 results[name] = {
                     k: load(client, target.address, n, k == "keep", watch) for k in ("keep", "new")
                 }
+                if args.hold:
+                    print(f"{mode}: agent pid {watch[0]}", flush=True)
+                    until = time.monotonic() + args.hold
+                    while time.monotonic() < until:
+                        load(client, target.address, 500, False)
+                time.sleep(1.0)  # copies still on their way to the local program
             finally:
                 stop(proc)
+            count = Path(tmp) / f"{mode}.count"
+            copies[name] = int(count.read_text()) if count.exists() else -1
     print(f"HTTP/1.1 GET, {n} sequential requests from the client pod to target:8080\n")
     head = f"{'':10}" + "".join(
         f"{label:>34}" for label in ("one keep-alive connection", "a connection per request")
@@ -162,18 +194,25 @@ def main() -> None:
     print("\nCPU µs per request" + "".join(f"{label:>34}" for label in ("keep-alive", "per conn")))
     print(f"{'':18}" + f"{'agent':>17}{'mirrord':>17}" * 2)
     for name in ("stolen", "mirrored"):
+        if name not in results:
+            continue
         by = results[name]
         row = "".join(f"{r[3]:>17.0f}{r[4]:>17.0f}" for r in (by["keep"], by["new"]))
         print(f"{name:18}{row}")
-    d, s, m = results["direct"], results["stolen"], results["mirrored"]
-    print(
-        f"\nstolen/direct req/s: keep-alive {s['keep'][0] / d['keep'][0]:.2f}x, "
-        f"per-connection {s['new'][0] / d['new'][0]:.2f}x (target >= 0.5x)"
-    )
-    print(
-        f"mirror adds to the pod's p50: keep-alive {m['keep'][1] - d['keep'][1]:+.3f} ms, "
-        f"per-connection {m['new'][1] - d['new'][1]:+.3f} ms (target <= 1 ms)"
-    )
+    for name, got in copies.items():
+        sent = f"{100 + 2 * n} sent" + (", plus the --hold load" if args.hold else "")
+        print(f"{name}: the local program served {got} requests ({sent})")
+    d = results["direct"]
+    if s := results.get("stolen"):
+        print(
+            f"\nstolen/direct req/s: keep-alive {s['keep'][0] / d['keep'][0]:.2f}x, "
+            f"per-connection {s['new'][0] / d['new'][0]:.2f}x (target >= 0.5x)"
+        )
+    if m := results.get("mirrored"):
+        print(
+            f"mirror adds to the pod's p50: keep-alive {m['keep'][1] - d['keep'][1]:+.3f} ms, "
+            f"per-connection {m['new'][1] - d['new'][1]:+.3f} ms (target <= 1 ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ V4_MAPPED = b"\0" * 10 + b"\xff\xff" + V4
 # itself. Each idle one costs the agent a waiting handler and one unconnected socket.
 IDLE_STREAMS = 8
 DNS_PORT = 53
+SPARE_LISTENERS = 4  # interceptor sockets bound ahead per kind (v4/v6)
 
 
 def raise_fd_limit() -> None:
@@ -57,6 +58,16 @@ def raise_fd_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _bound(family: int, bind_ip: str) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind((bind_ip, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _ipv6_loopback_usable() -> bool:
@@ -91,6 +102,9 @@ class NetProxy:
             self._refusers.append(sock)
             sock.bind((bind_ip, 0))
             self._refused_ports[kind] = int(sock.getsockname()[1])
+        # Interceptor sockets bound ahead, per kind; not listening until used, so nothing
+        # can connect to them meanwhile (a SYN to a bound, non-listening port gets a RST).
+        self._spare_listeners: dict[str, list[socket.socket]] = {}
         self._closed = False
         # dns.filter (set by whoever owns the rules): query names answered locally.
         self.dns_local: Callable[[str], bool] | None = None
@@ -121,22 +135,51 @@ class NetProxy:
             self.tcp, self.metadata, dest.ip, dest.port, self._idle_call(), reuse=True
         )
         kind, bind_ip, family = self._bind(dest.family)
-        listener = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            listener.bind((bind_ip, 0))
-            listener.listen(1)
-            listener.setblocking(False)
+            listener, port = self._listener(kind, bind_ip, family)
         except OSError:
-            listener.close()
             call.cancel()
             raise
-        port = int(listener.getsockname()[1])
         self._peers[(kind, port)] = dest.raw
         self._pod_locals[(kind, port)] = (connected.local.ip, connected.local.port)
+        # The relay starts one loop iteration later, after the program's connect was
+        # answered: the task completing our caller schedules the tracer's wake-up, and a
+        # task created now would run first (and hold the GIL the tracer thread needs).
+        asyncio.get_running_loop().call_soon(self._start_serve, listener, call, kind, port)
+        return port
+
+    def _listener(self, kind: str, bind_ip: str, family: int) -> tuple[socket.socket, int]:
+        """A listening interceptor on a fresh port: a spare one bound ahead (socket() and
+        bind() are off the connect's critical path), made now when none is left."""
+        spares = self._spare_listeners.setdefault(kind, [])
+        listener = spares.pop() if spares else None
+        try:
+            if listener is None:
+                listener = _bound(family, bind_ip)
+            listener.listen(1)
+            listener.setblocking(False)
+            return listener, int(listener.getsockname()[1])
+        except OSError:
+            if listener is not None:
+                listener.close()
+            raise
+
+    def _refill_listeners(self, kind: str) -> None:
+        spares = self._spare_listeners.setdefault(kind, [])
+        _, bind_ip, family = self._bind(socket.AF_INET if kind == "v4" else socket.AF_INET6)
+        with contextlib.suppress(OSError):  # EMFILE…: made on demand instead
+            while len(spares) < SPARE_LISTENERS and not self._closed:
+                spares.append(_bound(family, bind_ip))
+
+    def _start_serve(self, listener: socket.socket, call: TcpCall, kind: str, port: int) -> None:
+        if self._closed:
+            listener.close()
+            call.cancel()
+            self._forget(kind, port)
+            return
         task = asyncio.get_running_loop().create_task(self._serve(listener, call, kind, port))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return port
 
     async def open_unix(self, path: str) -> bytes:
         if self._closed:
@@ -203,17 +246,21 @@ class NetProxy:
                     return
             finally:
                 listener.close()
+                self._refill_listeners(kind)
             # As on the agent's side: relayed bytes go out as they come.
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if await relay(conn, call, pipelined=True):
                 self._give_back(call)
         finally:
-            self._peers.pop((kind, port), None)
-            self._pod_locals.pop((kind, port), None)
-            for key, value in list(self._locals.items()):
-                if value == (kind, port):
-                    self._locals.pop(key, None)
+            self._forget(kind, port)
+
+    def _forget(self, kind: str, port: int) -> None:
+        self._peers.pop((kind, port), None)
+        self._pod_locals.pop((kind, port), None)
+        for key, value in list(self._locals.items()):
+            if value == (kind, port):
+                self._locals.pop(key, None)
 
     def _udp_key(self, dest: Destination) -> tuple[int, bytes, int]:
         return (dest.family, dest.ip, dest.port)
@@ -264,6 +311,10 @@ class NetProxy:
             self._idle.popleft().cancel()
         for sock in self._refusers:
             sock.close()
+        for spares in self._spare_listeners.values():
+            for sock in spares:
+                sock.close()
+        self._spare_listeners.clear()
         if self._unix_dir is not None:
             shutil.rmtree(self._unix_dir, ignore_errors=True)
         self._refusers.clear()

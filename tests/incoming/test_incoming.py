@@ -182,3 +182,43 @@ async def test_backend_follows_the_netns_then_the_preference(
     await sub.close()
     await session.close()
     assert mirrord_rules(target) == []
+
+
+# Run in the client pod: one keep-alive request, its answer, then the connection stays open
+# for a while before it closes.
+KEEP_OPEN_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+s.sendall(sys.argv[3].encode())
+got = b""
+while not got.endswith(b"pod"):
+    got += s.recv(4096)
+time.sleep(3)
+s.close()
+print(got.decode().split("\r\n")[0])
+"""
+
+
+async def test_mirror_copy_of_an_open_connection_arrives_before_it_ends(
+    session: AgentClient, target: Pod, client_pod: Pod
+) -> None:
+    # The copy is handed over after the pod's first answer (or the peer's EOF, or a few
+    # milliseconds): a keep-alive connection's copy flows while it is still open.
+    req = request("/kept-open")
+    sub = await IncomingClient(session).subscribe(8080, "mirror")
+    peer = asyncio.ensure_future(
+        asyncio.to_thread(
+            client_pod.run,
+            ["python3", "-c", KEEP_OPEN_CLIENT, target.address, "8080", req],
+            timeout=30,
+        )
+    )
+    conn = await asyncio.wait_for(sub.accept(), 10)
+    first = await asyncio.wait_for(conn.reader.readexactly(len(req)), 10)
+    assert first == req.encode()
+    assert not peer.done()  # the peer's connection is still open
+    done = await peer
+    assert done.stdout.decode().strip() == "HTTP/1.1 200 OK", done.stderr
+    assert await asyncio.wait_for(conn.reader.read(), 10) == b""  # then its EOF
+    await conn.close()
+    await sub.close()

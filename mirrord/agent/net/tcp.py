@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import socket
 from collections.abc import AsyncIterator
 
@@ -97,7 +98,7 @@ async def _one_connection(
     try:
         # No timeout of our own: the pod's kernel decides (tcp_syn_retries), as it would
         # for a program running there.
-        await asyncio.get_running_loop().sock_connect(sock, addr)
+        await _connect(sock, addr)
     except OSError as e:
         sock.close()
         yield net_pb2.TcpServerMessage(error=e.errno or errno.ECONNREFUSED)
@@ -112,6 +113,35 @@ async def _one_connection(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     async for reply in _relay_connected(sock, requests, outcome, connect.data_eof):
         yield reply
+
+
+async def _connect(sock: socket.socket, addr: tuple[object, ...]) -> None:
+    """loop.sock_connect, without its loop iteration when the handshake is over by the
+    time connect() returns EINPROGRESS (a nearby remote: the SYN-ACK is often processed
+    within the call); the connect is on the critical path of every relayed connection."""
+    err = sock.connect_ex(addr)
+    if err == 0:
+        return
+    if err not in (errno.EINPROGRESS, errno.EALREADY, errno.EAGAIN, errno.EINTR):
+        raise OSError(err, os.strerror(err))
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    if not poller.poll(0):
+        loop = asyncio.get_running_loop()
+        writable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(sock, ready)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
 
 
 def _recv_now(sock: socket.socket) -> bytes | None:
