@@ -28,6 +28,7 @@ import fcntl
 import os
 import select
 import struct
+import threading
 from dataclasses import dataclass
 
 SYS_SECCOMP = 317
@@ -102,7 +103,10 @@ def take_fd(pid: int, fd: int) -> int:
 
 
 class Listener:
-    """The supervisor's end: read notifications, answer them. One thread only."""
+    """The supervisor's end: read notifications (the tracer thread only) and answer them
+    (any thread: a deferred answer is sent from the asyncio loop thread that computed
+    it, with no hand-over to the tracer thread). Answers after close() are dropped, so
+    a late answer never lands on an fd number reused by something else."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -113,8 +117,8 @@ class Listener:
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self._buf = bytearray(_NOTIF.size)
-        self._resp = bytearray(_RESP.size)
-        self._addfd = bytearray(_ADDFD.size)
+        self._lock = threading.Lock()  # close() vs answers from other threads
+        self.closed = False
 
     def pending(self) -> bool:
         """A notification is waiting. Once no process uses the filter any more the fd
@@ -141,15 +145,20 @@ class Listener:
         a = (args[0], args[1], args[2], args[3], args[4], args[5])
         return Notification(nid, pid, nr, arch, a)
 
-    def _send(self, nid: int, val: int, error: int, flags: int) -> bool:
-        _RESP.pack_into(self._resp, 0, nid, val, error, flags)
-        try:
-            fcntl.ioctl(self.fd, NOTIF_SEND, self._resp, True)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return False  # the thread is gone or was interrupted: nobody to answer
-            raise
+    def _ioctl(self, request: int, arg: bytearray) -> bool:
+        with self._lock:
+            if self.closed:
+                return False  # the run is over: nobody to answer
+            try:
+                fcntl.ioctl(self.fd, request, arg, True)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return False  # the thread is gone or was interrupted
+                raise
         return True
+
+    def _send(self, nid: int, val: int, error: int, flags: int) -> bool:
+        return self._ioctl(NOTIF_SEND, bytearray(_RESP.pack(nid, val, error, flags)))
 
     def answer(self, nid: int, ret: int) -> bool:
         """The syscall returns `ret` (a -errno for errors) without running."""
@@ -165,16 +174,17 @@ class Listener:
         """Install our `fd` as the program's next free fd and return that number as the
         syscall's result, atomically (our fd stays ours: the caller closes it)."""
         flags = os.O_CLOEXEC if cloexec else 0
-        _ADDFD.pack_into(self._addfd, 0, nid, ADDFD_FLAG_SEND, fd, 0, flags)
         try:
-            fcntl.ioctl(self.fd, NOTIF_ADDFD, self._addfd, True)
+            return self._ioctl(
+                NOTIF_ADDFD, bytearray(_ADDFD.pack(nid, ADDFD_FLAG_SEND, fd, 0, flags))
+            )
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
             if exc.errno == errno.EMFILE:
                 return self.answer(nid, -errno.EMFILE)  # the program's fd table is full
             raise
-        return True
 
     def close(self) -> None:
-        os.close(self.fd)
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.fd)

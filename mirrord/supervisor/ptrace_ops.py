@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 from typing import Any
 
 from ptrace.binding import func as _pt
@@ -116,39 +117,55 @@ class MemFiles:
 
     def __init__(self) -> None:
         self._fds: dict[int, int] = {}
+        # Uncontended in use (one thread per instance); it makes close() from the end of
+        # the run safe against a late reader: no fd is closed while it is being read.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def _fd(self, tid: int) -> int:
         fd = self._fds.get(tid)
         if fd is None:
+            if self._closed:
+                raise OSError(errno.ESRCH, "the run is over")
             if len(self._fds) >= self.MAX:
-                self.close()
+                self._drop_all()
             fd = self._fds[tid] = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
         return fd
 
-    def forget(self, tid: int) -> None:
+    def _forget(self, tid: int) -> None:
         fd = self._fds.pop(tid, None)
         if fd is not None:
             os.close(fd)
 
-    def close(self) -> None:
+    def _drop_all(self) -> None:
         for tid in list(self._fds):
-            self.forget(tid)
+            self._forget(tid)
+
+    def forget(self, tid: int) -> None:
+        with self._lock:
+            self._forget(tid)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop_all()
 
     def read_some(self, tid: int, addr: int, size: int) -> bytes:
         """Up to `size` bytes from addr, fewer where the mapping ends; OSError(EFAULT)
         if addr itself is not mapped."""
-        for attempt in (0, 1):
-            try:
-                data = os.pread(self._fd(tid), size, addr)
-            except OSError as exc:
-                if exc.errno in (errno.EIO, errno.EFAULT):
-                    raise OSError(errno.EFAULT, "bad address in the program") from None
-                raise
-            if data or not size:
-                return data
-            self.forget(tid)
-            if attempt:
-                break
+        with self._lock:
+            for attempt in (0, 1):
+                try:
+                    data = os.pread(self._fd(tid), size, addr)
+                except OSError as exc:
+                    if exc.errno in (errno.EIO, errno.EFAULT):
+                        raise OSError(errno.EFAULT, "bad address in the program") from None
+                    raise
+                if data or not size:
+                    return data
+                self._forget(tid)
+                if attempt:
+                    break
         raise OSError(errno.ESRCH, "the thread's memory is gone")
 
     def read(self, tid: int, addr: int, size: int) -> bytes:

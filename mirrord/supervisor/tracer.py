@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,7 +157,10 @@ class Tracer:
         )
         self._wakeup: Wakeup | None = None
         self._listener: Listener | None = None
-        self._notify_answers: collections.deque[tuple[int, int, Defer, Any]] = collections.deque()
+        # Tracee memory for deferred notification answers made on the loop thread (see
+        # _answer_notification): its own fds, never shared with the tracer thread's.
+        self._loop_mem = pt.MemFiles()
+        self._tracer_thread = 0
         # A syscall stop was answered and its thread resumed during this _reap (see
         # SPIN_S): fork/exec/exit events do not come in bursts, syscalls do.
         self._resumed = False
@@ -165,6 +169,7 @@ class Tracer:
 
     def run(self, argv: Sequence[str], env: Mapping[str, str]) -> ExitStatus:
         """Start the program and trace it and its descendants until all have exited."""
+        self._tracer_thread = threading.get_ident()
         rules = self.policy.rules
         prog = build_filter(rules, notify=self.use_notify) if self.use_seccomp else None
         fallback = build_filter(rules, notify=False) if self.use_notify else None
@@ -174,6 +179,7 @@ class Tracer:
         finally:
             self._wakeup.close()
             self.mem.close()
+            self._loop_mem.close()
             if self._listener is not None:
                 self._listener.close()
 
@@ -225,7 +231,7 @@ class Tracer:
                     self._listener = None
             if not (self.tasks or self.held):
                 break
-            if self._answers or self._notify_answers or self._wakeup.wait():
+            if self._answers or self._wakeup.wait():
                 self._answer_deferred()
             else:
                 reap = self._wakeup.maybe_stopped
@@ -498,13 +504,24 @@ class Tracer:
             defer = action
 
             def done(f: concurrent.futures.Future[Any]) -> None:
+                # Answered right here, on the loop thread that finished the work: a
+                # notification may be answered from any thread, and waking the tracer
+                # thread would cost a wake-up plus a wait for the GIL the loop holds.
                 try:
                     result: Any = f.result()
                 except BaseException as exc:  # handed to `then`, which decides
                     result = exc
-                self._notify_answers.append((nid, tid, defer, result))
-                if self._wakeup is not None:
-                    self._wakeup.poke()
+                on_tracer = threading.get_ident() == self._tracer_thread
+                mem = self.mem if on_tracer else self._loop_mem
+                try:
+                    nxt = defer.then(result, _Mem(tid, mem))
+                except Exception:
+                    log.exception("deferred handler failed; the program gets EIO")
+                    nxt = Fake(-errno.EIO)
+                try:
+                    self._answer_notification(listener, nid, tid, nxt)
+                except Exception:
+                    log.exception("answering a deferred syscall failed")
 
             fut.add_done_callback(done)
 
@@ -542,15 +559,6 @@ class Tracer:
         fut.add_done_callback(done)
 
     def _answer_deferred(self) -> None:
-        while self._notify_answers:
-            nid, tid, defer, result = self._notify_answers.popleft()
-            try:
-                nxt = defer.then(result, _Mem(tid, self.mem))
-            except Exception:
-                log.exception("deferred handler failed; the program gets EIO")
-                nxt = Fake(-errno.EIO)
-            if self._listener is not None:
-                self._answer_notification(self._listener, nid, tid, nxt)
         while self._answers:
             tid, action, result, regs, fake_now = self._answers.popleft()
             if tid not in self.tasks:
