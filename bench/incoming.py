@@ -31,15 +31,24 @@ MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 PY = "/usr/bin/python3"
 
 SERVER = """
-import os, signal, sys, http.server
+import os, signal, sys, threading, time, http.server
 served = [0]
-def report(*_):
+def write_count():
     # Under mirrord: how many requests (copies, when mirrored) the local program got.
     if path := os.environ.get("BENCH_COUNT_FILE"):
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             f.write(str(served[0]))
+        os.rename(path + ".tmp", path)
+def report(*_):
+    write_count()
     os._exit(0)
+def keep_writing():
+    while True:
+        time.sleep(0.1)
+        write_count()
 signal.signal(signal.SIGTERM, report)
+if os.environ.get("BENCH_COUNT_FILE"):
+    threading.Thread(target=keep_writing, daemon=True).start()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else header and body writes meet delayed ACKs (40 ms)
@@ -106,6 +115,10 @@ def load(client: Pod, host: str, n: int, keep: bool, watch: tuple[int, ...] = ()
     return result + [(cpu_seconds(pid) - b) / n * 1e6 for pid, b in zip(watch, before, strict=True)]
 
 
+def served(count: Path) -> int:
+    return int(count.read_text()) if count.exists() else -1
+
+
 def rules(target: Pod) -> str:
     return (
         target.run(["iptables-save"]).stdout.decode()
@@ -119,7 +132,8 @@ def under_mirrord(target: Pod, mode: str, tmp: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         ["env", f"BENCH_COUNT_FILE={tmp / mode}.count", MIRRORD, "exec",
          "--target", f"pid/{target.main_pid}", "-f", str(cfg), "--", PY, "-c", SERVER],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=(tmp / f"{mode}.err").open("wb"),
+        start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30
     while f"mirrord:{mode}:8080" not in rules(target):
@@ -155,7 +169,8 @@ def main() -> None:
     n = args.requests
     modes = args.modes.split(",")
     results: dict[str, dict[str, list[float]]] = {}
-    copies: dict[str, int] = {}  # requests the local program served
+    copies: dict[str, int] = {}  # requests the local program served 1 s after the load
+    late: dict[str, int] = {}  # served after that (the program lagged behind)
     with Network() as net, tempfile.TemporaryDirectory() as tmp:
         target = net.add_pod("target", argv=[PY, "-c", SERVER], wait_port=8080)
         client = net.add_pod("client", argv=["/bin/sleep", "3600"])
@@ -177,11 +192,22 @@ def main() -> None:
                     until = time.monotonic() + args.hold
                     while time.monotonic() < until:
                         load(client, target.address, 500, False)
+                count = Path(tmp) / f"{mode}.count"
                 time.sleep(1.0)  # copies still on their way to the local program
+                copies[name] = served(count)
+                # The traced program may lag behind the pod (copies wait in its accept
+                # queue): until it caught up, or made no progress for 2 s.
+                last, since = copies[name], time.monotonic()
+                while last < 100 + 2 * n and time.monotonic() - since < 2.0:
+                    time.sleep(0.1)
+                    if (now := served(count)) != last:
+                        last, since = now, time.monotonic()
             finally:
                 stop(proc)
-            count = Path(tmp) / f"{mode}.count"
-            copies[name] = int(count.read_text()) if count.exists() else -1
+            late[name] = served(count) - copies[name]
+            for line in (Path(tmp) / f"{mode}.err").read_text(errors="replace").splitlines():
+                if line.startswith("mirrord: port"):
+                    print(f"{mode}: {line}")  # the proxy's account of lost connections
     print(f"HTTP/1.1 GET, {n} sequential requests from the client pod to target:8080\n")
     head = f"{'':10}" + "".join(
         f"{label:>34}" for label in ("one keep-alive connection", "a connection per request")
@@ -201,7 +227,10 @@ def main() -> None:
         print(f"{name:18}{row}")
     for name, got in copies.items():
         sent = f"{100 + 2 * n} sent" + (", plus the --hold load" if args.hold else "")
-        print(f"{name}: the local program served {got} requests ({sent})")
+        print(
+            f"{name}: the local program served {got} requests 1 s after the load ({sent}), "
+            f"{got + late[name]} in the end"
+        )
     d = results["direct"]
     if s := results.get("stolen"):
         print(

@@ -75,6 +75,12 @@ class IncomingProxy:
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._unavailable_said = False
+        # Per remote port: connections the agent delivered, and those whose delivery to
+        # the program failed (refused, reset...); said at the end when some were lost.
+        self._delivered_count: dict[int, int] = {}
+        self._failed: dict[int, tuple[int, str]] = {}
+        # Deliveries the program has not answered yet (their remote port, by connection).
+        self._unanswered: dict[IncomingConnection, int] = {}
 
     def delivered(self, proxy_port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
         return self._delivered.get(proxy_port)
@@ -117,9 +123,13 @@ class IncomingProxy:
 
     async def _serve(self, sub: Subscription, target: tuple[int, tuple[str, int]]) -> None:
         async for conn in sub:
-            self._spawn(self._deliver(conn, target))
+            self._delivered_count[sub.port] = self._delivered_count.get(sub.port, 0) + 1
+            self._unanswered[conn] = sub.port
+            self._spawn(self._deliver(conn, target, sub.port))
 
-    async def _deliver(self, conn: IncomingConnection, target: tuple[int, tuple[str, int]]) -> None:
+    async def _deliver(
+        self, conn: IncomingConnection, target: tuple[int, tuple[str, int]], remote_port: int
+    ) -> None:
         loop = asyncio.get_running_loop()
         family, address = target
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -140,7 +150,10 @@ class IncomingProxy:
             await asyncio.gather(self._down(conn, writer), self._up(conn, reader))
         except OSError as e:
             log.debug("delivery of %s to %s failed: %s", conn.remote, address, e)
+            failed, _ = self._failed.get(remote_port, (0, ""))
+            self._failed[remote_port] = (failed + 1, str(e))
         finally:
+            self._unanswered.pop(conn, None)
             self._delivered.pop(port, None)
             if writer is not None:
                 writer.close()
@@ -163,15 +176,19 @@ class IncomingProxy:
         """The program's answers: to the peer when stolen; read and dropped when mirrored
         (the agent would drop them anyway: not sending saves the stream)."""
         steal = conn.mode == "steal"
-        while data := await reader.read(CHUNK):
+        data = await reader.read(CHUNK)
+        self._unanswered.pop(conn, None)
+        while data:
             if steal:
                 await conn.write(data)
+            data = await reader.read(CHUNK)
         if steal:
             with contextlib.suppress(Exception):
                 await conn.write_eof()
 
     async def close(self) -> None:
         """End every subscription (the agent removes their rules) and delivery."""
+        self._say_losses()
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.close()
@@ -181,3 +198,21 @@ class IncomingProxy:
         if tasks:
             with contextlib.suppress(Exception):
                 await asyncio.wait(tasks, timeout=2.0)
+
+    def _say_losses(self) -> None:
+        """Connections the program may not have got: their delivery failed (the program
+        refused or reset it), or it had not answered them yet at the end (mirror: copies
+        the program was behind on, e.g. still in its accept queue; they are cut off).
+        Mirror only: a stolen connection's peer sees for itself what became of it."""
+        if self.settings.mode != "mirror":
+            return
+        unfinished: dict[int, int] = {}
+        for port in self._unanswered.values():
+            unfinished[port] = unfinished.get(port, 0) + 1
+        for port in sorted(self._failed.keys() | unfinished.keys()):
+            failed, last = self._failed.get(port, (0, ""))
+            parts = [f"{failed} failed (last: {last})"] if failed else []
+            if n := unfinished.get(port, 0):
+                parts.append(f"{n} not answered by the program yet at the end")
+            total = self._delivered_count.get(port, 0)
+            _say(f"port {port}: of {total} connections delivered, " + ", ".join(parts))

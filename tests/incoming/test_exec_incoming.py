@@ -96,6 +96,47 @@ def test_mirror_delivers_the_same_bytes(xworld: ExecWorld, programs: dict[str, P
     assert f"RAW {req.encode().hex()} peer={xworld.client.address}:" in log, log
 
 
+# Run in the client pod: argv host port n; n connections at once, each sends one
+# "Connection: close" request for /burst-I, then all answers are read.
+BURST_CLIENT = r"""
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+conns = [socket.create_connection((host, port), timeout=20) for _ in range(n)]
+for i, c in enumerate(conns):
+    c.sendall(b"GET /burst-%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % i)
+for c in conns:
+    while c.recv(65536):
+        pass
+print("DONE")
+"""
+
+
+def test_mirror_copies_of_a_burst_all_reach_the_program(
+    xworld: ExecWorld, programs: dict[str, Path]
+) -> None:
+    # Copies reach the program's listener together (python's http.server listens with a
+    # backlog of 5): none may be lost, whatever the program's backlog.
+    n = 64
+    run = xworld.start(server_argv("python", programs, xworld.tmp), mirror())
+    try:
+        run.wait_subscribed("mirror")
+        argv = ["python3", "-c", BURST_CLIENT, xworld.target.address, str(PORT), str(n)]
+        done = xworld.client.run(argv, timeout=60)
+        assert done.returncode == 0, done.stderr
+        paths = {f"/burst-{i}" for i in range(n)}
+
+        def served() -> set[str]:
+            # Not "REQ GET": the server's threads print their words apart, interleaved.
+            return set(re.findall(r"GET (/burst-\d+) ", run.log()))
+
+        # Generous: a lost copy never comes, a late one (a retransmitted SYN) still counts.
+        wait_until(lambda: served() == paths, timeout=30.0)
+        got = served()
+    finally:
+        run.stop()
+    assert sorted(paths - got) == [], run.log()
+
+
 def test_header_filter_on_one_keepalive_connection(
     xworld: ExecWorld, programs: dict[str, Path]
 ) -> None:

@@ -88,7 +88,7 @@ async def steal(peer: Streams, delivery: Delivery) -> None:
 
 async def mirror(
     peer: Streams, delivery: Delivery, pod: Streams, hand_over: Callable[[], None] = lambda: None
-) -> None:
+) -> bool:
     """Pass the connection through to the pod's server (already connected: the caller
     does that before announcing the copy, so the real traffic waits for nothing of ours)
     unchanged; copy what the peer sends to the client, best effort: a client that cannot
@@ -98,7 +98,9 @@ async def mirror(
     `hand_over` gives the copy to the client. It is called once the pod's server answered
     (or the peer ended, or the copy needs to go: half the queue, HAND_OVER_DELAY), not at
     once: the client's work for the copy (its stream, the program's accept and read on
-    another CPU) then does not compete with the real request on a busy node."""
+    another CPU) then does not compete with the real request on a busy node.
+
+    False: the copy was dropped (the client fell behind)."""
     pod_reader, pod_writer = pod
     copying = True
     handed = False
@@ -156,3 +158,4 @@ async def mirror(
         hand()
         drop.cancel()
         pod_writer.close()
+    return copying

@@ -76,6 +76,9 @@ class Subscription:
         self._spares: list[socket.socket] = []
         self._refill: asyncio.Task[None] | None = None
         self._closed = False
+        # Said when the subscription ends: mirror may drop copies, but not silently.
+        self.connections = 0
+        self.copies_dropped = 0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accepted, sock=self.listener)
@@ -131,6 +134,17 @@ class Subscription:
         self.announce(announcement)
 
     async def close(self) -> None:
+        if not self._closed:
+            level = logging.WARNING if self.copies_dropped else logging.INFO
+            dropped = f", {self.copies_dropped} copies dropped (client too slow)"
+            log.log(
+                level,
+                "port %d (%s): %d connections%s",
+                self.rules.port,
+                self.rules.mode,
+                self.connections,
+                dropped if self.rules.mode == "mirror" else "",
+            )
         self._closed = True
         for waiter in self._idle:
             waiter.cancel()
@@ -184,6 +198,7 @@ class Subscription:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.connections += 1
         deliveries: list[Delivery] = []
         try:
             sock = writer.get_extra_info("socket")
@@ -210,7 +225,8 @@ class Subscription:
                 pod = await open_pod()
                 delivery, hand_over = self._new_delivery(remote, original, now=False)
                 deliveries.append(delivery)
-                await relay.mirror((reader, writer), delivery, pod, hand_over)
+                if not await relay.mirror((reader, writer), delivery, pod, hand_over):
+                    self.copies_dropped += 1
         except (OSError, ConnectionError, EOFError) as e:
             log.info("port %d: connection ended: %s", self.rules.port, e)
         except asyncio.CancelledError:

@@ -39,6 +39,16 @@ log = logging.getLogger("mirrord.supervisor.net.incoming")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
+# The accept queue of a listener that takes the target's traffic, whatever backlog the
+# program asked for (the kernel caps it at net.core.somaxconn). The pod's clients spread
+# their connections over the pod's queue; here they all come from the proxy, mirrored
+# copies in bursts (the pod's server answers faster than the traced program accepts).
+# With python's default of 5, the overflow lost connections for good: SYN cookies the
+# kernel then sends fail once the queue is still full, and the proxy's connection, already
+# "established" with its bytes sent, is reset before the program accepts it (the rest
+# waited out SYN retransmits, 1 s and more).
+DELIVERY_BACKLOG = 4096
+
 
 @dataclass(frozen=True)
 class IncomingPolicy:
@@ -139,12 +149,16 @@ class IncomingHandlers:
                     return Allow()
                 name = sock.getsockname()
                 local = int(name[1])
-                if local not in self.bound or local in self.subscribed:
+                if local not in self.bound:
                     return Allow()
                 family = sock.family
-                sock.listen(max(backlog, 0))  # before the first delivery can arrive
+                # Before the first delivery can arrive; with a deep queue (see
+                # DELIVERY_BACKLOG). Again for a re-listen, which would shrink it.
+                sock.listen(max(backlog, DELIVERY_BACKLOG))
         except OSError:
             return Allow()
+        if local in self.subscribed:
+            return Fake(0)
         ip = ipaddress.ip_address(str(name[0]).split("%")[0]).packed
         requested = self.bound[local]
         self.subscribed.add(local)
