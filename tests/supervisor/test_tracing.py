@@ -140,14 +140,22 @@ def test_io_uring_is_refused_so_programs_fall_back() -> None:
     assert r.stdout.split() == ["-1", "38"]  # ENOSYS
 
 
+def _sleepers() -> list[str]:
+    found = subprocess.run(["pgrep", "-f", "^sleep 37.5$"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
 def test_sigterm_to_mirrord_reaches_the_program() -> None:
-    p = subprocess.Popen([*SUP, "--", "sleep", "30"], stderr=subprocess.PIPE)
-    time.sleep(0.5)
+    p = subprocess.Popen([*SUP, "--", "sleep", "37.5"], stderr=subprocess.PIPE)
+    # Signal only once the program runs (a fixed delay raced a slow start-up under load).
+    deadline = time.monotonic() + 10
+    while not _sleepers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sleepers(), "the program never started"
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=10) == -signal.SIGTERM
     # The program got it (not only mirrord): no sleep is left behind.
-    left = subprocess.run(["pgrep", "-f", "^sleep 30$"], capture_output=True)
-    assert left.returncode == 1
+    assert _sleepers() == []
 
 
 class PtyReader:
