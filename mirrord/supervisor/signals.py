@@ -64,6 +64,10 @@ class SignalForwarder:
             info = signal.sigtimedwait(FORWARDED, 0.5)
             if info is None or self._stop.is_set():
                 continue
+            if info.si_signo not in FORWARDED:
+                # Seen when a debugger (py-spy) ptrace-attaches to mirrord's threads: a
+                # wake-up that names no signal we wait for. Never let it end this thread.
+                continue
             targets = self._targets()
             if not targets:
                 self._no_target(info.si_signo)
