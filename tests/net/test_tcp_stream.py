@@ -4,8 +4,10 @@ when an idle one turns out to be over."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
@@ -32,72 +34,68 @@ def _connect(ip: bytes, port: int, *, pipelined: bool) -> net_pb2.TcpClientMessa
     )
 
 
-async def test_reuse_with_and_without_pipelining(world: World) -> None:
+@contextlib.asynccontextmanager
+async def _agent(world: World) -> AsyncIterator[tuple[AgentClient, Any, bytes]]:
+    """A real agent in this process, a client session on the target, the Tcp method and
+    the service pod's address."""
     server = AgentServer(TOKEN, listen="127.0.0.1:0")
     await server.start()
     try:
         client = await AgentClient.connect(server.address, TOKEN, world.target.main_pid, timeout=10)
         try:
-            method = tcp_method(client.channel)
-            svc = socket.inet_aton(world.service.address)
-            for pipelined in (False, True):
-                call = new_call(method, client.metadata())
-                for _ in range(3):  # the same stream, one connection after the other
-                    await call.write(_connect(svc, 8080, pipelined=pipelined))
-                    first = await call.read()
-                    assert isinstance(first, net_pb2.TcpServerMessage)
-                    assert first.WhichOneof("msg") == "connected"  # never a stray `done`
-                    await call.write(encode_data(CLIENT_DATA_KEY, GET))
-                    await call.write(net_pb2.TcpClientMessage(eof=True))
-                    body, kinds = b"", []
-                    while True:
-                        msg = await call.read()
-                        if isinstance(msg, memoryview):
-                            body += msg
-                            kinds.append("data")
-                            continue
-                        assert isinstance(msg, net_pb2.TcpServerMessage)
-                        kind = msg.WhichOneof("msg")
-                        kinds.append(kind)
-                        body += msg.data
-                        if kind == "done" or (pipelined and (kind == "eof" or msg.then_eof)):
-                            break
-                        assert not msg.then_eof  # only for a client that set data_eof
-                    assert body.endswith(b"service")
-                    if pipelined:
-                        assert "done" not in kinds
-                    else:
-                        assert kinds[-2:] == ["eof", "done"]
-                call.cancel()
+            yield client, tcp_method(client.channel), socket.inet_aton(world.service.address)
         finally:
             await client.close()
     finally:
         await server.stop(grace=1.0)
+
+
+async def test_reuse_with_and_without_pipelining(world: World) -> None:
+    async with _agent(world) as (client, method, svc):
+        for pipelined in (False, True):
+            call = new_call(method, client.metadata())
+            for _ in range(3):  # the same stream, one connection after the other
+                await call.write(_connect(svc, 8080, pipelined=pipelined))
+                first = await call.read()
+                assert isinstance(first, net_pb2.TcpServerMessage)
+                assert first.WhichOneof("msg") == "connected"  # never a stray `done`
+                await call.write(encode_data(CLIENT_DATA_KEY, GET))
+                await call.write(net_pb2.TcpClientMessage(eof=True))
+                body, kinds = b"", []
+                while True:
+                    msg = await call.read()
+                    if isinstance(msg, memoryview):
+                        body += msg
+                        kinds.append("data")
+                        continue
+                    assert isinstance(msg, net_pb2.TcpServerMessage)
+                    kind = msg.WhichOneof("msg")
+                    kinds.append(kind)
+                    body += msg.data
+                    if kind == "done" or (pipelined and (kind == "eof" or msg.then_eof)):
+                        break
+                    assert not msg.then_eof  # only for a client that set data_eof
+                assert body.endswith(b"service")
+                if pipelined:
+                    assert "done" not in kinds
+                else:
+                    assert kinds[-2:] == ["eof", "done"]
+            call.cancel()
 
 
 async def test_an_idle_stream_the_agent_ended_is_replaced(world: World) -> None:
-    server = AgentServer(TOKEN, listen="127.0.0.1:0")
-    await server.start()
-    try:
-        client = await AgentClient.connect(server.address, TOKEN, world.target.main_pid, timeout=10)
-        try:
-            method = tcp_method(client.channel)
-            svc = socket.inet_aton(world.service.address)
-            ended = new_call(method, client.metadata())
-            await ended.write(_connect(svc, 9, pipelined=True))  # refused: the stream ends
-            answer = await ended.read()
-            assert isinstance(answer, net_pb2.TcpServerMessage) and answer.error > 0
-            assert await ended.read() is EOF
-            call, connected = await open_stream(
-                method, client.metadata(), svc, 8080, call=ended, reuse=True
-            )
-            assert call is not ended
-            assert connected.local.port > 0
-            call.cancel()
-        finally:
-            await client.close()
-    finally:
-        await server.stop(grace=1.0)
+    async with _agent(world) as (client, method, svc):
+        ended = new_call(method, client.metadata())
+        await ended.write(_connect(svc, 9, pipelined=True))  # refused: the stream ends
+        answer = await ended.read()
+        assert isinstance(answer, net_pb2.TcpServerMessage) and answer.error > 0
+        assert await ended.read() is EOF
+        call, connected = await open_stream(
+            method, client.metadata(), svc, 8080, call=ended, reuse=True
+        )
+        assert call is not ended
+        assert connected.local.port > 0
+        call.cancel()
 
 
 async def _eof_only() -> AsyncIterator[Request]:
