@@ -507,6 +507,8 @@ class Tracer:
                 # Answered right here, on the loop thread that finished the work: a
                 # notification may be answered from any thread, and waking the tracer
                 # thread would cost a wake-up plus a wait for the GIL the loop holds.
+                if listener.closed:
+                    return  # the run is over (its loop may be cancelling our work)
                 try:
                     result: Any = f.result()
                 except BaseException as exc:  # handed to `then`, which decides

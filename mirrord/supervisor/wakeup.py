@@ -14,6 +14,7 @@ import ctypes
 import os
 import select
 import signal
+import threading
 
 _libc = ctypes.CDLL(None, use_errno=True)
 SFD_NONBLOCK = os.O_NONBLOCK
@@ -39,6 +40,8 @@ class Wakeup:
         self.sigfd: int = fd
         self.evfd: int = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._fds = [self.sigfd, self.evfd]
+        self._lock = threading.Lock()
+        self._closed = False
         self.maybe_stopped = True
 
     def watch(self, fd: int) -> None:
@@ -70,9 +73,14 @@ class Wakeup:
         return poked
 
     def poke(self) -> None:
-        """Wake the tracer thread (from any thread)."""
-        os.eventfd_write(self.evfd, 1)
+        """Wake the tracer thread (from any thread). After close() it does nothing: a
+        late answer must not write to an fd number something else may own by then."""
+        with self._lock:
+            if not self._closed:
+                os.eventfd_write(self.evfd, 1)
 
     def close(self) -> None:
-        os.close(self.sigfd)
-        os.close(self.evfd)
+        with self._lock:
+            self._closed = True
+            os.close(self.sigfd)
+            os.close(self.evfd)

@@ -101,3 +101,32 @@ def test_probe_notify(notify: bool, tmp_path: Path) -> None:
         assert notifications > 1600 and m[3] == "True"  # 8 threads x 200 getppid and more
     else:
         assert notifications == 0 and stops > 1600 and m[3] == "False"
+
+
+KILLED_WHILE_WAITING = r"""
+import ctypes, os, signal, threading, time
+def killer():
+    time.sleep(0.1)
+    # While getpid waits for its deferred answer (the probe fakes getpid: ask /proc).
+    os.kill(int(os.readlink("/proc/self")), signal.SIGKILL)
+threading.Thread(target=killer).start()
+ctypes.CDLL(None).getpid()
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("notify", [True, False], ids=["notifications", "ptrace-fallback"])
+def test_program_killed_while_its_answer_is_deferred(notify: bool, tmp_path: Path) -> None:
+    """The answer comes after the thread is gone: the tracer drops it and ends with the
+    program's own status, nothing raised."""
+    env = {"PATH": "/usr/bin:/bin"}
+    if not notify:
+        env["PROBE_NO_NOTIFY"] = "1"
+    r = subprocess.run(
+        [sys.executable, str(PROBE), str(tmp_path / "unused"), "--", "/usr/bin/python3", "-c",
+         KILLED_WHILE_WAITING],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert r.returncode == 128 + 9, r.stderr
+    assert "not reached" not in r.stdout
+    assert "Traceback" not in r.stderr and "failed" not in r.stderr, r.stderr
