@@ -81,13 +81,12 @@ def borrowed_socket(tid: int, fd: int) -> Iterator[socket.socket | None]:
 class SocketInfo:
     kind: int  # SOCK_STREAM, SOCK_DGRAM…
     family: int
-    nonblocking: bool
 
 
 def info_of(sock: socket.socket) -> SocketInfo:
-    kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-    family = sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
-    return SocketInfo(kind, family, not sock.getblocking())
+    # socket(fileno=) read SO_TYPE and SO_DOMAIN already (a connect's hot path: no
+    # second round of getsockopt).
+    return SocketInfo(int(sock.type), int(sock.family))
 
 
 def socket_info(tid: int, fd: int) -> SocketInfo | None:
