@@ -52,10 +52,7 @@ _RESP = struct.Struct("<QqiI")  # id, val, error, flags
 _ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
 _ZEROS = bytes(_NOTIF.size)
 
-SYS_PIDFD_GETFD = 438
-
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 @dataclass(frozen=True)
@@ -86,20 +83,6 @@ def install_listener_filter(prog: bytes) -> int | None:
         if ctypes.get_errno() not in (errno.EINVAL, errno.EBUSY, errno.ENOSYS):
             raise OSError(ctypes.get_errno(), "installing the seccomp filter")
     return None
-
-
-def take_fd(pid: int, fd: int) -> int:
-    """A copy of process `pid`'s `fd` in our table (close-on-exec), via pidfd_getfd(2)."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        got = int(_libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd),
-                                ctypes.c_long(fd), ctypes.c_long(0)))  # fmt: skip
-        if got < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"pidfd_getfd: {os.strerror(err)}")
-        return got
-    finally:
-        os.close(pidfd)
 
 
 class Listener:

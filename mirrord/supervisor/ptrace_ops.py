@@ -83,7 +83,7 @@ def geteventmsg(tid: int) -> int:
     return int(msg.value)
 
 
-# --- tracee memory: process_vm_readv/writev, one syscall per access -------------------
+# --- tracee memory: reads via /proc/TID/mem (MemFiles), writes via process_vm_writev --
 
 
 class _IoVec(ctypes.Structure):
@@ -91,7 +91,6 @@ class _IoVec(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.process_vm_readv.restype = ctypes.c_ssize_t
 _libc.process_vm_writev.restype = ctypes.c_ssize_t
 _vm_args: list[Any] = [
     ctypes.c_int,
@@ -101,7 +100,6 @@ _vm_args: list[Any] = [
     ctypes.c_ulong,
     ctypes.c_ulong,
 ]
-_libc.process_vm_readv.argtypes = _vm_args
 _libc.process_vm_writev.argtypes = _vm_args
 
 
@@ -174,20 +172,6 @@ class MemFiles:
         if len(data) != size:
             raise OSError(errno.EFAULT, "short read of tracee memory")
         return data
-
-
-def read_mem(tid: int, addr: int, size: int) -> bytes:
-    """Read tracee memory; OSError(EFAULT) when the range is not mapped."""
-    buf = ctypes.create_string_buffer(size)
-    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size)
-    remote = _IoVec(addr, size)
-    n = _libc.process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if n < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    if n != size:
-        raise OSError(14, "short read of tracee memory")
-    return buf.raw
 
 
 def write_mem(tid: int, addr: int, data: bytes) -> None:

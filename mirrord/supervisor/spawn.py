@@ -24,7 +24,8 @@ import struct
 from collections.abc import Mapping, Sequence
 
 from mirrord.supervisor import ptrace_ops
-from mirrord.supervisor.notify import install_listener_filter, take_fd
+from mirrord.supervisor.notify import install_listener_filter
+from mirrord.supervisor.pidfd import take_fd
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22

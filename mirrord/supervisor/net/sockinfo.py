@@ -14,51 +14,18 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-SYS_PIDFD_OPEN = 434
-SYS_PIDFD_GETFD = 438
-PIDFD_THREAD = os.O_EXCL  # Linux 6.9+: a pidfd for a thread, not only a process leader
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _syscall(*args: int) -> int:
-    ret = int(_libc.syscall(*(ctypes.c_long(a) for a in args)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
-
-
-def _tgid(tid: int) -> int:
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Tgid:"):
-                return int(line.split()[1])
-    raise OSError(errno.ESRCH, "no Tgid")
-
-
-def _pidfd(tid: int) -> int:
-    try:
-        return _syscall(SYS_PIDFD_OPEN, tid, PIDFD_THREAD)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOENT):
-            raise
-    return _syscall(SYS_PIDFD_OPEN, _tgid(tid), 0)  # older kernels: the process leader
+from mirrord.supervisor.pidfd import take_fd
 
 
 def borrow(tid: int, fd: int) -> socket.socket | None:
     """The tracee's fd as a socket object of ours (the caller closes it), or None if it
     is not a socket. Never change its O_NONBLOCK flag: the program shares it."""
-    pidfd = _pidfd(tid)
     try:
-        dup = _syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        dup = take_fd(tid, fd)
     except OSError as e:
         if e.errno == errno.EBADF:
             return None
         raise
-    finally:
-        os.close(pidfd)
     try:
         return socket.socket(fileno=dup)
     except OSError:
@@ -95,6 +62,7 @@ def socket_info(tid: int, fd: int) -> SocketInfo | None:
 
 
 _SOCKADDR_STORAGE = 128
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def raw_name(sock: socket.socket, peer: bool) -> bytes:
