@@ -167,17 +167,23 @@ class NetHandlers:
                 if e.errno != errno.ECONNREFUSED:
                     raise
                 port, note = self.redirector.refused_port(dest.family), False
-            ip = socket.inet_ntop(sock.family, self.redirector.interceptor_ip(dest.family))
             # Loopback to a listening socket: the handshake completes within the call, so
             # even a blocking socket does not hold the loop up.
-            err = sock.connect_ex((ip, port))
-            if note and err in (0, errno.EINPROGRESS):
-                name = sock.getsockname()
-                if isinstance(name, tuple):
-                    self.redirector.note_local(self._kind(dest), int(name[1]), port)
-            return -err
+            return self._connect_dup(sock, dest, port, note)
         finally:
             sock.close()  # our duplicate only
+
+    def _connect_dup(self, sock: socket.socket, dest: Destination, port: int, note: bool) -> int:
+        """Connect the program's socket (our duplicate) to the interceptor's port; note
+        which interceptor its local port talks to (getpeername/recvfrom look it up).
+        -errno or 0, as connect(2) returns it."""
+        ip = socket.inet_ntop(sock.family, self.redirector.interceptor_ip(dest.family))
+        err = sock.connect_ex((ip, port))
+        if note and err in (0, errno.EINPROGRESS):
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                self.redirector.note_local(self._kind(dest), int(name[1]), port)
+        return -err
 
     def _connect_udp(self, sock: socket.socket, dest: Destination) -> Action:
         """Connect the program's UDP socket (our duplicate `sock`, closed here) to the
@@ -185,13 +191,7 @@ class NetHandlers:
 
         def finish(port: int) -> Action:
             try:
-                ip = socket.inet_ntop(sock.family, self.redirector.interceptor_ip(dest.family))
-                err = sock.connect_ex((ip, port))
-                if err == 0:
-                    name = sock.getsockname()
-                    if isinstance(name, tuple):
-                        self.redirector.note_local(self._kind(dest), int(name[1]), port)
-                return Fake(-err)
+                return Fake(self._connect_dup(sock, dest, port, note=True))
             finally:
                 sock.close()
 
