@@ -6,10 +6,12 @@ handlers), so each feature adds one block here and run.py stays unchanged.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from mirrord.client import AgentClient
 from mirrord.config import MirrordConfig
+from mirrord.loopback_id import shares_loopback
 from mirrord.net_config import outgoing_rules
 from mirrord.supervisor import Feature
 
@@ -30,7 +32,14 @@ async def build_features(config: MirrordConfig, client: AgentClient) -> tuple[Fe
         from mirrord.proxy import NetProxy
         from mirrord.supervisor.net import OutgoingRules, network_feature, resolve_filter_names
 
+        # On the agent's own loopback (a local agent), connections skip the stream:
+        # MIRRORD_NO_DIRECT=1 keeps them on it (tests of that path, diagnosis).
+        direct = os.environ.get("MIRRORD_NO_DIRECT") != "1" and shares_loopback(
+            client.hello.loopback_id
+        )
         proxy = NetProxy(client.channel, client.metadata())
+        if direct:
+            await proxy.use_direct()
         if rules is None:  # incoming only: every connect stays local
             rules = OutgoingRules.build(tcp=False, udp=False, dns_enabled=False)
         rules = await resolve_filter_names(rules, proxy.resolve)

@@ -14,6 +14,7 @@ import mirrord
 from mirrord.agent.namespaces import NamespaceError, NamespaceWorker
 from mirrord.agent.session import AgentSession, SessionRegistry
 from mirrord.agent.target import ProcessWatch, TargetError, read_environ, resolve_target
+from mirrord.loopback_id import loopback_id
 from mirrord.protocol_version import PROTOCOL_MAJOR, PROTOCOL_MINOR, version_string
 from mirrord.v1 import agent_pb2, agent_pb2_grpc
 
@@ -126,6 +127,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                     target_pid=pid or 0,
                     hostname=entered.hostname,
                     net_ns_inode=entered.net_ns_inode,
+                    loopback_id=loopback_id(),  # this loop thread's: where it listens
                 )
             )
             while True:

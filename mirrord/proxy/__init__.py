@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import grpc.aio
 
+from mirrord.proxy.direct import DirectConnector
 from mirrord.proxy.relay import open_stream, relay, reset, tcp_method
 from mirrord.proxy.udp import UdpInterceptor
 from mirrord.supervisor.net import Destination
@@ -82,6 +83,11 @@ def _ipv6_loopback_usable() -> bool:
 class NetProxy:
     def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
         self.stub = net_pb2_grpc.NetStub(channel)
+        # Set by use_direct() when the agent shares our loopback (proxy/direct.py), with
+        # what direct connections stand for, by the program socket's (kind, local port).
+        self._direct: DirectConnector | None = None
+        self._direct_peers: dict[tuple[str, int], bytes] = {}
+        self._direct_locals: dict[tuple[str, int], tuple[bytes, int]] = {}
         self.tcp = tcp_method(channel)
         self.metadata = metadata
         # AF_INET6 sockets go to ::1, or to the v4 interceptors (v4-mapped) without IPv6.
@@ -112,7 +118,37 @@ class NetProxy:
         self._unix_names = itertools.count()
         raise_fd_limit()
 
+    async def use_direct(self) -> None:
+        """Connect program sockets straight to the agent (it shares our loopback: see
+        HelloReply.loopback_id). An agent without `Net.Direct` leaves the stream path."""
+        try:
+            reply = await self.stub.Direct(
+                net_pb2.DirectRequest(), metadata=self.metadata, timeout=10.0
+            )
+        except grpc.aio.AioRpcError as e:
+            log.debug("no direct connections: %s", e.code().name)
+            return
+        if reply.v4_port or reply.v6_port:
+            self._direct = DirectConnector(reply.v4_port, reply.v6_port, reply.secret)
+
     # --- Redirector --------------------------------------------------------------------
+
+    async def connect_direct(self, sock: socket.socket, dest: Destination) -> bool:
+        if self._direct is None:
+            return False
+        kind = self._bind(dest.family)[0]
+        port = self._direct.port(kind)
+        if not port or self._closed:
+            return False
+        ip = socket.inet_ntop(sock.family, self.interceptor_ip(dest.family))
+        reply = await self._direct.connect(sock, (ip, port), dest.ip, dest.port)
+        # Keyed by the program socket's own port: every direct connection has the same
+        # peer. An entry stays until that port is used again (bounded by the port range);
+        # lookups check that the peer is the agent's listener.
+        local_port = int(sock.getsockname()[1])
+        self._direct_peers[(kind, local_port)] = dest.raw
+        self._direct_locals[(kind, local_port)] = (reply.ip, reply.port)
+        return True
 
     def interceptor_ip(self, family: int) -> bytes:
         if family == socket.AF_INET:
@@ -284,13 +320,22 @@ class NetProxy:
             self._peers[(kind, icpt.local_port)] = dest.raw
         return icpt.local_port
 
-    def original(self, kind: str, port: int) -> bytes | None:
+    def _is_direct(self, kind: str, port: int) -> bool:
+        return self._direct is not None and port == self._direct.port(kind)
+
+    def original(self, kind: str, port: int, local_port: int | None = None) -> bytes | None:
+        if self._is_direct(kind, port):
+            return self._direct_peers.get((kind, local_port)) if local_port else None
         return self._peers.get((kind, port))
 
     def note_local(self, kind: str, local_port: int, interceptor_port: int) -> None:
         self._locals[(kind, local_port)] = (kind, interceptor_port)
 
-    def pod_local(self, kind: str, local_port: int) -> tuple[bytes, int] | None:
+    def pod_local(
+        self, kind: str, local_port: int, peer_port: int | None = None
+    ) -> tuple[bytes, int] | None:
+        if peer_port is not None and self._is_direct(kind, peer_port):
+            return self._direct_locals.get((kind, local_port))
         icpt = self._locals.get((kind, local_port))
         if icpt is None:
             return None

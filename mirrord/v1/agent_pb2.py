@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mirrord/v1/agent.proto\x12\nmirrord.v1\"/\n\x0fProtocolVersion\x12\r\n\x05major\x18\x01 \x01(\r\x12\r\n\x05minor\x18\x02 \x01(\r\"7\n\x06Target\x12\r\n\x03pid\x18\x01 \x01(\rH\x00\x12\x16\n\x0c\x63ontainer_id\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\x8b\x01\n\x05Hello\x12-\n\x08protocol\x18\x01 \x01(\x0b\x32\x1b.mirrord.v1.ProtocolVersion\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\x12\"\n\x06target\x18\x03 \x01(\x0b\x32\x12.mirrord.v1.Target\x12\x17\n\x0fping_timeout_ms\x18\x04 \x01(\r\"\xa2\x01\n\nHelloReply\x12-\n\x08protocol\x18\x01 \x01(\x0b\x32\x1b.mirrord.v1.ProtocolVersion\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x12\n\ntarget_pid\x18\x04 \x01(\r\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x14\n\x0cnet_ns_inode\x18\x06 \x01(\x04\"\x13\n\x04Ping\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x13\n\x04Pong\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x15\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"|\n\rClientMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.mirrord.v1.HelloH\x00\x12 \n\x04ping\x18\x02 \x01(\x0b\x32\x10.mirrord.v1.PingH\x00\x12\x1e\n\x03\x62ye\x18\x03 \x01(\x0b\x32\x0f.mirrord.v1.ByeH\x00\x42\x05\n\x03msg\"\x80\x01\n\x0c\x41gentMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.mirrord.v1.HelloReplyH\x00\x12 \n\x04pong\x18\x02 \x01(\x0b\x32\x10.mirrord.v1.PongH\x00\x12\x1e\n\x03\x62ye\x18\x03 \x01(\x0b\x32\x0f.mirrord.v1.ByeH\x00\x42\x05\n\x03msg\"\x0f\n\rGetEnvRequest\"/\n\x0bGetEnvReply\x12 \n\x04vars\x18\x01 \x03(\x0b\x32\x12.mirrord.v1.EnvVar\"%\n\x06\x45nvVar\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t2\x89\x01\n\x05\x41gent\x12\x42\n\x07Session\x12\x19.mirrord.v1.ClientMessage\x1a\x18.mirrord.v1.AgentMessage(\x01\x30\x01\x12<\n\x06GetEnv\x12\x19.mirrord.v1.GetEnvRequest\x1a\x17.mirrord.v1.GetEnvReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mirrord/v1/agent.proto\x12\nmirrord.v1\"/\n\x0fProtocolVersion\x12\r\n\x05major\x18\x01 \x01(\r\x12\r\n\x05minor\x18\x02 \x01(\r\"7\n\x06Target\x12\r\n\x03pid\x18\x01 \x01(\rH\x00\x12\x16\n\x0c\x63ontainer_id\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\x8b\x01\n\x05Hello\x12-\n\x08protocol\x18\x01 \x01(\x0b\x32\x1b.mirrord.v1.ProtocolVersion\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\x12\"\n\x06target\x18\x03 \x01(\x0b\x32\x12.mirrord.v1.Target\x12\x17\n\x0fping_timeout_ms\x18\x04 \x01(\r\"\xb7\x01\n\nHelloReply\x12-\n\x08protocol\x18\x01 \x01(\x0b\x32\x1b.mirrord.v1.ProtocolVersion\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x12\n\ntarget_pid\x18\x04 \x01(\r\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x14\n\x0cnet_ns_inode\x18\x06 \x01(\x04\x12\x13\n\x0bloopback_id\x18\x07 \x01(\t\"\x13\n\x04Ping\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x13\n\x04Pong\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x15\n\x03\x42ye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"|\n\rClientMessage\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.mirrord.v1.HelloH\x00\x12 \n\x04ping\x18\x02 \x01(\x0b\x32\x10.mirrord.v1.PingH\x00\x12\x1e\n\x03\x62ye\x18\x03 \x01(\x0b\x32\x0f.mirrord.v1.ByeH\x00\x42\x05\n\x03msg\"\x80\x01\n\x0c\x41gentMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.mirrord.v1.HelloReplyH\x00\x12 \n\x04pong\x18\x02 \x01(\x0b\x32\x10.mirrord.v1.PongH\x00\x12\x1e\n\x03\x62ye\x18\x03 \x01(\x0b\x32\x0f.mirrord.v1.ByeH\x00\x42\x05\n\x03msg\"\x0f\n\rGetEnvRequest\"/\n\x0bGetEnvReply\x12 \n\x04vars\x18\x01 \x03(\x0b\x32\x12.mirrord.v1.EnvVar\"%\n\x06\x45nvVar\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t2\x89\x01\n\x05\x41gent\x12\x42\n\x07Session\x12\x19.mirrord.v1.ClientMessage\x1a\x18.mirrord.v1.AgentMessage(\x01\x30\x01\x12<\n\x06GetEnv\x12\x19.mirrord.v1.GetEnvRequest\x1a\x17.mirrord.v1.GetEnvReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HELLO']._serialized_start=145
   _globals['_HELLO']._serialized_end=284
   _globals['_HELLOREPLY']._serialized_start=287
-  _globals['_HELLOREPLY']._serialized_end=449
-  _globals['_PING']._serialized_start=451
-  _globals['_PING']._serialized_end=470
-  _globals['_PONG']._serialized_start=472
-  _globals['_PONG']._serialized_end=491
-  _globals['_BYE']._serialized_start=493
-  _globals['_BYE']._serialized_end=514
-  _globals['_CLIENTMESSAGE']._serialized_start=516
-  _globals['_CLIENTMESSAGE']._serialized_end=640
-  _globals['_AGENTMESSAGE']._serialized_start=643
-  _globals['_AGENTMESSAGE']._serialized_end=771
-  _globals['_GETENVREQUEST']._serialized_start=773
-  _globals['_GETENVREQUEST']._serialized_end=788
-  _globals['_GETENVREPLY']._serialized_start=790
-  _globals['_GETENVREPLY']._serialized_end=837
-  _globals['_ENVVAR']._serialized_start=839
-  _globals['_ENVVAR']._serialized_end=876
-  _globals['_AGENT']._serialized_start=879
-  _globals['_AGENT']._serialized_end=1016
+  _globals['_HELLOREPLY']._serialized_end=470
+  _globals['_PING']._serialized_start=472
+  _globals['_PING']._serialized_end=491
+  _globals['_PONG']._serialized_start=493
+  _globals['_PONG']._serialized_end=512
+  _globals['_BYE']._serialized_start=514
+  _globals['_BYE']._serialized_end=535
+  _globals['_CLIENTMESSAGE']._serialized_start=537
+  _globals['_CLIENTMESSAGE']._serialized_end=661
+  _globals['_AGENTMESSAGE']._serialized_start=664
+  _globals['_AGENTMESSAGE']._serialized_end=792
+  _globals['_GETENVREQUEST']._serialized_start=794
+  _globals['_GETENVREQUEST']._serialized_end=809
+  _globals['_GETENVREPLY']._serialized_start=811
+  _globals['_GETENVREPLY']._serialized_end=858
+  _globals['_ENVVAR']._serialized_start=860
+  _globals['_ENVVAR']._serialized_end=897
+  _globals['_AGENT']._serialized_start=900
+  _globals['_AGENT']._serialized_end=1037
 # @@protoc_insertion_point(module_scope)

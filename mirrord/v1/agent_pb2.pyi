@@ -117,6 +117,7 @@ class HelloReply(_message.Message):
     TARGET_PID_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     NET_NS_INODE_FIELD_NUMBER: _builtins.int
+    LOOPBACK_ID_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     session_id: _builtins.str
     target_pid: _builtins.int
@@ -125,6 +126,10 @@ class HelloReply(_message.Message):
     """the target's UTS hostname"""
     net_ns_inode: _builtins.int
     """inode of the network namespace the agent entered"""
+    loopback_id: _builtins.str
+    """The agent's own network namespace (boot id and namespace inode, where it listens): a
+    client with the same one reaches the agent's loopback (TcpConnect.direct).
+    """
     @_builtins.property
     def protocol(self) -> Global___ProtocolVersion: ...
     def __init__(
@@ -136,10 +141,11 @@ class HelloReply(_message.Message):
         target_pid: _builtins.int = ...,
         hostname: _builtins.str = ...,
         net_ns_inode: _builtins.int = ...,
+        loopback_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["protocol", b"protocol"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "hostname", b"hostname", "net_ns_inode", b"net_ns_inode", "protocol", b"protocol", "session_id", b"session_id", "target_pid", b"target_pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "hostname", b"hostname", "loopback_id", b"loopback_id", "net_ns_inode", b"net_ns_inode", "protocol", b"protocol", "session_id", b"session_id", "target_pid", b"target_pid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

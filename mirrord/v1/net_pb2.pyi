@@ -317,3 +317,48 @@ class ResolveReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveReply: _TypeAlias = ResolveReply  # noqa: Y015
+
+@_typing.final
+class DirectRequest(_message.Message):
+    """--- TCP without a stream, on a shared loopback ---------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectRequest: _TypeAlias = DirectRequest  # noqa: Y015
+
+@_typing.final
+class DirectReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    V4_PORT_FIELD_NUMBER: _builtins.int
+    V6_PORT_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    v4_port: _builtins.int
+    """the agent's listener on 127.0.0.1 (0: none)"""
+    v6_port: _builtins.int
+    """on ::1 (0: none)"""
+    secret: _builtins.bytes
+    """this session's: first bytes of every connection to them"""
+    def __init__(
+        self,
+        *,
+        v4_port: _builtins.int = ...,
+        v6_port: _builtins.int = ...,
+        secret: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret", "v4_port", b"v4_port", "v6_port", b"v6_port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirectReply: _TypeAlias = DirectReply  # noqa: Y015

@@ -49,6 +49,11 @@ class NetStub:
                 request_serializer=mirrord_dot_v1_dot_net__pb2.ResolveRequest.SerializeToString,
                 response_deserializer=mirrord_dot_v1_dot_net__pb2.ResolveReply.FromString,
                 _registered_method=True)
+        self.Direct = channel.unary_unary(
+                '/mirrord.v1.Net/Direct',
+                request_serializer=mirrord_dot_v1_dot_net__pb2.DirectRequest.SerializeToString,
+                response_deserializer=mirrord_dot_v1_dot_net__pb2.DirectReply.FromString,
+                _registered_method=True)
 
 
 class NetServicer:
@@ -72,6 +77,15 @@ class NetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Direct(self, request, context):
+        """For a client on the agent's own loopback (HelloReply.loopback_id): where to connect
+        program sockets so that the agent relays them without the Tcp stream (wire format in
+        mirrord/directwire.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +103,11 @@ def add_NetServicer_to_server(servicer, server):
                     servicer.Resolve,
                     request_deserializer=mirrord_dot_v1_dot_net__pb2.ResolveRequest.FromString,
                     response_serializer=mirrord_dot_v1_dot_net__pb2.ResolveReply.SerializeToString,
+            ),
+            'Direct': grpc.unary_unary_rpc_method_handler(
+                    servicer.Direct,
+                    request_deserializer=mirrord_dot_v1_dot_net__pb2.DirectRequest.FromString,
+                    response_serializer=mirrord_dot_v1_dot_net__pb2.DirectReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +191,33 @@ class Net:
             '/mirrord.v1.Net/Resolve',
             mirrord_dot_v1_dot_net__pb2.ResolveRequest.SerializeToString,
             mirrord_dot_v1_dot_net__pb2.ResolveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Direct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mirrord.v1.Net/Direct',
+            mirrord_dot_v1_dot_net__pb2.DirectRequest.SerializeToString,
+            mirrord_dot_v1_dot_net__pb2.DirectReply.FromString,
             options,
             channel_credentials,
             insecure,

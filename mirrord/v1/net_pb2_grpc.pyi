@@ -40,6 +40,11 @@ class NetStub:
     Tcp: _grpc.StreamStreamMultiCallable[_net_pb2.TcpClientMessage, _net_pb2.TcpServerMessage]
     Udp: _grpc.StreamStreamMultiCallable[_net_pb2.UdpClientMessage, _net_pb2.UdpServerMessage]
     Resolve: _grpc.UnaryUnaryMultiCallable[_net_pb2.ResolveRequest, _net_pb2.ResolveReply]
+    Direct: _grpc.UnaryUnaryMultiCallable[_net_pb2.DirectRequest, _net_pb2.DirectReply]
+    """For a client on the agent's own loopback (HelloReply.loopback_id): where to connect
+    program sockets so that the agent relays them without the Tcp stream (wire format in
+    mirrord/directwire.py).
+    """
 
 @_typing.type_check_only
 class NetAsyncStub(NetStub):
@@ -47,6 +52,11 @@ class NetAsyncStub(NetStub):
     Tcp: _aio.StreamStreamMultiCallable[_net_pb2.TcpClientMessage, _net_pb2.TcpServerMessage]  # type: ignore[assignment]
     Udp: _aio.StreamStreamMultiCallable[_net_pb2.UdpClientMessage, _net_pb2.UdpServerMessage]  # type: ignore[assignment]
     Resolve: _aio.UnaryUnaryMultiCallable[_net_pb2.ResolveRequest, _net_pb2.ResolveReply]  # type: ignore[assignment]
+    Direct: _aio.UnaryUnaryMultiCallable[_net_pb2.DirectRequest, _net_pb2.DirectReply]  # type: ignore[assignment]
+    """For a client on the agent's own loopback (HelloReply.loopback_id): where to connect
+    program sockets so that the agent relays them without the Tcp stream (wire format in
+    mirrord/directwire.py).
+    """
 
 class NetServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -69,5 +79,16 @@ class NetServicer(metaclass=_abc_1.ABCMeta):
         request: _net_pb2.ResolveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_net_pb2.ResolveReply, _abc.Awaitable[_net_pb2.ResolveReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Direct(
+        self,
+        request: _net_pb2.DirectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_net_pb2.DirectReply, _abc.Awaitable[_net_pb2.DirectReply]]:
+        """For a client on the agent's own loopback (HelloReply.loopback_id): where to connect
+        program sockets so that the agent relays them without the Tcp stream (wire format in
+        mirrord/directwire.py).
+        """
 
 def add_NetServicer_to_server(servicer: NetServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

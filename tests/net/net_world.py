@@ -14,17 +14,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mirrord.agent.server import AgentServer
+from mirrord.client import AgentClient
+from mirrord.proxy.relay import tcp_method
 from mirrord.testpod import Network, Pod
 from mirrord.testpod.pod import http_server_argv
 
@@ -110,3 +116,37 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         shutil.copy(root / "hosts", files_dir / "hosts")
         yield World(net, target, service, files_dir)
+
+
+@contextlib.asynccontextmanager
+async def inprocess_agent(world: World) -> AsyncIterator[tuple[AgentClient, Any, bytes]]:
+    """A real agent in this process, a client session on the target, the Tcp method and
+    the service pod's address."""
+    token = "test-token-inprocess"
+    server = AgentServer(token, listen="127.0.0.1:0")
+    await server.start()
+    try:
+        client = await AgentClient.connect(server.address, token, world.target.main_pid, timeout=10)
+        try:
+            yield client, tcp_method(client.channel), socket.inet_aton(world.service.address)
+        finally:
+            await client.close()
+    finally:
+        await server.stop(grace=1.0)
+
+
+def relay_env(stream: bool) -> dict[str, str] | None:
+    """The environment of a `mirrord exec` whose TCP connections go over the agent's Tcp
+    streams (stream=True) instead of straight to the local agent (the default here)."""
+    return {**os.environ, "MIRRORD_NO_DIRECT": "1"} if stream else None
+
+
+def agent_of(mirrord_pid: int) -> int:
+    for _ in range(100):
+        for task in os.listdir(f"/proc/{mirrord_pid}/task"):
+            children = Path(f"/proc/{mirrord_pid}/task/{task}/children").read_text().split()
+            for child in children:
+                if b"mirrord.agent" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+        time.sleep(0.05)
+    raise AssertionError("no agent process found")

@@ -12,11 +12,10 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.net.net_world import MIRRORD, World
+from tests.net.net_world import MIRRORD, World, agent_of, relay_env
 
 PY = "/usr/bin/python3"
 POD_LO_PORT = 18081
@@ -154,18 +153,8 @@ def test_port_forward(world: World) -> None:
     assert proc.returncode == 0
 
 
-def _agent_of(mirrord_pid: int) -> int:
-    for _ in range(100):
-        for task in os.listdir(f"/proc/{mirrord_pid}/task"):
-            children = Path(f"/proc/{mirrord_pid}/task/{task}/children").read_text().split()
-            for child in children:
-                if b"mirrord.agent" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    return int(child)
-        time.sleep(0.05)
-    raise AssertionError("no agent process found")
-
-
-def test_agent_gone_mid_connection(world: World, tmp_path: object) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_agent_gone_mid_connection(world: World, tmp_path: object, stream: bool) -> None:
     code = f"""
         import signal, socket, sys
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # mirrord stops us after the loss
@@ -179,12 +168,17 @@ def test_agent_gone_mid_connection(world: World, tmp_path: object) -> None:
     """
     args = [MIRRORD, "exec", "--target", f"pid/{world.target.main_pid}", "--", *py(code)]
     proc = subprocess.Popen(
-        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=relay_env(stream),
     )
     try:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline().strip() == "ready"
-        os.kill(_agent_of(proc.pid), signal.SIGKILL)
+        os.kill(agent_of(proc.pid), signal.SIGKILL)
         time.sleep(0.5)
         proc.stdin.write("go\n")
         proc.stdin.flush()

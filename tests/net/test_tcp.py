@@ -3,13 +3,14 @@ connect, concurrency, forked children, getpeername/getsockname."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.net.net_world import World
+from tests.net.net_world import MIRRORD, World, agent_of, relay_env
 
 PY = "/usr/bin/python3"
 
@@ -52,7 +53,8 @@ def test_clients_fetch_from_the_service(
         assert f"peer={world.service.address}:8080" in r.stdout
 
 
-def test_python_asyncio_and_addresses(world: World) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_python_asyncio_and_addresses(world: World, stream: bool) -> None:
     svc = world.service.address
     r = world.mirrord(
         py(f"""
@@ -68,7 +70,8 @@ def test_python_asyncio_and_addresses(world: World) -> None:
         print('sock', s.getsockname()[0])
         d = os.dup(s.fileno())
         print('dup', socket.socket(fileno=d).getpeername())
-    """)
+    """),
+        env=relay_env(stream),
     )
     assert r.returncode == 0, r.stderr
     assert "asyncio service" in r.stdout
@@ -77,7 +80,8 @@ def test_python_asyncio_and_addresses(world: World) -> None:
     assert f"dup ('{svc}', 8080)" in r.stdout
 
 
-def test_ipv6_socket_with_v4_mapped_address(world: World) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_ipv6_socket_with_v4_mapped_address(world: World, stream: bool) -> None:
     svc = world.service.address
     r = world.mirrord(
         py(f"""
@@ -86,14 +90,16 @@ def test_ipv6_socket_with_v4_mapped_address(world: World) -> None:
         s.connect(('::ffff:{svc}', 8080))
         s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')
         print(s.getpeername()[:2]); print(s.makefile('rb').read().split(b'\\r\\n\\r\\n')[1])
-    """)
+    """),
+        env=relay_env(stream),
     )
     assert r.returncode == 0, r.stderr
     assert f"('::ffff:{svc}', 8080)" in r.stdout
     assert "b'service'" in r.stdout
 
 
-def test_errors_are_the_pods(world: World) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_errors_are_the_pods(world: World, stream: bool) -> None:
     svc = world.service.address
     prefix = svc.rsplit(".", 1)[0]
     # Refused: nothing on port 9 in the service pod. Network unreachable: pods have no
@@ -108,6 +114,7 @@ def test_errors_are_the_pods(world: World) -> None:
                 print(addr[0], e.errno)
     """),
         timeout=90,
+        env=relay_env(stream),
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -137,7 +144,8 @@ def test_timeout_is_the_pods(world: World) -> None:
     assert "errno 110" in r.stdout  # ETIMEDOUT
 
 
-def test_non_blocking_connect(world: World) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_non_blocking_connect(world: World, stream: bool) -> None:
     # A pod-side refusal reaches a non-blocking socket as the kernel reports it: connect()
     # says EINPROGRESS, the socket becomes writable, SO_ERROR says ECONNREFUSED.
     svc = world.service.address
@@ -159,7 +167,8 @@ def test_non_blocking_connect(world: World) -> None:
             else:
                 try: s.getpeername()
                 except OSError as e: print(port, 'getpeername', e.errno)
-    """)
+    """),
+        env=relay_env(stream),
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -252,3 +261,44 @@ def test_sequential_connections_with_mixed_endings(world: World) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["service", "service", "service", "111"] * 3
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_who_relays_the_programs_connection(world: World, stream: bool) -> None:
+    """With the agent on this machine, the program's socket is connected to the agent
+    itself (no relay in mirrord); with MIRRORD_NO_DIRECT=1, to mirrord's interceptor."""
+    code = f"""
+        import os, socket, sys
+        s = socket.create_connection(('{world.service.address}', 8080))
+        print('ready', os.getpid(), flush=True)
+        sys.stdin.readline()
+    """
+    args = [MIRRORD, "exec", "--target", f"pid/{world.target.main_pid}", "--", *py(code)]
+    proc = subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=relay_env(stream)
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        ready, pid = proc.stdout.readline().split()
+        assert ready == "ready"
+        program = int(pid)
+        table = subprocess.run(
+            ["ss", "-Htnp", "state", "established"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        owners = {}  # (local, peer) -> pid
+        for line in table:
+            fields = line.split()
+            found = re.search(r"pid=(\d+)", line)
+            if found:
+                owners[(fields[2], fields[3])] = int(found.group(1))
+        ours = [ends for ends, pid in owners.items() if pid == program]
+        assert len(ours) == 1, table
+        local, peer = ours[0]
+        relay = owners.get((peer, local))  # the other end of the program's socket
+        assert relay == (proc.pid if stream else agent_of(proc.pid)), table
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -4,22 +4,17 @@ when an idle one turns out to be over."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 from mirrord.agent.net.tcp import Reply, Request, _Outcome, _relay_connected
-from mirrord.agent.server import AgentServer
-from mirrord.client import AgentClient
 from mirrord.netwire import CLIENT_DATA_KEY, SERVER_DATA_KEY, deserialize_server, encode_data
-from mirrord.proxy.relay import new_call, open_stream, tcp_method
+from mirrord.proxy.relay import new_call, open_stream
 from mirrord.v1 import net_pb2
-from tests.net.net_world import World
+from tests.net.net_world import World, inprocess_agent
 
-TOKEN = "test-token-tcp-stream"
 GET = b"GET / HTTP/1.0\r\n\r\n"
 
 
@@ -34,24 +29,8 @@ def _connect(ip: bytes, port: int, *, pipelined: bool) -> net_pb2.TcpClientMessa
     )
 
 
-@contextlib.asynccontextmanager
-async def _agent(world: World) -> AsyncIterator[tuple[AgentClient, Any, bytes]]:
-    """A real agent in this process, a client session on the target, the Tcp method and
-    the service pod's address."""
-    server = AgentServer(TOKEN, listen="127.0.0.1:0")
-    await server.start()
-    try:
-        client = await AgentClient.connect(server.address, TOKEN, world.target.main_pid, timeout=10)
-        try:
-            yield client, tcp_method(client.channel), socket.inet_aton(world.service.address)
-        finally:
-            await client.close()
-    finally:
-        await server.stop(grace=1.0)
-
-
 async def test_reuse_with_and_without_pipelining(world: World) -> None:
-    async with _agent(world) as (client, method, svc):
+    async with inprocess_agent(world) as (client, method, svc):
         for pipelined in (False, True):
             call = new_call(method, client.metadata())
             for _ in range(3):  # the same stream, one connection after the other
@@ -84,7 +63,7 @@ async def test_reuse_with_and_without_pipelining(world: World) -> None:
 
 
 async def test_an_idle_stream_the_agent_ended_is_replaced(world: World) -> None:
-    async with _agent(world) as (client, method, svc):
+    async with inprocess_agent(world) as (client, method, svc):
         ended = new_call(method, client.metadata())
         await ended.write(_connect(svc, 9, pipelined=True))  # refused: the stream ends
         answer = await ended.read()

@@ -64,3 +64,37 @@ def test_dns_filter_and_unix_streams_rules() -> None:
     assert not unix.unix_remote("/tmp/x.socket")
     with pytest.raises(ValueError, match="unix_streams"):
         OutgoingRules.build(unix_streams=["("])
+
+
+def test_direct_request_and_reply_round_trip() -> None:
+    from mirrord import directwire as dw
+
+    for ip in (b"\x0a\x00\x00\x07", bytes(range(16))):
+        req = dw.DirectRequest(b"s" * dw.SECRET_SIZE, ip, 8080)
+        wire = dw.encode_request(req)
+        assert len(wire) == dw.REQUEST_SIZE and dw.decode_request(wire) == req
+        reply = dw.DirectReply(0, ip, 40000)
+        assert dw.decode_reply(dw.encode_reply(reply)) == reply
+    refused = dw.DirectReply(111)
+    wire = dw.encode_reply(refused)
+    assert len(wire) == dw.REPLY_SIZE and dw.decode_reply(wire) == refused
+
+
+def test_direct_wire_rejects_what_it_cannot_mean() -> None:
+    from mirrord import directwire as dw
+
+    good = dw.encode_request(dw.DirectRequest(b"s" * dw.SECRET_SIZE, b"\x01\x02\x03\x04", 1))
+    with pytest.raises(dw.DirectWireError, match="not a mirrord direct connection"):
+        dw.decode_request(b"HTTP" + good[4:])  # e.g. a browser finding the port
+    with pytest.raises(dw.DirectWireError, match="needs an address"):
+        dw.decode_request(good[:20] + b"\x00" + good[21:])
+    with pytest.raises(dw.DirectWireError, match="unknown address family"):
+        dw.decode_request(good[:20] + b"\x05" + good[21:])
+    with pytest.raises(dw.DirectWireError, match="39 bytes, not 38"):
+        dw.decode_request(good[:-1])
+    with pytest.raises(dw.DirectWireError, match="16 bytes, not 3"):
+        dw.encode_request(dw.DirectRequest(b"abc", b"\x01\x02\x03\x04", 1))
+    with pytest.raises(dw.DirectWireError, match="4 or 16 bytes, not 5"):
+        dw.encode_request(dw.DirectRequest(b"s" * 16, b"\x01" * 5, 1))
+    with pytest.raises(dw.DirectWireError, match="23 bytes"):
+        dw.decode_reply(b"\x00" * 22)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 import grpc.aio
 
+from mirrord.agent.net.direct import DirectListeners
 from mirrord.agent.net.resolve import resolve
 from mirrord.agent.net.sockets import NetSessionState
 from mirrord.agent.net.tcp import Reply, Request, relay_tcp
@@ -26,6 +27,7 @@ class NetService(net_pb2_grpc.NetServicer):
     def __init__(self, registry: SessionRegistry) -> None:
         self.registry = registry
         self._states: dict[str, NetSessionState] = {}
+        self.direct = DirectListeners()
 
     def _state(self, session: AgentSession) -> NetSessionState:
         state = self._states.get(session.id)
@@ -62,6 +64,11 @@ class NetService(net_pb2_grpc.NetServicer):
         session = await session_of(self.registry, context)
         return net_pb2.ResolveReply(addresses=await resolve(session, request.name))
 
+    async def Direct(self, request: net_pb2.DirectRequest, context: Context) -> net_pb2.DirectReply:
+        session = await session_of(self.registry, context)
+        v4, v6, secret = self.direct.open(session, self._state(session))
+        return net_pb2.DirectReply(v4_port=v4, v6_port=v6, secret=secret)
+
 
 def register(server: grpc.aio.Server, registry: SessionRegistry) -> None:
     # One pod socket per relayed connection: lift the soft fd limit to the hard one.
@@ -86,6 +93,11 @@ def register(server: grpc.aio.Server, registry: SessionRegistry) -> None:
             servicer.Resolve,
             request_deserializer=net_pb2.ResolveRequest.FromString,
             response_serializer=net_pb2.ResolveReply.SerializeToString,
+        ),
+        "Direct": grpc.unary_unary_rpc_method_handler(
+            servicer.Direct,
+            request_deserializer=net_pb2.DirectRequest.FromString,
+            response_serializer=net_pb2.DirectReply.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers(

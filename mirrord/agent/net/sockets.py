@@ -68,6 +68,7 @@ class NetSessionState:
         self.closed = False
         self._spare: list[socket.socket] = []  # unconnected IPv4 TCP sockets in the netns
         self._refill: asyncio.Task[None] | None = None
+        self.direct_secret: bytes | None = None  # agent/net/direct.py, once asked
 
     async def tcp_socket(self, session: AgentSession, family: int) -> socket.socket:
         """A non-blocking TCP socket in the target's network namespace (IPv4 ones from

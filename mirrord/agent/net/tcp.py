@@ -98,7 +98,7 @@ async def _one_connection(
     try:
         # No timeout of our own: the pod's kernel decides (tcp_syn_retries), as it would
         # for a program running there.
-        await _connect(sock, addr)
+        await connect_socket(sock, addr)
     except OSError as e:
         sock.close()
         yield net_pb2.TcpServerMessage(error=e.errno or errno.ECONNREFUSED)
@@ -115,7 +115,7 @@ async def _one_connection(
         yield reply
 
 
-async def _connect(sock: socket.socket, addr: tuple[object, ...]) -> None:
+async def connect_socket(sock: socket.socket, addr: tuple[object, ...]) -> None:
     """loop.sock_connect, without its loop iteration when the handshake is over by the
     time connect() returns EINPROGRESS (a nearby remote: the SYN-ACK is often processed
     within the call); the connect is on the critical path of every relayed connection."""

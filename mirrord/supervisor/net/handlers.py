@@ -6,12 +6,15 @@ interceptors, and make the program see the addresses it asked for.
   connected to the interceptor through our pidfd_getfd duplicate of it, and the syscall
   is skipped with that connect's result (or fails with the pod's errno): the kernel's own
   loopback connect gives blocking/non-blocking semantics (0 or EINPROGRESS, then
-  writable), with no argument rewrite and so no exit stop. UDP connects and unix-stream
+  writable), with no argument rewrite and so no exit stop. When the agent shares our
+  loopback (a local agent), the socket is instead connected to the agent's own listener
+  and the agent connects and relays (proxy/direct.py). UDP connects and unix-stream
   connects (unix_streams) are made the same way, to the UDP interceptor / the proxy's
   unix listener. Data then flows natively: no stop per read/write.
 - getpeername/getsockname: answered from our duplicate of the socket, the interceptor's
   loopback address becomes the original destination / the pod-side socket's address
-  (looked up by port, so every dup and forked copy of the fd gets the same answer).
+  (looked up by port, so every dup and forked copy of the fd gets the same answer;
+  direct connections, which share the agent's port, by the program socket's own port).
 connect, getpeername and getsockname never change registers or need the kernel's result,
 so they are seccomp user notifications (notify.py), not ptrace stops.
 - sendto/sendmsg/sendmmsg with an address (unconnected UDP): the address is swapped for
@@ -20,6 +23,7 @@ so they are seccomp user notifications (notify.py), not ptrace stops.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -162,6 +166,8 @@ class NetHandlers:
         try:
             note = True
             try:
+                if await self.redirector.connect_direct(sock, dest):
+                    return 0  # connected (to the agent), the pod-side connect made
                 port = await self.redirector.open_tcp(dest)
             except OSError as e:
                 if e.errno != errno.ECONNREFUSED:
@@ -250,11 +256,11 @@ class NetHandlers:
 
     # --- addresses the program reads back ----------------------------------------------
 
-    def _peer_of(self, got: Destination) -> bytes | None:
+    def _peer_of(self, got: Destination, local: Destination | None = None) -> bytes | None:
         kind = loopback_kind(got)
         if kind is None:
             return None
-        raw = self.redirector.original(kind, got.port)
+        raw = self.redirector.original(kind, got.port, local.port if local else None)
         if raw is None:
             return None
         orig = parse_sockaddr(raw)
@@ -262,11 +268,11 @@ class NetHandlers:
             return raw
         return build_sockaddr(got.family, orig.ip, orig.port)
 
-    def _local_of(self, got: Destination) -> bytes | None:
+    def _local_of(self, got: Destination, peer: Destination | None = None) -> bytes | None:
         kind = loopback_kind(got)
         if kind is None:
             return None
-        local = self.redirector.pod_local(kind, got.port)
+        local = self.redirector.pod_local(kind, got.port, peer.port if peer else None)
         if local is None:
             return None
         ip, port = local
@@ -275,7 +281,7 @@ class NetHandlers:
         return build_sockaddr(got.family, ip, port)
 
     def _name_call(
-        self, look: Callable[[Destination], bytes | None], peer: bool
+        self, look: Callable[[Destination, Destination | None], bytes | None], peer: bool
     ) -> Callable[..., Action]:
         def handle(sc: Syscall, mem: Memory) -> Action:
             ptr, lenptr = sc.args[1], sc.args[2]
@@ -292,12 +298,18 @@ class NetHandlers:
                 return Allow()  # not a socket (ENOTSOCK) / a negative length (EINVAL)
             try:
                 raw = raw_name(sock, peer)  # what the kernel would answer
+                got = parse_sockaddr(raw)
+                # The other end too, for a loopback one: direct connections all have the
+                # same peer and are told apart by their own port.
+                other = None
+                if got is not None and loopback_kind(got) is not None:
+                    with contextlib.suppress(OSError):
+                        other = parse_sockaddr(raw_name(sock, not peer))
             except OSError as e:
                 return Fake(-(e.errno or errno.EIO))  # ENOTCONN…
             finally:
                 sock.close()
-            got = parse_sockaddr(raw)
-            new = look(got) if got is not None else None
+            new = look(got, other) if got is not None else None
             data = raw if new is None else new
             try:
                 # As the kernel: at most cap bytes, and the full length in *lenptr.
@@ -311,11 +323,14 @@ class NetHandlers:
         return handle
 
     def _hooked(
-        self, sc: Syscall, hook: AddressHook | None, look: Callable[[Destination], bytes | None]
-    ) -> Callable[[Destination], bytes | None]:
+        self,
+        sc: Syscall,
+        hook: AddressHook | None,
+        look: Callable[[Destination, Destination | None], bytes | None],
+    ) -> Callable[[Destination, Destination | None], bytes | None]:
         if hook is None:
             return look
-        return lambda got: hook(sc.tid, sc.args[0], got) or look(got)
+        return lambda got, other: hook(sc.tid, sc.args[0], got) or look(got, other)
 
     def getpeername(self, sc: Syscall, mem: Memory) -> Action:
         look = self._hooked(sc, self.incoming_peer, self._peer_of)

@@ -1,0 +1,225 @@
+"""TCP connections relayed without the Tcp stream, for a client on the agent's loopback.
+
+When the client shares the agent's network namespace (HelloReply.loopback_id), it asks
+`Net.Direct` for the agent's listeners on 127.0.0.1 and ::1 and its session's secret.
+The program's socket itself is then connected to such a listener and opens with a
+request (mirrord/directwire.py): the agent connects from the pod, answers, and relays
+between the two sockets. One relay and no gRPC message per connection or chunk, instead
+of the client's relay plus the stream.
+
+The local socket gets SO_LINGER 0 as soon as it is accepted: if the agent dies, the
+kernel resets it, and the program sees ECONNRESET/EPIPE rather than a clean end. The
+listeners exist while some session has asked for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import secrets
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from mirrord.agent.net.sockets import NetSessionState
+from mirrord.agent.net.tcp import connect_socket
+from mirrord.agent.session import AgentSession
+from mirrord.directwire import (
+    REQUEST_SIZE,
+    SECRET_SIZE,
+    DirectReply,
+    DirectWireError,
+    decode_request,
+    encode_reply,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 10.0  # the client sends its request right after connecting
+CHUNK = 1024 * 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_LINGER_OFF = struct.pack("ii", 0, 0)
+
+
+class DirectListeners:
+    """The agent's direct listeners and the secrets of the sessions that asked for them."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[bytes, tuple[AgentSession, NetSessionState]] = {}
+        self._listeners: list[socket.socket] = []
+        self._ports = (0, 0)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def open(self, session: AgentSession, state: NetSessionState) -> tuple[int, int, bytes]:
+        """(IPv4 port, IPv6 port, secret) for this session; a port is 0 when that loopback
+        is unusable here. The secret is forgotten, and its connections reset, when the
+        session closes."""
+        if not self._listeners:
+            self._start()
+        if state.direct_secret is None:
+            secret = secrets.token_bytes(SECRET_SIZE)
+            state.direct_secret = secret
+            self._sessions[secret] = (session, state)
+            session.on_close(lambda: self._forget(secret), "direct listeners")
+        return (*self._ports, state.direct_secret)
+
+    def _start(self) -> None:
+        ports = []
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind((host, 0))
+                sock.listen(4096)  # bursts of connects (50 threads at once…)
+                sock.setblocking(False)
+            except OSError as e:
+                log.debug("no direct listener on %s: %s", host, e)
+                sock.close()
+                ports.append(0)
+                continue
+            self._listeners.append(sock)
+            ports.append(int(sock.getsockname()[1]))
+            self._spawn(self._accept_loop(sock))
+        self._ports = (ports[0], ports[1])
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _forget(self, secret: bytes) -> None:
+        self._sessions.pop(secret, None)
+        if not self._sessions:  # nobody left to connect: no listener left open
+            for sock in self._listeners:
+                sock.close()
+            self._listeners.clear()
+            self._ports = (0, 0)
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as e:
+                if listener.fileno() < 0:
+                    return
+                log.warning("direct listener: accept failed: %s", e)  # EMFILE…
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._spawn(self._serve(conn))
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            data = await asyncio.wait_for(_recv_exactly(conn, REQUEST_SIZE), REQUEST_TIMEOUT_S)
+            req = decode_request(data)
+        except (OSError, TimeoutError, DirectWireError) as e:
+            log.debug("direct connection refused: %s", e)
+            conn.close()
+            return
+        found = self._sessions.get(req.secret)
+        if found is None:
+            log.debug("direct connection refused: no session has that secret")
+            conn.close()
+            return
+        session, state = found
+        state.adopt()  # the session's end cancels this relay (and resets both sockets)
+        family = socket.AF_INET if len(req.ip) == 4 else socket.AF_INET6
+        host = socket.inet_ntop(family, req.ip)
+        try:
+            pod = await state.tcp_socket(session, family)
+        except OSError as e:
+            _refuse(conn, e.errno or errno.EMFILE)
+            return
+        try:
+            # No timeout of our own: the pod's kernel decides (tcp_syn_retries).
+            await connect_socket(pod, (host, req.port))
+            name = pod.getsockname()
+            with contextlib.suppress(OSError):
+                pod.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            local_ip = socket.inet_pton(family, name[0].split("%")[0])
+            conn.send(encode_reply(DirectReply(0, local_ip, name[1])))
+        except OSError as e:
+            pod.close()
+            _refuse(conn, e.errno or errno.ECONNREFUSED)
+            return
+        except BaseException:
+            pod.close()
+            conn.close()
+            raise
+        await relay_direct(pod, conn)
+
+
+def _refuse(conn: socket.socket, err: int) -> None:
+    """Tell the pod's errno and close without a reset (the reply must be readable)."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        conn.send(encode_reply(DirectReply(err)))
+    conn.close()
+
+
+async def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    while len(data) < size:
+        more = await loop.sock_recv(sock, size - len(data))
+        if not more:
+            raise OSError(errno.ECONNRESET, "closed before its request")
+        data += more
+    return data
+
+
+async def relay_direct(pod: socket.socket, local: socket.socket) -> bool:
+    """Bytes both ways until both directions ended; closes both sockets. True when both
+    ended with an EOF (half-closes passed on as they came); on a reset or error on
+    either side, or cancellation, both sockets are reset."""
+    loop = asyncio.get_running_loop()
+    down = asyncio.ensure_future(_pump(loop, pod, local))
+    up = asyncio.ensure_future(_pump(loop, local, pod))
+    clean = False
+    try:
+        # The first failure ends both: the other direction may wait forever otherwise.
+        for finished in asyncio.as_completed((down, up)):
+            if not await finished:
+                return False
+        clean = True
+        return True
+    finally:
+        for task in (down, up):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if clean:
+            with contextlib.suppress(OSError):
+                local.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        else:
+            with contextlib.suppress(OSError):
+                pod.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        pod.close()
+        local.close()
+
+
+async def _pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket) -> bool:
+    """src's bytes to dst; True when src ended with an EOF (passed on as a half-close),
+    False when either side failed."""
+    try:
+        while True:
+            # A fresh buffer per read rather than one kept per direction: a thousand idle
+            # connections would otherwise hold 2 MiB each.
+            data = await loop.sock_recv(src, CHUNK)
+            if not data:
+                dst.shutdown(socket.SHUT_WR)
+                return True
+            await loop.sock_sendall(dst, data)
+    except OSError:
+        return False

@@ -1,0 +1,87 @@
+"""The two messages that open a direct connection (Net.Direct), pure encoding.
+
+The program's socket (through the supervisor's duplicate of it) connects to the agent's
+direct listener and sends a `request`: this session's secret and where to connect from
+the pod. The agent answers with a `reply`: 0 and the pod-side local address, or the
+errno the pod's kernel gave (then it closes). After a 0 the same TCP connection carries
+the program's bytes, relayed by the agent. Fixed sizes, so each side reads an exact count.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"MRD1"
+SECRET_SIZE = 16
+# magic, secret, family (4|6), port, address (IPv4 in the first 4 bytes)
+_REQUEST = struct.Struct(f"!4s{SECRET_SIZE}sBH16s")
+# errno, family (4|6|0), port, address
+_REPLY = struct.Struct("!IBH16s")
+REQUEST_SIZE = _REQUEST.size
+REPLY_SIZE = _REPLY.size
+
+
+class DirectWireError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DirectRequest:
+    secret: bytes
+    ip: bytes  # 4 or 16 bytes
+    port: int
+
+
+@dataclass(frozen=True)
+class DirectReply:
+    errno: int  # 0: connected
+    ip: bytes = b""  # the pod-side socket's own address (4, 16 or 0 bytes)
+    port: int = 0
+
+
+def _family(ip: bytes) -> int:
+    if len(ip) == 4:
+        return 4
+    if len(ip) == 16:
+        return 6
+    raise DirectWireError(f"an address is 4 or 16 bytes, not {len(ip)}")
+
+
+def _ip(family: int, raw: bytes) -> bytes:
+    if family == 4:
+        return raw[:4]
+    if family == 6:
+        return raw
+    if family == 0:
+        return b""
+    raise DirectWireError(f"unknown address family {family}")
+
+
+def encode_request(req: DirectRequest) -> bytes:
+    if len(req.secret) != SECRET_SIZE:
+        raise DirectWireError(f"the secret is {SECRET_SIZE} bytes, not {len(req.secret)}")
+    return _REQUEST.pack(MAGIC, req.secret, _family(req.ip), req.port, req.ip.ljust(16, b"\0"))
+
+
+def decode_request(data: bytes) -> DirectRequest:
+    if len(data) != REQUEST_SIZE:
+        raise DirectWireError(f"a request is {REQUEST_SIZE} bytes, not {len(data)}")
+    magic, secret, family, port, raw = _REQUEST.unpack(data)
+    if magic != MAGIC:
+        raise DirectWireError("not a mirrord direct connection")
+    if family == 0:
+        raise DirectWireError("a request needs an address")
+    return DirectRequest(secret, _ip(family, raw), port)
+
+
+def encode_reply(reply: DirectReply) -> bytes:
+    family = _family(reply.ip) if reply.ip else 0
+    return _REPLY.pack(reply.errno, family, reply.port, reply.ip.ljust(16, b"\0"))
+
+
+def decode_reply(data: bytes) -> DirectReply:
+    if len(data) != REPLY_SIZE:
+        raise DirectWireError(f"a reply is {REPLY_SIZE} bytes, not {len(data)}")
+    err, family, port, raw = _REPLY.unpack(data)
+    return DirectReply(err, _ip(family, raw), port)
