@@ -1,4 +1,7 @@
-"""The two messages that open a direct connection (Net.Direct), pure encoding.
+"""What goes between the program's side and a local agent outside gRPC, pure encoding.
+
+Outgoing (Net.Direct): the two messages that open a direct connection. Incoming
+(IncomingDirect): the notes the agent sends to the client's datagram socket.
 
 The program's socket (through the supervisor's duplicate of it) connects to the agent's
 direct listener and sends a `request`: this session's secret and where to connect from
@@ -85,3 +88,50 @@ def decode_reply(data: bytes) -> DirectReply:
         raise DirectWireError(f"a reply is {REPLY_SIZE} bytes, not {len(data)}")
     err, family, port, raw = _REPLY.unpack(data)
     return DirectReply(err, _ip(family, raw), port)
+
+
+# --- incoming: what the agent tells the client's datagram socket (IncomingDirect) ------
+
+NOTE_NEW = b"N"  # a delivery: its source port, the subscribed port, peer, original destination
+NOTE_GONE = b"G"  # that delivery's connection is closed
+NOTE_FAILED = b"F"  # a delivery could not reach the program (errno)
+# kind, source port, subscribed port, errno, peer (family, ip, port), original (same)
+_NOTE = struct.Struct("!cHHIB16sHB16sH")
+NOTE_SIZE = _NOTE.size
+
+
+@dataclass(frozen=True)
+class Note:
+    kind: bytes
+    port: int  # the delivering socket's local port (NEW, GONE)
+    sub_port: int = 0  # the target's subscribed port (NEW, FAILED)
+    errno: int = 0  # FAILED
+    peer: tuple[bytes, int] = (b"", 0)  # (4 or 16 address bytes, port)
+    original: tuple[bytes, int] = (b"", 0)
+
+
+def encode_note(note: Note) -> bytes:
+    if note.kind not in (NOTE_NEW, NOTE_GONE, NOTE_FAILED):
+        raise DirectWireError(f"unknown note kind {note.kind!r}")
+    (pip, pport), (oip, oport) = note.peer, note.original
+    return _NOTE.pack(
+        note.kind,
+        note.port,
+        note.sub_port,
+        note.errno,
+        _family(pip) if pip else 0,
+        pip.ljust(16, b"\0"),
+        pport,
+        _family(oip) if oip else 0,
+        oip.ljust(16, b"\0"),
+        oport,
+    )
+
+
+def decode_note(data: bytes) -> Note:
+    if len(data) != NOTE_SIZE:
+        raise DirectWireError(f"a note is {NOTE_SIZE} bytes, not {len(data)}")
+    kind, port, sub_port, err, pfam, pip, pport, ofam, oip, oport = _NOTE.unpack(data)
+    if kind not in (NOTE_NEW, NOTE_GONE, NOTE_FAILED):
+        raise DirectWireError(f"unknown note kind {kind!r}")
+    return Note(kind, port, sub_port, err, (_ip(pfam, pip), pport), (_ip(ofam, oip), oport))

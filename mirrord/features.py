@@ -32,13 +32,8 @@ async def build_features(config: MirrordConfig, client: AgentClient) -> tuple[Fe
         from mirrord.proxy import NetProxy
         from mirrord.supervisor.net import OutgoingRules, network_feature, resolve_filter_names
 
-        # On the agent's own loopback (a local agent), connections skip the stream:
-        # MIRRORD_NO_DIRECT=1 keeps them on it (tests of that path, diagnosis).
-        direct = os.environ.get("MIRRORD_NO_DIRECT") != "1" and shares_loopback(
-            client.hello.loopback_id
-        )
         proxy = NetProxy(client.channel, client.metadata())
-        if direct:
+        if _direct(client):
             await proxy.use_direct()
         if rules is None:  # incoming only: every connect stays local
             rules = OutgoingRules.build(tcp=False, udp=False, dns_enabled=False)
@@ -91,8 +86,17 @@ def _incoming(
     from mirrord.supervisor.net import IncomingHandlers
 
     policy, settings = found
-    delivery = IncomingProxy(IncomingClient(client), settings)
+    delivery = IncomingProxy(IncomingClient(client), settings, direct=_direct(client))
     return IncomingHandlers(policy, delivery), delivery
+
+
+def _direct(client: AgentClient) -> bool:
+    """The agent is on our own loopback (a local agent): connections go between the
+    program and the agent directly, not over gRPC streams. MIRRORD_NO_DIRECT=1 keeps
+    them on the streams (tests of that path, diagnosis)."""
+    if os.environ.get("MIRRORD_NO_DIRECT") == "1":
+        return False
+    return shares_loopback(client.hello.loopback_id)
 
 
 async def close_features(features: tuple[Feature, ...]) -> None:

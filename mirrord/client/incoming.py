@@ -318,6 +318,9 @@ class Subscription:
         self.port = port
         self.mode = mode
         self.backend = backend
+        # The agent delivers to the program's listener itself (IncomingSubscribed.direct):
+        # no connection comes through here.
+        self.direct = False
         self._incoming = incoming
         self._call = call
         self._id = subscription_id
@@ -483,13 +486,16 @@ class IncomingClient:
         include_node_traffic: bool = False,
         ignore_localhost: bool = False,
         nftables: bool | None = None,
+        direct: incoming_pb2.IncomingDirect | None = None,
         timeout: float = 30.0,
     ) -> Subscription:
         """Redirect `port` of the target. Returns once the agent's rules are in place.
 
         include_node_traffic: also take traffic from the node (health probes).
         nftables: prefer iptables-nft (True) or -legacy (False) when the target's netns has
-        no rules telling which one it uses (None: the agent host's default)."""
+        no rules telling which one it uses (None: the agent host's default).
+        direct: the agent shares our loopback: it may deliver connections to the
+        program's listener itself (`Subscription.direct` says whether it does)."""
         if (lost := self._agent.lost_error()) is not None:
             raise lost
         request = pb.IncomingSubscribeRequest(
@@ -501,6 +507,8 @@ class IncomingClient:
         )
         if http_filter is not None:
             request.http_filter.CopyFrom(http_filter.to_proto())
+        if direct is not None:
+            request.direct.CopyFrom(direct)
         call: EventCall = self._stub.Subscribe(request, metadata=self._agent.metadata())
         try:
             first = await asyncio.wait_for(call.read(), timeout)
@@ -512,9 +520,11 @@ class IncomingClient:
         if first is EOF:
             raise IncomingError(f"the agent ended the subscription to port {port} at once")
         assert isinstance(first, pb.IncomingSubscribeEvent)
-        return Subscription(
+        sub = Subscription(
             self, call, port, mode, first.subscribed.backend, first.subscribed.subscription_id
         )
+        sub.direct = first.subscribed.direct
+        return sub
 
     def _connection_call(self) -> ConnCall:
         call: ConnCall = self._stub.Connection(metadata=self._agent.metadata())  # type: ignore[call-arg]

@@ -6,6 +6,10 @@ connection from here to the program's real local listener, relayed over the agen
 stream (steal: both ways; mirror: the program's answers are read and dropped here, the
 pod's server answers the peer). The proxy socket's local port names the delivered
 connection, so accept/getpeername can show the real remote peer without any per-fd state.
+
+With a local agent (`direct`), the agent connects to the program's listener itself and
+pumps the bytes (agent/incoming/direct.py); its delivering socket's port is told on a
+datagram socket of ours before it connects, and read here (`delivered`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
+import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +37,14 @@ from mirrord.client.incoming import (
     PortTaken,
     Subscription,
 )
+from mirrord.directwire import (
+    NOTE_GONE,
+    NOTE_NEW,
+    NOTE_SIZE,
+    DirectWireError,
+    decode_note,
+)
+from mirrord.v1.incoming_pb2 import IncomingDirect
 
 log = logging.getLogger("mirrord.proxy.incoming")
 
@@ -65,10 +81,24 @@ def _target(family: int, ip: bytes, port: int) -> tuple[int, tuple[str, int]]:
     return fam, (socket.inet_ntop(fam, ip), port)
 
 
+def _text(addr: tuple[bytes, int]) -> tuple[str, int]:
+    ip, port = addr
+    return socket.inet_ntop(socket.AF_INET if len(ip) == 4 else socket.AF_INET6, ip), port
+
+
 class IncomingProxy:
-    def __init__(self, client: IncomingClient, settings: IncomingSettings) -> None:
+    def __init__(
+        self, client: IncomingClient, settings: IncomingSettings, direct: bool = False
+    ) -> None:
         self.client = client
         self.settings = settings
+        # The agent shares our loopback: it is asked to deliver to the program's listener
+        # itself and tells each delivery on a datagram socket of ours (the notes, read on
+        # the loop and, for an accept that comes first, on the tracer thread: one lock).
+        self.direct = direct
+        self._notes: socket.socket | None = None
+        self._notes_dir: str | None = None
+        self._notes_lock = threading.Lock()
         # proxy-side local port -> (remote peer, original destination); read by the
         # supervisor's handlers on the tracer thread (single dict operations are atomic).
         self._delivered: dict[int, tuple[tuple[str, int], tuple[str, int]]] = {}
@@ -83,12 +113,67 @@ class IncomingProxy:
         self._unanswered: dict[IncomingConnection, int] = {}
 
     def delivered(self, proxy_port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        if self._notes is not None:
+            # The agent's note for this connection was sent before it connected: read
+            # whatever is queued, so it is known even when the loop has not run yet.
+            self._read_notes()
         return self._delivered.get(proxy_port)
+
+    def _open_notes(self) -> str:
+        """The datagram socket the agent's notes come to (made once); its path."""
+        if self._notes is None:
+            self._notes_dir = tempfile.mkdtemp(prefix="mirrord-incoming-")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.bind(f"{self._notes_dir}/notes")
+                sock.setblocking(False)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            except OSError:
+                sock.close()
+                shutil.rmtree(self._notes_dir, ignore_errors=True)
+                self._notes_dir = None
+                raise
+            self._notes = sock
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._read_notes)
+        assert self._notes_dir is not None
+        return f"{self._notes_dir}/notes"
+
+    def _read_notes(self) -> None:
+        with self._notes_lock:
+            sock = self._notes
+            while sock is not None:
+                try:
+                    data = sock.recv(NOTE_SIZE + 1)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    log.debug("incoming notes: %s", e)
+                    return
+                try:
+                    note = decode_note(data)
+                except DirectWireError as e:
+                    log.debug("incoming notes: %s", e)
+                    continue
+                if note.kind == NOTE_NEW:
+                    self._delivered[note.port] = (_text(note.peer), _text(note.original))
+                    count = self._delivered_count.get(note.sub_port, 0)
+                    self._delivered_count[note.sub_port] = count + 1
+                elif note.kind == NOTE_GONE:
+                    self._delivered.pop(note.port, None)
+                else:
+                    self._delivered.pop(note.port, None)
+                    failed, _ = self._failed.get(note.sub_port, (0, ""))
+                    self._failed[note.sub_port] = (failed + 1, os.strerror(note.errno))
 
     async def subscribe(self, family: int, ip: bytes, local_port: int, port: int) -> None:
         remote = self.settings.port_mapping.get(port, port)
         mode = self.settings.mode
         flt = self.settings.http_filter if mode == "steal" else None
+        direct = None
+        if self.direct:
+            _, (host, target_port) = _target(family, ip, local_port)
+            direct = IncomingDirect(host=host, port=target_port, notify_path=self._open_notes())
         try:
             sub = await self.client.subscribe(
                 remote,
@@ -96,6 +181,7 @@ class IncomingProxy:
                 flt,
                 ignore_localhost=self.settings.ignore_localhost,
                 nftables=self.settings.nftables,
+                direct=direct,
             )
         except PortTaken as e:
             # on_concurrent_steal is about stealing: a mirror that cannot have the port
@@ -188,6 +274,8 @@ class IncomingProxy:
 
     async def close(self) -> None:
         """End every subscription (the agent removes their rules) and delivery."""
+        if self._notes is not None:
+            self._read_notes()  # the last failures, for the report
         self._say_losses()
         for sub in self._subs:
             with contextlib.suppress(Exception):
@@ -198,6 +286,14 @@ class IncomingProxy:
         if tasks:
             with contextlib.suppress(Exception):
                 await asyncio.wait(tasks, timeout=2.0)
+        if self._notes is not None:
+            asyncio.get_running_loop().remove_reader(self._notes.fileno())
+            with self._notes_lock:
+                self._notes.close()
+                self._notes = None
+        if self._notes_dir is not None:
+            shutil.rmtree(self._notes_dir, ignore_errors=True)
+            self._notes_dir = None
 
     def _say_losses(self) -> None:
         """Connections the program may not have got: their delivery failed (the program

@@ -174,6 +174,7 @@ class IncomingSubscribeRequest(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     INCLUDE_NODE_TRAFFIC_FIELD_NUMBER: _builtins.int
     IGNORE_LOCALHOST_FIELD_NUMBER: _builtins.int
+    DIRECT_FIELD_NUMBER: _builtins.int
     port: _builtins.int
     """the remote port (after the client's port_mapping)"""
     mode: Global___IncomingMode.ValueType
@@ -188,6 +189,12 @@ class IncomingSubscribeRequest(_message.Message):
     def http_filter(self) -> Global___HttpFilter:
         """unset: no filter"""
 
+    @_builtins.property
+    def direct(self) -> Global___IncomingDirect:
+        """Set by a client on the agent's own loopback (HelloReply.loopback_id): deliver
+        connections to the program's listener directly instead of over Connection streams.
+        """
+
     def __init__(
         self,
         *,
@@ -197,14 +204,45 @@ class IncomingSubscribeRequest(_message.Message):
         backend: Global___IptablesBackend.ValueType = ...,
         include_node_traffic: _builtins.bool = ...,
         ignore_localhost: _builtins.bool = ...,
+        direct: Global___IncomingDirect | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["http_filter", b"http_filter"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct", b"direct", "http_filter", b"http_filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "http_filter", b"http_filter", "ignore_localhost", b"ignore_localhost", "include_node_traffic", b"include_node_traffic", "mode", b"mode", "port", b"port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "direct", b"direct", "http_filter", b"http_filter", "ignore_localhost", b"ignore_localhost", "include_node_traffic", b"include_node_traffic", "mode", b"mode", "port", b"port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IncomingSubscribeRequest: _TypeAlias = IncomingSubscribeRequest  # noqa: Y015
+
+@_typing.final
+class IncomingDirect(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    NOTIFY_PATH_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """the program's listener, as the agent connects to it (a loopback address)"""
+    port: _builtins.int
+    notify_path: _builtins.str
+    """The client's unix datagram socket: each delivery is told there (its source port, the
+    real peer, the original destination) before the agent connects, and its end after
+    (mirrord/directwire.py), so the program's accept can show the real peer.
+    """
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        notify_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "notify_path", b"notify_path", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncomingDirect: _TypeAlias = IncomingDirect  # noqa: Y015
 
 @_typing.final
 class IncomingAddress(_message.Message):
@@ -235,6 +273,7 @@ class IncomingSubscribed(_message.Message):
     PORT_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    DIRECT_FIELD_NUMBER: _builtins.int
     port: _builtins.int
     backend: _builtins.str
     """"iptables-legacy" or "iptables-nft", for logs"""
@@ -242,16 +281,21 @@ class IncomingSubscribed(_message.Message):
     """Set by agents that take idle Connection streams (IncomingConnectionIdle); empty: they
     don't, every connection is announced.
     """
+    direct: _builtins.bool
+    """The agent delivers this port's connections directly (IncomingSubscribeRequest.direct);
+    none are announced or carried by streams.
+    """
     def __init__(
         self,
         *,
         port: _builtins.int = ...,
         backend: _builtins.str = ...,
         subscription_id: _builtins.str = ...,
+        direct: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "port", b"port", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "direct", b"direct", "port", b"port", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

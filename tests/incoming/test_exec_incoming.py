@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from tests.incoming.exec_world import PORT, ExecWorld, server_argv, xworld
 from tests.incoming.h2_helpers import NODE_H2_SERVER, node_client
 from tests.incoming.incoming_helpers import mirrord_rules, request, send_requests, wait_until
+from tests.net.net_world import agent_of
 
 pytestmark = pytest.mark.root
 __all__ = ["xworld"]  # the module-scoped fixture
@@ -46,11 +48,16 @@ def _clean_after(xworld: ExecWorld) -> Iterator[None]:
     assert mirrord_rules(xworld.target) == []
 
 
-@pytest.mark.parametrize("kind", SERVERS)
-def test_steal(xworld: ExecWorld, programs: dict[str, Path], kind: str) -> None:
+# Every server with the direct delivery of a local agent; two over the agent's streams.
+WAYS = [(kind, False) for kind in SERVERS] + [("python", True), ("node", True)]
+WAY_IDS = [f"{kind}-{'stream' if stream else 'direct'}" for kind, stream in WAYS]
+
+
+@pytest.mark.parametrize(("kind", "stream"), WAYS, ids=WAY_IDS)
+def test_steal(xworld: ExecWorld, programs: dict[str, Path], kind: str, stream: bool) -> None:
     path = PATH.get(kind, f"/steal-{kind}")
     before = len(xworld.pod_requests())
-    run = xworld.start(server_argv(kind, programs, xworld.tmp), steal())
+    run = xworld.start(server_argv(kind, programs, xworld.tmp), steal(), stream)
     try:
         run.wait_subscribed("steal")
         n = 1 if kind == "busybox" else 2  # busybox httpd closes after each answer
@@ -66,12 +73,12 @@ def test_steal(xworld: ExecWorld, programs: dict[str, Path], kind: str) -> None:
         assert f"local={xworld.target.address}:{PORT}" in log  # getsockname: the pod side
 
 
-@pytest.mark.parametrize("kind", SERVERS)
-def test_mirror(xworld: ExecWorld, programs: dict[str, Path], kind: str) -> None:
+@pytest.mark.parametrize(("kind", "stream"), WAYS, ids=WAY_IDS)
+def test_mirror(xworld: ExecWorld, programs: dict[str, Path], kind: str, stream: bool) -> None:
     path = f"/mirror-{kind}"
     req = request(path, {"Connection": "close"})
     direct = send_requests(xworld.client, xworld.target.address, PORT, [req])
-    run = xworld.start(server_argv(kind, programs, xworld.tmp), mirror())
+    run = xworld.start(server_argv(kind, programs, xworld.tmp), mirror(), stream)
     try:
         run.wait_subscribed("mirror")
         mirrored = send_requests(xworld.client, xworld.target.address, PORT, [req])
@@ -83,9 +90,12 @@ def test_mirror(xworld: ExecWorld, programs: dict[str, Path], kind: str) -> None
     assert path in log, log  # the local program got the copy
 
 
-def test_mirror_delivers_the_same_bytes(xworld: ExecWorld, programs: dict[str, Path]) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_mirror_delivers_the_same_bytes(
+    xworld: ExecWorld, programs: dict[str, Path], stream: bool
+) -> None:
     req = request("/bytes", {"Connection": "close", "X-Odd": "a\tb  c"})
-    run = xworld.start(server_argv("raw", programs, xworld.tmp), mirror())
+    run = xworld.start(server_argv("raw", programs, xworld.tmp), mirror(), stream)
     try:
         run.wait_subscribed("mirror")
         (answer,) = send_requests(xworld.client, xworld.target.address, PORT, [req])
@@ -111,13 +121,14 @@ print("DONE")
 """
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
 def test_mirror_copies_of_a_burst_all_reach_the_program(
-    xworld: ExecWorld, programs: dict[str, Path]
+    xworld: ExecWorld, programs: dict[str, Path], stream: bool
 ) -> None:
     # Copies reach the program's listener together (python's http.server listens with a
     # backlog of 5): none may be lost, whatever the program's backlog.
     n = 64
-    run = xworld.start(server_argv("python", programs, xworld.tmp), mirror())
+    run = xworld.start(server_argv("python", programs, xworld.tmp), mirror(), stream)
     try:
         run.wait_subscribed("mirror")
         argv = ["python3", "-c", BURST_CLIENT, xworld.target.address, str(PORT), str(n)]
@@ -126,8 +137,9 @@ def test_mirror_copies_of_a_burst_all_reach_the_program(
         paths = {f"/burst-{i}" for i in range(n)}
 
         def served() -> set[str]:
-            # Not "REQ GET": the server's threads print their words apart, interleaved.
-            return set(re.findall(r"GET (/burst-\d+) ", run.log()))
+            # The path alone (each word is written whole): the server's threads print
+            # their words apart, so another thread's line may come on either side.
+            return set(re.findall(r"(/burst-\d+)(?!\d)", run.log()))
 
         # Generous: a lost copy never comes, a late one (a retransmitted SYN) still counts.
         wait_until(lambda: served() == paths, timeout=30.0)
@@ -135,14 +147,17 @@ def test_mirror_copies_of_a_burst_all_reach_the_program(
     finally:
         run.stop()
     assert sorted(paths - got) == [], run.log()
+    # accept and getsockname gave every copy the real peer and the pod-side address.
+    assert "peer=127.0.0.1" not in run.log() and "local=127.0.0.1" not in run.log()
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
 def test_header_filter_on_one_keepalive_connection(
-    xworld: ExecWorld, programs: dict[str, Path]
+    xworld: ExecWorld, programs: dict[str, Path], stream: bool
 ) -> None:
     before = len(xworld.pod_requests())
     config = steal(http_filter={"header_filter": "x-user: me"})
-    run = xworld.start(server_argv("go", programs, xworld.tmp), config)
+    run = xworld.start(server_argv("go", programs, xworld.tmp), config, stream)
     try:
         run.wait_subscribed("steal")
         me = {"x-user": "me"}
@@ -314,3 +329,56 @@ def test_h2_header_filter_per_stream_under_exec(xworld: ExecWorld) -> None:
         ("local", "local:/d:me:0", "local"),
     ]
     assert sorted(re.findall(r"REQ (/\w) me", log)) == ["/b", "/d"]
+
+
+HOLDING_SERVER = """
+import os, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+print("LISTENING", s.getsockname(), flush=True)
+c, peer = s.accept()
+print("ACCEPTED", os.getpid(), "peer=%s:%d" % peer, flush=True)
+while c.recv(65536):
+    pass
+"""
+
+HOLDING_CLIENT = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(b"hello")
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_who_delivers_a_stolen_connection(xworld: ExecWorld, stream: bool) -> None:
+    """With the agent on this machine, the program's accepted connection comes from the
+    agent itself (no relay in mirrord); with MIRRORD_NO_DIRECT=1, from mirrord."""
+    run = xworld.start(["/usr/bin/python3", "-c", HOLDING_SERVER, str(PORT)], steal(), stream)
+    client = None
+    try:
+        run.wait_subscribed("steal")
+        client = xworld.client.spawn(
+            ["python3", "-c", HOLDING_CLIENT, xworld.target.address, str(PORT)]
+        )
+        found = re.search(r"ACCEPTED (\d+) peer=(\S+)", run.wait_log("ACCEPTED"))
+        assert found is not None, run.log()
+        program = int(found.group(1))
+        assert found.group(2).startswith(f"{xworld.client.address}:")  # the real peer
+        table = subprocess.run(
+            ["ss", "-Htnp", "state", "established"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        owners: dict[tuple[str, str], set[int]] = {}
+        for line in table:
+            fields = line.split()
+            for pid in re.findall(r"pid=(\d+)", line):
+                owners.setdefault((fields[2], fields[3]), set()).add(int(pid))
+        ours = [ends for ends, pids in owners.items() if program in pids]
+        assert len(ours) == 1, table
+        local, peer = ours[0]
+        relays = owners.get((peer, local), set())
+        assert relays == ({run.proc.pid} if stream else {agent_of(run.proc.pid)}), table
+    finally:
+        if client is not None:
+            client.kill()
+        run.stop()

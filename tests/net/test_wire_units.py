@@ -98,3 +98,20 @@ def test_direct_wire_rejects_what_it_cannot_mean() -> None:
         dw.encode_request(dw.DirectRequest(b"s" * 16, b"\x01" * 5, 1))
     with pytest.raises(dw.DirectWireError, match="23 bytes"):
         dw.decode_reply(b"\x00" * 22)
+
+
+def test_incoming_notes_round_trip() -> None:
+    from mirrord import directwire as dw
+
+    new = dw.Note(dw.NOTE_NEW, 40001, 8080, peer=(b"\x0a\0\0\x03", 5555), original=(bytes(16), 80))
+    gone = dw.Note(dw.NOTE_GONE, 40001)
+    failed = dw.Note(dw.NOTE_FAILED, 40002, 8080, errno=111)
+    for note in (new, gone, failed):
+        wire = dw.encode_note(note)
+        assert len(wire) == dw.NOTE_SIZE and dw.decode_note(wire) == note
+    with pytest.raises(dw.DirectWireError, match="unknown note kind"):
+        dw.decode_note(b"X" + dw.encode_note(gone)[1:])
+    with pytest.raises(dw.DirectWireError, match="unknown note kind"):
+        dw.encode_note(dw.Note(b"X", 1))
+    with pytest.raises(dw.DirectWireError, match="47 bytes, not 46"):
+        dw.decode_note(dw.encode_note(gone)[:-1])

@@ -16,6 +16,7 @@ import grpc.aio
 
 from mirrord.agent.incoming import iptables
 from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
+from mirrord.agent.incoming.direct import DirectTarget
 from mirrord.agent.incoming.http_filter import HttpFilter, HttpFilterError, build_filter
 from mirrord.agent.incoming.node import node_addresses
 from mirrord.agent.incoming.rules import (
@@ -102,6 +103,19 @@ def _filter_of(request: incoming_pb2.IncomingSubscribeRequest) -> HttpFilter | N
         any_of=conditions(f.any_of) if kind == "any_of" else None,
         ports=f.ports,
     )
+
+
+def _direct_target(request: incoming_pb2.IncomingSubscribeRequest) -> DirectTarget | None:
+    """Where to deliver directly (IncomingSubscribeRequest.direct); None when not asked,
+    or when the client's datagram socket cannot be reached (then streams carry them)."""
+    if not request.HasField("direct") or not request.direct.port:
+        return None
+    d = request.direct
+    try:
+        return DirectTarget(d.host, d.port, d.notify_path)
+    except (OSError, ValueError) as e:
+        log.info("port %d: no direct delivery (%s): streams carry its connections", request.port, e)
+        return None
 
 
 def _address(ip_port: tuple[str, int]) -> incoming_pb2.IncomingAddress:
@@ -205,7 +219,8 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 subscribed=pb.IncomingSubscribed(
                     port=port,
                     backend=state.tables.backend,
-                    subscription_id=sub.id if self.idle_streams else "",
+                    subscription_id=sub.id if self.idle_streams and not sub.direct else "",
+                    direct=sub.direct is not None,
                 )
             )
             while True:
@@ -253,8 +268,15 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             rules = PortRules(
                 port, listener.getsockname()[1], mode, skip, not request.ignore_localhost
             )
+            direct = _direct_target(request)
             sub = Subscription(
-                session.worker, rules, listener, http_filter, state.deliveries, events.put_nowait
+                session.worker,
+                rules,
+                listener,
+                http_filter,
+                state.deliveries,
+                events.put_nowait,
+                direct,
             )
             try:
                 await sub.start()

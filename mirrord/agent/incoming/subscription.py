@@ -9,11 +9,13 @@ import logging
 import secrets
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from mirrord.agent.incoming import relay
 from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
+from mirrord.agent.incoming.direct import DirectTarget
 from mirrord.agent.incoming.http1 import FilteredConnection
 from mirrord.agent.incoming.http_filter import HttpFilter
 from mirrord.agent.incoming.rules import PortRules
@@ -54,6 +56,7 @@ class Subscription:
         http_filter: HttpFilter | None,
         deliveries: DeliveryTable,
         announce: Callable[[Announcement], None],
+        direct: DirectTarget | None = None,
     ) -> None:
         self.worker = worker
         self.rules = rules
@@ -61,6 +64,8 @@ class Subscription:
         self.filter = http_filter if http_filter and http_filter.applies_to(rules.port) else None
         self.deliveries = deliveries
         self.announce = announce
+        # Set: connections go straight to the program's listener (agent/incoming/direct.py).
+        self.direct = direct
         # Names the subscription in IncomingConnectionIdle: a port alone could name a later
         # subscription of the same port.
         self.id = secrets.token_hex(12)
@@ -167,6 +172,8 @@ class Subscription:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.direct is not None:
+            self.direct.close()
 
     async def _open_pod(self, address: tuple[str, int]) -> relay.Streams:
         sock = await self._marked_socket()
@@ -187,12 +194,31 @@ class Subscription:
         announcement = Announcement(delivery, remote, original, self.filter is not None)
 
         def hand_over() -> None:
-            if not self._closed:
+            if self._closed:
+                return
+            if self.direct is not None:
+                self._spawn(self._deliver_direct(self.direct, announcement))
+            else:
                 self._hand_over(announcement)
 
         if now:
             hand_over()
         return delivery, hand_over
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_direct(self, direct: DirectTarget, a: Announcement) -> None:
+        try:
+            await direct.deliver(
+                a.delivery, self.rules.port, a.remote, a.original, self.rules.mode == "steal"
+            )
+        except OSError as e:
+            log.info("port %d: direct delivery failed: %s", self.rules.port, e)
+        finally:
+            self.deliveries.discard(a.delivery)
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

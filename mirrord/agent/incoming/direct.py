@@ -1,0 +1,205 @@
+"""Deliveries straight to the program's listener, for a client on the agent's loopback.
+
+With IncomingSubscribeRequest.direct the agent connects to the program's listener itself
+and pumps the Delivery's queues through that socket: no Connection stream, no gRPC
+message per connection or chunk, no relay in mirrord. Before each connect, a NEW note goes
+to the client's datagram socket (mirrord/directwire.py): it is in the client's queue
+before the program can accept, so the supervisor can show the real peer at once. GONE
+follows when the connection is closed, FAILED when the program could not be reached.
+
+The delivering socket gets SO_LINGER 0: if the agent dies, or the connection is aborted,
+the program sees a reset, not a clean end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from collections import deque
+
+from mirrord.agent.incoming.delivery import Delivery
+from mirrord.directwire import NOTE_FAILED, NOTE_GONE, NOTE_NEW, Note, encode_note
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+NOTE_TIMEOUT_S = 5.0
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_LINGER_OFF = struct.pack("ii", 0, 0)
+
+
+def _packed(host: str) -> bytes:
+    return ipaddress.ip_address(host.split("%")[0]).packed
+
+
+class DirectTarget:
+    """The program's listener of one subscription, and the client's datagram socket."""
+
+    def __init__(self, host: str, port: int, notify_path: str) -> None:
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.address = (host, port)
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self._notify.connect(notify_path)
+            self._notify.setblocking(False)
+        except OSError:
+            self._notify.close()
+            raise
+
+        # Notes go out in order; a datagram socket queues only net.unix.max_dgram_qlen
+        # (10) of them, so a burst waits for the client to read (never dropped: a lost NEW
+        # would show the program 127.0.0.1 as the peer).
+        self._backlog: deque[tuple[bytes, asyncio.Future[None]]] = deque()
+        self._sender: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+        for _, sent in self._backlog:
+            sent.cancel()
+        self._backlog.clear()
+        self._notify.close()
+
+    def _tell(self, note: Note) -> asyncio.Future[None]:
+        """Send a note after those before it; the future is done once it went (or was
+        given up: the client stopped reading for NOTE_TIMEOUT_S, or is gone)."""
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        data = encode_note(note)
+        if not self._backlog:
+            try:
+                self._notify.send(data)
+                sent.set_result(None)
+                return sent
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                log.debug("direct delivery: note not sent: %s", e)
+                sent.set_result(None)
+                return sent
+        self._backlog.append((data, sent))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_backlog())
+        return sent
+
+    async def _send_backlog(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._backlog:
+            data, sent = self._backlog[0]
+            try:
+                await asyncio.wait_for(loop.sock_sendall(self._notify, data), NOTE_TIMEOUT_S)
+            except (OSError, TimeoutError) as e:
+                log.warning("direct delivery: a note was not taken: %s", e)
+            self._backlog.popleft()
+            if not sent.done():
+                sent.set_result(None)
+
+    async def deliver(
+        self,
+        delivery: Delivery,
+        sub_port: int,
+        peer: tuple[str, int],
+        original: tuple[str, int],
+        steal: bool,
+    ) -> None:
+        """Connect to the program's listener and pump until the connection is over."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        clean = False
+        port = 0
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.bind((self.address[0], 0))  # named before connecting: the note needs it
+            port = int(sock.getsockname()[1])
+            # Sent before connecting: in the client's queue before the program can accept.
+            await self._tell(
+                Note(
+                    NOTE_NEW,
+                    port,
+                    sub_port,
+                    peer=(_packed(peer[0]), peer[1]),
+                    original=(_packed(original[0]), original[1]),
+                )
+            )
+            try:
+                await loop.sock_connect(sock, self.address)
+            except OSError as e:
+                log.debug("direct delivery to %s failed: %s", self.address, e)
+                self._tell(Note(NOTE_FAILED, port, sub_port, e.errno or errno.ECONNREFUSED))
+                return
+            delivery.attached.set()
+            clean = await _pump(loop, sock, delivery, steal)
+        finally:
+            delivery.close()
+            if clean:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+            sock.close()
+            if port:
+                self._tell(Note(NOTE_GONE, port))
+
+
+async def _pump(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, delivery: Delivery, steal: bool
+) -> bool:
+    """The delivery's bytes to the program and (steal) its answers back, until both
+    ended; True when they did cleanly. Mirror: answers are read and dropped, to the
+    program's end, even after the real connection is over."""
+    down = asyncio.ensure_future(_to_program(loop, sock, delivery))
+    up = asyncio.ensure_future(_from_program(loop, sock, delivery, steal))
+    closed = asyncio.ensure_future(delivery.closed.wait())
+    try:
+        if not await down:
+            return False  # aborted: the program's connection is reset
+        if steal:
+            # The peer is gone before the program's answer ended: abort, as the stream did.
+            await asyncio.wait({up, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not up.done():
+                return False
+        return await up
+    finally:
+        for task in (down, up, closed):
+            task.cancel()
+        await asyncio.gather(down, up, closed, return_exceptions=True)
+
+
+async def _to_program(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, delivery: Delivery
+) -> bool:
+    """Queued bytes, then the end; True when the end came as an EOF (passed on as a
+    half-close), False when the delivery was aborted or the socket failed."""
+    queue = delivery.to_client
+    try:
+        while True:
+            if queue.empty() and delivery.closed.is_set():
+                return False
+            item = await queue.get()
+            if item is None:
+                sock.shutdown(socket.SHUT_WR)
+                return True
+            await loop.sock_sendall(sock, item)
+    except OSError:
+        return False
+
+
+async def _from_program(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, delivery: Delivery, steal: bool
+) -> bool:
+    """The program's bytes: to the peer when stolen (the relay's sink or queue), dropped
+    when mirrored. True at the program's EOF."""
+    put = (delivery.sink or delivery.from_client.put) if steal else None
+    try:
+        while data := await loop.sock_recv(sock, CHUNK):
+            if put is not None:
+                await put(data)
+        if put is not None:
+            await put(None)
+        return True
+    except OSError:
+        return False
