@@ -19,10 +19,10 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
+import secrets
 import socket
+import struct
 import sys
-import tempfile
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -81,6 +81,19 @@ def _target(family: int, ip: bytes, port: int) -> tuple[int, tuple[str, int]]:
     return fam, (socket.inet_ntop(fam, ip), port)
 
 
+_UCRED = struct.Struct("iII")  # pid, uid, gid
+_CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+
+
+def _from_agent(ancillary: list[tuple[int, int, bytes]]) -> bool:
+    """The sender of a note is root (the agent runs as root) or this user."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            _, uid, _ = _UCRED.unpack(data[: _UCRED.size])
+            return uid in (0, os.getuid())
+    return False
+
+
 def _text(addr: tuple[bytes, int]) -> tuple[str, int]:
     ip, port = addr
     return socket.inet_ntop(socket.AF_INET if len(ip) == 4 else socket.AF_INET6, ip), port
@@ -97,7 +110,7 @@ class IncomingProxy:
         # the loop and, for an accept that comes first, on the tracer thread: one lock).
         self.direct = direct
         self._notes: socket.socket | None = None
-        self._notes_dir: str | None = None
+        self._notes_name = ""
         self._notes_lock = threading.Lock()
         # proxy-side local port -> (remote peer, original destination); read by the
         # supervisor's handlers on the tracer thread (single dict operations are atomic).
@@ -120,36 +133,40 @@ class IncomingProxy:
         return self._delivered.get(proxy_port)
 
     def _open_notes(self) -> str:
-        """The datagram socket the agent's notes come to (made once); its path."""
+        """The datagram socket the agent's notes come to (made once); its name. Abstract
+        (a leading NUL): nothing is left in the file system even if mirrord is killed, and
+        the agent shares our network namespace (loopback_id), where such names live.
+        Anyone there could send to it, so each note's sender must be root (the agent) or
+        us (SO_PASSCRED)."""
         if self._notes is None:
-            self._notes_dir = tempfile.mkdtemp(prefix="mirrord-incoming-")
+            name = f"\0mirrord-notes-{secrets.token_hex(12)}"
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             try:
-                sock.bind(f"{self._notes_dir}/notes")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                sock.bind(name)
                 sock.setblocking(False)
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             except OSError:
                 sock.close()
-                shutil.rmtree(self._notes_dir, ignore_errors=True)
-                self._notes_dir = None
                 raise
             self._notes = sock
+            self._notes_name = name
             asyncio.get_running_loop().add_reader(sock.fileno(), self._read_notes)
-        assert self._notes_dir is not None
-        return f"{self._notes_dir}/notes"
+        return self._notes_name
 
     def _read_notes(self) -> None:
         with self._notes_lock:
             sock = self._notes
             while sock is not None:
                 try:
-                    data = sock.recv(NOTE_SIZE + 1)
+                    data, ancillary, _, _ = sock.recvmsg(NOTE_SIZE + 1, _CREDS_SPACE)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as e:
                     log.debug("incoming notes: %s", e)
                     return
+                if not _from_agent(ancillary):
+                    log.warning("incoming notes: a datagram from another user, ignored")
+                    continue
                 try:
                     note = decode_note(data)
                 except DirectWireError as e:
@@ -291,9 +308,6 @@ class IncomingProxy:
             with self._notes_lock:
                 self._notes.close()
                 self._notes = None
-        if self._notes_dir is not None:
-            shutil.rmtree(self._notes_dir, ignore_errors=True)
-            self._notes_dir = None
 
     def _say_losses(self) -> None:
         """Connections the program may not have got: their delivery failed (the program

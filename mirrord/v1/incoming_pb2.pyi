@@ -225,9 +225,10 @@ class IncomingDirect(_message.Message):
     """the program's listener, as the agent connects to it (a loopback address)"""
     port: _builtins.int
     notify_path: _builtins.str
-    """The client's unix datagram socket: each delivery is told there (its source port, the
-    real peer, the original destination) before the agent connects, and its end after
-    (mirrord/directwire.py), so the program's accept can show the real peer.
+    """The client's unix datagram socket (an abstract name: a leading NUL): each delivery
+    is told there (its source port, the real peer, the original destination) before the
+    agent connects, and its end after (mirrord/directwire.py), so the program's accept
+    can show the real peer.
     """
     def __init__(
         self,
