@@ -242,6 +242,8 @@ def main() -> None:
             f"mirror adds to the pod's p50: keep-alive {m['keep'][1] - d['keep'][1]:+.3f} ms, "
             f"per-connection {m['new'][1] - d['new'][1]:+.3f} ms (target <= 1 ms)"
         )
+    streams = os.environ.get("MIRRORD_NO_DIRECT") == "1"
+    print("connections:", "gRPC streams" if streams else "direct from the local agent")
 
 
 if __name__ == "__main__":

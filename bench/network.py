@@ -157,6 +157,8 @@ def main() -> int:
         ratio = (int(m[0][1]) / float(m[0][2])) / (int(d[0][1]) / float(d[0][2]))
         added = (float(m[1][1]) - float(d[1][1])) * 1000
         print(f"throughput ratio {ratio:.2f}x direct; added p50 {added:.2f} ms")
+        streams = os.environ.get("MIRRORD_NO_DIRECT") == "1"
+        print("connections:", "gRPC streams" if streams else "direct to the local agent")
     return 0
 
 
