@@ -52,8 +52,10 @@ class DirectConnector:
         if err in (errno.EINPROGRESS, errno.EAGAIN):  # the program's socket is non-blocking
             await _ready(loop, sock, write=True)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(errno.ENETUNREACH, f"the agent's listener: {os.strerror(err)}")
+        if err == errno.ECONNREFUSED:
+            raise OSError(errno.ENETUNREACH, "the agent's listener is gone")
+        if err:  # the program's own mistake (EISCONN, EALREADY…): its connect's answer
+            raise OSError(err, os.strerror(err))
         try:
             request = encode_request(DirectRequest(self.secret, ip, port))
             if sock.send(request, socket.MSG_DONTWAIT) != len(request):

@@ -145,6 +145,20 @@ def test_timeout_is_the_pods(world: World) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_connecting_a_connected_socket_again_is_eisconn(world: World, stream: bool) -> None:
+    r = world.mirrord(
+        py(f"""
+        import socket
+        s = socket.create_connection(('{world.service.address}', 8080))
+        print('again', s.connect_ex(('{world.service.address}', 8080)))
+    """),
+        env=relay_env(stream),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "again 106" in r.stdout  # EISCONN, as without mirrord
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
 def test_non_blocking_connect(world: World, stream: bool) -> None:
     # A pod-side refusal reaches a non-blocking socket as the kernel reports it: connect()
     # says EINPROGRESS, the socket becomes writable, SO_ERROR says ECONNREFUSED.
