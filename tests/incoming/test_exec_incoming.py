@@ -382,3 +382,35 @@ def test_who_delivers_a_stolen_connection(xworld: ExecWorld, stream: bool) -> No
         if client is not None:
             client.kill()
         run.stop()
+
+
+HALF_CLOSING_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(sys.argv[3].encode())
+c.shutdown(socket.SHUT_WR)  # the request and its end at once, before any answer
+answer = b""
+while chunk := c.recv(65536):
+    answer += chunk
+print(answer.decode())
+"""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_steal_of_a_request_sent_with_its_end(
+    xworld: ExecWorld, programs: dict[str, Path], stream: bool
+) -> None:
+    # The peer's bytes and EOF may come before the program's side is connected: both must
+    # reach the program, in order, and its answer the peer.
+    req = request("/half-closed")
+    run = xworld.start(server_argv("raw", programs, xworld.tmp), steal(), stream)
+    try:
+        run.wait_subscribed("steal")
+        argv = ["python3", "-c", HALF_CLOSING_CLIENT, xworld.target.address, str(PORT), req]
+        done = xworld.client.run(argv, timeout=30)
+        log = run.wait_log("RAW ")
+    finally:
+        run.stop()
+    assert done.returncode == 0, done.stderr
+    assert body(done.stdout.decode()).strip() == "local"
+    assert f"RAW {req.encode().hex()} peer={xworld.client.address}:" in log, log

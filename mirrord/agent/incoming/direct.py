@@ -21,6 +21,7 @@ import logging
 import socket
 import struct
 from collections import deque
+from typing import Any, Protocol
 
 from mirrord.agent.incoming.delivery import Delivery
 from mirrord.directwire import NOTE_FAILED, NOTE_GONE, NOTE_NEW, Note, encode_note
@@ -98,19 +99,14 @@ class DirectTarget:
             if not sent.done():
                 sent.set_result(None)
 
-    async def deliver(
-        self,
-        delivery: Delivery,
-        sub_port: int,
-        peer: tuple[str, int],
-        original: tuple[str, int],
-        steal: bool,
-    ) -> None:
-        """Connect to the program's listener and pump until the connection is over."""
+    async def _connect(
+        self, sub_port: int, peer: tuple[str, int], original: tuple[str, int]
+    ) -> tuple[socket.socket, int] | None:
+        """A socket connected to the program's listener and its port, the NEW note sent
+        first (the caller tells `gone(port)` once the socket is closed); None when the
+        program could not be reached (FAILED is told)."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        clean = False
-        port = 0
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -132,17 +128,168 @@ class DirectTarget:
             except OSError as e:
                 log.debug("direct delivery to %s failed: %s", self.address, e)
                 self._tell(Note(NOTE_FAILED, port, sub_port, e.errno or errno.ECONNREFUSED))
+                sock.close()
+                return None
+        except BaseException:
+            sock.close()
+            raise
+        return sock, port
+
+    def gone(self, port: int) -> None:
+        self._tell(Note(NOTE_GONE, port))
+
+    async def deliver(
+        self,
+        delivery: Delivery,
+        sub_port: int,
+        peer: tuple[str, int],
+        original: tuple[str, int],
+        steal: bool,
+    ) -> None:
+        """Connect to the program's listener and pump the delivery's queues until the
+        connection is over (mirror copies, filtered requests)."""
+        connected = None
+        clean = False
+        try:
+            connected = await self._connect(sub_port, peer, original)
+            if connected is None:
                 return
             delivery.attached.set()
-            clean = await _pump(loop, sock, delivery, steal)
+            clean = await _pump(asyncio.get_running_loop(), connected[0], delivery, steal)
         finally:
             delivery.close()
+            if connected is not None:
+                sock, port = connected
+                if clean:
+                    _linger_off(sock)
+                sock.close()
+                self.gone(port)
+
+    async def steal(
+        self,
+        peer: asyncio.Transport,
+        first: Early,
+        sub_port: int,
+        peer_addr: tuple[str, int],
+        original: tuple[str, int],
+    ) -> None:
+        """A stolen connection, whole: the peer's transport (reading paused until now)
+        and one to the program are joined by two protocols, so each chunk costs a callback
+        and a send, no task or queue (the keep-alive request rate depends on it)."""
+        connected = None
+        bridge = None
+        try:
+            connected = await self._connect(sub_port, peer_addr, original)
+            if connected is None:
+                peer.close()
+                return
+            bridge = _Bridge(peer)
+            loop = asyncio.get_running_loop()
+            await loop.create_connection(bridge.program_side, sock=connected[0])
+            for data in first.early:  # read before the pause took effect
+                bridge.peer_side.data_received(data)
+            peer.set_protocol(bridge.peer_side)
+            if first.eof:
+                bridge.peer_side.eof_received()
+            else:
+                peer.resume_reading()
+            await bridge.done
+        finally:
+            clean = bridge is not None and bridge.done.done() and bridge.done.result()
+            if bridge is not None and bridge.program.transport is not None:
+                bridge.close(clean)  # the program's transport owns the socket now
+            else:
+                peer.abort()
+                if connected is not None:
+                    connected[0].close()
+            if connected is not None:
+                self.gone(connected[1])
+
+
+def _linger_off(sock: Any) -> None:  # a socket, or the TransportSocket of a transport
+    """A clean end closes with a FIN, not the reset set up for a dying agent."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+
+
+class Early(Protocol):
+    """What a stolen connection's peer sent before the bridge took its transport."""
+
+    early: list[bytes]
+    eof: bool
+
+
+class _Half(asyncio.Protocol):
+    """One side of a _Bridge: what its transport receives goes to the other side."""
+
+    def __init__(self, bridge: _Bridge, name: str) -> None:
+        self.bridge = bridge
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.other: _Half | None = None
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.other is not None and self.other.transport is not None
+        self.other.transport.write(data)
+
+    def eof_received(self) -> bool:
+        assert self.other is not None and self.other.transport is not None
+        self.eof = True
+        if self.other.transport.can_write_eof():
+            self.other.transport.write_eof()
+        self.bridge.check_done()
+        return True  # half-closed: the other direction goes on
+
+    def pause_writing(self) -> None:
+        # Our transport's buffer is full of the other side's bytes: stop reading them.
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.bridge.lost(self)
+
+
+class _Bridge:
+    """The peer's and the program's transports joined; `done` is True when both
+    directions ended with an EOF, False when either side failed first."""
+
+    def __init__(self, peer: asyncio.Transport) -> None:
+        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.peer_side = _Half(self, "peer")
+        self.peer_side.transport = peer
+        self.program = _Half(self, "program")
+        self.peer_side.other, self.program.other = self.program, self.peer_side
+
+    def program_side(self) -> _Half:
+        return self.program
+
+    def check_done(self) -> None:
+        if self.peer_side.eof and self.program.eof and not self.done.done():
+            self.done.set_result(True)
+
+    def lost(self, half: _Half) -> None:
+        if not self.done.done():
+            self.done.set_result(self.peer_side.eof and self.program.eof)
+
+    def close(self, clean: bool) -> None:
+        for half in (self.peer_side, self.program):
+            if half.transport is None:
+                continue
             if clean:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
-            sock.close()
-            if port:
-                self._tell(Note(NOTE_GONE, port))
+                if half is self.program:
+                    _linger_off(half.transport.get_extra_info("socket"))
+                half.transport.close()
+            else:
+                half.transport.abort()
 
 
 async def _pump(
@@ -153,20 +300,23 @@ async def _pump(
     program's end, even after the real connection is over."""
     down = asyncio.ensure_future(_to_program(loop, sock, delivery))
     up = asyncio.ensure_future(_from_program(loop, sock, delivery, steal))
-    closed = asyncio.ensure_future(delivery.closed.wait())
     try:
         if not await down:
             return False  # aborted: the program's connection is reset
-        if steal:
+        if steal and not up.done():
             # The peer is gone before the program's answer ended: abort, as the stream did.
-            await asyncio.wait({up, closed}, return_when=asyncio.FIRST_COMPLETED)
+            closed = asyncio.ensure_future(delivery.closed.wait())
+            try:
+                await asyncio.wait((up, closed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
             if not up.done():
                 return False
         return await up
     finally:
-        for task in (down, up, closed):
+        for task in (down, up):
             task.cancel()
-        await asyncio.gather(down, up, closed, return_exceptions=True)
+        await asyncio.gather(down, up, return_exceptions=True)
 
 
 async def _to_program(

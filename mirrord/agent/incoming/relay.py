@@ -87,7 +87,11 @@ async def steal(peer: Streams, delivery: Delivery) -> None:
 
 
 async def mirror(
-    peer: Streams, delivery: Delivery, pod: Streams, hand_over: Callable[[], None] = lambda: None
+    peer: Streams,
+    delivery: Delivery,
+    pod: Streams,
+    hand_over: Callable[[], None] = lambda: None,
+    answers_queued: bool = True,
 ) -> bool:
     """Pass the connection through to the pod's server (already connected: the caller
     does that before announcing the copy, so the real traffic waits for nothing of ours)
@@ -99,6 +103,9 @@ async def mirror(
     (or the peer ended, or the copy needs to go: half the queue, HAND_OVER_DELAY), not at
     once: the client's work for the copy (its stream, the program's accept and read on
     another CPU) then does not compete with the real request on a busy node.
+
+    `answers_queued`: the client's answers come through `delivery.from_client` (a stream
+    carries them) and are drained here; a direct delivery drops them itself.
 
     False: the copy was dropped (the client fell behind)."""
     pod_reader, pod_writer = pod
@@ -151,11 +158,12 @@ async def mirror(
         while await delivery.from_client.get() is not None:
             pass
 
-    drop = asyncio.ensure_future(drop_answers())
+    drop = asyncio.ensure_future(drop_answers()) if answers_queued else None
     try:
         await asyncio.gather(peer_to_pod(), pod_to_peer())
     finally:
         hand()
-        drop.cancel()
+        if drop is not None:
+            drop.cancel()
         pod_writer.close()
     return copying

@@ -86,7 +86,12 @@ class Subscription:
         self.copies_dropped = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accepted, sock=self.listener)
+        if self.direct is not None and self.rules.mode == "steal" and self.filter is None:
+            # Whole connections to a local program: transports joined (direct.py steal).
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(lambda: _StolenPeer(self), sock=self.listener)
+        else:
+            self._server = await asyncio.start_server(self._accepted, sock=self.listener)
         if self.rules.mode == "mirror" or self.filter is not None:
             self._top_up()
 
@@ -220,6 +225,36 @@ class Subscription:
         finally:
             self.deliveries.discard(a.delivery)
 
+    def steal_direct(self, peer: asyncio.Transport, first: _StolenPeer) -> None:
+        """A redirected connection (reading paused) for the local program, whole."""
+        assert self.direct is not None
+        self.connections += 1
+        sock = peer.get_extra_info("socket")
+        try:
+            relayed(sock)
+            original = original_destination(sock)
+            host, port = peer.get_extra_info("peername")[:2]
+        except (OSError, TypeError) as e:  # gone already
+            log.info("port %d: connection ended: %s", self.rules.port, e)
+            peer.abort()
+            return
+        remote = (str(host), int(port))
+        log.debug("port %d: connection from %s to %s", self.rules.port, remote, original)
+        self._spawn(self._steal_direct(self.direct, peer, first, remote, original))
+
+    async def _steal_direct(
+        self,
+        direct: DirectTarget,
+        peer: asyncio.Transport,
+        first: _StolenPeer,
+        remote: tuple[str, int],
+        original: tuple[str, int],
+    ) -> None:
+        try:
+            await direct.steal(peer, first, self.rules.port, remote, original)
+        except OSError as e:
+            log.info("port %d: direct delivery failed: %s", self.rules.port, e)
+
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -251,7 +286,9 @@ class Subscription:
                 pod = await open_pod()
                 delivery, hand_over = self._new_delivery(remote, original, now=False)
                 deliveries.append(delivery)
-                if not await relay.mirror((reader, writer), delivery, pod, hand_over):
+                if not await relay.mirror(
+                    (reader, writer), delivery, pod, hand_over, self.direct is None
+                ):
                     self.copies_dropped += 1
         except (OSError, ConnectionError, EOFError) as e:
             log.info("port %d: connection ended: %s", self.rules.port, e)
@@ -268,3 +305,27 @@ class Subscription:
                 self._mine.discard(delivery)
             writer.close()
             self._tasks.discard(task)
+
+
+class _StolenPeer(asyncio.Protocol):
+    """A stolen connection's first protocol, until the program's side is connected and a
+    bridge takes the transport: reading paused, so the peer's bytes wait in the kernel,
+    and what came before the pause took effect is kept (`early`, `eof`)."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.early: list[bytes] = []
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        # Not at once: the transport starts reading in a callback queued after this one.
+        asyncio.get_running_loop().call_soon(transport.pause_reading)
+        self.sub.steal_direct(transport, self)
+
+    def data_received(self, data: bytes) -> None:
+        self.early.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
