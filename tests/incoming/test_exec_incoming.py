@@ -414,3 +414,56 @@ def test_steal_of_a_request_sent_with_its_end(
     assert done.returncode == 0, done.stderr
     assert body(done.stdout.decode()).strip() == "local"
     assert f"RAW {req.encode().hex()} peer={xworld.client.address}:" in log, log
+
+
+BULK_SERVER = """
+import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+print("LISTENING", s.getsockname(), flush=True)
+block = bytes(range(256)) * 4096  # 1 MiB
+while True:
+    c, _ = s.accept()
+    got = b""
+    while b"\\r\\n\\r\\n" not in got or len(got.split(b"\\r\\n\\r\\n", 1)[1]) < 1 << 16:
+        got += c.recv(1 << 16)
+    upload = got.split(b"\\r\\n\\r\\n", 1)[1]  # the 64 KiB the client sent after its head
+    print("UPLOAD", hashlib.sha256(upload).hexdigest(), flush=True)
+    c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % (32 << 20))
+    for _ in range(32):
+        c.sendall(block)
+    c.close()
+"""
+
+SLOW_READER = """
+import hashlib, socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(b"GET /bulk HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n" + bytes(range(256)) * 256)
+h, n = hashlib.sha256(), 0
+time.sleep(1)  # let every buffer on the way fill up: flow control must hold the rest
+while chunk := c.recv(1 << 20):
+    n += len(chunk)
+    h.update(chunk)
+print(n, h.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_steal_bulk_both_ways_with_a_slow_reader(xworld: ExecWorld, stream: bool) -> None:
+    import hashlib
+
+    run = xworld.start(["/usr/bin/python3", "-c", BULK_SERVER, str(PORT)], steal(), stream)
+    try:
+        run.wait_subscribed("steal")
+        argv = ["python3", "-c", SLOW_READER, xworld.target.address, str(PORT)]
+        done = xworld.client.run(argv, timeout=60)
+        log = run.wait_log("UPLOAD ")
+    finally:
+        run.stop()
+    assert done.returncode == 0, done.stderr
+    block = bytes(range(256)) * 4096
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (32 << 20)
+    n, digest = done.stdout.decode().split()
+    assert int(n) == len(head) + 32 * len(block)
+    assert digest == hashlib.sha256(head + block * 32).hexdigest()
+    assert f"UPLOAD {hashlib.sha256(bytes(range(256)) * 256).hexdigest()}" in log
