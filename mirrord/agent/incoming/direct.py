@@ -51,7 +51,6 @@ class DirectTarget:
         except OSError:
             self._notify.close()
             raise
-
         # Notes go out in order; a datagram socket queues only net.unix.max_dgram_qlen
         # (10) of them, so a burst waits for the client to read (never dropped: a lost NEW
         # would show the program 127.0.0.1 as the peer).
@@ -222,9 +221,8 @@ class Early(Protocol):
 class _Half(asyncio.Protocol):
     """One side of a _Bridge: what its transport receives goes to the other side."""
 
-    def __init__(self, bridge: _Bridge, name: str) -> None:
+    def __init__(self, bridge: _Bridge) -> None:
         self.bridge = bridge
-        self.name = name
         self.transport: asyncio.Transport | None = None
         self.other: _Half | None = None
         self.eof = False
@@ -255,7 +253,7 @@ class _Half(asyncio.Protocol):
             self.other.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.bridge.lost(self)
+        self.bridge.lost()
 
 
 class _Bridge:
@@ -264,9 +262,9 @@ class _Bridge:
 
     def __init__(self, peer: asyncio.Transport) -> None:
         self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.peer_side = _Half(self, "peer")
+        self.peer_side = _Half(self)
         self.peer_side.transport = peer
-        self.program = _Half(self, "program")
+        self.program = _Half(self)
         self.peer_side.other, self.program.other = self.program, self.peer_side
 
     def program_side(self) -> _Half:
@@ -276,7 +274,7 @@ class _Bridge:
         if self.peer_side.eof and self.program.eof and not self.done.done():
             self.done.set_result(True)
 
-    def lost(self, half: _Half) -> None:
+    def lost(self) -> None:
         if not self.done.done():
             self.done.set_result(self.peer_side.eof and self.program.eof)
 
