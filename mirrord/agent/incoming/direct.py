@@ -14,15 +14,14 @@ the program sees a reset, not a clean end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import logging
 import socket
-import struct
 from collections import deque
-from typing import Any, Protocol
+from typing import Protocol
 
+from mirrord.agent.bridge import LINGER_OFF, LINGER_RESET, Bridge, set_linger
 from mirrord.agent.incoming.delivery import Delivery
 from mirrord.directwire import NOTE_FAILED, NOTE_GONE, NOTE_NEW, Note, encode_note
 
@@ -30,8 +29,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 NOTE_TIMEOUT_S = 5.0
-_LINGER_RESET = struct.pack("ii", 1, 0)
-_LINGER_OFF = struct.pack("ii", 0, 0)
 
 
 def _packed(host: str) -> bytes:
@@ -109,7 +106,7 @@ class DirectTarget:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
             sock.bind((self.address[0], 0))  # named before connecting: the note needs it
             port = int(sock.getsockname()[1])
             # Sent before connecting: in the client's queue before the program can accept.
@@ -160,7 +157,7 @@ class DirectTarget:
             if connected is not None:
                 sock, port = connected
                 if clean:
-                    _linger_off(sock)
+                    set_linger(sock, LINGER_OFF)
                 sock.close()
                 self.gone(port)
 
@@ -173,42 +170,27 @@ class DirectTarget:
         original: tuple[str, int],
     ) -> None:
         """A stolen connection, whole: the peer's transport (reading paused until now)
-        and one to the program are joined by two protocols, so each chunk costs a callback
-        and a send, no task or queue (the keep-alive request rate depends on it)."""
+        and one to the program joined (agent/bridge.py: no task or queue per chunk, which
+        the keep-alive request rate depends on)."""
         connected = None
-        bridge = None
+        bridge = Bridge()
+        program, peer_side = bridge.a, bridge.b
         try:
             connected = await self._connect(sub_port, peer_addr, original)
             if connected is None:
                 peer.close()
                 return
-            bridge = _Bridge(peer)
-            loop = asyncio.get_running_loop()
-            await loop.create_connection(bridge.program_side, sock=connected[0])
-            for data in first.early:  # read before the pause took effect
-                bridge.peer_side.data_received(data)
-            peer.set_protocol(bridge.peer_side)
-            if first.eof:
-                bridge.peer_side.eof_received()
-            else:
-                peer.resume_reading()
+            await bridge.attach(program, connected[0])
+            bridge.adopt(peer_side, peer, first.early, first.eof)
             await bridge.done
         finally:
-            clean = bridge is not None and bridge.done.done() and bridge.done.result()
-            if bridge is not None and bridge.program.transport is not None:
-                bridge.close(clean)  # the program's transport owns the socket now
-            else:
+            bridge.close(bridge.ended_cleanly())
+            if not bridge.joined(peer_side):
                 peer.abort()
-                if connected is not None:
-                    connected[0].close()
             if connected is not None:
+                if not bridge.joined(program):
+                    connected[0].close()
                 self.gone(connected[1])
-
-
-def _linger_off(sock: Any) -> None:  # a socket, or the TransportSocket of a transport
-    """A clean end closes with a FIN, not the reset set up for a dying agent."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
 
 
 class Early(Protocol):
@@ -216,78 +198,6 @@ class Early(Protocol):
 
     early: list[bytes]
     eof: bool
-
-
-class _Half(asyncio.Protocol):
-    """One side of a _Bridge: what its transport receives goes to the other side."""
-
-    def __init__(self, bridge: _Bridge) -> None:
-        self.bridge = bridge
-        self.transport: asyncio.Transport | None = None
-        self.other: _Half | None = None
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        assert self.other is not None and self.other.transport is not None
-        self.other.transport.write(data)
-
-    def eof_received(self) -> bool:
-        assert self.other is not None and self.other.transport is not None
-        self.eof = True
-        if self.other.transport.can_write_eof():
-            self.other.transport.write_eof()
-        self.bridge.check_done()
-        return True  # half-closed: the other direction goes on
-
-    def pause_writing(self) -> None:
-        # Our transport's buffer is full of the other side's bytes: stop reading them.
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.bridge.lost()
-
-
-class _Bridge:
-    """The peer's and the program's transports joined; `done` is True when both
-    directions ended with an EOF, False when either side failed first."""
-
-    def __init__(self, peer: asyncio.Transport) -> None:
-        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.peer_side = _Half(self)
-        self.peer_side.transport = peer
-        self.program = _Half(self)
-        self.peer_side.other, self.program.other = self.program, self.peer_side
-
-    def program_side(self) -> _Half:
-        return self.program
-
-    def check_done(self) -> None:
-        if self.peer_side.eof and self.program.eof and not self.done.done():
-            self.done.set_result(True)
-
-    def lost(self) -> None:
-        if not self.done.done():
-            self.done.set_result(self.peer_side.eof and self.program.eof)
-
-    def close(self, clean: bool) -> None:
-        for half in (self.peer_side, self.program):
-            if half.transport is None:
-                continue
-            if clean:
-                if half is self.program:
-                    _linger_off(half.transport.get_extra_info("socket"))
-                half.transport.close()
-            else:
-                half.transport.abort()
 
 
 async def _pump(

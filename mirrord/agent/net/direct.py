@@ -4,8 +4,8 @@ When the client shares the agent's network namespace (HelloReply.loopback_id), i
 `Net.Direct` for the agent's listeners on 127.0.0.1 and ::1 and its session's secret.
 The program's socket itself is then connected to such a listener and opens with a
 request (mirrord/directwire.py): the agent connects from the pod, answers, and relays
-between the two sockets. One relay and no gRPC message per connection or chunk, instead
-of the client's relay plus the stream.
+between the two sockets (agent/bridge.py). One relay and no gRPC message per connection or
+chunk, instead of the client's relay plus the stream.
 
 The local socket gets SO_LINGER 0 as soon as it is accepted: if the agent dies, the
 kernel resets it, and the program sees ECONNRESET/EPIPE rather than a clean end. The
@@ -20,9 +20,9 @@ import errno
 import logging
 import secrets
 import socket
-import struct
 from typing import TYPE_CHECKING
 
+from mirrord.agent.bridge import LINGER_OFF, LINGER_RESET, Bridge, set_linger
 from mirrord.agent.net.sockets import NetSessionState
 from mirrord.agent.net.tcp import connect_socket
 from mirrord.agent.session import AgentSession
@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0  # the client sends its request right after connecting
-CHUNK = 1024 * 1024
-_LINGER_RESET = struct.pack("ii", 1, 0)
-_LINGER_OFF = struct.pack("ii", 0, 0)
 
 
 class DirectListeners:
@@ -114,7 +111,7 @@ class DirectListeners:
                 continue
             conn.setblocking(False)
             with contextlib.suppress(OSError):
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._spawn(self._serve(conn))
 
@@ -156,13 +153,13 @@ class DirectListeners:
             pod.close()
             conn.close()
             raise
-        await relay_direct(pod, conn)
+        await _relay(pod, conn)
 
 
 def _refuse(conn: socket.socket, err: int) -> None:
     """Tell the pod's errno and close without a reset (the reply must be readable)."""
     with contextlib.suppress(OSError):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_OFF)
         conn.send(encode_reply(DirectReply(err)))
     conn.close()
 
@@ -178,48 +175,18 @@ async def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-async def relay_direct(pod: socket.socket, local: socket.socket) -> bool:
-    """Bytes both ways until both directions ended; closes both sockets. True when both
-    ended with an EOF (half-closes passed on as they came); on a reset or error on
-    either side, or cancellation, both sockets are reset."""
-    loop = asyncio.get_running_loop()
-    down = asyncio.ensure_future(_pump(loop, pod, local))
-    up = asyncio.ensure_future(_pump(loop, local, pod))
-    clean = False
+async def _relay(pod: socket.socket, local: socket.socket) -> None:
+    """Join the two sockets until both directions ended; a failure on either side, or
+    cancellation (the session's end), resets both."""
+    set_linger(pod, LINGER_RESET)  # turned off again for a clean end (Bridge.close)
+    bridge = Bridge()
     try:
-        # The first failure ends both: the other direction may wait forever otherwise.
-        for finished in asyncio.as_completed((down, up)):
-            if not await finished:
-                return False
-        clean = True
-        return True
+        await bridge.attach(bridge.a, pod)
+        await bridge.attach(bridge.b, local)
+        await bridge.done
     finally:
-        for task in (down, up):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-        if clean:
-            with contextlib.suppress(OSError):
-                local.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
-        else:
-            with contextlib.suppress(OSError):
-                pod.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        pod.close()
-        local.close()
-
-
-async def _pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket) -> bool:
-    """src's bytes to dst; True when src ended with an EOF (passed on as a half-close),
-    False when either side failed."""
-    try:
-        while True:
-            # A fresh buffer per read rather than one kept per direction: a thousand idle
-            # connections would otherwise hold 2 MiB each.
-            data = await loop.sock_recv(src, CHUNK)
-            if not data:
-                dst.shutdown(socket.SHUT_WR)
-                return True
-            await loop.sock_sendall(dst, data)
-    except OSError:
-        return False
+        bridge.close(bridge.ended_cleanly())
+        for half, sock in ((bridge.a, pod), (bridge.b, local)):
+            if not bridge.joined(half):
+                set_linger(sock, LINGER_RESET)
+                sock.close()
