@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from tests.incoming.exec_world import PORT, ExecWorld, server_argv, xworld
 from tests.incoming.h2_helpers import NODE_H2_SERVER, node_client
 from tests.incoming.incoming_helpers import mirrord_rules, request, send_requests, wait_until
-from tests.net.net_world import agent_of
+from tests.net.net_world import agent_of, other_end_owners
 
 pytestmark = pytest.mark.root
 __all__ = ["xworld"]  # the module-scoped fixture
@@ -365,19 +364,8 @@ def test_who_delivers_a_stolen_connection(xworld: ExecWorld, stream: bool) -> No
         assert found is not None, run.log()
         program = int(found.group(1))
         assert found.group(2).startswith(f"{xworld.client.address}:")  # the real peer
-        table = subprocess.run(
-            ["ss", "-Htnp", "state", "established"], capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        owners: dict[tuple[str, str], set[int]] = {}
-        for line in table:
-            fields = line.split()
-            for pid in re.findall(r"pid=(\d+)", line):
-                owners.setdefault((fields[2], fields[3]), set()).add(int(pid))
-        ours = [ends for ends, pids in owners.items() if program in pids]
-        assert len(ours) == 1, table
-        local, peer = ours[0]
-        relays = owners.get((peer, local), set())
-        assert relays == ({run.proc.pid} if stream else {agent_of(run.proc.pid)}), table
+        relays = other_end_owners(program)
+        assert relays == {run.proc.pid if stream else agent_of(run.proc.pid)}
     finally:
         if client is not None:
             client.kill()

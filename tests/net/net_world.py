@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -150,3 +151,20 @@ def agent_of(mirrord_pid: int) -> int:
                     return int(child)
         time.sleep(0.05)
     raise AssertionError("no agent process found")
+
+
+def other_end_owners(pid: int) -> set[int]:
+    """The processes holding the other end of `pid`'s one established TCP connection on
+    this host (`ss -tnp`): who relays it."""
+    table = subprocess.run(
+        ["ss", "-Htnp", "state", "established"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    owners: dict[tuple[str, str], set[int]] = {}  # (local, peer) -> pids
+    for line in table:
+        fields = line.split()
+        for found in re.findall(r"pid=(\d+)", line):
+            owners.setdefault((fields[2], fields[3]), set()).add(int(found))
+    ours = [ends for ends, pids in owners.items() if pid in pids]
+    assert len(ours) == 1, table
+    local, peer = ours[0]
+    return owners.get((peer, local), set())

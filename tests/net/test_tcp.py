@@ -3,14 +3,13 @@ connect, concurrency, forked children, getpeername/getsockname."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.net.net_world import MIRRORD, World, agent_of, relay_env
+from tests.net.net_world import MIRRORD, World, agent_of, other_end_owners, relay_env
 
 PY = "/usr/bin/python3"
 
@@ -296,20 +295,8 @@ def test_who_relays_the_programs_connection(world: World, stream: bool) -> None:
         ready, pid = proc.stdout.readline().split()
         assert ready == "ready"
         program = int(pid)
-        table = subprocess.run(
-            ["ss", "-Htnp", "state", "established"], capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        owners = {}  # (local, peer) -> pid
-        for line in table:
-            fields = line.split()
-            found = re.search(r"pid=(\d+)", line)
-            if found:
-                owners[(fields[2], fields[3])] = int(found.group(1))
-        ours = [ends for ends, pid in owners.items() if pid == program]
-        assert len(ours) == 1, table
-        local, peer = ours[0]
-        relay = owners.get((peer, local))  # the other end of the program's socket
-        assert relay == (proc.pid if stream else agent_of(proc.pid)), table
+        relays = other_end_owners(program)  # the other end of the program's socket
+        assert relays == {proc.pid if stream else agent_of(proc.pid)}
         proc.stdin.write("done\n")
         proc.stdin.flush()
         assert proc.wait(timeout=30) == 0
