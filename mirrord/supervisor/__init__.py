@@ -1,4 +1,6 @@
-"""The local side: start a program under ptrace + seccomp and rewrite its syscalls.
+"""The local side: start a program under seccomp and answer, rewrite or perform its
+trapped syscalls: by seccomp user notifications (the notify engine, the default) or by
+ptrace (the fallback; engine.py decides).
 
 Only this package imports python-ptrace (an import-linter contract checks it).
 """
@@ -9,17 +11,22 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mirrord.supervisor import engine as engines
+from mirrord.supervisor import proctree
 from mirrord.supervisor.handlers import Feature, build_policy
+from mirrord.supervisor.notify_engine import NotifyEngine
+from mirrord.supervisor.ptrace_engine import Tracer
+from mirrord.supervisor.seccomp import Engine, build_filter
 from mirrord.supervisor.signals import SignalForwarder, exit_like
-from mirrord.supervisor.spawn import PtraceRefused, SpawnError, seccomp_trace_available
-from mirrord.supervisor.tracer import ExitStatus, Tracer
+from mirrord.supervisor.spawn import PtraceRefused, SpawnError, seccomp_trace_available, spawn
+from mirrord.supervisor.status import ExitStatus, Stats
 
 __all__ = [
+    "Engine",
     "ExitStatus",
     "Feature",
     "PtraceRefused",
@@ -35,59 +42,92 @@ __all__ = [
 @dataclass(frozen=True)
 class SupervisorOptions:
     hostname: str | None = None  # uname() nodename to show; None leaves it alone
-    # None: use seccomp when the kernel has it. False forces the slow full-stop fallback.
-    use_seccomp: bool | None = None
-    # None: seccomp user notifications where rules allow them and the kernel has them;
-    # False (or MIRRORD_NO_NOTIFY=1) makes those syscalls ptrace stops too (slower).
-    use_notify: bool | None = None
     features: tuple[Feature, ...] = ()  # files, network…: rules + handlers
+    # None: engine.choose() from MIRRORD_ENGINE and the kernel.
+    engine: engines.EngineChoice | None = None
 
 
 class SupervisedRun:
-    """One traced program, run on its own tracer thread, awaited from asyncio."""
+    """One program, served on its own thread, awaited from asyncio."""
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], options: SupervisorOptions):
         self.argv = list(argv)
         self.env = dict(env)
-        use_seccomp = options.use_seccomp
-        if use_seccomp is None:
-            use_seccomp = os.environ.get("MIRRORD_NO_SECCOMP") != "1"
-        if use_seccomp and not seccomp_trace_available():
-            print(
-                "mirrord: warning: this kernel cannot run seccomp filters that return "
-                "SECCOMP_RET_TRACE; every syscall of the program will stop (much slower)",
-                file=sys.stderr,
+        self.options = options
+        try:
+            self.choice = options.engine or engines.choose(
+                seccomp_available=seccomp_trace_available()
             )
-            use_seccomp = False
-        self.use_seccomp = use_seccomp
-        use_notify = options.use_notify
-        if use_notify is None:
-            use_notify = os.environ.get("MIRRORD_NO_NOTIFY") != "1"
+        except engines.EngineError as exc:
+            raise SpawnError(str(exc), 2) from None
         self.started = threading.Event()
         try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
-        self.tracer = Tracer(
-            build_policy(hostname=options.hostname, features=options.features),
-            use_seccomp=use_seccomp,
-            use_notify=use_notify,
-            on_started=lambda _pid: self.started.set(),
-            on_main_stopped=lambda _sig: os.kill(os.getpid(), signal.SIGSTOP),
-            loop=loop,
-        )
+            self.loop = None
+        self.engine: NotifyEngine | Tracer | None = None
 
     @property
     def pid(self) -> int:
-        return self.tracer.main_pid
+        return self.engine.main_pid if self.engine is not None else 0
+
+    @property
+    def stats(self) -> Stats:
+        return self.engine.stats if self.engine is not None else Stats()
+
+    def _serve(self) -> ExitStatus:
+        """On the engine thread: spawn with the chosen engine, serve until the end."""
+        choice = self.choice
+        ptrace_policy = build_policy(
+            hostname=self.options.hostname, features=self.options.features, engine=Engine.PTRACE
+        )
+        tracer = Tracer(
+            ptrace_policy,
+            use_seccomp=choice.seccomp,
+            on_started=lambda _pid: self.started.set(),
+            on_main_stopped=lambda _sig: os.kill(os.getpid(), signal.SIGSTOP),
+            loop=self.loop,
+        )
+        trace_prog = tracer.filter()
+        notify_prog = None
+        notifier = None
+        if choice.engine is Engine.NOTIFY:
+            policy = build_policy(hostname=self.options.hostname, features=self.options.features)
+            notifier = NotifyEngine(
+                policy,
+                loop=self.loop,
+                on_started=lambda _pid: self.started.set(),
+                on_main_stopped=lambda _sig: os.kill(os.getpid(), signal.SIGSTOP),
+            )
+            notify_prog = build_filter(policy.rules, notify=True)
+        spawned = spawn(
+            self.argv,
+            self.env,
+            notify_prog=notify_prog,
+            trace_prog=None if choice.forced and notifier is not None else trace_prog,
+        )
+        try:
+            if spawned.engine is Engine.NOTIFY and notifier is not None:
+                engines.report(Engine.NOTIFY, choice.reason, forced=choice.forced)
+                self.engine = notifier
+                proctree.set_owner(notifier.tree.contains)
+                return notifier.run(spawned, self.argv[0])
+            engines.report(Engine.PTRACE, spawned.refused or choice.reason, forced=choice.forced)
+            self.engine = tracer
+            proctree.set_owner(tracer.traces)
+            return tracer.run_spawned(spawned, self.argv[0])
+        finally:
+            proctree.set_owner(None)
 
     def live_targets(self) -> list[int]:
         """Where a forwarded signal goes: the program, or what is left of its tree."""
-        if not self.started.is_set():
+        if not self.started.is_set() or self.engine is None:
             return []
-        if self.tracer.main_status is None:
-            return [self.tracer.main_pid]
-        return sorted(self.tracer.tasks)
+        if isinstance(self.engine, NotifyEngine):
+            return self.engine.live_targets()
+        if self.engine.main_status is None:
+            return [self.engine.main_pid]
+        return sorted(self.engine.tasks)
 
     async def wait(self) -> ExitStatus:
         loop = asyncio.get_running_loop()
@@ -95,20 +135,20 @@ class SupervisedRun:
 
         def body() -> None:
             try:
-                result = self.tracer.run(self.argv, self.env)
+                result = self._serve()
             except BaseException as exc:  # handed to the awaiting task
                 loop.call_soon_threadsafe(_set_exception, fut, exc)
                 self.started.set()
             else:
                 loop.call_soon_threadsafe(_set_result, fut, result)
 
-        threading.Thread(target=body, name="mirrord-tracer", daemon=True).start()
+        threading.Thread(target=body, name="mirrord-engine", daemon=True).start()
         return await fut
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        for tid in list(self.tracer.tasks) or [self.tracer.main_pid]:
+        for pid in self.live_targets() or ([self.pid] if self.pid else []):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(tid, sig)
+                os.kill(pid, sig)
 
 
 def _set_result(fut: asyncio.Future[ExitStatus], value: ExitStatus) -> None:

@@ -12,10 +12,16 @@ of the stopped thread, and returns one of:
   (an agent round trip); then `then(result, mem)` runs on the tracer thread and returns
   the action to apply. `result` is the exception instance if `work` raised. Every other
   traced thread keeps running meanwhile.
-- `OpenFile(path, flags, mode)`: only for a `Syscall` that came as a user notification
-  (`notified`, see notify.py): the supervisor opens `path` and the program gets that open
-  file as the syscall's result, in its lowest free fd. Registers cannot be changed for a
-  notified syscall, so `Allow` may not set arguments or exit hooks there.
+Only for a `Syscall` that came as a user notification (`notified`: the notify engine,
+where registers cannot be changed, so `Allow` may not set arguments or exit hooks):
+- `OpenFile(path, flags, mode, resolve, dirfd)`: the supervisor opens `path` (openat2 with
+  `resolve` relative to `dirfd` when given) and the program gets that open file as the
+  syscall's result, in its lowest free fd.
+- `InstallFd(fd, cloexec)`: our `fd` (an accepted connection) becomes the result the same way.
+- `Chdir(path)`: the thread's working directory becomes `path` (a local directory).
+A notified call can be interrupted by a signal before it is answered (the kernel then
+drops it, and usually makes the call again: see inflight.py): `Fake.on_lost` and
+`InstallFd.on_lost` give back what was taken for an answer that could not be delivered.
 """
 
 from __future__ import annotations
@@ -63,12 +69,20 @@ class Allow:
 @dataclass(frozen=True)
 class Fake:
     ret: int
+    on_lost: Callable[[], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class Defer:
     work: Callable[[], Awaitable[Any]]
     then: Callable[[Any, Memory], Action]
+    # Notify engine. interruptible: the call natively blocks in an interruptible wait
+    # (accept, recv, connect): a signal for the thread ends it (-ERESTARTSYS: the kernel
+    # restarts it or returns EINTR, as natively; sigwatch.py). cancel_if_gone: cancel
+    # `work` when the call is ended so or its thread dies; for waits that take nothing
+    # themselves (readiness). Other work (a pod connect) runs on, for the restart.
+    interruptible: bool = False
+    cancel_if_gone: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,23 @@ class OpenFile:
     path: str
     flags: int  # the program's open flags; O_CLOEXEC decides the new fd's close-on-exec
     mode: int = 0
+    resolve: int = 0  # openat2's RESOLVE_* flags, applied to our open of `path`
+    # Ours (a duplicate of the program's dirfd): `path` is relative to it. The engine
+    # closes it.
+    dirfd: int | None = None
 
 
-Action = Allow | Fake | Defer | OpenFile
+@dataclass(frozen=True)
+class InstallFd:
+    fd: int  # ours: closed by the engine once installed, else handed to on_lost
+    cloexec: bool
+    on_lost: Callable[[int], None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Chdir:
+    path: str  # a local directory (a remote one's cached copy)
+
+
+Action = Allow | Fake | Defer | OpenFile | InstallFd | Chdir
 Handler = Callable[[Syscall, Memory], Action]

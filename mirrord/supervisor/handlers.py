@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mirrord.supervisor.actions import Action, Allow, Fake, Handler, Memory, Syscall
-from mirrord.supervisor.seccomp import Kind, Rule
+from mirrord.supervisor.seccomp import Engine, Kind, Rule
 from mirrord.supervisor.syscalls import CLONE_UNTRACED, NR
 
 UTS_FIELD = 65  # each of the six utsname fields is a NUL-padded 65-byte array
@@ -61,7 +61,7 @@ def make_uname_handler(hostname: str) -> Handler:
 
 
 def clone_handler(sc: Syscall, mem: Memory) -> Action:
-    """clone(2) with CLONE_UNTRACED would escape tracing: strip the flag.
+    """clone(2) with CLONE_UNTRACED would escape tracing (ptrace engine): strip the flag.
 
     The seccomp filter only stops clone when that bit is set.
     """
@@ -72,7 +72,8 @@ def clone3_handler(sc: Syscall, mem: Memory) -> Action:
     """clone3(2) keeps its flags in memory (struct clone_args, flags first).
 
     The flag is cleared in place: the struct is the caller's own argument and no libc
-    reads it back, and CLONE_UNTRACED is all but unused outside the kernel.
+    reads it back, and CLONE_UNTRACED is all but unused outside the kernel. The kernel
+    reads the struct after our answer, so this can be a plain Allow at the stop.
     """
     try:
         (flags,) = struct.unpack("<Q", mem.read(sc.args[0], 8))
@@ -85,10 +86,11 @@ def clone3_handler(sc: Syscall, mem: Memory) -> Action:
 
 @dataclass
 class Policy:
-    """What stops and who handles it; built from the enabled features."""
+    """What is trapped and who handles it, for one engine; built from the features."""
 
     rules: list[Rule]
     handlers: dict[int, Handler]
+    engine: Engine = Engine.NOTIFY
 
     def trapped(self) -> dict[int, Rule]:
         return {r.nr: r for r in self.rules}
@@ -110,26 +112,27 @@ class Feature:
     close: Callable[[], Awaitable[None]] | None = None
 
 
-def build_policy(*, hostname: str | None, features: Sequence[Feature] = ()) -> Policy:
+def build_policy(
+    *, hostname: str | None, features: Sequence[Feature] = (), engine: Engine = Engine.NOTIFY
+) -> Policy:
     rules = [
         # io_uring does I/O without syscalls we could see: make programs fall back.
         Rule(NR["io_uring_setup"], Kind.ERRNO, errno=errno.ENOSYS),
-        Rule(NR["clone"], arg0_mask=CLONE_UNTRACED),
-        # The flag is cleared in memory, which the kernel reads after we answer: a
-        # notification (every thread a program starts makes one).
-        Rule(NR["clone3"], Kind.NOTIFY),
     ]
-    handlers: dict[int, Handler] = {
-        NR["clone"]: clone_handler,
-        NR["clone3"]: clone3_handler,
-    }
+    handlers: dict[int, Handler] = {}
+    if engine is Engine.PTRACE:
+        # Children must stay traced. (The notify engine's filter is inherited by every
+        # child whatever the flags.)
+        rules += [Rule(NR["clone"], arg0_mask=CLONE_UNTRACED), Rule(NR["clone3"])]
+        handlers |= {NR["clone"]: clone_handler, NR["clone3"]: clone3_handler}
     if hostname is not None:
-        # Answered whole (no registers to change): a notification, not a ptrace stop.
-        rules.append(Rule(NR["uname"], Kind.NOTIFY))
+        rules.append(Rule(NR["uname"]))
         handlers[NR["uname"]] = make_uname_handler(hostname)
     owner = {r.nr: "core" for r in rules}
     for feature in features:
         for rule in feature.rules:
+            if rule.engine is not None and rule.engine is not engine:
+                continue
             if rule.nr in owner:
                 raise ValueError(
                     f"syscall {rule.nr} is claimed by both {owner[rule.nr]} and {feature.name}"
@@ -137,4 +140,4 @@ def build_policy(*, hostname: str | None, features: Sequence[Feature] = ()) -> P
             owner[rule.nr] = feature.name
             rules.append(rule)
         handlers.update(feature.handlers)
-    return Policy(rules=rules, handlers=handlers)
+    return Policy(rules=rules, handlers=handlers, engine=engine)

@@ -1,22 +1,21 @@
-"""Seccomp user notifications: the cheap path for syscalls that never need new registers.
+"""Seccomp user notifications: the kernel interface of the notify engine.
 
-A syscall whose rule is Kind.NOTIFY does not ptrace-stop: the thread waits inside the
-kernel while a notification is read from the listener fd, and goes on when we answer
-with a result (faked), "continue" (the kernel runs it unchanged), or an fd we opened
-(installed into the program's fd table as the syscall's result, SECCOMP_ADDFD_FLAG_SEND).
+A trapped syscall does not stop the thread for a tracer: it waits inside the kernel while a
+notification is read from the listener fd, and goes on when we answer with a result
+(faked), "continue" (the kernel runs it unchanged), or an fd of ours installed into the
+program's fd table as the syscall's result (SECCOMP_IOCTL_NOTIF_ADDFD with
+ADDFD_FLAG_SEND, atomically). Registers cannot be changed and the kernel's result is never
+seen: calls that need a rewrite are performed by the supervisor instead (notify_engine.py).
 
 Why: a ptrace stop costs ~47 us on this kind of VM (signal-stop, SIGCHLD, waitpid,
 GETREGS, CONT, two cross-CPU wake-ups); a notification with SYNC_WAKE_UP ~6 us, because
-the waiting thread and the supervisor hand the CPU to each other directly. A python3
-start-up makes ~600 trapped file syscalls, almost all on local paths.
-
-What it cannot do: change argument registers, or see the result. Handlers that need
-that keep Kind.TRACE (openat2, chdir, close in write mode, the network syscalls).
+the waiting thread and the supervisor hand the CPU to each other directly; and the
+program's ptrace slot stays free for a debugger.
 
 The listener is made in the child (seccomp(2) with NEW_LISTENER returns it there) and
-sent to the supervisor over a socketpair before execve (it is O_CLOEXEC). Kernels
-without listeners (< 5.0), or a program already under another listener (EBUSY: nested
-supervisors), get the trace-only filter instead (spawn.py).
+sent to the supervisor over a unix socket before execve (spawn.py). Only one listener
+may exist in a process's filter chain: a program already under one (a nested supervisor,
+a container runtime using notifications) gets EBUSY, and the ptrace engine instead.
 """
 
 from __future__ import annotations
@@ -34,13 +33,15 @@ from dataclasses import dataclass
 SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-# After we took a notification, non-fatal signals wait until we answer (5.19+): without
-# it a Go program's preemption signal (SIGURG) interrupts every agent round trip.
+# Once we have read a notification, only a fatal signal ends the thread's wait (5.19+):
+# a slow remote open() is never cut short with EINTR, which natively it cannot be.
+# Calls that natively block interruptibly are watched instead (sigwatch.py).
 SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 
 # ioctls on the listener (linux/seccomp.h, type '!').
 NOTIF_RECV = 0xC0502100  # _IOWR('!', 0, struct seccomp_notif)
 NOTIF_SEND = 0xC0182101  # _IOWR('!', 1, struct seccomp_notif_resp)
+NOTIF_ID_VALID = 0x40082102  # _IOW('!', 2, __u64)
 NOTIF_ADDFD = 0x40182103  # _IOW('!', 3, struct seccomp_notif_addfd)
 NOTIF_SET_FLAGS = 0x40082104  # _IOW('!', 4, __u64)
 USER_NOTIF_FLAG_CONTINUE = 1
@@ -64,25 +65,24 @@ class Notification:
     args: tuple[int, int, int, int, int, int]
 
 
-def install_listener_filter(prog: bytes) -> int | None:
-    """In the child: install `prog` and return its listener fd, or None when this kernel
-    (or an outer listener) does not allow one; then nothing was installed."""
+def install_listener_filter(prog: bytes) -> tuple[int | None, int]:
+    """In the child: install `prog` and return (its listener fd, 0), or (None, errno) when
+    this kernel (EINVAL: no listener or no WAIT_KILLABLE_RECV; ENOSYS) or an outer
+    listener (EBUSY) does not allow one; then nothing was installed."""
     buf = ctypes.create_string_buffer(prog, len(prog))
 
     class _Fprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
     fprog = _Fprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    for flags in (
-        SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
-        SECCOMP_FILTER_FLAG_NEW_LISTENER,
-    ):
-        fd = int(_libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(fprog)))
-        if fd >= 0:
-            return fd
-        if ctypes.get_errno() not in (errno.EINVAL, errno.EBUSY, errno.ENOSYS):
-            raise OSError(ctypes.get_errno(), "installing the seccomp filter")
-    return None
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+    fd = int(_libc.syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(fprog)))
+    if fd >= 0:
+        return fd, 0
+    err = ctypes.get_errno()
+    if err not in (errno.EINVAL, errno.EBUSY, errno.ENOSYS):
+        raise OSError(err, "installing the seccomp filter")
+    return None, err
 
 
 class Listener:
@@ -139,6 +139,13 @@ class Listener:
                     return False  # the thread is gone or was interrupted
                 raise
         return True
+
+    def id_valid(self, nid: int) -> bool:
+        """Whether the call behind `nid` still waits for us (not interrupted, not dead)."""
+        try:
+            return self._ioctl(NOTIF_ID_VALID, bytearray(struct.pack("<Q", nid)))
+        except OSError:
+            return False
 
     def _send(self, nid: int, val: int, error: int, flags: int) -> bool:
         return self._ioctl(NOTIF_SEND, bytearray(_RESP.pack(nid, val, error, flags)))

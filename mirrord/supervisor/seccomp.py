@@ -4,16 +4,21 @@ Pure: it returns bytes (an array of `struct sock_filter`) and installing them is
 job. Everything not listed runs at native speed with no ptrace stop.
 
 Layout of the program:
-  1. Anything not x86_64 (an `int 0x80` from a 64-bit program, a 32-bit binary) stops with
-     data FOREIGN_ABI: its numbers differ, so it is passed through, never misread as x86_64.
+  1. Anything not x86_64 (an `int 0x80` from a 64-bit program, a 32-bit binary) is trapped
+     (ptrace: with data FOREIGN_ABI; notify: the notification names the arch): its numbers
+     differ, so it is passed through, never misread as x86_64.
   2. x32 syscalls (nr with bit 30 set) fail with ENOSYS: x32 programs are not supported.
-  3. Each rule: `if nr == N` then its action (a ptrace stop, a user notification, or an
-     errno). A rule may test bits of the low 32 bits of
-     args[0] (clone's flags), or that an argument is not NULL (sendto's address), so
-     that only the interesting case stops.
+  3. Each rule: `if nr == N` then its action (trapped, or an errno). A rule may test
+     bits of the low 32 bits of args[0] (clone's flags), or that an argument is not NULL
+     (sendto's address), so that only the interesting case is trapped.
   4. Default: allow.
 Each rule is "jeq N, 0, skip; ...; ret" with only short forward jumps, so the program
 never needs a jump longer than the 8-bit offsets BPF allows.
+
+A trapped syscall is a seccomp user notification for the notify engine and a ptrace stop
+(SECCOMP_RET_TRACE) for the ptrace engine; the notify engine's filter has no RET_TRACE at
+all: such a rule makes the syscall fail with ENOSYS as soon as the program's tracer is a
+debugger that did not ask for seccomp events.
 """
 
 from __future__ import annotations
@@ -50,25 +55,31 @@ FOREIGN_ABI = 0xFFFF
 
 
 class Kind(Enum):
-    TRACE = "trace"  # stop at a seccomp event; RET_DATA carries the syscall number
+    # Handed to the supervisor: a user notification (notify engine) or a ptrace stop whose
+    # RET_DATA carries the syscall number (ptrace engine).
+    TRAP = "trap"
     ERRNO = "errno"  # fail at once with an errno, no stop
-    # A seccomp user notification (notify.py): the thread waits, not ptrace-stopped, while
-    # the supervisor decides. ~8x cheaper than a ptrace stop, but registers cannot be
-    # changed: only for handlers that answer, continue unchanged, or hand over an fd.
-    # Falls back to TRACE where the kernel has no listener (build_filter(notify=False)).
-    NOTIFY = "notify"
+
+
+class Engine(Enum):
+    """How trapped syscalls reach the supervisor (engine.py chooses)."""
+
+    NOTIFY = "notify"  # seccomp user notifications; the program's ptrace slot stays free
+    PTRACE = "ptrace"  # ptrace stops (old kernels, a listener already present)
 
 
 @dataclass(frozen=True)
 class Rule:
     nr: int
-    kind: Kind = Kind.TRACE
+    kind: Kind = Kind.TRAP
     errno: int = 0
     # When set, only stop if (low 32 bits of args[0]) & arg0_mask != 0; else allow.
     arg0_mask: int = 0
     # When set, only stop if args[arg_nonzero] != 0 (a pointer given: sendto/recvfrom's
     # address); else allow. Both halves of the 64-bit argument are tested.
     arg_nonzero: int | None = None
+    # Only for this engine (None: both); e.g. clone's CLONE_UNTRACED matters to ptrace only.
+    engine: Engine | None = None
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
@@ -78,19 +89,16 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
 def _ret_for(rule: Rule, notify: bool) -> int:
     if rule.kind is Kind.ERRNO:
         return SECCOMP_RET_ERRNO | (rule.errno & SECCOMP_RET_DATA)
-    if rule.kind is Kind.NOTIFY and notify:
+    if notify:
         return SECCOMP_RET_USER_NOTIF
     return SECCOMP_RET_TRACE | (rule.nr & SECCOMP_RET_DATA)
-
-
-def has_notify(rules: list[Rule]) -> bool:
-    return any(r.kind is Kind.NOTIFY for r in rules)
 
 
 def build_filter(rules: list[Rule], *, notify: bool = True) -> bytes:
     """Return the filter program for these rules (one rule per syscall number).
 
-    With notify=False, NOTIFY rules stop with ptrace instead (no listener available)."""
+    notify=True: trapped syscalls (and foreign-ABI ones) are user notifications and the
+    program has no RET_TRACE rule; notify=False: ptrace stops."""
     seen: set[int] = set()
     for r in rules:
         if r.nr in seen:
@@ -98,10 +106,11 @@ def build_filter(rules: list[Rule], *, notify: bool = True) -> bytes:
         if not 0 <= r.nr < FOREIGN_ABI:
             raise ValueError(f"syscall number out of range: {r.nr}")
         seen.add(r.nr)
+    foreign = SECCOMP_RET_USER_NOTIF if notify else SECCOMP_RET_TRACE | FOREIGN_ABI
     prog = [
         _insn(BPF_LD_W_ABS, 0, 0, OFF_ARCH),
         _insn(BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        _insn(BPF_RET_K, 0, 0, SECCOMP_RET_TRACE | FOREIGN_ABI),
+        _insn(BPF_RET_K, 0, 0, foreign),
         _insn(BPF_LD_W_ABS, 0, 0, OFF_NR),
         _insn(BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
         _insn(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOSYS),

@@ -1,16 +1,22 @@
-"""Starting the program under the tracer: fork, seize, seccomp, execve.
+"""Starting the program under the supervisor: fork, filter, execve.
 
-Order matters (DESIGN.md, "Seccomp details"): the tracer must hold the child with
-TRACESECCOMP and EXITKILL set *before* the filter exists, because without a tracer every
-RET_TRACE syscall fails with ENOSYS. The child therefore waits on a pipe until the parent
-has seized it, then sets no_new_privs, installs the filter and execs.
+Notify engine (the default): the child sets no_new_privs, installs the filter with a
+seccomp listener, writes the listener's fd number on a pipe and waits until we have
+copied it (pidfd_getfd: as its parent we may) before it execs. Not SCM_RIGHTS: its own
+sendmsg may be trapped by the filter it just installed, with nobody serving yet. Nobody
+ptrace-attaches, so a debugger can. The child dies with the supervisor thread
+(PR_SET_PDEATHSIG), as ptrace's EXITKILL did: without us its trapped syscalls would fail
+with ENOSYS.
 
-When the filter has user-notification rules (notify.py), the child installs it with a
-listener, writes the listener's fd number on a pipe and waits; the parent copies the fd
-with pidfd_getfd(2) and lets it go on to execve (which closes its O_CLOEXEC copy). Only
-read/write on pipes happen in the child once the filter is on: anything the filter
-stops or notifies would wait for a parent that is not serving yet. If the kernel refuses
-a listener the child installs the trace-only variant and writes "t".
+Ptrace engine: order matters (DESIGN.md, "Seccomp details"): the tracer must hold the child
+with TRACESECCOMP and EXITKILL set *before* the filter exists, because without a tracer
+every RET_TRACE syscall fails with ENOSYS. The child therefore waits on a pipe until the
+parent has seized it, then sets no_new_privs, installs the filter and execs.
+
+When the kernel refuses the listener (EBUSY: one exists already; EINVAL/ENOSYS: too old)
+the child says so and waits; the parent seizes it and it installs the ptrace filter
+instead. Only pipe reads and writes happen in the child once a filter is on: anything
+the filter traps would wait for a supervisor that is not serving yet.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ import shutil
 import signal
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from mirrord.supervisor import ptrace_ops
 from mirrord.supervisor.notify import install_listener_filter
 from mirrord.supervisor.pidfd import take_fd
+from mirrord.supervisor.seccomp import Engine
 
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
@@ -89,12 +98,22 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+    exec_err_fd: int  # read a failed exec's reason from it (read_exec_failure)
+    engine: Engine
+    listener: int | None = None  # notify engine: the seccomp listener
+    # The notify engine was asked for but the kernel refused a listener: why (for the user).
+    refused: str | None = None
+
+
 def _child(
     path: str,
     argv: Sequence[str],
     env: Mapping[str, str],
-    filter_prog: bytes | None,
-    fallback_prog: bytes | None,
+    notify_prog: bytes | None,
+    trace_prog: bytes | None,
     sync_r: int,
     err_w: int,
     note_w: int | None,
@@ -106,25 +125,30 @@ def _child(
             _libc.signal(int(sig), 0)  # SIG_DFL
         empty = ctypes.create_string_buffer(128)  # sigset_t, all clear
         _libc.sigprocmask(2, empty, None)  # SIG_SETMASK
-        if os.read(sync_r, 1) != b"x":
+        parent = os.getppid()
+        _libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(127)  # the supervisor died before the line above
+        if notify_prog is None and os.read(sync_r, 1) != b"x":
             os._exit(127)  # the tracer gave up on us
         if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if note_w is not None and filter_prog is not None:
-            listener = install_listener_filter(filter_prog)
+        if notify_prog is not None and note_w is not None:
+            listener, err = install_listener_filter(notify_prog)
             if listener is None:
-                filter_prog = fallback_prog  # installed below, trace-only
-                os.write(note_w, b"t")
+                os.write(note_w, b"t%d" % err)
+                if os.read(sync_r, 1) != b"x":  # seized by the parent meanwhile
+                    os._exit(127)
             else:
-                filter_prog = None
-                os.write(note_w, b"%d" % listener)
-                os.close(note_w)
+                os.write(note_w, b"n%d" % listener)
                 if os.read(sync_r, 1) != b"y":  # the parent has its copy
                     os._exit(127)
+                trace_prog = None
+            os.close(note_w)
         os.close(sync_r)
-        if filter_prog is not None:
-            buf = ctypes.create_string_buffer(filter_prog, len(filter_prog))
-            fprog = _SockFprog(len(filter_prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        if trace_prog is not None:
+            buf = ctypes.create_string_buffer(trace_prog, len(trace_prog))
+            fprog = _SockFprog(len(trace_prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
             rc = _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
             if rc != 0:
                 raise OSError(ctypes.get_errno(), "installing the seccomp filter")
@@ -138,57 +162,97 @@ def _child(
             os._exit(127)
 
 
-def spawn_traced(
+REFUSED = {
+    errno.EBUSY: "a seccomp listener is already in place (a nested supervisor, or a "
+    "container runtime that uses seccomp notifications)",
+    errno.EINVAL: "this kernel cannot make a seccomp listener that waits killably "
+    "(WAIT_KILLABLE_RECV, Linux 5.19)",
+    errno.ENOSYS: "this kernel cannot make a seccomp listener",
+}
+
+
+def spawn(
     argv: Sequence[str],
     env: Mapping[str, str],
-    filter_prog: bytes | None,
-    fallback_prog: bytes | None = None,
-) -> tuple[int, int, int | None]:
-    """Fork and seize the program. Returns (pid, fd to read a failed exec's reason from,
-    the seccomp listener fd or None).
+    *,
+    notify_prog: bytes | None,
+    trace_prog: bytes | None,
+) -> Spawned:
+    """Fork the program. `notify_prog` given: the notify engine, falling back to the
+    ptrace engine with `trace_prog` if the kernel refuses a listener (or failing, if
+    `trace_prog` is None). Otherwise the ptrace engine, with `trace_prog` (None: no
+    seccomp, every syscall stops).
 
-    `fallback_prog` is given when `filter_prog` has user-notification rules: the filter
-    to install instead if the kernel will not make a listener.
-    Must be called on the thread that will issue every later ptrace request.
-    """
+    Must be called on the thread that will serve the program (ptrace requests must come
+    from the thread that seized; PR_SET_PDEATHSIG follows the forking thread)."""
     path = resolve_executable(argv[0], env)
     sync_r, sync_w = os.pipe()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    want_listener = filter_prog is not None and fallback_prog is not None
-    note_r, note_w = os.pipe2(os.O_CLOEXEC) if want_listener else (None, None)
+    note_r, note_w = os.pipe2(os.O_CLOEXEC) if notify_prog is not None else (None, None)
     pid = os.fork()
     if pid == 0:
         os.close(sync_w)
         os.close(err_r)
         if note_r is not None:
             os.close(note_r)
-        _child(path, argv, env, filter_prog, fallback_prog, sync_r, err_w, note_w)
+        _child(path, argv, env, notify_prog, trace_prog, sync_r, err_w, note_w)
     os.close(sync_r)
     os.close(err_w)
     if note_w is not None:
         os.close(note_w)
+    sync = _Pipe(sync_w)
+    try:
+        if note_r is None:
+            _seize(pid, sync, err_r)
+            return Spawned(pid, err_r, Engine.PTRACE)
+        # b"" (it failed before the filter: the exec error says why), b"n<fd>": the
+        # listener's number in the child, or b"t<errno>": refused.
+        note = os.read(note_r, 32)
+        if note.startswith(b"n"):
+            try:
+                listener = take_fd(pid, int(note[1:]))
+            finally:
+                os.write(sync.fd, b"y")
+            return Spawned(pid, err_r, Engine.NOTIFY, listener=listener)
+        if not note.startswith(b"t"):
+            return Spawned(pid, err_r, Engine.NOTIFY)
+        err = int(note[1:] or 0)
+        reason = REFUSED.get(err, os.strerror(err))
+        if trace_prog is None:
+            sync.close()  # the child reads EOF and exits
+            os.waitpid(pid, 0)
+            os.close(err_r)
+            raise SpawnError(f"cannot run the notify engine: {reason}", 1)
+        _seize(pid, sync, err_r)
+        return Spawned(pid, err_r, Engine.PTRACE, refused=reason)
+    finally:
+        if note_r is not None:
+            os.close(note_r)
+        sync.close()
+
+
+class _Pipe:
+    """Our end of the sync pipe, closed exactly once."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _seize(pid: int, sync: _Pipe, err_r: int) -> None:
+    """Seize the waiting child and let it go on."""
     try:
         ptrace_ops.seize(pid)
     except ptrace_ops.PtraceError as exc:
-        os.close(sync_w)  # the child reads EOF and exits
-        if note_r is not None:
-            os.close(note_r)
+        sync.close()  # the child reads EOF and exits
         os.waitpid(pid, 0)
         os.close(err_r)
         raise PtraceRefused(_explain_ptrace_refusal(exc)) from None
-    os.write(sync_w, b"x")
-    listener = None
-    if note_r is not None:
-        # b"" (it failed before the filter: the exec error says why) or b"t": none.
-        note = os.read(note_r, 32)
-        os.close(note_r)
-        if note.isdigit():
-            try:
-                listener = take_fd(pid, int(note))
-            finally:
-                os.write(sync_w, b"y")
-    os.close(sync_w)
-    return pid, err_r, listener
+    os.write(sync.fd, b"x")
 
 
 def _explain_ptrace_refusal(exc: Exception) -> str:

@@ -51,9 +51,12 @@ class Wakeup:
     def unwatch(self, fd: int) -> None:
         self._fds.remove(fd)
 
-    def wait(self) -> bool:
-        """Sleep until a SIGCHLD or a poke; True if poked (answers are waiting)."""
-        ready, _, _ = select.select(self._fds, [], [], SAFETY_TIMEOUT_S)
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until a SIGCHLD, a poke or a watched fd (at most `timeout`, by default a
+        safety net); True if poked (answers are waiting)."""
+        ready, _, _ = select.select(
+            self._fds, [], [], SAFETY_TIMEOUT_S if timeout is None else timeout
+        )
         # Only a watched fd (a seccomp notification): no tracee changed state, so the
         # caller may skip its waitpid round. A timeout counts as "maybe": look anyway.
         self.maybe_stopped = not ready or self.sigfd in ready

@@ -1,6 +1,7 @@
 /* Children started with CLONE_UNTRACED, through clone3 and through clone: each prints
- * whether it has a tracer (TracerPid in /proc/self/status). Under mirrord both must
- * still be traced: the supervisor clears the flag. */
+ * whether it has a tracer (TracerPid in /proc/self/status) and its uname nodename.
+ * Under mirrord both must still be served: the ptrace engine clears the flag, the notify
+ * engine's filter is inherited whatever the flags (and it is no tracer). */
 #define _GNU_SOURCE
 #include <linux/sched.h>
 #include <signal.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,7 +19,9 @@ static void child(const char *how) {
     FILE *f = fopen("/proc/self/status", "r");
     while (f && fgets(line, sizeof line, f))
         if (strncmp(line, "TracerPid:", 10) == 0) traced = atoi(line + 10) != 0;
-    printf("%s child %s\n", how, traced ? "traced" : "untraced");
+    struct utsname u;
+    uname(&u);
+    printf("%s child %s %s\n", how, traced ? "traced" : "untraced", u.nodename);
     fflush(stdout);
     _exit(0);
 }

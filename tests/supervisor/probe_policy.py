@@ -14,8 +14,8 @@ import sys
 
 from mirrord.supervisor.actions import Allow, Defer, Fake, Memory, Syscall
 from mirrord.supervisor.handlers import Policy, utsname_bytes
+from mirrord.supervisor.ptrace_engine import Tracer
 from mirrord.supervisor.seccomp import Rule
-from mirrord.supervisor.tracer import Tracer
 from mirrord.supervisor.wakeup import block_sigchld
 
 GETPID, GETPPID, UNAME, READ = 39, 110, 63, 0

@@ -1,9 +1,10 @@
-"""Seccomp user notifications (notify.py) through the tracer, with a test-only policy
-(probe_notify.py): the same tracee under notifications and under the ptrace fallback."""
+"""The notify engine's machinery through SupervisedRun, with a test-only Feature
+(probe_notify.py): the same tracee under the notify and the ptrace engines."""
 
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from mirrord.supervisor.seccomp import (
+    SECCOMP_RET_ALLOW,
     SECCOMP_RET_TRACE,
     SECCOMP_RET_USER_NOTIF,
-    Kind,
     Rule,
     build_filter,
     run_filter,
@@ -59,32 +60,67 @@ child = os.fork()
 if child == 0:
     os._exit(0 if os.getppid() == 777 else 1)
 print("child", os.waitpid(child, 0)[1])
+if os.environ.get("PROBE_ENGINE") != "ptrace":
+    me = int(os.readlink("/proc/self"))  # getpid is the probe's
+    # An fd of the supervisor's installed as the call's result (think accept).
+    fd3 = libc.getsid(4242)
+    print("installed", os.read(fd3, 100).decode().strip())
+    # A call that natively blocks, hit by a signal with SA_RESTART: the call restarts
+    # and joins the work in progress, which runs once. (Python runs its handler only
+    # once the ctypes call returns; the EINTR case below shows the promptness.)
+    got = []
+    signal.signal(signal.SIGUSR1, lambda *a: got.append(time.monotonic()))
+    signal.siginterrupt(signal.SIGUSR1, False)
+    threading.Timer(0.2, os.kill, (me, signal.SIGUSR1)).start()
+    t0 = time.monotonic()
+    r = libc.getpgid(4242)
+    print("restarted", r, "handled", len(got))
+    # Without SA_RESTART (Python's default), the call fails with EINTR at once.
+    signal.signal(signal.SIGUSR2, lambda *a: got.append(1))
+    threading.Timer(0.2, os.kill, (me, signal.SIGUSR2)).start()
+    t0 = time.monotonic()
+    lc = ctypes.CDLL(None, use_errno=True)
+    r = lc.getpgid(4242)
+    print("eintr", r, ctypes.get_errno() == 4, time.monotonic() - t0 < 0.6)
+    os.chdir("/magic-dir")
+    print("chdir", os.getcwd() == os.environ["TARGET_DIR"], open("inside.txt").read().strip())
 """
 )
 
 
-def test_filter_returns_user_notif_or_trace() -> None:
-    rules = [Rule(39, Kind.NOTIFY), Rule(110)]
+def test_notify_filter_has_no_ret_trace() -> None:
+    """A RET_TRACE rule fails its syscall with ENOSYS once a debugger that did not ask for
+    seccomp events traces the program: the notify engine's filter has none, not even for
+    foreign-ABI calls."""
+    rules = [Rule(39), Rule(110)]
     prog = build_filter(rules)
     assert run_filter(prog, nr=39) == SECCOMP_RET_USER_NOTIF
-    assert run_filter(prog, nr=110) == SECCOMP_RET_TRACE | 110
+    assert run_filter(prog, nr=1) == SECCOMP_RET_ALLOW
+    assert run_filter(prog, nr=39, arch=0x40000003) == SECCOMP_RET_USER_NOTIF
+    insns = [struct.unpack_from("<HBBI", prog, i) for i in range(0, len(prog), 8)]
+    rets = [k & 0xFFFF0000 for code, _jt, _jf, k in insns if code == 0x06]
+    assert SECCOMP_RET_TRACE not in rets
     fallback = build_filter(rules, notify=False)
     assert run_filter(fallback, nr=39) == SECCOMP_RET_TRACE | 39
 
 
-@pytest.mark.parametrize("notify", [True, False], ids=["notifications", "ptrace-fallback"])
-def test_probe_notify(notify: bool, tmp_path: Path) -> None:
+NOTIFY_ONLY = ["installed from our pipe", "restarted 1001 handled 1", "eintr -1 True True"]
+
+
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_probe(engine: str, tmp_path: Path) -> None:
     target = tmp_path / "target.txt"
     target.write_text("from the magic file\n")
-    env = {"PATH": "/usr/bin:/bin"}
-    if not notify:
-        env["PROBE_NO_NOTIFY"] = "1"
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inside.txt").write_text("relative works\n")
+    env = {"PATH": "/usr/bin:/bin", "PROBE_ENGINE": engine, "TARGET_DIR": str(tmp_path / "dir")}
     r = subprocess.run(
-        [sys.executable, str(PROBE), str(target), "--", "/usr/bin/python3", "-c", TRACEE],
+        [sys.executable, str(PROBE), str(target), str(tmp_path / "dir"), "--",
+         "/usr/bin/python3", "-c", TRACEE],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [
+    expected = [
         "getpid 4242 waited 0.3 other thread ran True",
         "alarms 1",
         "getppid 777",
@@ -93,12 +129,19 @@ def test_probe_notify(notify: bool, tmp_path: Path) -> None:
         "normal open True",
         "threads ok True",
         "child 0",
-    ], r.stderr
-    m = re.search(r"probe stops=(\d+) notifications=(\d+) notified=\[(\w+)\]", r.stderr)
+    ]
+    if engine == "notify":
+        expected += [*NOTIFY_ONLY, "chdir True relative works"]
+    assert r.stdout.splitlines() == expected, r.stderr
+    m = re.search(
+        r"probe stops=(\d+) notifications=(\d+) notified=\[(\w+)\] getpgid_starts=(\d)",
+        r.stderr,
+    )
     assert m, r.stderr
     stops, notifications = int(m[1]), int(m[2])
-    if notify:
+    if engine == "notify":
         assert notifications > 1600 and m[3] == "True"  # 8 threads x 200 getppid and more
+        assert m[4] == "2"  # one per getpgid call, not per restart
     else:
         assert notifications == 0 and stops > 1600 and m[3] == "False"
 
@@ -115,16 +158,14 @@ print("not reached")
 """
 
 
-@pytest.mark.parametrize("notify", [True, False], ids=["notifications", "ptrace-fallback"])
-def test_program_killed_while_its_answer_is_deferred(notify: bool, tmp_path: Path) -> None:
-    """The answer comes after the thread is gone: the tracer drops it and ends with the
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_program_killed_while_its_answer_is_deferred(engine: str, tmp_path: Path) -> None:
+    """The answer comes after the thread is gone: the engine drops it and ends with the
     program's own status, nothing raised."""
-    env = {"PATH": "/usr/bin:/bin"}
-    if not notify:
-        env["PROBE_NO_NOTIFY"] = "1"
+    env = {"PATH": "/usr/bin:/bin", "PROBE_ENGINE": engine}
     r = subprocess.run(
-        [sys.executable, str(PROBE), str(tmp_path / "unused"), "--", "/usr/bin/python3", "-c",
-         KILLED_WHILE_WAITING],
+        [sys.executable, str(PROBE), str(tmp_path / "unused"), str(tmp_path), "--",
+         "/usr/bin/python3", "-c", KILLED_WHILE_WAITING],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert r.returncode == 128 + 9, r.stderr

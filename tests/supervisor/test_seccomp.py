@@ -11,6 +11,7 @@ from mirrord.supervisor.seccomp import (
     SECCOMP_RET_ERRNO,
     SECCOMP_RET_TRACE,
     SECCOMP_RET_USER_NOTIF,
+    Engine,
     Kind,
     Rule,
     build_filter,
@@ -24,13 +25,17 @@ def prog() -> bytes:
     return build_filter(build_policy(hostname="pod").rules)
 
 
+@pytest.fixture
+def ptrace_prog() -> bytes:
+    return build_filter(build_policy(hostname="pod", engine=Engine.PTRACE).rules, notify=False)
+
+
 def test_uname_is_a_user_notification(prog: bytes) -> None:
     assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_USER_NOTIF
 
 
-def test_without_a_listener_uname_stops_with_its_number_as_data() -> None:
-    prog = build_filter(build_policy(hostname="pod").rules, notify=False)
-    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_TRACE | NR["uname"]
+def test_ptrace_engine_stops_uname_with_its_number_as_data(ptrace_prog: bytes) -> None:
+    assert run_filter(ptrace_prog, nr=NR["uname"]) == SECCOMP_RET_TRACE | NR["uname"]
 
 
 def test_untrapped_syscalls_run_without_a_stop(prog: bytes) -> None:
@@ -47,17 +52,22 @@ def test_io_uring_setup_fails_with_enosys_without_a_stop(prog: bytes) -> None:
     assert run_filter(prog, nr=NR["io_uring_setup"]) == SECCOMP_RET_ERRNO | errno.ENOSYS
 
 
-def test_clone_stops_only_when_it_would_escape_tracing(prog: bytes) -> None:
+def test_ptrace_engine_stops_clone_only_when_it_would_escape_tracing(ptrace_prog: bytes) -> None:
+    prog = ptrace_prog
     plain_fork = 0x01200011  # CLONE_CHILD_SETTID|CLONE_CHILD_CLEARTID|SIGCHLD
     assert run_filter(prog, nr=NR["clone"], args=(plain_fork,)) == SECCOMP_RET_ALLOW
     untraced = plain_fork | CLONE_UNTRACED
     assert run_filter(prog, nr=NR["clone"], args=(untraced,)) == SECCOMP_RET_TRACE | NR["clone"]
     # The test clobbers the accumulator: the syscalls after clone must still match.
-    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_USER_NOTIF
+    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_TRACE | NR["uname"]
+    assert run_filter(prog, nr=NR["clone3"]) == SECCOMP_RET_TRACE | NR["clone3"]
 
 
-def test_clone3_is_always_a_notification(prog: bytes) -> None:
-    assert run_filter(prog, nr=NR["clone3"]) == SECCOMP_RET_USER_NOTIF
+def test_notify_engine_leaves_clone_alone(prog: bytes) -> None:
+    # Its filter is inherited by every child whatever the flags: nothing to strip.
+    untraced = 0x01200011 | CLONE_UNTRACED
+    assert run_filter(prog, nr=NR["clone"], args=(untraced,)) == SECCOMP_RET_ALLOW
+    assert run_filter(prog, nr=NR["clone3"]) == SECCOMP_RET_ALLOW
 
 
 def test_x32_syscalls_are_refused(prog: bytes) -> None:
@@ -65,15 +75,19 @@ def test_x32_syscalls_are_refused(prog: bytes) -> None:
     assert run_filter(prog, nr=X32_SYSCALL_BIT | 63) == SECCOMP_RET_ERRNO | errno.ENOSYS
 
 
-def test_foreign_arch_is_never_read_as_x86_64(prog: bytes) -> None:
-    # i386 nr 5 is open; as x86_64 it would be fstat. It must stop as FOREIGN_ABI.
-    assert run_filter(prog, nr=5, arch=AUDIT_ARCH_I386) == SECCOMP_RET_TRACE | FOREIGN_ABI
-    assert run_filter(prog, nr=63, arch=AUDIT_ARCH_I386) == SECCOMP_RET_TRACE | FOREIGN_ABI
+def test_foreign_arch_is_never_read_as_x86_64(prog: bytes, ptrace_prog: bytes) -> None:
+    # i386 nr 5 is open; as x86_64 it would be fstat. It must stop as FOREIGN_ABI (the
+    # notify engine reads the arch from the notification).
+    for nr in (5, 63):
+        assert run_filter(ptrace_prog, nr=nr, arch=AUDIT_ARCH_I386) == (
+            SECCOMP_RET_TRACE | FOREIGN_ABI
+        )
+        assert run_filter(prog, nr=nr, arch=AUDIT_ARCH_I386) == SECCOMP_RET_USER_NOTIF
 
 
 def test_many_rules_need_no_long_jumps() -> None:
     rules = [Rule(nr) for nr in range(0, 400)]
-    prog = build_filter(rules)
+    prog = build_filter(rules, notify=False)
     assert run_filter(prog, nr=399) == SECCOMP_RET_TRACE | 399
     assert run_filter(prog, nr=401) == SECCOMP_RET_ALLOW
 

@@ -287,8 +287,10 @@ def test_ctrl_z_stops_the_job_and_fg_resumes_it() -> None:
         os.close(fd)
 
 
-def test_refused_ptrace_is_a_clear_error() -> None:
-    # Containers often forbid ptrace with a seccomp profile (EPERM); simulate exactly that.
+def test_refused_ptrace_needs_the_ptrace_engine_only() -> None:
+    """Containers often forbid ptrace with a seccomp profile (EPERM); simulate exactly
+    that. The notify engine never calls ptrace(2) to run a program; the ptrace engine
+    says clearly why it cannot."""
     wrapper = (
         "import ctypes, os, sys\n"
         "from mirrord.supervisor.seccomp import Kind, Rule, build_filter\n"
@@ -300,9 +302,18 @@ def test_refused_ptrace_is_a_clear_error() -> None:
         "assert libc.prctl(38, 1, 0, 0, 0) == 0\n"
         "f = F(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))\n"
         "assert libc.prctl(22, 2, ctypes.byref(f), 0, 0) == 0\n"
-        "os.execv(sys.executable, [sys.executable, '-m', 'mirrord.supervisor', '--', 'true'])\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'mirrord.supervisor', *sys.argv[1:],"
+        " '--', 'uname', '-n'])\n"
     )
-    r = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-c", wrapper, "--hostname", "pod-host"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert (r.returncode, r.stdout.strip()) == (0, "pod-host"), r.stderr
+    r = subprocess.run(
+        [sys.executable, "-c", wrapper, "--engine", "ptrace"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
     assert r.returncode == 127
     assert "cannot trace the program: ptrace was refused (Operation not permitted)" in r.stderr
     assert "CAP_SYS_PTRACE or a seccomp profile" in r.stderr

@@ -1,19 +1,16 @@
 """Syscall handlers for files: decide local/remote by the rules, and for remote paths
 either answer from the agent (stat, access, readlink, mkdir…) or materialise the file in
-the cache and rewrite the path argument to the copy (open, chdir), so the kernel does
-the rest at native speed.
+the cache and have the program use the copy, so the kernel does the rest at native speed.
 
-Path arguments are rewritten into a scratch buffer below the stopped thread's stack
-(Syscall.scratch); Allow's machinery restores the original registers at the exit stop.
-Results written into the program's buffers (struct stat, readlink text) are written
-only when the call is faked, i.e. the kernel does not run it.
-
-Most of these syscalls come as seccomp user notifications (Syscall.notified, far cheaper
-than ptrace stops), where registers cannot be changed: a remote open is then answered
-with OpenFile (the supervisor opens the cached copy and hands the program the fd), a
-/proc fd link is read here instead of fixed at the syscall's exit. Those that must
-rewrite a path or see the result (openat2, chdir, close/fsync in write mode) stay ptrace
-stops (TRACED_SYSCALLS).
+Notify engine (`Syscall.notified`; registers cannot change): a remote open is answered
+with OpenFile (the supervisor opens the cached copy, with openat2's resolve flags, and
+hands the program the fd), a remote chdir with Chdir (the thread's cwd becomes the copy:
+inject.py), a /proc fd link is read here; close/fsync in write mode write the copy back
+first, then let the call run (or answer EIO: see close()).
+Ptrace engine: path arguments are rewritten into a scratch buffer below the stopped
+thread's stack (Syscall.scratch); Allow's machinery restores the original registers at
+the exit stop. Results written into the program's buffers (struct stat, readlink text)
+are written only when the call is faked, i.e. the kernel does not run it.
 """
 
 from __future__ import annotations
@@ -30,6 +27,7 @@ from typing import Any
 from mirrord.supervisor.actions import (
     Action,
     Allow,
+    Chdir,
     Defer,
     Fake,
     Handler,
@@ -43,7 +41,8 @@ from mirrord.supervisor.fs.remote import PathOp, RemoteFs
 from mirrord.supervisor.fs.rules import O_WRITE_INTENT, Access, FsRules
 from mirrord.supervisor.fs.structs import RemoteStat, pack_stat, pack_statx
 from mirrord.supervisor.handlers import Feature
-from mirrord.supervisor.seccomp import Kind, Rule
+from mirrord.supervisor.pidfd import take_fd
+from mirrord.supervisor.seccomp import Rule
 from mirrord.supervisor.syscalls import NR
 
 log = logging.getLogger("mirrord.fs")
@@ -98,10 +97,8 @@ WRITE_SYSCALLS = [
     "fchmod",
     "fchmodat",
 ]
-# Ptrace stops, not notifications: they rewrite a path argument (openat2's resolve
-# flags must apply to the copy, chdir must really change the cwd) or fix the result at
-# the syscall's exit (close/fsync report a failed write-back after the kernel ran them).
-TRACED_SYSCALLS = frozenset({"openat2", "chdir", "close", "fsync", "fdatasync"})
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 
 def _umask(tid: int) -> int:
@@ -216,6 +213,7 @@ class FsFeature:
         got = self._name(sc, mem, dirfd, sc.args[path_arg])
         if got is None:
             return Allow()
+        raw = got[0]
         path, access = self._access(got[1], flags)
         if access is Access.LOCAL:
             return Allow()
@@ -242,7 +240,9 @@ class FsFeature:
             # The remote side created/truncated it; locally the copy exists already.
             local_flags = flags & ~(os.O_CREAT | os.O_EXCL)
             if sc.notified:
-                return OpenFile(cache_path, local_flags)
+                if how is None:
+                    return OpenFile(cache_path, local_flags)
+                return self._openat2_copy(sc, dirfd, raw, cache_path, local_flags, how)
             blob = os.fsencode(cache_path) + b"\0"
             if how is not None:
                 new_how = struct.pack("<Q", local_flags) + how[8:]
@@ -271,8 +271,36 @@ class FsFeature:
             how = mem.read(sc.args[2], 24)
         except OSError:
             return Allow()
-        flags, mode, _resolve = struct.unpack("<QQQ", how)
+        flags, mode, resolve = struct.unpack("<QQQ", how)
+        if resolve & RESOLVE_BENEATH:
+            try:
+                absolute_path = mem.read(sc.args[1], 1) == b"/"
+            except OSError:
+                return Allow()
+            if absolute_path:
+                return Allow()  # EXDEV from the kernel, as for any absolute path
         return self._open(sc, mem, as_int(sc.args[0]), 1, flags, mode, None, how)
+
+    def _openat2_copy(
+        self, sc: Syscall, dirfd: int, raw: str, cache_path: str, flags: int, how: bytes
+    ) -> Action:
+        """openat2 answered with the copy, its RESOLVE_* flags applied: a path relative to
+        a remote directory (a dirfd or the cwd inside the cache) is opened relative to
+        that directory's copy, so BENEATH, IN_ROOT, NO_SYMLINKS… see the pod's tree."""
+        resolve = struct.unpack_from("<Q", how, 16)[0]
+        relative = not raw.startswith("/") or (resolve & RESOLVE_IN_ROOT and dirfd != AT_FDCWD)
+        if relative:
+            try:
+                if dirfd == AT_FDCWD:
+                    base = os.open(f"/proc/{sc.tid}/cwd", os.O_PATH | os.O_DIRECTORY)
+                else:
+                    base = take_fd(sc.tid, dirfd)
+            except OSError:
+                return Fake(-errno.EBADF)
+            if self.cache.from_cache(os.readlink(f"/proc/self/fd/{base}")) is not None:
+                return OpenFile(raw, flags, resolve=resolve, dirfd=base)
+            os.close(base)
+        return OpenFile(cache_path, flags, resolve=resolve & ~(RESOLVE_BENEATH | RESOLVE_IN_ROOT))
 
     # --- stat family --------------------------------------------------------------------------
 
@@ -469,6 +497,8 @@ class FsFeature:
             err, cache_path = r
             if err:
                 return Fake(-err)
+            if sc.notified:
+                return Chdir(cache_path)
             (p,) = self._scratch(sc, m, os.fsencode(cache_path) + b"\0")
             return Allow(set_args={0: p})
 
@@ -512,6 +542,11 @@ class FsFeature:
     # --- write mode -------------------------------------------------------------------------
 
     def _write_back_then_run(self, sc: Syscall, fd: int) -> Action:
+        """close/fsync of a changed writable copy: write it back to the pod, then let the
+        call run. A failed write-back is EIO. Notify engine: only the kernel's close can
+        close the program's fd, and its result cannot be changed after it ran, so a close
+        whose write-back failed answers EIO without closing (the fd stays open until the
+        program exits; its copy is tried again at the end of the run)."""
         found = self._fd_remote(sc.tid, fd)
         if found is None:
             return Allow()
@@ -524,6 +559,8 @@ class FsFeature:
 
         def then(err: Any, _m: Memory) -> Action:
             if isinstance(err, BaseException) or err:
+                if sc.notified:
+                    return Fake(-errno.EIO)
                 # The local call still runs (a close must close), then reports EIO.
                 return Allow(on_exit=lambda _ret, _mem: -errno.EIO)
             return Allow()
@@ -708,10 +745,9 @@ def make_fs_feature(rules: FsRules, remote: RemoteFs, *, tmpdir: str | None = No
     sweep_stale(tmpdir)
     fs = FsFeature(rules, remote, Cache(tmpdir))
     handlers = fs.handlers()
-    traced = {NR[name] for name in TRACED_SYSCALLS}
     return Feature(
         name="files",
-        rules=[Rule(nr, Kind.TRACE if nr in traced else Kind.NOTIFY) for nr in sorted(handlers)],
+        rules=[Rule(nr) for nr in sorted(handlers)],
         handlers=handlers,
         close=fs.close_session,
     )

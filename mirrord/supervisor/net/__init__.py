@@ -21,7 +21,7 @@ from mirrord.supervisor.net.handlers import NetHandlers
 from mirrord.supervisor.net.incoming import IncomingHandlers
 from mirrord.supervisor.net.redirect import Redirector
 from mirrord.supervisor.net.sockaddr import Destination
-from mirrord.supervisor.seccomp import Kind, Rule
+from mirrord.supervisor.seccomp import Engine, Rule
 from mirrord.supervisor.syscalls import NR
 
 __all__ = [
@@ -73,9 +73,7 @@ def network_feature(
     seccomp_rules = [
         Rule(NR["sendto"], arg_nonzero=4),
         Rule(NR["recvfrom"], arg_nonzero=4),
-        # Answered whole from our duplicate of the socket: notifications (notify.py).
-        *(Rule(NR[name], Kind.NOTIFY) for name in ("connect", "getpeername", "getsockname")),
-        # They rewrite an address argument or the result: ptrace stops.
+        *(Rule(NR[name]) for name in ("connect", "getpeername", "getsockname")),
         *(Rule(NR[name]) for name in ("sendmsg", "recvmsg", "sendmmsg", "recvmmsg")),
     ]
     if incoming is not None:
@@ -91,7 +89,12 @@ def network_feature(
         seccomp_rules += [
             Rule(NR["bind"]),
             Rule(NR["listen"]),
-            Rule(NR["accept"], arg_nonzero=1),  # only when the peer address is asked for
-            Rule(NR["accept4"], arg_nonzero=1),
+            # ptrace: only when the peer address is asked for (it is rewritten at the exit
+            # stop). notify: every accept, since the supervisor performs those on its
+            # listeners: no accept of the program's can then race ours.
+            Rule(NR["accept"], arg_nonzero=1, engine=Engine.PTRACE),
+            Rule(NR["accept4"], arg_nonzero=1, engine=Engine.PTRACE),
+            Rule(NR["accept"], engine=Engine.NOTIFY),
+            Rule(NR["accept4"], engine=Engine.NOTIFY),
         ]
     return Feature("network", seccomp_rules, handlers)

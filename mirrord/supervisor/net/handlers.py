@@ -19,6 +19,8 @@ connect, getpeername and getsockname never change registers or need the kernel's
 so they are seccomp user notifications (notify.py), not ptrace stops.
 - sendto/sendmsg/sendmmsg with an address (unconnected UDP): the address is swapped for
   the interceptor's; recvfrom/recvmsg/recvmmsg: the interceptor source becomes the remote.
+  Notify engine: the supervisor performs them (udp_calls.py); ptrace engine: a rewritten
+  copy of the address below SP, the source rewritten at the exit stop.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from mirrord.supervisor.net.sockinfo import (
     raw_name,
     socket_info,
 )
+from mirrord.supervisor.net.udp_calls import UdpCalls
 
 log = logging.getLogger("mirrord.supervisor.net")
 
@@ -86,6 +89,14 @@ class NetHandlers:
         # Incoming traffic's lookups (supervisor/net/incoming.py), tried first when set.
         self.incoming_peer: AddressHook | None = None
         self.incoming_local: AddressHook | None = None
+        # Notify engine: UDP calls with addresses, performed for the program.
+        self.udp = UdpCalls(
+            route=self._route,
+            interceptor=self._interceptor,
+            udp_port=redirector.udp_port,
+            open_udp=redirector.open_udp,
+            peer_of=self._peer_of,
+        )
 
     # --- decisions -------------------------------------------------------------------
 
@@ -148,8 +159,10 @@ class NetHandlers:
         if protocol == "tcp":
             # The program's socket is connected to the interceptor through our duplicate
             # of it, and the syscall is skipped with that connect's result: no argument
-            # rewrite, so no exit stop either (a stop costs ~60 µs across CPUs).
-            return Defer(lambda: self._connect_tcp(sock, dest), _fake_result)
+            # rewrite, so no exit stop either (a stop costs ~60 µs across CPUs). The pod's
+            # connect may take long (SYN retries): a signal ends the program's wait as it
+            # would natively; the connection goes on and a restarted connect joins it.
+            return Defer(lambda: self._connect_tcp(sock, dest), _fake_result, interruptible=True)
         if protocol is None:
             sock.close()
             return Allow()
@@ -197,7 +210,10 @@ class NetHandlers:
 
         def finish(port: int) -> Action:
             try:
-                return Fake(self._connect_dup(sock, dest, port, note=True))
+                ret = self._connect_dup(sock, dest, port, note=True)
+                if ret == 0:
+                    self.udp.note(sock)  # its receives may come from the interceptor
+                return Fake(ret)
             finally:
                 sock.close()
 
@@ -341,6 +357,8 @@ class NetHandlers:
         return self._name_call(look, peer=False)(sc, mem)
 
     def recvfrom(self, sc: Syscall, mem: Memory) -> Action:
+        if sc.notified:
+            return self.udp.recvfrom(sc, mem)
         ptr, lenptr = sc.args[4], sc.args[5]
         if not ptr or not lenptr:
             return Allow()
@@ -362,6 +380,8 @@ class NetHandlers:
             rewrite_sockaddr(m, name, hdr_addr + 8, cap, self._peer_of)
 
     def recvmsg(self, sc: Syscall, mem: Memory) -> Action:
+        if sc.notified:
+            return self.udp.recvmsg(sc, mem)
         hdr = sc.args[1]
         try:
             name, cap, *_ = MSGHDR.unpack(mem.read(hdr, MSGHDR.size))
@@ -378,6 +398,8 @@ class NetHandlers:
         return Allow(on_exit=on_exit)
 
     def recvmmsg(self, sc: Syscall, mem: Memory) -> Action:
+        if sc.notified:
+            return self.udp.recvmmsg(sc, mem)
         vec, vlen = sc.args[1], min(sc.args[2] & 0xFFFFFFFF, 1024)
         try:
             raw = mem.read(vec, vlen * MMSGHDR_SIZE)
@@ -433,6 +455,8 @@ class NetHandlers:
             return Allow()
         if dest is None:
             return Allow()
+        if sc.notified:
+            return self.udp.sendto(sc, mem, dest)
         scratch = sc.scratch(SOCKADDR_SLOT)
 
         def use(ports: list[int | None]) -> Action:
@@ -453,6 +477,8 @@ class NetHandlers:
             return None
 
     def sendmsg(self, sc: Syscall, mem: Memory) -> Action:
+        if sc.notified:
+            return self.udp.sendmsg(sc, mem)
         try:
             hdr = mem.read(sc.args[1], MSGHDR.size)
         except OSError:
@@ -473,6 +499,8 @@ class NetHandlers:
         return self._udp_ports(sc, [dest], use)
 
     def sendmmsg(self, sc: Syscall, mem: Memory) -> Action:
+        if sc.notified:
+            return self.udp.sendmmsg(sc, mem)
         vec, vlen = sc.args[1], min(sc.args[2] & 0xFFFFFFFF, MAX_MMSG)
         try:
             raw = mem.read(vec, vlen * MMSGHDR_SIZE)

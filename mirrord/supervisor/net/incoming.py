@@ -9,31 +9,46 @@
 - listen: the supervisor puts the socket in the listening state (again on the duplicate),
   then the thread waits (Defer) while the agent subscribes to the remote port, so no
   delivered connection can find the listener not yet listening.
-- accept/accept4 (only when an address pointer is given) and getpeername: a delivered
-  connection comes from the proxy's loopback socket; its source port names it, so the
-  kernel's 127.0.0.1:X is replaced by the real remote peer (stateless: dup/fork need
-  nothing). getsockname of a delivered connection gives the pod-side original destination.
+- accept/accept4 and getpeername: a delivered connection comes from the proxy's (or the
+  local agent's) loopback socket; its source port names it, so the kernel's 127.0.0.1:X
+  is replaced by the real remote peer (stateless: dup/fork need nothing). getsockname of a
+  delivered connection gives the pod-side original destination.
+  Notify engine: the supervisor accepts on its duplicate of a subscribed listener and
+  installs the connection in the program (InstallFd), the real peer written into its
+  address buffer; every accept is trapped, so none of the program's can race ours (a
+  per-listener lock: poll, then accept). A blocking listener with nothing queued waits on
+  the loop (waits.py); a signal ends that wait as natively; a connection taken for an
+  answer that could not be delivered is stashed for the restarted accept. Listeners that
+  take no traffic of the target are the kernel's. Ptrace engine: only accepts that ask
+  for the address stop, and it is rewritten at the exit stop.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import ipaddress
 import logging
+import os
+import select
 import socket
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
+from mirrord.supervisor.actions import Action, Allow, Defer, Fake, InstallFd, Memory, Syscall
+from mirrord.supervisor.net import rawmsg
 from mirrord.supervisor.net.sockaddr import (
     Destination,
     build_sockaddr,
     parse_sockaddr,
     rewrite_sockaddr,
 )
-from mirrord.supervisor.net.sockinfo import borrowed_socket
+from mirrord.supervisor.net.sockinfo import borrow, borrowed_socket
+from mirrord.supervisor.net.waits import waiter
+from mirrord.supervisor.syscalls import NR
 
 log = logging.getLogger("mirrord.supervisor.net.incoming")
 
@@ -110,6 +125,10 @@ class IncomingHandlers:
         # socket on that port (SO_REUSEPORT workers, dups, forks) gets the same answer.
         self.bound: dict[int, int] = {}
         self.subscribed: set[int] = set()
+        # Notify engine: connections accepted for an accept whose answer could not be
+        # delivered (ended by a signal), by listener inode, for the restarted accept.
+        self._stash: dict[int, collections.deque[tuple[int, bytes]]] = {}
+        self._accept_lock = threading.Lock()
 
     # --- bind / listen ---------------------------------------------------------------
 
@@ -186,6 +205,8 @@ class IncomingHandlers:
 
     def accept(self, sc: Syscall, mem: Memory) -> Action:
         """accept and accept4 (same first three arguments)."""
+        if sc.notified:
+            return self._accept_notified(sc, mem)
         ptr, lenptr = sc.args[1], sc.args[2]
         if not ptr or not lenptr or not self.subscribed:
             return Allow()
@@ -200,6 +221,110 @@ class IncomingHandlers:
             return None
 
         return Allow(on_exit=on_exit)
+
+    def _accept_notified(self, sc: Syscall, mem: Memory) -> Action:
+        if not self.subscribed:
+            return Allow()
+        fd, ptr, lenptr = sc.args[0], sc.args[1], sc.args[2]
+        flags = sc.args[3] & 0xFFFFFFFF if sc.nr == NR["accept4"] else 0
+        try:
+            sock = borrow(sc.tid, fd)
+        except OSError:
+            return Allow()
+        if sock is None:
+            return Allow()
+        try:
+            name = sock.getsockname()
+            ours = isinstance(name, tuple) and int(name[1]) in self.subscribed
+            cap = struct.unpack("<I", mem.read(lenptr, 4))[0] if ptr and lenptr else 0
+        except OSError:
+            ours = False  # not a listener of ours, or a bad pointer: the kernel answers
+        if not ours:
+            sock.close()
+            return Allow()
+        return self._take(sock, flags, ptr, lenptr, cap, mem)
+
+    def _take(
+        self, sock: socket.socket, flags: int, ptr: int, lenptr: int, cap: int, mem: Memory
+    ) -> Action:
+        """Accept now, or wait for a connection as the program's accept would."""
+        inode = os.fstat(sock.fileno()).st_ino
+        try:
+            got = self._accept_now(sock, inode)
+        except OSError as exc:
+            sock.close()
+            return Fake(-(exc.errno or errno.EIO))
+        if got is not None:
+            sock.close()
+            return self._deliver(got, inode, flags, ptr, lenptr, cap, mem)
+        if rawmsg.nonblocking(sock.fileno()):
+            sock.close()
+            return Fake(-errno.EAGAIN)
+        timeout = rawmsg.rcvtimeo(sock)
+
+        def again(ok: Any, m: Memory) -> Action:
+            if ok is not True:
+                sock.close()
+                return Fake(-errno.EAGAIN)  # SO_RCVTIMEO ran out
+            return self._take(sock, flags, ptr, lenptr, cap, m)
+
+        return Defer(
+            waiter(sock, write=False, timeout=timeout),
+            again,
+            interruptible=True,
+            cancel_if_gone=True,
+        )
+
+    def _accept_now(self, sock: socket.socket, inode: int) -> tuple[int, bytes] | None:
+        """A stashed connection, or one from the queue; None if the queue is empty.
+        Poll first: on a blocking listener accept would wait."""
+        with self._accept_lock:
+            stash = self._stash.get(inode)
+            if stash:
+                return stash.popleft()
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            if not poller.poll(0):
+                return None
+            try:
+                return rawmsg.accept(sock.fileno())
+            except BlockingIOError:
+                return None
+
+    def _stash_back(self, inode: int, conn: tuple[int, bytes]) -> None:
+        with self._accept_lock:
+            self._stash.setdefault(inode, collections.deque()).appendleft(conn)
+
+    def _deliver(
+        self,
+        conn: tuple[int, bytes],
+        inode: int,
+        flags: int,
+        ptr: int,
+        lenptr: int,
+        cap: int,
+        mem: Memory,
+    ) -> Action:
+        """The accepted connection becomes the program's fd, its real peer in the
+        program's address buffer."""
+        fd, peer = conn
+        if ptr and lenptr:
+            got = parse_sockaddr(peer)
+            shown = (self._remote_of(got) if got is not None else None) or peer
+            try:
+                if cap:
+                    mem.write(ptr, shown[:cap])
+                mem.write(lenptr, struct.pack("<I", len(shown)))
+            except OSError:
+                self._stash_back(inode, conn)
+                return Fake(-errno.EFAULT)
+        if flags & socket.SOCK_NONBLOCK:
+            rawmsg.set_nonblocking(fd)
+        return InstallFd(
+            fd,
+            cloexec=bool(flags & socket.SOCK_CLOEXEC),
+            on_lost=lambda lost: self._stash_back(inode, (lost, peer)),
+        )
 
     def peer_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
         """getpeername: the real remote peer of a delivered connection."""

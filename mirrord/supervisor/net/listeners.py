@@ -3,13 +3,15 @@ connection to 127.0.0.1:P stays local when the program itself listens on P.)
 
 Read from /proc, only when a loopback connect is decided: the listening sockets on P in
 this network namespace (/proc/net/tcp*, state 0A = LISTEN; UDP sockets bound to P), then
-whether one of them is an fd of a process we trace (TracerPid is our tracer thread).
+whether one of them is an fd of a process of the program (proctree.owns: its engine
+knows).
 """
 
 from __future__ import annotations
 
 import os
-import threading
+
+from mirrord.supervisor.proctree import owns
 
 LISTEN = "0A"
 
@@ -34,26 +36,13 @@ def _inodes_on_port(port: int) -> set[str]:
     return inodes
 
 
-def _traced_by_us(pid: str, me: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("TracerPid:"):
-                    return line.split()[1] == me
-    except OSError:
-        pass
-    return False
-
-
 def program_listens_on(port: int) -> bool:
     inodes = _inodes_on_port(port)
     if not inodes:
         return False
     wanted = {f"socket:[{i}]" for i in inodes}
-    # TracerPid names the tracing *thread*; handlers run on it.
-    me = str(threading.get_native_id())
     for pid in os.listdir("/proc"):
-        if not pid.isdigit() or not _traced_by_us(pid, me):
+        if not pid.isdigit() or not owns(int(pid)):
             continue
         try:
             fds = os.listdir(f"/proc/{pid}/fd")

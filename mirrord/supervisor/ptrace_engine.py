@@ -1,10 +1,12 @@
-"""The tracing loop: one thread, one `waitpid(-1, __WALL)`, every ptrace request.
+"""The ptrace engine: one thread, one `waitpid(-1, __WALL)`, every ptrace request.
 
+The fallback of the notify engine (engine.py says when), with the same handlers
+(`Syscall.notified` is False here: they rewrite registers instead of performing calls).
 Rules this loop keeps (DESIGN.md):
 - Every ptrace request comes from the thread that seized the program (ptrace is per
-  thread), so `Tracer.run` forks, seizes and loops on one thread.
+  thread), so spawning and this loop run on one thread.
 - At most one GETREGS and one SETREGS per stop; tracee memory through
-  process_vm_readv/writev (never word-by-word pokes).
+  /proc/TID/mem and process_vm_writev (never word-by-word pokes).
 - PTRACE_SEIZE, not TRACEME: group-stops are told apart from signals
   (PTRACE_EVENT_STOP) and parked with PTRACE_LISTEN, so job control still works.
 - A new child's first stop can arrive before its parent's fork event; it is held until
@@ -14,9 +16,6 @@ Rules this loop keeps (DESIGN.md):
 - The thread sleeps in select() on a signalfd (SIGCHLD) and an eventfd (answers to
   deferred syscalls), never in a blocking waitpid, so a thread waiting for the agent stays
   stopped while every other tracee is served (wakeup.py).
-- Syscalls with Kind.NOTIFY rules come as seccomp user notifications on a listener fd
-  (notify.py), watched by the same select(): no ptrace stop; the same handlers answer
-  them (Syscall.notified tells them registers cannot change).
 """
 
 from __future__ import annotations
@@ -29,18 +28,18 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mirrord.supervisor import ptrace_ops as pt
-from mirrord.supervisor.actions import Action, Allow, Defer, ExitHook, Fake, OpenFile, Syscall
+from mirrord.supervisor.actions import Action, Allow, Defer, ExitHook, Fake, Syscall
 from mirrord.supervisor.handlers import Policy
-from mirrord.supervisor.notify import Listener
-from mirrord.supervisor.seccomp import FOREIGN_ABI, Kind, Rule, build_filter, has_notify
-from mirrord.supervisor.spawn import SpawnError, read_exec_failure, spawn_traced
+from mirrord.supervisor.memory import TraceeMemory
+from mirrord.supervisor.seccomp import FOREIGN_ABI, Kind, Rule, build_filter
+from mirrord.supervisor.spawn import Spawned, SpawnError, read_exec_failure, spawn
+from mirrord.supervisor.status import ExitStatus, Stats
 from mirrord.supervisor.wakeup import Wakeup
 
 log = logging.getLogger("mirrord.supervisor")
@@ -53,52 +52,7 @@ SYSCALL_TRAP = signal.SIGTRAP | 0x80
 # How long _reap keeps polling waitpid after handling a stop before it sleeps (bench:
 # python3 start-up, ~600 stops, 100 -> 67 ms on 2 CPUs). Bounded CPU per burst of stops.
 SPIN_S = 200e-6
-FIRST_READ = 256
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How the first program ended: an exit code, or the signal that killed it."""
-
-    code: int | None = None
-    signal: int | None = None
-
-    @property
-    def shell_code(self) -> int:
-        if self.signal is not None:
-            return 128 + self.signal
-        return self.code if self.code is not None else 1
-
-
-class _Mem:
-    __slots__ = ("files", "tid")
-
-    def __init__(self, tid: int, files: pt.MemFiles) -> None:
-        self.tid = tid
-        self.files = files
-
-    def read(self, addr: int, size: int) -> bytes:
-        return self.files.read(self.tid, addr, size)
-
-    def write(self, addr: int, data: bytes) -> None:
-        pt.write_mem(self.tid, addr, data)
-
-    def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
-        """A NUL-terminated string: a short first read (most paths are short), more
-        only if needed. A read stops where the mapping ends; reading on from there
-        fails with EFAULT, as the kernel would."""
-        out = b""
-        want = FIRST_READ
-        while len(out) < limit:
-            data = self.files.read_some(self.tid, addr, min(want, limit - len(out)))
-            nul = data.find(b"\0")
-            if nul >= 0:
-                return out + data[:nul]
-            out += data
-            addr += len(data)
-            want = 4096
-        raise OSError(errno.ENAMETOOLONG, "string too long")
 
 
 @dataclass
@@ -118,27 +72,18 @@ class _Task:
     exit_fix: _ExitFix | None = None
 
 
-@dataclass
-class Stats:
-    stops: int = 0
-    notifications: int = 0
-    syscalls: dict[str, int] = field(default_factory=dict)
-
-
 class Tracer:
     def __init__(
         self,
         policy: Policy,
         *,
         use_seccomp: bool = True,
-        use_notify: bool = True,
         on_started: Callable[[int], None] | None = None,
         on_main_stopped: Callable[[int], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.policy = policy
         self.use_seccomp = use_seccomp
-        self.use_notify = use_seccomp and use_notify and has_notify(policy.rules)
         self.on_started = on_started
         self.on_main_stopped = on_main_stopped
         self.tasks: dict[int, _Task] = {}
@@ -147,7 +92,7 @@ class Tracer:
         self.main_pid = 0
         self.main_status: ExitStatus | None = None
         self.stats = Stats()
-        self.mem = pt.MemFiles()  # reads of tracee memory
+        self.mem = TraceeMemory()  # reads of tracee memory
         self._trapped = policy.trapped()
         self._foreign_warned = False
         self._exec_err_fd: int | None = None
@@ -156,48 +101,37 @@ class Tracer:
             collections.deque()
         )
         self._wakeup: Wakeup | None = None
-        self._listener: Listener | None = None
-        # Tracee memory for deferred notification answers made on the loop thread (see
-        # _answer_notification): its own fds, never shared with the tracer thread's.
-        self._loop_mem = pt.MemFiles()
-        self._tracer_thread = 0
         # A syscall stop was answered and its thread resumed during this _reap (see
         # SPIN_S): fork/exec/exit events do not come in bursts, syscalls do.
         self._resumed = False
 
     # --- public --------------------------------------------------------------------
 
+    def traces(self, pid: int) -> bool:
+        """`pid` (a process) is one we trace."""
+        return pid in self.tasks
+
+    def filter(self) -> bytes | None:
+        """The seccomp program this engine runs the program under (None: no seccomp)."""
+        return build_filter(self.policy.rules, notify=False) if self.use_seccomp else None
+
     def run(self, argv: Sequence[str], env: Mapping[str, str]) -> ExitStatus:
         """Start the program and trace it and its descendants until all have exited."""
-        self._tracer_thread = threading.get_ident()
-        rules = self.policy.rules
-        prog = build_filter(rules, notify=self.use_notify) if self.use_seccomp else None
-        fallback = build_filter(rules, notify=False) if self.use_notify else None
+        spawned = spawn(argv, env, notify_prog=None, trace_prog=self.filter())
+        return self.run_spawned(spawned, argv[0])
+
+    def run_spawned(self, spawned: Spawned, argv0: str) -> ExitStatus:
+        """Trace `spawned` (seized by spawn.py on this thread) and its descendants."""
         self._wakeup = Wakeup()
         try:
-            return self._run(argv, env, prog, fallback)
+            return self._run(spawned, argv0)
         finally:
             self._wakeup.close()
             self.mem.close()
-            self._loop_mem.close()
-            if self._listener is not None:
-                self._listener.close()
 
-    def _run(
-        self,
-        argv: Sequence[str],
-        env: Mapping[str, str],
-        prog: bytes | None,
-        fallback: bytes | None,
-    ) -> ExitStatus:
-        pid, err_fd, listener_fd = spawn_traced(argv, env, prog, fallback)
-        if listener_fd is not None:
-            self._listener = Listener(listener_fd)
-            assert self._wakeup is not None
-            self._wakeup.watch(listener_fd)
-        elif fallback is not None:
-            log.info("no seccomp listener on this kernel: file syscalls use ptrace stops")
-        self._exec_err_fd = err_fd
+    def _run(self, spawned: Spawned, argv0: str) -> ExitStatus:
+        pid = spawned.pid
+        self._exec_err_fd = spawned.exec_err_fd
         self.main_pid = pid
         self.tasks[pid] = _Task(pid, started=True)  # seized directly: no attach stop
         if self.on_started:
@@ -208,7 +142,7 @@ class Tracer:
             failure = read_exec_failure(self._exec_err_fd)
             self._exec_err_fd = None
             if failure is not None:
-                raise SpawnError(f"{argv[0]}: {failure[0]}", failure[1])
+                raise SpawnError(f"{argv0}: {failure[0]}", failure[1])
         assert self.main_status is not None
         return self.main_status
 
@@ -221,14 +155,6 @@ class Tracer:
             if reap:
                 self._reap()
             reap = True
-            if self._listener is not None:
-                self._serve_notifications(self._listener)
-                if self._listener.hung_up:
-                    # Nothing uses the filter any more; a hung-up fd would wake select()
-                    # at once, forever.
-                    self._wakeup.unwatch(self._listener.fd)
-                    self._listener.close()
-                    self._listener = None
             if not (self.tasks or self.held):
                 break
             if self._answers or self._wakeup.wait():
@@ -249,12 +175,7 @@ class Tracer:
                 self.held.clear()
                 return
             if tid == 0:
-                if (
-                    handled
-                    and self._resumed
-                    and not self._answers
-                    and not (self._listener and self._listener.pending())
-                ):
+                if handled and self._resumed and not self._answers:
                     # Busy-poll briefly before sleeping: a program that just made a
                     # trapped syscall usually makes the next within microseconds, and a
                     # select() sleep + SIGCHLD wakeup per stop costs more than the stop.
@@ -409,7 +330,7 @@ class Tracer:
         if fix.hook is not None:
             ret = regs.rax - (1 << 64) if regs.rax >= 1 << 63 else regs.rax
             try:
-                new = fix.hook(ret, _Mem(task.tid, self.mem))
+                new = fix.hook(ret, self.mem.of(task.tid))
             except Exception:
                 log.exception("exit hook failed; the program gets EIO")
                 new = -errno.EIO
@@ -427,7 +348,7 @@ class Tracer:
         args = tuple(getattr(regs, r) for r in ARG_REGS)
         sc = Syscall(tid, nr, args, regs.rsp)
         try:
-            action = handler(sc, _Mem(tid, self.mem))
+            action = handler(sc, self.mem.of(tid))
         except Exception:
             # Fail closed: a broken handler must not let the syscall silently run locally.
             log.exception("handler for syscall %d failed; the program gets EIO", nr)
@@ -444,10 +365,6 @@ class Tracer:
                 # At a plain syscall-entry stop the kernel overwrites rax with -ENOSYS;
                 # set the result again at the exit stop.
                 task.exit_fix = _ExitFix({}, fake_ret=action.ret)
-        elif isinstance(action, OpenFile):
-            log.error("OpenFile answered at a ptrace stop (only for notifications); EIO")
-            self._apply(tid, regs, Fake(-errno.EIO), fake_now=fake_now)
-            return
         elif isinstance(action, Allow):
             restore = {}
             for index, value in action.set_args.items():
@@ -458,87 +375,15 @@ class Tracer:
                 pt.setregs(tid, regs)
             if restore or action.on_exit is not None:
                 task.exit_fix = _ExitFix(restore, hook=action.on_exit)
-        else:
+        elif isinstance(action, Defer):
             self._defer(tid, regs, action, fake_now)
             return  # stays stopped until the answer comes
+        else:
+            log.error("%r answered at a ptrace stop (only for notifications); EIO", action)
+            self._apply(tid, regs, Fake(-errno.EIO), fake_now=fake_now)
+            return
         self._resumed = True
         self._resume(tid)
-
-    # --- user notifications ---------------------------------------------------------------
-
-    def _serve_notifications(self, listener: Listener) -> None:
-        while listener.pending():
-            n = listener.receive()
-            if n is None:
-                continue
-            self.stats.notifications += 1
-            handler = self.policy.handlers.get(n.nr)
-            if handler is None:
-                listener.proceed(n.id)
-                continue
-            sc = Syscall(n.tid, n.nr, n.args, notified=True)
-            try:
-                action = handler(sc, _Mem(n.tid, self.mem))
-            except Exception:
-                log.exception("handler for syscall %d failed; the program gets EIO", n.nr)
-                action = Fake(-errno.EIO)
-            self._answer_notification(listener, n.id, n.tid, action)
-
-    def _answer_notification(self, listener: Listener, nid: int, tid: int, action: Action) -> None:
-        if isinstance(action, Fake):
-            listener.answer(nid, action.ret)
-        elif isinstance(action, Allow):
-            if action.set_args or action.on_exit is not None:
-                # A handler bug: notified syscalls cannot be rewritten. Fail closed.
-                log.error("syscall answered with a rewrite it cannot have; EIO")
-                listener.answer(nid, -errno.EIO)
-            else:
-                listener.proceed(nid)
-        elif isinstance(action, OpenFile):
-            self._open_for(listener, nid, action)
-        elif self.loop is None:
-            log.error("a handler deferred work but the tracer has no event loop; EIO")
-            listener.answer(nid, -errno.EIO)
-        else:
-            fut = asyncio.run_coroutine_threadsafe(_await(action.work()), self.loop)
-            defer = action
-
-            def done(f: concurrent.futures.Future[Any]) -> None:
-                # Answered right here, on the loop thread that finished the work: a
-                # notification may be answered from any thread, and waking the tracer
-                # thread would cost a wake-up plus a wait for the GIL the loop holds.
-                if listener.closed:
-                    return  # the run is over (its loop may be cancelling our work)
-                try:
-                    result: Any = f.result()
-                except BaseException as exc:  # handed to `then`, which decides
-                    result = exc
-                on_tracer = threading.get_ident() == self._tracer_thread
-                mem = self.mem if on_tracer else self._loop_mem
-                try:
-                    nxt = defer.then(result, _Mem(tid, mem))
-                except Exception:
-                    log.exception("deferred handler failed; the program gets EIO")
-                    nxt = Fake(-errno.EIO)
-                try:
-                    self._answer_notification(listener, nid, tid, nxt)
-                except Exception:
-                    log.exception("answering a deferred syscall failed")
-
-            fut.add_done_callback(done)
-
-    @staticmethod
-    def _open_for(listener: Listener, nid: int, action: OpenFile) -> None:
-        try:
-            # Ours is always close-on-exec; the program's copy gets its own O_CLOEXEC.
-            fd = os.open(action.path, action.flags | os.O_CLOEXEC | os.O_NOCTTY, action.mode)
-        except OSError as exc:
-            listener.answer(nid, -(exc.errno or errno.EIO))
-            return
-        try:
-            listener.answer_fd(nid, fd, cloexec=bool(action.flags & os.O_CLOEXEC))
-        finally:
-            os.close(fd)
 
     # --- deferred syscalls ---------------------------------------------------------------
 
@@ -566,7 +411,7 @@ class Tracer:
             if tid not in self.tasks:
                 continue  # killed while it waited
             try:
-                nxt = action.then(result, _Mem(tid, self.mem))
+                nxt = action.then(result, self.mem.of(tid))
             except Exception:
                 log.exception("deferred handler failed; the program gets EIO")
                 nxt = Fake(-errno.EIO)

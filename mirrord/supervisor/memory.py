@@ -1,0 +1,155 @@
+"""The program's memory, for both engines: reads with pread on /proc/TID/mem, writes with
+process_vm_writev. Neither is a ptrace request: both need only ptrace *permission*
+(PTRACE_MODE_ATTACH), which the supervisor has as the program's ancestor, so they work
+while a debugger is the program's tracer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import threading
+from typing import Any
+
+FIRST_READ = 256
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+_vm_args: list[Any] = [
+    ctypes.c_int,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_ulong,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+_libc.process_vm_writev.argtypes = _vm_args
+
+
+class MemFiles:
+    """Reads of tracee memory through /proc/TID/mem with pread: one plain syscall from C,
+    where a ctypes process_vm_readv call cost as much again in argument conversion (the
+    hot path of every trapped syscall). One fd per thread, kept while it lives (owned by
+    one tracer: the tracer forgets a thread when it exec's or dies, and closes all at
+    the end). A read that returns nothing means the fd is stale: reopen once. Writes
+    stay on process_vm_writev, which, unlike /proc/TID/mem, refuses read-only pages."""
+
+    MAX = 512
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+        # Uncontended in use (one thread per instance); it makes close() from the end of
+        # the run safe against a late reader: no fd is closed while it is being read.
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _fd(self, tid: int) -> int:
+        fd = self._fds.get(tid)
+        if fd is None:
+            if self._closed:
+                raise OSError(errno.ESRCH, "the run is over")
+            if len(self._fds) >= self.MAX:
+                self._drop_all()
+            fd = self._fds[tid] = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        return fd
+
+    def _forget(self, tid: int) -> None:
+        fd = self._fds.pop(tid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _drop_all(self) -> None:
+        for tid in list(self._fds):
+            self._forget(tid)
+
+    def forget(self, tid: int) -> None:
+        with self._lock:
+            self._forget(tid)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop_all()
+
+    def read_some(self, tid: int, addr: int, size: int) -> bytes:
+        """Up to `size` bytes from addr, fewer where the mapping ends; OSError(EFAULT)
+        if addr itself is not mapped."""
+        with self._lock:
+            for attempt in (0, 1):
+                try:
+                    data = os.pread(self._fd(tid), size, addr)
+                except OSError as exc:
+                    if exc.errno in (errno.EIO, errno.EFAULT):
+                        raise OSError(errno.EFAULT, "bad address in the program") from None
+                    raise
+                if data or not size:
+                    return data
+                self._forget(tid)
+                if attempt:
+                    break
+        raise OSError(errno.ESRCH, "the thread's memory is gone")
+
+    def read(self, tid: int, addr: int, size: int) -> bytes:
+        """Exactly `size` bytes; OSError(EFAULT) when the range is not all mapped."""
+        data = self.read_some(tid, addr, size)
+        if len(data) != size:
+            raise OSError(errno.EFAULT, "short read of tracee memory")
+        return data
+
+
+def write_mem(tid: int, addr: int, data: bytes) -> None:
+    """Write tracee memory (even read-only pages are not writable this way: EFAULT)."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+    remote = _IoVec(addr, len(data))
+    n = _libc.process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if n != len(data):
+        raise OSError(14, "short write of tracee memory")
+
+
+class ThreadMemory:
+    """One thread's memory (actions.Memory)."""
+
+    __slots__ = ("files", "tid")
+
+    def __init__(self, tid: int, files: MemFiles) -> None:
+        self.tid = tid
+        self.files = files
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.files.read(self.tid, addr, size)
+
+    def write(self, addr: int, data: bytes) -> None:
+        write_mem(self.tid, addr, data)
+
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
+        """A NUL-terminated string: a short first read (most paths are short), more
+        only if needed. A read stops where the mapping ends; reading on from there
+        fails with EFAULT, as the kernel would."""
+        out = b""
+        want = FIRST_READ
+        while len(out) < limit:
+            data = self.files.read_some(self.tid, addr, min(want, limit - len(out)))
+            nul = data.find(b"\0")
+            if nul >= 0:
+                return out + data[:nul]
+            out += data
+            addr += len(data)
+            want = 4096
+        raise OSError(errno.ENAMETOOLONG, "string too long")
+
+
+class TraceeMemory(MemFiles):
+    """MemFiles with `of(tid)`: the Memory a handler gets."""
+
+    def of(self, tid: int) -> ThreadMemory:
+        return ThreadMemory(tid, self)

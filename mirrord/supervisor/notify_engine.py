@@ -1,0 +1,442 @@
+"""The notify engine: serve the program's trapped syscalls as seccomp user notifications.
+
+The supervisor is not the program's tracer, so a debugger can be. Rules it keeps:
+- One thread ("the engine thread") reads notifications from the listener, runs the
+  handlers, reaps the first program and makes every ptrace request (only the short
+  chdir injection: inject.py). It sleeps in select() on the listener, a signalfd for
+  SIGCHLD and an eventfd (wakeup.py).
+- A handler's answer is sent at once; `Defer` work runs on the asyncio loop and its answer
+  is sent from the loop thread that finished it (a notification may be answered from any
+  thread: no wake-up of the engine thread, no wait for the GIL the loop holds).
+- Signals: a call we serve waits killably (a remote open is never cut short, as natively);
+  a call that natively blocks interruptibly (accept, recv, connect: `Defer.interruptible`)
+  is watched on a short tick and ended with -ERESTARTSYS when a signal comes for its
+  thread (sigwatch.py), so the handler runs promptly and the call restarts or fails with
+  EINTR as natively; inflight.py joins the restart to the work in progress, or hands it
+  the parked result.
+- The run ends when the first program has been reaped and the listener hangs up: no
+  process of the tree uses the filter any more (daemonized grandchildren included, as
+  `strace -f` waits for them).
+- Job control: when the first program stops on a terminal stop signal (Ctrl-Z), mirrord
+  stops itself so the shell sees the job stop; a SIGSTOP sent to the program alone does
+  not stop mirrord (its SIGCONT would then leave us stopped and the program waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from mirrord.supervisor import inject, sigwatch
+from mirrord.supervisor.actions import (
+    Action,
+    Allow,
+    Chdir,
+    Defer,
+    Fake,
+    InstallFd,
+    Memory,
+    OpenFile,
+    Syscall,
+)
+from mirrord.supervisor.handlers import Policy
+from mirrord.supervisor.inflight import Entry, Inflight
+from mirrord.supervisor.memory import TraceeMemory
+from mirrord.supervisor.notify import Listener, Notification
+from mirrord.supervisor.openat2 import openat2
+from mirrord.supervisor.proctree import ProcessTree
+from mirrord.supervisor.spawn import Spawned, SpawnError, read_exec_failure
+from mirrord.supervisor.status import ExitStatus, Stats
+from mirrord.supervisor.syscalls import AUDIT_ARCH_X86_64
+from mirrord.supervisor.wakeup import Wakeup
+
+log = logging.getLogger("mirrord.supervisor")
+
+TERMINAL_STOPS = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+# How often calls that may block are checked for a signal (and dead threads).
+SWEEP_S = 0.01
+
+Then = Callable[[Any, Memory], Action]
+
+
+class NotifyEngine:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        loop: asyncio.AbstractEventLoop | None,
+        on_started: Callable[[int], None] | None = None,
+        on_main_stopped: Callable[[int], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.handlers = policy.handlers
+        self.loop = loop
+        self.on_started = on_started
+        self.on_main_stopped = on_main_stopped
+        self.stats = Stats()
+        self.main_pid = 0
+        self.main_status: ExitStatus | None = None
+        self.tree = ProcessTree()
+        self.inflight = Inflight()
+        self.mem = TraceeMemory()  # the engine thread's reads of program memory
+        self._loop_mem = TraceeMemory()  # the loop thread's (fds are per thread)
+        self._listener: Listener | None = None
+        self._wakeup: Wakeup | None = None
+        self._thread = 0
+        self._chdirs: collections.deque[tuple[Entry, str, Any]] = collections.deque()
+        self._foreign_warned = False
+        self._chdir_warned = False
+
+    # --- the run -----------------------------------------------------------------------
+
+    def run(self, spawned: Spawned, argv0: str) -> ExitStatus:
+        """Serve `spawned` (forked by spawn.py on this thread) until its tree is gone."""
+        self._thread = threading.get_ident()
+        self._wakeup = Wakeup()
+        self.main_pid = spawned.pid
+        self.tree.add(spawned.pid)
+        if spawned.listener is not None:
+            self._listener = Listener(spawned.listener)
+            self._wakeup.watch(spawned.listener)
+        if self.on_started:
+            self.on_started(spawned.pid)
+        try:
+            self._loop()
+            failure = read_exec_failure(spawned.exec_err_fd)
+            if failure is not None:
+                raise SpawnError(f"{argv0}: {failure[0]}", failure[1])
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+            self._wakeup.close()
+            self.mem.close()
+            self._loop_mem.close()
+        assert self.main_status is not None
+        return self.main_status
+
+    def _loop(self) -> None:
+        assert self._wakeup is not None
+        listener = self._listener
+        hung_up = listener is None
+        reap = True
+        while True:
+            if reap:
+                self._reap_main()
+            if listener is not None:
+                self._serve(listener)
+                if listener.hung_up and not hung_up:
+                    hung_up = True
+                    # A hung-up fd would wake select() at once, forever.
+                    self._wakeup.unwatch(listener.fd)
+            self._run_chdirs()
+            if self.main_status is not None and hung_up:
+                return
+            timeout = SWEEP_S if self._sweep() else None
+            self._wakeup.wait(timeout)
+            # Only the listener woke us: no child changed state, skip the waitpid.
+            reap = self._wakeup.maybe_stopped
+
+    def _reap_main(self) -> None:
+        if self.main_status is not None:
+            return
+        flags = os.WNOHANG | os.WUNTRACED | os.WCONTINUED
+        while True:
+            try:
+                pid, status = os.waitpid(self.main_pid, flags)
+            except ChildProcessError:
+                if self.main_status is None:
+                    self.main_status = ExitStatus(code=1)
+                return
+            if pid == 0:
+                return
+            if os.WIFEXITED(status):
+                self.main_status = ExitStatus(code=os.WEXITSTATUS(status))
+                return
+            if os.WIFSIGNALED(status):
+                self.main_status = ExitStatus(signal=os.WTERMSIG(status))
+                return
+            stopped = os.WIFSTOPPED(status) and os.WSTOPSIG(status) in TERMINAL_STOPS
+            if stopped and self.on_main_stopped:
+                self.on_main_stopped(os.WSTOPSIG(status))
+
+    # --- notifications ---------------------------------------------------------------------
+
+    def _serve(self, listener: Listener) -> None:
+        while listener.pending():
+            n = listener.receive()
+            if n is not None:
+                self._one(listener, n)
+
+    def _one(self, listener: Listener, n: Notification) -> None:
+        self.stats.notifications += 1
+        self.tree.seen(n.tid)
+        if n.arch != AUDIT_ARCH_X86_64:
+            if not self._foreign_warned:
+                self._foreign_warned = True
+                print(
+                    "mirrord: warning: the program makes 32-bit syscalls; they run "
+                    "unchanged (mirrord's features do not apply to them)",
+                    file=sys.stderr,
+                )
+            listener.proceed(n.id)
+            return
+        handler = self.handlers.get(n.nr)
+        if handler is None:
+            listener.proceed(n.id)
+            return
+        key = (n.tid, n.nr, n.args)
+        if len(self.inflight):
+            claim = self.inflight.claim(key, n.id)
+            if claim.entry is not None:
+                if not claim.joined:  # a restart: the work's result is waiting for it
+                    self._finish(claim.entry, claim.entry.result)
+                return
+        sc = Syscall(n.tid, n.nr, n.args, notified=True)
+        try:
+            action = handler(sc, self._mem(n.tid))
+        except Exception:
+            # Fail closed: a broken handler must not let the syscall silently run locally.
+            log.exception("handler for syscall %d failed; the program gets EIO", n.nr)
+            action = Fake(-errno.EIO)
+        if isinstance(action, Defer):
+            entry = self.inflight.start(key, n.id, action.cancel_if_gone)
+            self._continue(entry, action, None)
+        elif isinstance(action, Chdir):
+            entry = self.inflight.start(key, n.id, False)
+            entry.then = lambda _result, _mem: action
+            self._continue(entry, action, None)
+        else:
+            self._deliver(listener, n.id, n.tid, action)
+
+    def _mem(self, tid: int) -> Memory:
+        on_engine = threading.get_ident() == self._thread
+        return (self.mem if on_engine else self._loop_mem).of(tid)
+
+    def _continue(self, entry: Entry, action: Action, result: Any) -> None:
+        """Defer: start its work; Chdir: hand it to the engine thread (`result`: the work
+        result it came from, parked if the call is interrupted meanwhile)."""
+        if isinstance(action, Chdir):
+            self._chdirs.append((entry, action.path, result))
+            if threading.get_ident() != self._thread:
+                self._wakeup_engine()
+            return
+        assert isinstance(action, Defer)
+        if self.loop is None:
+            log.error("a handler deferred work but the engine has no event loop; EIO")
+            entry.then = lambda _result, _mem: Fake(-errno.EIO)
+            self._finish_with(entry, Fake(-errno.EIO), None)
+            return
+        entry.cancel_if_gone = action.cancel_if_gone
+        entry.interruptible = action.interruptible
+        entry.then = action.then
+        fut = asyncio.run_coroutine_threadsafe(_await(action.work()), self.loop)
+        entry.cancel = fut.cancel
+        fut.add_done_callback(lambda f: self._work_done(entry, f))
+        if action.interruptible and threading.get_ident() != self._thread:
+            self._wakeup_engine()  # so that its next sleep is a short tick
+
+    def _work_done(self, entry: Entry, fut: concurrent.futures.Future[Any]) -> None:
+        if entry.done or fut.cancelled():
+            return  # its call is gone, or the run is over
+        try:
+            result: Any = fut.result()
+        except BaseException as exc:  # handed to `then`, which decides
+            result = exc
+        self._finish(entry, result)
+
+    def _finish(self, entry: Entry, result: Any) -> None:
+        """The work is done: compute the answer for the call's newest id and send it."""
+        then: Then = entry.then
+        try:
+            action = then(result, self._mem(Inflight.tid(entry)))
+        except Exception:
+            log.exception("deferred handler failed; the program gets EIO")
+            action = Fake(-errno.EIO)
+        if isinstance(action, (Defer, Chdir)):
+            self._continue(entry, action, result)  # another step (e.g. wait again)
+            return
+        self._finish_with(entry, action, result)
+
+    def _finish_with(self, entry: Entry, action: Action, result: Any) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        nid = self.inflight.answering(entry)
+        if nid and self._deliver(listener, nid, Inflight.tid(entry), action):
+            self.inflight.delivered(entry)
+            return
+        if not nid:
+            _give_back(action)  # ended by a signal meanwhile: nobody to answer yet
+        self.inflight.undelivered(entry, result)
+
+    def _deliver(self, listener: Listener, nid: int, tid: int, action: Action) -> bool:
+        """Send the answer. False when the call is gone (interrupted): then what was taken
+        for it is given back (on_lost). True also when the run is over."""
+        try:
+            ok = self._send(listener, nid, action)
+        except Exception:
+            log.exception("answering a syscall failed")
+            return True
+        if ok or listener.closed:
+            return True
+        if isinstance(action, Fake):
+            _give_back(action)
+        return False
+
+    def _send(self, listener: Listener, nid: int, action: Action) -> bool:
+        if isinstance(action, Fake):
+            return listener.answer(nid, action.ret)
+        if isinstance(action, Allow):
+            if action.set_args or action.on_exit is not None:
+                log.error("a notified syscall answered with a register rewrite; EIO")
+                return listener.answer(nid, -errno.EIO)
+            return listener.proceed(nid)
+        if isinstance(action, OpenFile):
+            return _open_for(listener, nid, action)
+        if isinstance(action, InstallFd):
+            return _install(listener, nid, action)
+        log.error("unexpected answer %r to a notification; EIO", action)
+        return listener.answer(nid, -errno.EIO)
+
+    # --- chdir into a remote directory ------------------------------------------------------
+
+    def _run_chdirs(self) -> None:
+        while self._chdirs:
+            entry, path, result = self._chdirs.popleft()
+            self._chdir(entry, path, result)
+
+    def _chdir(self, entry: Entry, path: str, result: Any) -> None:
+        listener = self._listener
+        tid = Inflight.tid(entry)
+        if listener is None:
+            return
+        nid = self.inflight.answering(entry)
+        if not nid or not listener.id_valid(nid):
+            # Its thread died meanwhile.
+            self.inflight.undelivered(entry, result)
+            return
+        outcome = inject.chdir(
+            tid,
+            os.fsencode(path),
+            end_wait=lambda: listener.answer(nid, -sigwatch.ERESTARTSYS),
+            serve=lambda: self._serve(listener),
+        )
+        if outcome.main_status is not None and tid == self.main_pid:
+            self.main_status = outcome.main_status
+        if outcome.ret is not None:
+            self.inflight.delivered(entry)  # the program's call returned what we ran
+            return
+        if outcome.traced:
+            # Another tracer (a debugger) holds the thread, or ptrace is not allowed here.
+            if not self._chdir_warned:
+                self._chdir_warned = True
+                print(
+                    "mirrord: warning: a chdir into a remote directory stays local: the "
+                    "thread cannot be ptrace-attached for it (a debugger holds it, or "
+                    "ptrace is not allowed)",
+                    file=sys.stderr,
+                )
+            self._deliver(listener, nid, tid, Allow())
+            self.inflight.delivered(entry)
+            return
+        # The thread was not where we expected: the call will be made again (our
+        # -ERESTARTSYS) and gets the parked result.
+        self.inflight.undelivered(entry, result)
+
+    # --- deferred calls whose program call went away ------------------------------------
+
+    def _sweep(self) -> bool:
+        """End waits whose thread has a signal to handle (see sigwatch.py), cancel those
+        whose thread died. True while any such wait runs (check again soon)."""
+        listener = self._listener
+        if listener is None or not len(self.inflight):
+            return False
+        watching = False
+        for entry in self.inflight.running():
+            if not (entry.interruptible or entry.cancel_if_gone):
+                continue
+            nid = self.inflight.newest(entry)
+            if not nid:
+                continue  # interrupted already; waiting for its restart
+            watching = True
+            err = sigwatch.interrupted(Inflight.tid(entry)) if entry.interruptible else 0
+            if err:
+                listener.answer(nid, -err)
+            elif listener.id_valid(nid):
+                continue
+            dropped = self.inflight.interrupted(entry, nid)
+            if dropped and entry.cancel is not None and self.loop is not None:
+                self.loop.call_soon_threadsafe(entry.cancel)
+        return watching
+
+    def _wakeup_engine(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.poke()
+
+    # --- for the run's owner ------------------------------------------------------------------
+
+    def live_targets(self) -> list[int]:
+        """Where a forwarded signal goes: the program, or what is left of its tree."""
+        if self.main_status is None:
+            return [self.main_pid]
+        return self.tree.alive()
+
+
+def _give_back(action: Action) -> None:
+    """What an undelivered answer took goes back (a datagram, a connection)."""
+    if isinstance(action, Fake) and action.on_lost is not None:
+        action.on_lost()
+    elif isinstance(action, InstallFd):
+        if action.on_lost is not None:
+            action.on_lost(action.fd)
+        else:
+            os.close(action.fd)
+
+
+def _open_for(listener: Listener, nid: int, action: OpenFile) -> bool:
+    # Ours is always close-on-exec; the program's copy gets its own O_CLOEXEC.
+    flags = action.flags | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        if action.dirfd is not None or action.resolve:
+            dirfd = action.dirfd if action.dirfd is not None else -100  # AT_FDCWD
+            fd = openat2(dirfd, action.path, flags, action.mode, action.resolve)
+        else:
+            fd = os.open(action.path, flags, action.mode)
+    except OSError as exc:
+        return listener.answer(nid, -(exc.errno or errno.EIO))
+    finally:
+        if action.dirfd is not None:
+            os.close(action.dirfd)
+    try:
+        return listener.answer_fd(nid, fd, cloexec=bool(action.flags & os.O_CLOEXEC))
+    finally:
+        os.close(fd)
+
+
+def _install(listener: Listener, nid: int, action: InstallFd) -> bool:
+    try:
+        ok = listener.answer_fd(nid, action.fd, cloexec=action.cloexec)
+    except BaseException:
+        os.close(action.fd)
+        raise
+    if ok or action.on_lost is None or listener.closed:
+        os.close(action.fd)
+    else:
+        action.on_lost(action.fd)  # the fd goes back to whoever took it
+    return ok
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+__all__ = ["NotifyEngine"]
