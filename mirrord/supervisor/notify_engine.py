@@ -50,7 +50,7 @@ from mirrord.supervisor.actions import (
 )
 from mirrord.supervisor.handlers import Policy
 from mirrord.supervisor.inflight import Entry, Inflight
-from mirrord.supervisor.memory import TraceeMemory
+from mirrord.supervisor.memory import VmReader
 from mirrord.supervisor.notify import Listener, Notification
 from mirrord.supervisor.openat2 import openat2
 from mirrord.supervisor.proctree import ProcessTree
@@ -87,8 +87,8 @@ class NotifyEngine:
         self.main_status: ExitStatus | None = None
         self.tree = ProcessTree()
         self.inflight = Inflight()
-        self.mem = TraceeMemory()  # the engine thread's reads of program memory
-        self._loop_mem = TraceeMemory()  # the loop thread's (fds are per thread)
+        self.mem = VmReader()  # the engine thread's reads of program memory
+        self._loop_mem = VmReader()  # the loop thread's (buffers are per thread)
         self._listener: Listener | None = None
         self._wakeup: Wakeup | None = None
         self._thread = 0

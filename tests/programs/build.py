@@ -24,12 +24,15 @@ C_PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
     "mmsg": (["mmsg.c"], []),
     "repeat": (["repeat.c"], []),
     "untraced": (["untraced.c"], []),
+    "podview": (["podview.c"], ["-g", "-O0"]),  # debugged: source-level stepping
 }
-GO_PROGRAMS: dict[str, str] = {
-    "envprint-go": "envprint-go",
-    "httpget-go": "httpget-go",
-    "files-go": "files-go",
-    "httpserve-go": "httpserve-go",
+# name -> (package directory, extra `go build` flags)
+GO_PROGRAMS: dict[str, tuple[str, list[str]]] = {
+    "envprint-go": ("envprint-go", []),
+    "httpget-go": ("httpget-go", []),
+    "files-go": ("files-go", []),
+    "httpserve-go": ("httpserve-go", []),
+    "podview-go": ("podview-go", ["-gcflags=all=-N -l"]),  # debugged with dlv
 }
 SCRIPTS: dict[str, str] = {"interactive": "interactive.py"}
 
@@ -48,7 +51,7 @@ def _build_c(name: str, sources: list[Path], flags: list[str], out: Path) -> Non
     tmp.replace(out)  # atomic: a concurrent session never runs half a binary
 
 
-def _build_go(pkg_dir: Path, out: Path, dest: Path) -> None:
+def _build_go(pkg_dir: Path, out: Path, dest: Path, flags: list[str]) -> None:
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -61,7 +64,7 @@ def _build_go(pkg_dir: Path, out: Path, dest: Path) -> None:
         "GOTOOLCHAIN": "local",
     }
     subprocess.run(
-        ["go", "build", "-trimpath", "-o", str(tmp), "."],
+        ["go", "build", "-trimpath", *flags, "-o", str(tmp), "."],
         cwd=pkg_dir,
         env=env,
         check=True,
@@ -82,12 +85,12 @@ def build_all(dest: Path) -> dict[str, Path]:
             if _stale(target, sources):
                 _build_c(name, sources, flags, target)
             out[name] = target
-        for name, sub in GO_PROGRAMS.items():
+        for name, (sub, go_flags) in GO_PROGRAMS.items():
             pkg = SRC / sub
             sources = sorted(pkg.iterdir())
             target = dest / name
             if _stale(target, sources):
-                _build_go(pkg, target, dest)
+                _build_go(pkg, target, dest, go_flags)
             out[name] = target
     except subprocess.CalledProcessError as e:
         raise RuntimeError(f"building test program failed: {e.cmd}\n{e.stderr}") from e

@@ -224,6 +224,8 @@ class FsFeature:
         writing = bool(flags & O_WRITE_INTENT)
         if flags & os.O_CREAT:
             mode = mode & ~_umask(sc.tid) & 0o7777
+        else:
+            mode = 0  # open(2) ignores it; the agent's openat2 would refuse it (EINVAL)
 
         async def work() -> tuple[int, str]:
             return await self.cache.materialise(

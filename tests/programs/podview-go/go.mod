@@ -1,0 +1,3 @@
+module podview
+
+go 1.19
