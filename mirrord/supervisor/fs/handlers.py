@@ -222,10 +222,8 @@ class FsFeature:
         if flags & O_TMPFILE == O_TMPFILE:
             return Fake(-errno.EOPNOTSUPP)
         writing = bool(flags & O_WRITE_INTENT)
-        if flags & os.O_CREAT:
-            mode = mode & ~_umask(sc.tid) & 0o7777
-        else:
-            mode = 0  # open(2) ignores it; the agent's openat2 would refuse it (EINVAL)
+        # Without O_CREAT open(2) ignores the mode; the agent's openat2 would refuse it.
+        mode = mode & ~_umask(sc.tid) & 0o7777 if flags & os.O_CREAT else 0
 
         async def work() -> tuple[int, str]:
             return await self.cache.materialise(
