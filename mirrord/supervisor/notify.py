@@ -135,8 +135,10 @@ class Listener:
             try:
                 fcntl.ioctl(self.fd, request, arg, True)
             except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    return False  # the thread is gone or was interrupted
+                # ENOENT: the thread is gone or was interrupted; EINPROGRESS: another
+                # thread of ours answered it a moment ago.
+                if exc.errno in (errno.ENOENT, errno.EINPROGRESS):
+                    return False
                 raise
         return True
 

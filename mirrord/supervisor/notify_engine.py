@@ -370,7 +370,8 @@ class NotifyEngine:
             watching = True
             err = sigwatch.interrupted(Inflight.tid(entry)) if entry.interruptible else 0
             if err:
-                listener.answer(nid, -err)
+                if not listener.answer(nid, -err) and listener.id_valid(nid):
+                    continue  # answered meanwhile by the work's own answer
             elif listener.id_valid(nid):
                 continue
             dropped = self.inflight.interrupted(entry, nid)

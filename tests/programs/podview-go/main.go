@@ -1,6 +1,7 @@
 // podview-go PORT COUNT: podview.c in Go (static, CGO off; built with -gcflags=all=-N -l
 // so that dlv can step): prints the pod's view, listens on PORT, serves COUNT requests,
-// each through handle(). checkpoint() and handle() are the breakpoints of the tests.
+// each through handle(). checkpoint() and handle() are the breakpoints of the tests. It
+// counts the SIGUSR1 it gets (signal.Notify) and prints "SIGNALS n" at the end.
 package main
 
 import (
@@ -10,8 +11,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -67,6 +70,14 @@ func handle(conn net.Conn) {
 func main() {
 	port, _ := strconv.Atoi(os.Args[1])
 	count, _ := strconv.Atoi(os.Args[2])
+	var signals int64
+	usr1 := make(chan os.Signal, 64)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		for range usr1 {
+			atomic.AddInt64(&signals, 1)
+		}
+	}()
 	fmt.Printf("CHECKPOINT=%d\n", checkpoint(1))
 	view()
 	ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
@@ -84,4 +95,5 @@ func main() {
 		handle(conn)
 		conn.Close()
 	}
+	fmt.Printf("SIGNALS %d\n", atomic.LoadInt64(&signals))
 }
