@@ -14,9 +14,8 @@ of the stopped thread, and returns one of:
   traced thread keeps running meanwhile.
 Only for a `Syscall` that came as a user notification (`notified`: the notify engine,
 where registers cannot be changed, so `Allow` may not set arguments or exit hooks):
-- `OpenFile(path, flags, mode, resolve, dirfd)`: the supervisor opens `path` (openat2 with
-  `resolve` relative to `dirfd` when given) and the program gets that open file as the
-  syscall's result, in its lowest free fd.
+- `OpenFile(path, flags, mode)`: the supervisor opens `path` and the program gets that
+  open file as the syscall's result, in its lowest free fd.
 - `InstallFd(fd, cloexec)`: our `fd` (an accepted connection) becomes the result the same way.
 - `Chdir(path)`: the thread's working directory becomes `path` (a local directory).
 A notified call can be interrupted by a signal before it is answered (the kernel then
@@ -90,10 +89,6 @@ class OpenFile:
     path: str
     flags: int  # the program's open flags; O_CLOEXEC decides the new fd's close-on-exec
     mode: int = 0
-    resolve: int = 0  # openat2's RESOLVE_* flags, applied to our open of `path`
-    # Ours (a duplicate of the program's dirfd): `path` is relative to it. The engine
-    # closes it.
-    dirfd: int | None = None
 
 
 @dataclass(frozen=True)

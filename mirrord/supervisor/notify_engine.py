@@ -52,7 +52,6 @@ from mirrord.supervisor.handlers import Policy
 from mirrord.supervisor.inflight import Entry, Inflight
 from mirrord.supervisor.memory import VmReader
 from mirrord.supervisor.notify import Listener, Notification
-from mirrord.supervisor.openat2 import openat2
 from mirrord.supervisor.proctree import ProcessTree
 from mirrord.supervisor.spawn import Spawned, SpawnError, read_exec_failure
 from mirrord.supervisor.status import ExitStatus, Stats
@@ -407,16 +406,9 @@ def _open_for(listener: Listener, nid: int, action: OpenFile) -> bool:
     # Ours is always close-on-exec; the program's copy gets its own O_CLOEXEC.
     flags = action.flags | os.O_CLOEXEC | os.O_NOCTTY
     try:
-        if action.dirfd is not None or action.resolve:
-            dirfd = action.dirfd if action.dirfd is not None else -100  # AT_FDCWD
-            fd = openat2(dirfd, action.path, flags, action.mode, action.resolve)
-        else:
-            fd = os.open(action.path, flags, action.mode)
+        fd = os.open(action.path, flags, action.mode)
     except OSError as exc:
         return listener.answer(nid, -(exc.errno or errno.EIO))
-    finally:
-        if action.dirfd is not None:
-            os.close(action.dirfd)
     try:
         return listener.answer_fd(nid, fd, cloexec=bool(action.flags & os.O_CLOEXEC))
     finally:

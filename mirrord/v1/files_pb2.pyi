@@ -230,11 +230,19 @@ class OpenRequest(_message.Message):
     FLAGS_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     KNOWN_FIELD_NUMBER: _builtins.int
+    RESOLVE_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     flags: _builtins.int
     """O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_DIRECTORY, O_NOFOLLOW"""
     mode: _builtins.int
     """for O_CREAT, the program's umask already applied"""
+    resolve: _builtins.int
+    """openat2's RESOLVE_* flags (protocol 1.2), applied in the pod's tree. With
+    RESOLVE_BENEATH or RESOLVE_IN_ROOT, `path` is relative to `base` (an absolute pod
+    directory), which those flags then mean. An older agent ignores both.
+    """
+    base: _builtins.str
     @_builtins.property
     def known(self) -> Global___FileStat:
         """the copy the client has (ino, size, mtime_ns compared)"""
@@ -246,10 +254,12 @@ class OpenRequest(_message.Message):
         flags: _builtins.int = ...,
         mode: _builtins.int = ...,
         known: Global___FileStat | None = ...,
+        resolve: _builtins.int = ...,
+        base: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["known", b"known"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flags", b"flags", "known", b"known", "mode", b"mode", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "flags", b"flags", "known", b"known", "mode", b"mode", "path", b"path", "resolve", b"resolve"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -345,3 +345,101 @@ def test_ptrace_engine_sees_the_same(fpod: Pod) -> None:
         outputs.append((json.loads(r1.stdout), r2.stdout.split()))
     assert outputs[0] == outputs[1]
     assert outputs[1][1] == ["ENOENT", "EACCES", "ELOOP", "ENOTDIR", "ENOENT"]
+
+
+# --- chdir and openat2 ------------------------------------------------------------------
+
+CHDIR = r"""
+import os, subprocess
+os.chdir("/srv/data/tree")
+print("cwd", os.getcwd(), os.readlink("/proc/self/cwd"))
+print("relative", open("a.txt").read().strip(), open("sub/b.txt").read().strip())
+print("listdir", sorted(os.listdir(".")))
+# Children inherit the cwd; a shell's relative cd into a remote subdirectory too.
+print("child", subprocess.run(["cat", "rel-link"], capture_output=True, text=True).stdout.strip())
+sh = subprocess.run(["sh", "-c", "cd sub && pwd && cat b.txt"], capture_output=True, text=True)
+print("shell", " ".join(sh.stdout.split()))
+os.chdir("..")
+print("up", os.getcwd(), open("tree/a.txt").read().strip())
+for bad in ("/srv/app/config.yaml", "/srv/data/missing"):
+    try:
+        os.chdir(bad)
+    except OSError as e:
+        print("error", e.strerror)
+os.chdir(os.environ["LOCAL"])
+print("local", os.getcwd() == os.environ["LOCAL"], open("here.txt").read().strip())
+"""
+
+
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_chdir_into_a_remote_directory(fpod: Pod, tmp_path: Path, engine: str) -> None:
+    """The program's working directory becomes the remote directory's copy (notify engine:
+    a short ptrace injection), so relative paths of every syscall and every child resolve
+    there, as in the pod."""
+    (tmp_path / "here.txt").write_text("local file\n")
+    env = dict(os.environ, LOCAL=str(tmp_path), MIRRORD_ENGINE=engine)
+    r = subprocess.run(
+        [MIRRORD, "exec", "-t", f"pid/{fpod.main_pid}", "--", PY, "-c", CHDIR],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "cwd /srv/data/tree /srv/data/tree",
+        "relative a bee",
+        "listdir ['a.txt', 'abs-link', 'rel-link', 'sub']",
+        "child bee",
+        "shell /srv/data/tree/sub bee",
+        "up /srv/data a",
+        "error Not a directory",
+        "error No such file or directory",
+        "local True local file",
+    ], r.stderr
+
+
+OPENAT2 = r"""
+import ctypes, errno, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+NO_SYMLINKS, BENEATH, IN_ROOT = 0x04, 0x08, 0x10
+def o2(dirfd, path, resolve):
+    how = struct.pack("<QQQ", os.O_RDONLY | os.O_CLOEXEC, 0, resolve)
+    fd = libc.syscall(437, dirfd, path.encode(), how, 24)
+    if fd < 0:
+        return errno.errorcode[ctypes.get_errno()]
+    try:
+        return os.read(fd, 100).decode().strip()
+    finally:
+        os.close(fd)
+d = os.open("/srv/data/tree", os.O_RDONLY | os.O_DIRECTORY)
+print(o2(d, "a.txt", BENEATH))
+print(o2(d, "sub/b.txt", BENEATH))
+print(o2(d, "../loop1", BENEATH))
+print(o2(d, "rel-link", NO_SYMLINKS))
+print(o2(d, "rel-link", BENEATH))
+print(o2(d, "abs-link", BENEATH))
+print(o2(d, "abs-link", IN_ROOT))
+print(o2(d, "/a.txt", IN_ROOT))
+print(o2(d, "/srv/app/config.yaml", BENEATH))
+print(o2(-100, "/srv/app/config.yaml", 0))
+print(o2(-100, "/srv/data/tree/abs-link", NO_SYMLINKS))
+print(o2(d, "missing", BENEATH))
+"""
+
+
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_openat2_resolve_flags_mean_what_they_mean_in_the_pod(fpod: Pod, engine: str) -> None:
+    """openat2's RESOLVE_* flags are applied in the pod's own tree: the answers are the
+    pod's, symlinks and ".." included."""
+    native = fpod.run([PY, "-c", OPENAT2], check=True).stdout.decode().splitlines()
+    # What the pod says, for the record: absolute symlinks escape BENEATH (EXDEV) and
+    # are clamped under IN_ROOT (/srv/app/config.yaml is not under the tree: ENOENT).
+    assert native == [
+        "a", "bee", "EXDEV", "ELOOP", "bee", "EXDEV", "ENOENT", "a", "EXDEV",
+        CONFIG.decode().strip(), "ELOOP", "ENOENT",
+    ]  # fmt: skip
+    env = dict(os.environ, MIRRORD_ENGINE=engine)
+    r = subprocess.run(
+        [MIRRORD, "exec", "-t", f"pid/{fpod.main_pid}", "--", PY, "-c", OPENAT2],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == native, r.stderr

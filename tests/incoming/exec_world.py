@@ -97,9 +97,16 @@ class ExecWorld:
     def pod_requests(self) -> list[str]:
         return [line for line in self.target.read_log().splitlines() if line.startswith("REQ")]
 
-    def start(self, argv: list[str], config: dict[str, object], stream: bool = False) -> Running:
+    def start(
+        self,
+        argv: list[str],
+        config: dict[str, object],
+        stream: bool = False,
+        engine: str | None = None,
+    ) -> Running:
         """`stream`: connections delivered over the agent's Connection streams, not
-        straight from the (local) agent to the program (MIRRORD_NO_DIRECT=1)."""
+        straight from the (local) agent to the program (MIRRORD_NO_DIRECT=1). `engine`:
+        MIRRORD_ENGINE for the run."""
         cfg = self.tmp / f"cfg-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps(config))
         out = self.tmp / f"out-{time.monotonic_ns()}.log"
@@ -109,7 +116,11 @@ class ExecWorld:
                  "--", *argv],
                 stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.tmp, start_new_session=True,
-                env={**os.environ, "MIRRORD_NO_DIRECT": "1"} if stream else None,
+                env={
+                    **os.environ,
+                    **({"MIRRORD_NO_DIRECT": "1"} if stream else {}),
+                    **({"MIRRORD_ENGINE": engine} if engine else {}),
+                },
             )  # fmt: skip
         return Running(self, proc, out)
 

@@ -52,11 +52,21 @@ WAYS = [(kind, False) for kind in SERVERS] + [("python", True), ("node", True)]
 WAY_IDS = [f"{kind}-{'stream' if stream else 'direct'}" for kind, stream in WAYS]
 
 
-@pytest.mark.parametrize(("kind", "stream"), WAYS, ids=WAY_IDS)
-def test_steal(xworld: ExecWorld, programs: dict[str, Path], kind: str, stream: bool) -> None:
+# And the python and Go servers on the ptrace engine.
+STEAL_WAYS = [(k, s, None) for k, s in WAYS] + [
+    ("python", False, "ptrace"),
+    ("go", False, "ptrace"),
+]
+STEAL_IDS = [*WAY_IDS, "python-ptrace", "go-ptrace"]
+
+
+@pytest.mark.parametrize(("kind", "stream", "engine"), STEAL_WAYS, ids=STEAL_IDS)
+def test_steal(
+    xworld: ExecWorld, programs: dict[str, Path], kind: str, stream: bool, engine: str | None
+) -> None:
     path = PATH.get(kind, f"/steal-{kind}")
     before = len(xworld.pod_requests())
-    run = xworld.start(server_argv(kind, programs, xworld.tmp), steal(), stream)
+    run = xworld.start(server_argv(kind, programs, xworld.tmp), steal(), stream, engine)
     try:
         run.wait_subscribed("steal")
         n = 1 if kind == "busybox" else 2  # busybox httpd closes after each answer

@@ -3,6 +3,7 @@ resolver, UDP in every shape, and dns.enabled=false."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -75,7 +76,15 @@ def test_dns_disabled_keeps_queries_local(world: World) -> None:
     assert r.returncode != 0
 
 
-def test_udp_shapes(world: World) -> None:
+ENGINES = pytest.mark.parametrize("engine", ["notify", "ptrace"])
+
+
+def engine_env(engine: str) -> dict[str, str]:
+    return dict(os.environ, MIRRORD_ENGINE=engine)
+
+
+@ENGINES
+def test_udp_shapes(world: World, engine: str) -> None:
     svc = world.service.address
     r = world.mirrord(
         py(f"""
@@ -88,7 +97,8 @@ def test_udp_shapes(world: World) -> None:
         c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(10)
         c.connect(dest); c.send(b'c'); print('connected', c.recv(100), c.getpeername())
         print('sockname', c.getsockname()[0])
-    """)
+    """),
+        env=engine_env(engine),
     )
     assert r.returncode == 0, r.stderr
     assert f"recvfrom (b'echo:a', ('{svc}', 9999))" in r.stdout
@@ -97,18 +107,22 @@ def test_udp_shapes(world: World) -> None:
     assert f"sockname {world.target.address}" in r.stdout
 
 
-def test_busybox_nslookup(world: World) -> None:
+@ENGINES
+def test_busybox_nslookup(world: World, engine: str) -> None:
     # busybox's own DNS client (not libc's), asking the pod's nameserver by address.
-    r = world.mirrord(["busybox", "nslookup", SVC_NAME, world.target.address])
+    r = world.mirrord(
+        ["busybox", "nslookup", SVC_NAME, world.target.address], env=engine_env(engine)
+    )
     # (exit status 1: dnsmasq refuses the AAAA half, having no upstream)
     assert f"Address: {world.service.address}" in r.stdout, r.stderr
 
 
-def test_sendmmsg_recvmmsg(world: World, programs: dict[str, Path]) -> None:
+@ENGINES
+def test_sendmmsg_recvmmsg(world: World, programs: dict[str, Path], engine: str) -> None:
     # A static C program: two datagrams in one sendmmsg, answers through recvmmsg, each
     # with the remote's address (not the local interceptor's).
     svc = world.service.address
-    r = world.mirrord([str(programs["mmsg"]), svc, "9999"])
+    r = world.mirrord([str(programs["mmsg"]), svc, "9999"], env=engine_env(engine))
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "sent 2"

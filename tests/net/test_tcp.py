@@ -3,6 +3,7 @@ connect, concurrency, forked children, getpeername/getsockname."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -303,3 +304,30 @@ def test_who_relays_the_programs_connection(world: World, stream: bool) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("client", ["curl", "go-static", "python-errors"])
+def test_the_ptrace_engine_connects_the_same(
+    world: World, programs: dict[str, Path], client: str
+) -> None:
+    """The ptrace engine (MIRRORD_ENGINE=ptrace) runs the same handlers: connects from the
+    pod, its addresses and its errors."""
+    svc = world.service.address
+    argv = {
+        "curl": ["curl", "-sS", "-m", "10", f"http://{svc}:8080/"],
+        "go-static": [str(programs["httpget-go"]), f"http://{svc}:8080/"],
+        "python-errors": py(f"""
+            import errno, socket
+            for port in (8080, 8081):
+                s = socket.socket()
+                print(port, errno.errorcode.get(s.connect_ex(('{svc}', port)), 'ok'))
+        """),
+    }[client]
+    r = world.mirrord(argv, env=dict(os.environ, MIRRORD_ENGINE="ptrace"))
+    assert r.returncode == 0, r.stderr
+    if client == "python-errors":
+        assert r.stdout.split() == ["8080", "ok", "8081", "ECONNREFUSED"], r.stderr
+    else:
+        assert "service" in r.stdout
+    if client == "go-static":
+        assert f"peer={svc}:8080" in r.stdout

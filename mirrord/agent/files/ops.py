@@ -120,7 +120,9 @@ class FileOps:
         flags = (req.flags & OPEN_FLAGS) | os.O_NONBLOCK  # a FIFO must not hang the agent
         try:
             with acting_as(self.creds()):
-                fd = self.root.open(req.path, flags, req.mode & 0o7777)
+                fd = self.root.open(
+                    req.path, flags, req.mode & 0o7777, resolve=req.resolve, base=req.base
+                )
         except OSError as e:
             return files_pb2.OpenChunk(errno=_errno(e)), None
         try:

@@ -14,8 +14,21 @@ import os
 import struct
 
 SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
+RESOLVE_CACHED = 0x20
+# The program's openat2 resolve flags we apply (all there are, as of Linux 6.x).
+PROGRAM_RESOLVE = (
+    RESOLVE_NO_XDEV
+    | RESOLVE_NO_MAGICLINKS
+    | RESOLVE_NO_SYMLINKS
+    | RESOLVE_BENEATH
+    | RESOLVE_IN_ROOT
+    | RESOLVE_CACHED
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -46,14 +59,27 @@ class PodRoot:
         where = f"/proc/{pid}/root" if pid is not None else "/"
         self.fd = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def open(self, path: str, flags: int, mode: int = 0) -> int:
-        """open(2) of an absolute pod path, resolved inside the pod's root."""
+    def open(self, path: str, flags: int, mode: int = 0, resolve: int = 0, base: str = "") -> int:
+        """open(2) of an absolute pod path, resolved inside the pod's root; with the
+        program's openat2 `resolve` flags too. With RESOLVE_BENEATH or RESOLVE_IN_ROOT,
+        `path` is relative to the pod directory `base`, which they then mean (so neither
+        an absolute symlink nor ".." can leave it, as for the program's own call)."""
+        resolve &= PROGRAM_RESOLVE
+        if base and resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT):
+            bfd = self.open(base, os.O_PATH | os.O_DIRECTORY)
+            try:
+                return openat2(
+                    bfd, path, flags | os.O_CLOEXEC, mode, resolve | RESOLVE_NO_MAGICLINKS
+                )
+            finally:
+                os.close(bfd)
+        resolve &= ~RESOLVE_BENEATH  # without a base: the pod's root, as below
         return openat2(
             self.fd,
             path,
             flags | os.O_CLOEXEC,
             mode,
-            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            resolve | RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
         )
 
     def parent(self, path: str) -> tuple[int, str]:

@@ -258,9 +258,18 @@ class Cache:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
     async def materialise(
-        self, remote: RemoteFs, path: str, flags: int, mode: int, *, writable: bool
+        self,
+        remote: RemoteFs,
+        path: str,
+        flags: int,
+        mode: int,
+        *,
+        writable: bool,
+        resolve: tuple[int, str, str] | None = None,
     ) -> tuple[int, str]:
-        """Open `path` remotely and make its local copy. Returns (errno, cache path)."""
+        """Open `path` remotely and make its local copy. Returns (errno, cache path).
+        `resolve`: openat2's (RESOLVE_* flags, base directory, path relative to it),
+        applied by the agent in the pod's tree; the copy is kept at `path`."""
         cp = self.to_cache(path)
         known = None
         meta = self.meta.get(cp)
@@ -270,7 +279,13 @@ class Cache:
         fd, tmp = tempfile.mkstemp(dir=self._staging)
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
-                opened = await remote.open(path, flags, mode, known, out.write)
+                if resolve is None:
+                    opened = await remote.open(path, flags, mode, known, out.write)
+                else:
+                    flags_, base, rel = resolve
+                    opened = await remote.open(
+                        rel, flags, mode, known, out.write, resolve=flags_, base=base
+                    )
             if opened.errno:
                 return opened.errno, cp
             st = opened.stat

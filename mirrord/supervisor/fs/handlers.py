@@ -3,10 +3,11 @@ either answer from the agent (stat, access, readlink, mkdir…) or materialise t
 the cache and have the program use the copy, so the kernel does the rest at native speed.
 
 Notify engine (`Syscall.notified`; registers cannot change): a remote open is answered
-with OpenFile (the supervisor opens the cached copy, with openat2's resolve flags, and
-hands the program the fd), a remote chdir with Chdir (the thread's cwd becomes the copy:
-inject.py), a /proc fd link is read here; close/fsync in write mode write the copy back
-first, then let the call run (or answer EIO: see close()).
+with OpenFile (the supervisor opens the cached copy and hands the program the fd), a
+remote chdir with Chdir (the thread's cwd becomes the copy: inject.py), a /proc fd link
+is read here; close/fsync in write mode write the copy back first, then let the call run
+(or answer EIO: see close()). openat2's RESOLVE_* flags are applied by the agent, in the
+pod's own tree (a copy keeps no symlink it was opened through), both engines.
 Ptrace engine: path arguments are rewritten into a scratch buffer below the stopped
 thread's stack (Syscall.scratch); Allow's machinery restores the original registers at
 the exit stop. Results written into the program's buffers (struct stat, readlink text)
@@ -41,7 +42,6 @@ from mirrord.supervisor.fs.remote import PathOp, RemoteFs
 from mirrord.supervisor.fs.rules import O_WRITE_INTENT, Access, FsRules
 from mirrord.supervisor.fs.structs import RemoteStat, pack_stat, pack_statx
 from mirrord.supervisor.handlers import Feature
-from mirrord.supervisor.pidfd import take_fd
 from mirrord.supervisor.seccomp import Rule
 from mirrord.supervisor.syscalls import NR
 
@@ -99,6 +99,7 @@ WRITE_SYSCALLS = [
 ]
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
+BENEATH_OR_IN_ROOT = RESOLVE_BENEATH | RESOLVE_IN_ROOT
 
 
 def _umask(tid: int) -> int:
@@ -127,15 +128,20 @@ class FsFeature:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _name(self, sc: Syscall, mem: Memory, dirfd: int, ptr: int) -> tuple[str, Named] | None:
-        """(raw path, absolute path) or None when the call stays local untouched."""
+    def _name(
+        self, sc: Syscall, mem: Memory, dirfd: int, ptr: int, *, in_root: bool = False
+    ) -> tuple[str, Named] | None:
+        """(raw path, absolute path) or None when the call stays local untouched.
+        `in_root`: openat2's RESOLVE_IN_ROOT, where "/" is the dirfd."""
         try:
             raw = os.fsdecode(mem.read_cstring(ptr))
         except OSError:
             return None  # a bad pointer: the kernel answers EFAULT itself
         if not raw or self.cache.owns(raw):
             return None
-        named = absolute(sc.tid, dirfd, raw, self.cache.from_cache)
+        named = absolute(
+            sc.tid, dirfd, raw.lstrip("/") or "." if in_root else raw, self.cache.from_cache
+        )
         if named is None:
             return None
         return raw, named
@@ -209,8 +215,10 @@ class FsFeature:
         mode: int,
         flags_arg: int | None,
         how: bytes | None = None,
+        *,
+        in_root: bool = False,
     ) -> Action:
-        got = self._name(sc, mem, dirfd, sc.args[path_arg])
+        got = self._name(sc, mem, dirfd, sc.args[path_arg], in_root=in_root)
         if got is None:
             return Allow()
         raw = got[0]
@@ -225,9 +233,18 @@ class FsFeature:
         # Without O_CREAT open(2) ignores the mode; the agent's openat2 would refuse it.
         mode = mode & ~_umask(sc.tid) & 0o7777 if flags & os.O_CREAT else 0
 
+        resolve = None
+        if how is not None:
+            resolve = self._resolved_remotely(sc, dirfd, raw, path, how, in_root)
+
         async def work() -> tuple[int, str]:
             return await self.cache.materialise(
-                self.remote, path, flags & REMOTE_OPEN_FLAGS, mode, writable=writing
+                self.remote,
+                path,
+                flags & REMOTE_OPEN_FLAGS,
+                mode,
+                writable=writing,
+                resolve=resolve,
             )
 
         def then(result: Any, m: Memory) -> Action:
@@ -239,13 +256,12 @@ class FsFeature:
                 return Fake(-err)
             # The remote side created/truncated it; locally the copy exists already.
             local_flags = flags & ~(os.O_CREAT | os.O_EXCL)
+            # openat2's resolve flags were applied in the pod: the copy opens plainly.
             if sc.notified:
-                if how is None:
-                    return OpenFile(cache_path, local_flags)
-                return self._openat2_copy(sc, dirfd, raw, cache_path, local_flags, how)
+                return OpenFile(cache_path, local_flags)
             blob = os.fsencode(cache_path) + b"\0"
             if how is not None:
-                new_how = struct.pack("<Q", local_flags) + how[8:]
+                new_how = struct.pack("<QQQ", local_flags, 0, 0)
                 p, h = self._scratch(sc, m, blob, new_how)
                 return Allow(set_args={path_arg: p, 2: h})
             (p,) = self._scratch(sc, m, blob)
@@ -279,28 +295,27 @@ class FsFeature:
                 return Allow()
             if absolute_path:
                 return Allow()  # EXDEV from the kernel, as for any absolute path
-        return self._open(sc, mem, as_int(sc.args[0]), 1, flags, mode, None, how)
+        dirfd = as_int(sc.args[0])
+        in_root = bool(resolve & RESOLVE_IN_ROOT) and dirfd != AT_FDCWD
+        return self._open(sc, mem, dirfd, 1, flags, mode, None, how, in_root=in_root)
 
-    def _openat2_copy(
-        self, sc: Syscall, dirfd: int, raw: str, cache_path: str, flags: int, how: bytes
-    ) -> Action:
-        """openat2 answered with the copy, its RESOLVE_* flags applied: a path relative to
-        a remote directory (a dirfd or the cwd inside the cache) is opened relative to
-        that directory's copy, so BENEATH, IN_ROOT, NO_SYMLINKS… see the pod's tree."""
+    def _resolved_remotely(
+        self, sc: Syscall, dirfd: int, raw: str, path: str, how: bytes, in_root: bool
+    ) -> tuple[int, str, str]:
+        """openat2's resolve flags for the agent: (flags, base, path). With BENEATH or
+        IN_ROOT the path stays relative to the remote directory the dirfd (or the cwd)
+        names, which those flags mean; the pod's own tree then decides, symlinks included
+        (a copy keeps no symlink it was opened through)."""
         resolve = struct.unpack_from("<Q", how, 16)[0]
-        relative = not raw.startswith("/") or (resolve & RESOLVE_IN_ROOT and dirfd != AT_FDCWD)
-        if relative:
-            try:
-                if dirfd == AT_FDCWD:
-                    base = os.open(f"/proc/{sc.tid}/cwd", os.O_PATH | os.O_DIRECTORY)
-                else:
-                    base = take_fd(sc.tid, dirfd)
-            except OSError:
-                return Fake(-errno.EBADF)
-            if self.cache.from_cache(os.readlink(f"/proc/self/fd/{base}")) is not None:
-                return OpenFile(raw, flags, resolve=resolve, dirfd=base)
-            os.close(base)
-        return OpenFile(cache_path, flags, resolve=resolve & ~(RESOLVE_BENEATH | RESOLVE_IN_ROOT))
+        if not resolve & BENEATH_OR_IN_ROOT:
+            return resolve, "", path
+        link = f"/proc/{sc.tid}/cwd" if dirfd == AT_FDCWD else f"/proc/{sc.tid}/fd/{dirfd}"
+        try:
+            here = os.readlink(link)
+        except OSError:
+            return resolve, "", path
+        base = self.cache.from_cache(here) or here
+        return resolve, base, (raw.lstrip("/") or ".") if in_root else raw
 
     # --- stat family --------------------------------------------------------------------------
 

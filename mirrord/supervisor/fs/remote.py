@@ -53,8 +53,11 @@ class RemoteFs(Protocol):
         mode: int,
         known: RemoteStat | None,
         sink: Callable[[bytes], object],
+        resolve: int = 0,
+        base: str = "",
     ) -> Opened:
-        """Open remotely; a regular file's content is handed to `sink` in order."""
+        """Open remotely; a regular file's content is handed to `sink` in order.
+        `resolve`/`base`: openat2's resolve flags, applied in the pod (OpenRequest)."""
         ...
 
     async def store(
@@ -145,8 +148,10 @@ class GrpcRemoteFs:
         mode: int,
         known: RemoteStat | None,
         sink: Callable[[bytes], object],
+        resolve: int = 0,
+        base: str = "",
     ) -> Opened:
-        req = files_pb2.OpenRequest(path=path, flags=flags, mode=mode)
+        req = files_pb2.OpenRequest(path=path, flags=flags, mode=mode, resolve=resolve, base=base)
         if known is not None:
             req.known.CopyFrom(to_pb(known))
         # No deadline on the whole stream: a large file takes as long as it takes; the
