@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 RED_ZONE = 128  # the x86_64 ABI lets leaf code use 128 bytes below rsp without moving it
 
@@ -38,8 +38,9 @@ class Memory(Protocol):
     def read_cstring(self, addr: int, limit: int = 4096) -> bytes: ...
 
 
-@dataclass(frozen=True)
-class Syscall:
+class Syscall(NamedTuple):
+    """A trapped syscall (a NamedTuple: one is made per trapped call, cheaply)."""
+
     tid: int
     nr: int
     args: tuple[int, int, int, int, int, int]

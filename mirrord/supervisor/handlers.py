@@ -125,6 +125,10 @@ def build_policy(
         # child whatever the flags.)
         rules += [Rule(NR["clone"], arg0_mask=CLONE_UNTRACED), Rule(NR["clone3"])]
         handlers |= {NR["clone"]: clone_handler, NR["clone3"]: clone3_handler}
+    else:
+        # The notify engine sees exec coming (its cached memory fds: memory.py); it
+        # answers these itself, no handler.
+        rules += [Rule(NR["execve"]), Rule(NR["execveat"])]
     if hostname is not None:
         rules.append(Rule(NR["uname"]))
         handlers[NR["uname"]] = make_uname_handler(hostname)

@@ -61,6 +61,11 @@ class Inflight:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def active(self) -> bool:
+        """Any entry at all (the hot path's check: no lock, no call)."""
+        return bool(self._entries)
+
     def claim(self, key: Key, nid: int) -> Claim:
         """A notification arrived: is it a restart of a call we know?"""
         with self._lock:
@@ -104,8 +109,9 @@ class Inflight:
         """We ended the call behind `nid` (-ERESTARTSYS) or its thread died. True if the
         entry was dropped (its work should stop); other work runs on for a restart."""
         with self._lock:
-            if entry.nid == nid:
-                entry.nid = 0
+            if entry.nid != nid:
+                return False  # a restart joined it meanwhile: the work now serves that
+            entry.nid = 0
             if not entry.cancel_if_gone or entry.done:
                 return False
             if self._entries.get(entry.key) is entry:

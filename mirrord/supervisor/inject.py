@@ -71,9 +71,9 @@ class _Gone(Exception):
         self.status = status
 
 
-def _wait(tid: int, serve: Callable[[], None]) -> int:
-    """The next stop of `tid`, serving notifications meanwhile (our own restarted chdir
-    makes one). Raises _Gone when it exits."""
+def _wait(tid: int) -> int:
+    """The next stop of `tid` (the engine's serving thread answers our own restarted
+    chdir's notification meanwhile). Raises _Gone when it exits."""
     deadline = time.monotonic() + DEADLINE_S
     delay = 20e-6
     while True:
@@ -85,16 +85,13 @@ def _wait(tid: int, serve: Callable[[], None]) -> int:
             if os.WIFSTOPPED(status):
                 return status
             raise _Gone(_gone(status))
-        serve()
         if time.monotonic() > deadline:
             raise TimeoutError(f"thread {tid} did not stop")
         time.sleep(delay)
         delay = min(delay * 2, 1e-3)
 
 
-def chdir(
-    tid: int, path: bytes, end_wait: Callable[[], bool], serve: Callable[[], None]
-) -> Outcome:
+def chdir(tid: int, path: bytes, end_wait: Callable[[], bool]) -> Outcome:
     """Make thread `tid`, waiting on our notification for its chdir, chdir to `path`.
     `end_wait()` answers that notification with -ERESTARTSYS (False: it is gone)."""
     try:
@@ -108,13 +105,13 @@ def chdir(
     try:
         pt.interrupt(tid)
         end_wait()  # if it is gone (a fatal signal), the thread still stops or exits
-        status = _wait(tid, serve)
+        status = _wait(tid)
         while os.WSTOPSIG(status) != signal.SIGTRAP or status >> 16 != pt.PTRACE_EVENT_STOP:
             # A signal reached it first: hold it, then it stops for the interrupt.
             if status >> 16 == 0 and os.WSTOPSIG(status) != SYSCALL_TRAP:
                 held.append(os.WSTOPSIG(status))
             pt.cont(tid, 0)
-            status = _wait(tid, serve)
+            status = _wait(tid)
         regs = pt.getregs(tid)
         if regs.orig_rax != NR["chdir"] or _signed(regs.rax) != -ERESTARTSYS:
             return Outcome()  # it moved on (a signal ended the call first): not ours
@@ -127,7 +124,7 @@ def chdir(
         entered = False
         while True:
             pt.syscall(tid, 0)
-            status = _wait(tid, serve)
+            status = _wait(tid)
             sig, event = os.WSTOPSIG(status), status >> 16
             if sig == SYSCALL_TRAP:
                 if entered:

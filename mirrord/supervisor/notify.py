@@ -26,9 +26,10 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import struct
 import threading
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER = 1
@@ -49,6 +50,32 @@ ADDFD_FLAG_SEND = 1 << 1
 USER_NOTIF_FD_SYNC_WAKE_UP = 1  # 6.6+: wake-ups on the current CPU
 
 _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data{nr, arch, ip, args[6]}
+
+# The engine's serving thread waits in a blocking RECV; at the end of the run a signal
+# with a handler wakes it (EINTR). The handler is a C function that does nothing with
+# its argument (getppid): no Python code runs in signal context, and no SA_RESTART.
+WAKE_SIGNAL = signal.SIGRTMIN + 5
+
+
+class _SigAction(ctypes.Structure):
+    _fields_ = [
+        ("handler", ctypes.c_void_p),
+        ("mask", ctypes.c_ulong * 16),
+        ("flags", ctypes.c_int),
+        ("restorer", ctypes.c_void_p),
+    ]
+
+
+def install_wake_handler() -> None:
+    """Make WAKE_SIGNAL interrupt a blocking call of the thread it is sent to (once per
+    process; harmless to repeat)."""
+    act = _SigAction()
+    act.handler = ctypes.cast(_libc.getppid, ctypes.c_void_p).value
+    act.flags = 0
+    if _libc.sigaction(int(WAKE_SIGNAL), ctypes.byref(act), None) != 0:
+        raise OSError(ctypes.get_errno(), "sigaction")
+
+
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
 _ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
 _ZEROS = bytes(_NOTIF.size)
@@ -56,8 +83,7 @@ _ZEROS = bytes(_NOTIF.size)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-@dataclass(frozen=True)
-class Notification:
+class Notification(NamedTuple):
     id: int
     tid: int
     nr: int
@@ -100,6 +126,7 @@ class Listener:
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self._buf = bytearray(_NOTIF.size)
+        self._wbuf = bytearray(_NOTIF.size)  # the serving thread's
         self._lock = threading.Lock()  # close() vs answers from other threads
         self.closed = False
 
@@ -113,6 +140,32 @@ class Listener:
                 self.hung_up = True
         return False
 
+    def hung_up_now(self) -> bool:
+        """No process uses the filter any more (POLLHUP): the program's tree is gone."""
+        with self._lock:
+            if self.closed:
+                return True
+            for _fd, events in self._poll.poll(0):
+                if events & (select.POLLHUP | select.POLLERR):
+                    self.hung_up = True
+        return self.hung_up
+
+    def wait_receive(self) -> Notification | None:
+        """The next notification, waiting for one (the serving thread only). None if it
+        vanished before we took it, or the wait was interrupted (WAKE_SIGNAL: fcntl.ioctl
+        does not retry on EINTR), or no process uses the filter any more (6.6+ kernels
+        end the wait then)."""
+        buf = self._wbuf
+        buf[:] = _ZEROS  # the kernel insists on a zeroed struct
+        try:
+            fcntl.ioctl(self.fd, NOTIF_RECV, buf, True)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINTR, errno.EBADF):
+                return None
+            raise
+        nid, pid, _flags, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(buf)
+        return Notification(nid, pid, nr, arch, (a0, a1, a2, a3, a4, a5))
+
     def receive(self) -> Notification | None:
         """The next notification; None if it vanished (its thread was interrupted or
         killed between the wake-up and now)."""
@@ -124,9 +177,8 @@ class Listener:
             if exc.errno in (errno.ENOENT, errno.EINTR):
                 return None
             raise
-        nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
-        a = (args[0], args[1], args[2], args[3], args[4], args[5])
-        return Notification(nid, pid, nr, arch, a)
+        nid, pid, _flags, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(buf)
+        return Notification(nid, pid, nr, arch, (a0, a1, a2, a3, a4, a5))
 
     def _ioctl(self, request: int, arg: bytearray) -> bool:
         with self._lock:
@@ -160,7 +212,7 @@ class Listener:
 
     def proceed(self, nid: int) -> bool:
         """The kernel runs the syscall as the program made it."""
-        return self._send(nid, 0, 0, USER_NOTIF_FLAG_CONTINUE)
+        return self._ioctl(NOTIF_SEND, bytearray(_RESP.pack(nid, 0, 0, USER_NOTIF_FLAG_CONTINUE)))
 
     def answer_fd(self, nid: int, fd: int, cloexec: bool) -> bool:
         """Install our `fd` as the program's next free fd and return that number as the

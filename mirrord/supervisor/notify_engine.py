@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import errno
 import logging
 import os
@@ -50,17 +51,23 @@ from mirrord.supervisor.actions import (
 )
 from mirrord.supervisor.handlers import Policy
 from mirrord.supervisor.inflight import Entry, Inflight
-from mirrord.supervisor.memory import VmReader
-from mirrord.supervisor.notify import Listener, Notification
+from mirrord.supervisor.memory import MAX_AGE_S, TraceeMemory
+from mirrord.supervisor.notify import (
+    WAKE_SIGNAL,
+    Listener,
+    Notification,
+    install_wake_handler,
+)
 from mirrord.supervisor.proctree import ProcessTree
 from mirrord.supervisor.spawn import Spawned, SpawnError, read_exec_failure
 from mirrord.supervisor.status import ExitStatus, Stats
-from mirrord.supervisor.syscalls import AUDIT_ARCH_X86_64
+from mirrord.supervisor.syscalls import AUDIT_ARCH_X86_64, NR
 from mirrord.supervisor.wakeup import Wakeup
 
 log = logging.getLogger("mirrord.supervisor")
 
 TERMINAL_STOPS = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+EXECS = frozenset({NR["execve"], NR["execveat"]})
 # How often calls that may block are checked for a signal (and dead threads).
 SWEEP_S = 0.01
 
@@ -86,12 +93,14 @@ class NotifyEngine:
         self.main_status: ExitStatus | None = None
         self.tree = ProcessTree()
         self.inflight = Inflight()
-        self.mem = VmReader()  # the engine thread's reads of program memory
-        self._loop_mem = VmReader()  # the loop thread's (buffers are per thread)
+        self.mem = TraceeMemory(MAX_AGE_S)  # the engine thread's reads of program memory
+        self._loop_mem = TraceeMemory(MAX_AGE_S)  # the loop thread's (fds are per thread)
         self._listener: Listener | None = None
         self._wakeup: Wakeup | None = None
         self._thread = 0
         self._chdirs: collections.deque[tuple[Entry, str, Any]] = collections.deque()
+        self._stopping = False
+        self._server = 0  # the serving thread's ident
         self._foreign_warned = False
         self._chdir_warned = False
 
@@ -103,17 +112,24 @@ class NotifyEngine:
         self._wakeup = Wakeup()
         self.main_pid = spawned.pid
         self.tree.add(spawned.pid)
+        server = None
         if spawned.listener is not None:
             self._listener = Listener(spawned.listener)
-            self._wakeup.watch(spawned.listener)
+            install_wake_handler()
+            server = threading.Thread(
+                target=self._serve_forever, args=(self._listener,), name="mirrord-notify"
+            )
+            server.daemon = True
+            server.start()
         if self.on_started:
             self.on_started(spawned.pid)
         try:
-            self._loop()
+            self._control()
             failure = read_exec_failure(spawned.exec_err_fd)
             if failure is not None:
                 raise SpawnError(f"{argv0}: {failure[0]}", failure[1])
         finally:
+            self._stop_serving(server)
             if self._listener is not None:
                 self._listener.close()
             self._wakeup.close()
@@ -122,26 +138,50 @@ class NotifyEngine:
         assert self.main_status is not None
         return self.main_status
 
-    def _loop(self) -> None:
+    def _serve_forever(self, listener: Listener) -> None:
+        """The serving thread: wait for a notification, answer it, again. Two syscalls per
+        call (RECV, SEND) and no sleep in between: the program, woken on our CPU by the
+        answer (SYNC_WAKE_UP), makes its next call while we wait in the next RECV."""
+        self._server = threading.get_ident()
+        receive = listener.wait_receive
+        one = self._one
+        while not self._stopping:
+            n = receive()
+            if n is not None:
+                try:
+                    one(listener, n)
+                except Exception:
+                    log.exception("serving syscall %d failed", n.nr)
+
+    def _stop_serving(self, server: threading.Thread | None) -> None:
+        self._stopping = True
+        while server is not None and server.is_alive():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pthread_kill(server.ident or 0, WAKE_SIGNAL)
+            server.join(0.05)
+
+    def _control(self) -> None:
+        """This (the spawning) thread: reap the first program, job control, the end of
+        the run (the listener hangs up once no process uses the filter), chdir
+        injections, and the signal watch of calls that wait (on a short tick)."""
         assert self._wakeup is not None
         listener = self._listener
         hung_up = listener is None
+        if listener is not None:
+            self._wakeup.watch(listener.fd, hangup_only=True)
         reap = True
         while True:
             if reap:
                 self._reap_main()
-            if listener is not None:
-                self._serve(listener)
-                if listener.hung_up and not hung_up:
-                    hung_up = True
-                    # A hung-up fd would wake select() at once, forever.
-                    self._wakeup.unwatch(listener.fd)
+            if listener is not None and not hung_up and listener.hung_up_now():
+                hung_up = True
+                self._wakeup.unwatch(listener.fd)  # it would wake us at once, forever
             self._run_chdirs()
             if self.main_status is not None and hung_up:
                 return
             timeout = SWEEP_S if self._sweep() else None
             self._wakeup.wait(timeout)
-            # Only the listener woke us: no child changed state, skip the waitpid.
+            # Only the listener woke us (its hang-up): no child changed state.
             reap = self._wakeup.maybe_stopped
 
     def _reap_main(self) -> None:
@@ -169,56 +209,57 @@ class NotifyEngine:
 
     # --- notifications ---------------------------------------------------------------------
 
-    def _serve(self, listener: Listener) -> None:
-        while listener.pending():
-            n = listener.receive()
-            if n is not None:
-                self._one(listener, n)
-
     def _one(self, listener: Listener, n: Notification) -> None:
+        nid, tid, nr, arch, args = n
         self.stats.notifications += 1
-        self.tree.seen(n.tid)
-        if n.arch != AUDIT_ARCH_X86_64:
-            if not self._foreign_warned:
-                self._foreign_warned = True
-                print(
-                    "mirrord: warning: the program makes 32-bit syscalls; they run "
-                    "unchanged (mirrord's features do not apply to them)",
-                    file=sys.stderr,
-                )
-            listener.proceed(n.id)
+        self.tree.seen(tid)
+        handler = self.handlers.get(nr)
+        if handler is None or arch != AUDIT_ARCH_X86_64:
+            self._unhandled(listener, n)
             return
-        handler = self.handlers.get(n.nr)
-        if handler is None:
-            listener.proceed(n.id)
-            return
-        key = (n.tid, n.nr, n.args)
-        if len(self.inflight):
-            claim = self.inflight.claim(key, n.id)
+        if self.inflight.active:
+            claim = self.inflight.claim((tid, nr, args), nid)
             if claim.entry is not None:
                 if not claim.joined:  # a restart: the work's result is waiting for it
                     self._finish(claim.entry, claim.entry.result)
                 return
-        sc = Syscall(n.tid, n.nr, n.args, notified=True)
         try:
-            action = handler(sc, self._mem(n.tid))
+            action = handler(Syscall(tid, nr, args, 0, True), self.mem.of(tid))
         except Exception:
             # Fail closed: a broken handler must not let the syscall silently run locally.
-            log.exception("handler for syscall %d failed; the program gets EIO", n.nr)
+            log.exception("handler for syscall %d failed; the program gets EIO", nr)
             action = Fake(-errno.EIO)
-        if isinstance(action, Defer):
-            entry = self.inflight.start(key, n.id, action.cancel_if_gone)
+        if type(action) is Allow and not action.set_args and action.on_exit is None:
+            listener.proceed(nid)  # the common answer, first
+        elif isinstance(action, Defer):
+            entry = self.inflight.start((tid, nr, args), nid, action.cancel_if_gone)
             self._continue(entry, action, None)
         elif isinstance(action, Chdir):
-            entry = self.inflight.start(key, n.id, False)
+            entry = self.inflight.start((tid, nr, args), nid, False)
             entry.then = lambda _result, _mem: action
             self._continue(entry, action, None)
         else:
-            self._deliver(listener, n.id, n.tid, action)
+            self._deliver(listener, nid, tid, action)
+
+    def _unhandled(self, listener: Listener, n: Notification) -> None:
+        """Foreign-ABI calls, execs and calls no handler claims: run as they are."""
+        if n.arch != AUDIT_ARCH_X86_64 and not self._foreign_warned:
+            self._foreign_warned = True
+            print(
+                "mirrord: warning: the program makes 32-bit syscalls; they run "
+                "unchanged (mirrord's features do not apply to them)",
+                file=sys.stderr,
+            )
+        elif n.nr in EXECS:
+            # Its memory is about to be replaced: a vfork child's cached fd would go on
+            # naming its parent's (memory.py).
+            self.mem.forget(n.tid)
+            self._loop_mem.forget(n.tid)
+        listener.proceed(n.id)
 
     def _mem(self, tid: int) -> Memory:
-        on_engine = threading.get_ident() == self._thread
-        return (self.mem if on_engine else self._loop_mem).of(tid)
+        on_server = threading.get_ident() == self._server
+        return (self.mem if on_server else self._loop_mem).of(tid)
 
     def _continue(self, entry: Entry, action: Action, result: Any) -> None:
         """Defer: start its work; Chdir: hand it to the engine thread (`result`: the work
@@ -226,7 +267,7 @@ class NotifyEngine:
         if isinstance(action, Chdir):
             self._chdirs.append((entry, action.path, result))
             if threading.get_ident() != self._thread:
-                self._wakeup_engine()
+                self._wakeup_engine()  # the control thread injects it
             return
         assert isinstance(action, Defer)
         if self.loop is None:
@@ -323,11 +364,9 @@ class NotifyEngine:
             # Its thread died meanwhile.
             self.inflight.undelivered(entry, result)
             return
+        # The serving thread answers our own restarted chdir's notification meanwhile.
         outcome = inject.chdir(
-            tid,
-            os.fsencode(path),
-            end_wait=lambda: listener.answer(nid, -sigwatch.ERESTARTSYS),
-            serve=lambda: self._serve(listener),
+            tid, os.fsencode(path), end_wait=lambda: listener.answer(nid, -sigwatch.ERESTARTSYS)
         )
         if outcome.main_status is not None and tid == self.main_pid:
             self.main_status = outcome.main_status

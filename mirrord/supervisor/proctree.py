@@ -71,7 +71,7 @@ class ProcessTree:
             fields = stat[stat.rfind(b")") + 2 :].split()
             parents[int(name)] = int(fields[1])
             states[int(name)] = fields[0].decode()
-        roots = {_tgid(t) for t in self._seen}
+        roots = {_tgid(t) for t in list(self._seen)}  # another thread adds to it
         tree = {r for r in roots if r in parents}
         changed = True
         while changed:

@@ -40,23 +40,35 @@ class Wakeup:
         self.sigfd: int = fd
         self.evfd: int = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._fds = [self.sigfd, self.evfd]
+        self._hangup: list[int] = []
         self._lock = threading.Lock()
         self._closed = False
         self.maybe_stopped = True
 
-    def watch(self, fd: int) -> None:
-        """Also wake when `fd` is readable (the seccomp listener); the caller reads it."""
-        self._fds.append(fd)
+    def watch(self, fd: int, *, hangup_only: bool = False) -> None:
+        """Also wake when `fd` is readable (the seccomp listener; the caller reads it), or
+        with `hangup_only` only when it hangs up (another thread reads it)."""
+        if hangup_only:
+            self._hangup.append(fd)
+        else:
+            self._fds.append(fd)
 
     def unwatch(self, fd: int) -> None:
-        self._fds.remove(fd)
+        if fd in self._fds:
+            self._fds.remove(fd)
+        if fd in self._hangup:
+            self._hangup.remove(fd)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Sleep until a SIGCHLD, a poke or a watched fd (at most `timeout`, by default a
         safety net); True if poked (answers are waiting)."""
-        ready, _, _ = select.select(
-            self._fds, [], [], SAFETY_TIMEOUT_S if timeout is None else timeout
-        )
+        poller = select.poll()
+        for fd in self._fds:
+            poller.register(fd, select.POLLIN)
+        for fd in self._hangup:
+            poller.register(fd, 0)  # POLLHUP is always reported
+        wait_s = SAFETY_TIMEOUT_S if timeout is None else timeout
+        ready = [fd for fd, _ev in poller.poll(wait_s * 1000)]
         # Only a watched fd (a seccomp notification): no tracee changed state, so the
         # caller may skip its waitpid round. A timeout counts as "maybe": look anyway.
         self.maybe_stopped = not ready or self.sigfd in ready

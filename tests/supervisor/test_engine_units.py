@@ -99,6 +99,16 @@ def test_the_same_call_again_after_its_answer_is_a_new_call() -> None:
     table.delivered(entry)
 
 
+def test_a_wait_a_restart_joined_is_not_dropped() -> None:
+    """The signal watch ends call 1 while its restart (call 2) joins the same wait on
+    another thread: the wait now serves call 2 and must not be dropped."""
+    table = Inflight()
+    entry = table.start(KEY, nid=1, cancel_if_gone=True)
+    assert table.claim(KEY, nid=2).joined
+    assert table.interrupted(entry, 1) is False
+    assert not entry.done and table.answering(entry) == 2
+
+
 def test_waits_are_dropped_when_their_call_ends() -> None:
     table = Inflight()
     entry = table.start(KEY, nid=1, cancel_if_gone=True)

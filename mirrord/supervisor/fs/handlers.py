@@ -74,6 +74,7 @@ READ_SYSCALLS = [
     "readlink",
     "readlinkat",
     "chdir",
+    "fchdir",
     "getcwd",
     "getxattr",
     "lgetxattr",
@@ -125,6 +126,10 @@ class FsFeature:
     rules: FsRules
     remote: RemoteFs
     cache: Cache
+    # Whether the program may hold an fd of a copy / a cwd inside the cache (any of its
+    # processes; set once, never cleared): until then fd-based calls need no lookup.
+    remote_fds: bool = False
+    remote_cwd: bool = False
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -134,14 +139,21 @@ class FsFeature:
         """(raw path, absolute path) or None when the call stays local untouched.
         `in_root`: openat2's RESOLVE_IN_ROOT, where "/" is the dirfd."""
         try:
-            raw = os.fsdecode(mem.read_cstring(ptr))
+            raw = mem.read_cstring(ptr)
         except OSError:
             return None  # a bad pointer: the kernel answers EFAULT itself
+        return self._named(sc, dirfd, raw, in_root)
+
+    def _named(
+        self, sc: Syscall, dirfd: int, raw_bytes: bytes, in_root: bool = False
+    ) -> tuple[str, Named] | None:
+        raw = os.fsdecode(raw_bytes)
         if not raw or self.cache.owns(raw):
             return None
-        named = absolute(
-            sc.tid, dirfd, raw.lstrip("/") or "." if in_root else raw, self.cache.from_cache
-        )
+        rel = raw.lstrip("/") or "." if in_root else raw
+        if dirfd != AT_FDCWD and not rel.startswith("/") and not self.remote_fds:
+            return None  # relative to a local directory fd: local (no copy handed out yet)
+        named = absolute(sc.tid, dirfd, rel, self.cache.from_cache)
         if named is None:
             return None
         return raw, named
@@ -154,7 +166,11 @@ class FsFeature:
         return path, access
 
     def _fd_remote(self, tid: int, fd: int) -> tuple[str, str] | None:
-        """(cache path, remote path) when fd is a materialised remote file or dir."""
+        """(cache path, remote path) when fd is a materialised remote file or dir. Only
+        ever true once the program has been given a copy (or a cwd in the cache): until
+        then no /proc lookup."""
+        if not (self.remote_cwd if fd == AT_FDCWD else self.remote_fds):
+            return None
         try:
             link = os.readlink(f"/proc/{tid}/fd/{fd}" if fd != AT_FDCWD else f"/proc/{tid}/cwd")
         except OSError:
@@ -179,10 +195,11 @@ class FsFeature:
         remote_path: str,
         cache_path: str | None,
         follow: bool,
-        write: Callable[[Memory, RemoteStat], Action],
+        out: tuple[int, Callable[[RemoteStat], bytes]],
     ) -> Action:
-        """Write the remote stat with `write(mem, stat)`: at once from what the cache
-        knows of an open file, else after asking the agent."""
+        """Write the remote stat packed by `out` = (buffer, packer): at once from what
+        the cache knows of an open file, else after asking the agent."""
+        write = self._writer(*out)
         if cache_path is not None:
             st = self.cache.stat_of(cache_path)
             if st is not None:
@@ -256,6 +273,7 @@ class FsFeature:
                 return Fake(-err)
             # The remote side created/truncated it; locally the copy exists already.
             local_flags = flags & ~(os.O_CREAT | os.O_EXCL)
+            self.remote_fds = True
             # openat2's resolve flags were applied in the pod: the copy opens plainly.
             if sc.notified:
                 return OpenFile(cache_path, local_flags)
@@ -329,14 +347,13 @@ class FsFeature:
         empty_ok: bool,
         pack: Any,
     ) -> Action:
-        if empty_ok:
-            try:
-                empty = mem.read(ptr, 1) == b"\0"
-            except OSError:
-                empty = False
-            if empty:
-                return self._stat_fd(sc, mem, dirfd, pack)
-        got = self._name(sc, mem, dirfd, ptr)
+        try:
+            raw = mem.read_cstring(ptr)  # one read: most of these are fstat(fd) ("")
+        except OSError:
+            return Allow()  # EFAULT from the kernel
+        if not raw and empty_ok:
+            return self._stat_fd(sc, mem, dirfd, pack)
+        got = self._named(sc, dirfd, raw)
         if got is None:
             return Allow()
         path, access = self._access(got[1])
@@ -353,7 +370,9 @@ class FsFeature:
         cache_path, remote_path = found
         return self._stat_answer(mem, remote_path, cache_path, True, pack)
 
-    def _writer(self, buf: int, packer: Callable[[RemoteStat], bytes]) -> Any:
+    def _writer(
+        self, buf: int, packer: Callable[[RemoteStat], bytes]
+    ) -> Callable[[Memory, RemoteStat], Action]:
         def write(mem: Memory, st: RemoteStat) -> Action:
             try:
                 mem.write(buf, packer(st))
@@ -364,29 +383,29 @@ class FsFeature:
         return write
 
     def stat(self, sc: Syscall, mem: Memory) -> Action:
-        w = self._writer(sc.args[1], pack_stat)
-        return self._stat_path(sc, mem, AT_FDCWD, sc.args[0], True, False, w)
+        out = (sc.args[1], pack_stat)
+        return self._stat_path(sc, mem, AT_FDCWD, sc.args[0], True, False, out)
 
     def lstat(self, sc: Syscall, mem: Memory) -> Action:
-        w = self._writer(sc.args[1], pack_stat)
-        return self._stat_path(sc, mem, AT_FDCWD, sc.args[0], False, False, w)
+        out = (sc.args[1], pack_stat)
+        return self._stat_path(sc, mem, AT_FDCWD, sc.args[0], False, False, out)
 
     def newfstatat(self, sc: Syscall, mem: Memory) -> Action:
         flags = sc.args[3]
-        w = self._writer(sc.args[2], pack_stat)
         follow = not flags & AT_SYMLINK_NOFOLLOW
         empty_ok = bool(flags & AT_EMPTY_PATH)
-        return self._stat_path(sc, mem, as_int(sc.args[0]), sc.args[1], follow, empty_ok, w)
+        out = (sc.args[2], pack_stat)
+        return self._stat_path(sc, mem, as_int(sc.args[0]), sc.args[1], follow, empty_ok, out)
 
     def statx(self, sc: Syscall, mem: Memory) -> Action:
         flags = sc.args[2]
-        w = self._writer(sc.args[4], pack_statx)
         follow = not flags & AT_SYMLINK_NOFOLLOW
         empty_ok = bool(flags & AT_EMPTY_PATH)
-        return self._stat_path(sc, mem, as_int(sc.args[0]), sc.args[1], follow, empty_ok, w)
+        out = (sc.args[4], pack_statx)
+        return self._stat_path(sc, mem, as_int(sc.args[0]), sc.args[1], follow, empty_ok, out)
 
     def fstat(self, sc: Syscall, mem: Memory) -> Action:
-        return self._stat_fd(sc, mem, as_int(sc.args[0]), self._writer(sc.args[1], pack_stat))
+        return self._stat_fd(sc, mem, as_int(sc.args[0]), (sc.args[1], pack_stat))
 
     # --- access, readlink, chdir, getcwd ------------------------------------------------
 
@@ -512,12 +531,19 @@ class FsFeature:
             err, cache_path = r
             if err:
                 return Fake(-err)
+            self.remote_fds = self.remote_cwd = True
             if sc.notified:
                 return Chdir(cache_path)
             (p,) = self._scratch(sc, m, os.fsencode(cache_path) + b"\0")
             return Allow(set_args={0: p})
 
         return Defer(work, then)
+
+    def fchdir(self, sc: Syscall, mem: Memory) -> Action:
+        """fchdir(2) runs as it is; with an fd of a copy the cwd may now be in the cache."""
+        if self.remote_fds:
+            self.remote_cwd = True
+        return Allow()
 
     def getcwd(self, sc: Syscall, mem: Memory) -> Action:
         found = self._fd_remote(sc.tid, AT_FDCWD)

@@ -53,5 +53,7 @@ def absolute(
 
 
 def _norm(path: str) -> str:
+    if "//" not in path and "/." not in path and (path == "/" or path[-1] != "/"):
+        return path  # already normal (most paths): no normpath call
     out = posixpath.normpath(path)
     return "/" + out.lstrip("/") if out.startswith("//") else out
