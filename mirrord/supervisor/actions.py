@@ -106,3 +106,13 @@ class Chdir:
 
 Action = Allow | Fake | Defer | OpenFile | InstallFd | Chdir
 Handler = Callable[[Syscall, Memory], Action]
+
+
+class RawReader(Protocol):
+    def read_some(self, tid: int, addr: int, size: int) -> bytes: ...
+
+
+# Notify engine: a feature's check that the call may run as it is, answered before its
+# handler (no Syscall, no Memory): (tid, args, memory) -> True to continue. Must agree
+# with the handler, which still runs when it says False.
+FastCheck = Callable[[int, tuple[int, int, int, int, int, int], RawReader], bool]

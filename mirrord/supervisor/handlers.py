@@ -11,9 +11,9 @@ import errno
 import os
 import struct
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mirrord.supervisor.actions import Action, Allow, Fake, Handler, Memory, Syscall
+from mirrord.supervisor.actions import Action, Allow, Fake, FastCheck, Handler, Memory, Syscall
 from mirrord.supervisor.seccomp import Engine, Kind, Rule
 from mirrord.supervisor.syscalls import CLONE_UNTRACED, NR
 
@@ -91,6 +91,7 @@ class Policy:
     rules: list[Rule]
     handlers: dict[int, Handler]
     engine: Engine = Engine.NOTIFY
+    fast: dict[int, FastCheck] = field(default_factory=dict)
 
     def trapped(self) -> dict[int, Rule]:
         return {r.nr: r for r in self.rules}
@@ -110,6 +111,8 @@ class Feature:
     # Run once when the program's run is over, while the agent session is still open
     # (e.g. write back files, remove a cache directory). Must not raise.
     close: Callable[[], Awaitable[None]] | None = None
+    # Notify engine: checks answered before the handlers (actions.FastCheck).
+    fast: dict[int, FastCheck] = field(default_factory=dict)
 
 
 def build_policy(
@@ -133,6 +136,7 @@ def build_policy(
         rules.append(Rule(NR["uname"]))
         handlers[NR["uname"]] = make_uname_handler(hostname)
     owner = {r.nr: "core" for r in rules}
+    fast: dict[int, FastCheck] = {}
     for feature in features:
         for rule in feature.rules:
             if rule.engine is not None and rule.engine is not engine:
@@ -144,4 +148,5 @@ def build_policy(
             owner[rule.nr] = feature.name
             rules.append(rule)
         handlers.update(feature.handlers)
-    return Policy(rules=rules, handlers=handlers, engine=engine)
+        fast.update(feature.fast)
+    return Policy(rules=rules, handlers=handlers, engine=engine, fast=fast)

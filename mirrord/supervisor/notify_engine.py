@@ -85,6 +85,7 @@ class NotifyEngine:
     ) -> None:
         self.policy = policy
         self.handlers = policy.handlers
+        self.fast = policy.fast
         self.loop = loop
         self.on_started = on_started
         self.on_main_stopped = on_main_stopped
@@ -213,6 +214,10 @@ class NotifyEngine:
         nid, tid, nr, arch, args = n
         self.stats.notifications += 1
         self.tree.seen(tid)
+        fast = self.fast.get(nr)
+        if fast is not None and arch == AUDIT_ARCH_X86_64 and fast(tid, args, self.mem):
+            listener.proceed(nid)  # e.g. a path already decided local: no handler
+            return
         handler = self.handlers.get(nr)
         if handler is None or arch != AUDIT_ARCH_X86_64:
             self._unhandled(listener, n)

@@ -22,7 +22,7 @@ import os
 import re
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mirrord.supervisor.actions import (
@@ -31,9 +31,11 @@ from mirrord.supervisor.actions import (
     Chdir,
     Defer,
     Fake,
+    FastCheck,
     Handler,
     Memory,
     OpenFile,
+    RawReader,
     Syscall,
 )
 from mirrord.supervisor.fs.cache import Cache, sweep_stale
@@ -98,6 +100,7 @@ WRITE_SYSCALLS = [
     "fchmod",
     "fchmodat",
 ]
+MAX_LOCAL_RAW = 65536
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 BENEATH_OR_IN_ROOT = RESOLVE_BENEATH | RESOLVE_IN_ROOT
@@ -130,6 +133,9 @@ class FsFeature:
     # processes; set once, never cleared): until then fd-based calls need no lookup.
     remote_fds: bool = False
     remote_cwd: bool = False
+    # Absolute paths (as the program passed them) decided local: the fast checks answer
+    # their next calls without a handler (fast_checks()). Bounded.
+    local_raw: set[bytes] = field(default_factory=set)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -157,6 +163,15 @@ class FsFeature:
         if named is None:
             return None
         return raw, named
+
+    def _local(self, raw: str, path: str) -> Allow:
+        """A local path: the call runs as it is. An absolute one the rules make local
+        whatever the flags is remembered for the fast checks."""
+        if raw.startswith("/") and self.rules.decide(path) is Access.LOCAL:
+            if len(self.local_raw) >= MAX_LOCAL_RAW:
+                self.local_raw.clear()
+            self.local_raw.add(os.fsencode(raw))
+        return Allow()
 
     def _access(self, named: Named, flags: int | None = None) -> tuple[str, Access]:
         path = self.rules.map_path(named.path)
@@ -241,7 +256,7 @@ class FsFeature:
         raw = got[0]
         path, access = self._access(got[1], flags)
         if access is Access.LOCAL:
-            return Allow()
+            return self._local(raw, path) if how is None else Allow()
         if access is Access.NOT_FOUND:
             return Fake(-errno.ENOENT)
         if flags & O_TMPFILE == O_TMPFILE:
@@ -358,7 +373,7 @@ class FsFeature:
             return Allow()
         path, access = self._access(got[1])
         if access is Access.LOCAL:
-            return Allow()
+            return self._local(got[0], path)
         if access is Access.NOT_FOUND:
             return Fake(-errno.ENOENT)
         return self._stat_answer(mem, path, None, follow, pack)
@@ -417,7 +432,7 @@ class FsFeature:
             return Allow()
         path, access = self._access(got[1])
         if access is Access.LOCAL:
-            return Allow()
+            return self._local(got[0], path)
         if access is Access.NOT_FOUND:
             return Fake(-errno.ENOENT)
         if mode & os.W_OK and access is Access.READ_ONLY:
@@ -563,9 +578,9 @@ class FsFeature:
         got = self._name(sc, mem, AT_FDCWD, sc.args[0])
         if got is None:
             return Allow()
-        _path, access = self._access(got[1])
+        path, access = self._access(got[1])
         if access is Access.LOCAL:
-            return Allow()
+            return self._local(got[0], path)
         return Fake(-errno.ENOENT if access is Access.NOT_FOUND else empty)
 
     def getxattr(self, sc: Syscall, mem: Memory) -> Action:
@@ -749,6 +764,56 @@ class FsFeature:
 
     # --- the feature ----------------------------------------------------------------------------
 
+    def _fast_path(self, tid: int, ptr: int, mem: RawReader, empty_ok: bool) -> bool:
+        """The path at ptr is one the handler would let run as it is: an absolute path
+        already decided local, or "" (fstat-like while the program holds no copy)."""
+        try:
+            data = mem.read_some(tid, ptr, 256)
+        except OSError:
+            return False
+        nul = data.find(b"\0")
+        if nul < 0:
+            return False
+        if nul == 0:
+            return not empty_ok or not self.remote_fds
+        return data[:nul] in self.local_raw
+
+    def fast_checks(self) -> dict[int, FastCheck]:
+        """Notify engine: answers before the handlers for the calls that are mostly on
+        local paths (a python3 start-up makes ~600): the same decisions, without building
+        the handler's objects. Calls with two paths, /proc links or resolve flags are left
+        to the handlers."""
+
+        def path_at(i: int, flags_at: int | None = None) -> FastCheck:
+            def check(tid: int, args: tuple[int, ...], mem: RawReader) -> bool:
+                empty_ok = flags_at is not None and bool(args[flags_at] & AT_EMPTY_PATH)
+                return self._fast_path(tid, args[i], mem, empty_ok)
+
+            return check
+
+        def no_copies(tid: int, args: tuple[int, ...], mem: RawReader) -> bool:
+            return not self.remote_fds
+
+        checks: dict[str, FastCheck] = {
+            "open": path_at(0),
+            "openat": path_at(1),
+            "stat": path_at(0),
+            "lstat": path_at(0),
+            "newfstatat": path_at(1, 3),
+            "statx": path_at(1, 2),
+            "access": path_at(0),
+            "faccessat": path_at(1),
+            "faccessat2": path_at(1),
+            "getxattr": path_at(0),
+            "lgetxattr": path_at(0),
+            "listxattr": path_at(0),
+            "llistxattr": path_at(0),
+            "fstat": no_copies,
+            "fchdir": no_copies,
+            "getcwd": lambda tid, args, mem: not self.remote_cwd,
+        }
+        return {NR[name]: check for name, check in checks.items()}
+
     def handlers(self) -> dict[int, Handler]:
         names = list(READ_SYSCALLS)
         if self.rules.writes_remote:
@@ -791,4 +856,5 @@ def make_fs_feature(rules: FsRules, remote: RemoteFs, *, tmpdir: str | None = No
         rules=[Rule(nr) for nr in sorted(handlers)],
         handlers=handlers,
         close=fs.close_session,
+        fast={nr: check for nr, check in fs.fast_checks().items() if nr in handlers},
     )
