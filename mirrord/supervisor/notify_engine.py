@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mirrord.supervisor import inject, sigwatch
@@ -283,11 +283,21 @@ class NotifyEngine:
         entry.cancel_if_gone = action.cancel_if_gone
         entry.interruptible = action.interruptible
         entry.then = action.then
-        fut = asyncio.run_coroutine_threadsafe(_await(action.work()), self.loop)
+        work = action.work()
+        if action.interruptible:
+            work = self._watched(work)
+        fut = asyncio.run_coroutine_threadsafe(_await(work), self.loop)
         entry.cancel = fut.cancel
         fut.add_done_callback(lambda f: self._work_done(entry, f))
-        if action.interruptible and threading.get_ident() != self._thread:
-            self._wakeup_engine()  # so that its next sleep is a short tick
+
+    async def _watched(self, work: Awaitable[Any]) -> Any:
+        """Work a signal may end: if it is still running after a tick, wake the control
+        thread, whose signal watch then ticks too (a pod connect of 0.4 ms never does)."""
+        timer = asyncio.get_running_loop().call_later(SWEEP_S, self._wakeup_engine)
+        try:
+            return await work
+        finally:
+            timer.cancel()
 
     def _work_done(self, entry: Entry, fut: concurrent.futures.Future[Any]) -> None:
         if entry.done or fut.cancelled():
