@@ -52,7 +52,10 @@ class MemFiles:
 
     MAX = 512
 
-    def __init__(self, max_age: float | None = None) -> None:
+    def __init__(self, max_age: float | None = None, *, locked: bool = True) -> None:
+        """`locked=False`: one thread reads and the owner closes only once that thread is
+        gone (the notify engine's serving thread): no lock on the hot path."""
+        self._locked = locked
         self._fds: dict[int, int] = {}
         self._max_age = max_age
         self._since = time.monotonic()
@@ -97,19 +100,24 @@ class MemFiles:
     def read_some(self, tid: int, addr: int, size: int) -> bytes:
         """Up to `size` bytes from addr, fewer where the mapping ends; OSError(EFAULT)
         if addr itself is not mapped."""
+        if not self._locked:
+            return self._read_some(tid, addr, size)
         with self._lock:
-            for attempt in (0, 1):
-                try:
-                    data = os.pread(self._fd(tid), size, addr)
-                except OSError as exc:
-                    if exc.errno in (errno.EIO, errno.EFAULT):
-                        raise OSError(errno.EFAULT, "bad address in the program") from None
-                    raise
-                if data or not size:
-                    return data
-                self._forget(tid)
-                if attempt:
-                    break
+            return self._read_some(tid, addr, size)
+
+    def _read_some(self, tid: int, addr: int, size: int) -> bytes:
+        for attempt in (0, 1):
+            try:
+                data = os.pread(self._fd(tid), size, addr)
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EFAULT):
+                    raise OSError(errno.EFAULT, "bad address in the program") from None
+                raise
+            if data or not size:
+                return data
+            self._forget(tid)
+            if attempt:
+                break
         raise OSError(errno.ESRCH, "the thread's memory is gone")
 
     def read(self, tid: int, addr: int, size: int) -> bytes:

@@ -127,6 +127,7 @@ class Listener:
         self._poll.register(fd, select.POLLIN)
         self._buf = bytearray(_NOTIF.size)
         self._wbuf = bytearray(_NOTIF.size)  # the serving thread's
+        self._pbuf = bytearray(_RESP.size)  # the serving thread's
         self._lock = threading.Lock()  # close() vs answers from other threads
         self.closed = False
 
@@ -209,6 +210,19 @@ class Listener:
         if ret < 0:
             return self._send(nid, 0, ret, 0)
         return self._send(nid, ret, 0, 0)
+
+    def proceed_serving(self, nid: int) -> bool:
+        """proceed() for the serving thread, which the owner stops before it closes the
+        listener: no lock, a reused buffer."""
+        buf = self._pbuf
+        _RESP.pack_into(buf, 0, nid, 0, 0, USER_NOTIF_FLAG_CONTINUE)
+        try:
+            fcntl.ioctl(self.fd, NOTIF_SEND, buf, True)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINPROGRESS):
+                return False
+            raise
+        return True
 
     def proceed(self, nid: int) -> bool:
         """The kernel runs the syscall as the program made it."""

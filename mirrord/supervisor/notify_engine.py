@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -70,6 +71,7 @@ TERMINAL_STOPS = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 EXECS = frozenset({NR["execve"], NR["execveat"]})
 # How often calls that may block are checked for a signal (and dead threads).
 SWEEP_S = 0.01
+STOP_S = 5.0  # how long the end of the run waits for the serving thread
 
 Then = Callable[[Any, Memory], Action]
 
@@ -94,7 +96,8 @@ class NotifyEngine:
         self.main_status: ExitStatus | None = None
         self.tree = ProcessTree()
         self.inflight = Inflight()
-        self.mem = TraceeMemory(MAX_AGE_S)  # the engine thread's reads of program memory
+        # The serving thread's reads of program memory (closed once it has stopped).
+        self.mem = TraceeMemory(MAX_AGE_S, locked=False)
         self._loop_mem = TraceeMemory(MAX_AGE_S)  # the loop thread's (fds are per thread)
         self._listener: Listener | None = None
         self._wakeup: Wakeup | None = None
@@ -130,11 +133,12 @@ class NotifyEngine:
             if failure is not None:
                 raise SpawnError(f"{argv0}: {failure[0]}", failure[1])
         finally:
-            self._stop_serving(server)
-            if self._listener is not None:
+            stopped = self._stop_serving(server)
+            if self._listener is not None and stopped:
                 self._listener.close()
             self._wakeup.close()
-            self.mem.close()
+            if stopped:
+                self.mem.close()
             self._loop_mem.close()
         assert self.main_status is not None
         return self.main_status
@@ -154,12 +158,19 @@ class NotifyEngine:
                 except Exception:
                     log.exception("serving syscall %d failed", n.nr)
 
-    def _stop_serving(self, server: threading.Thread | None) -> None:
+    def _stop_serving(self, server: threading.Thread | None) -> bool:
+        """Stop the serving thread; False if it would not stop (then what it uses is
+        left open: it is a daemon thread, gone with the process)."""
         self._stopping = True
+        deadline = time.monotonic() + STOP_S
         while server is not None and server.is_alive():
+            if time.monotonic() > deadline:
+                log.error("the notify engine's serving thread did not stop")
+                return False
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pthread_kill(server.ident or 0, WAKE_SIGNAL)
             server.join(0.05)
+        return True
 
     def _control(self) -> None:
         """This (the spawning) thread: reap the first program, job control, the end of
@@ -216,7 +227,7 @@ class NotifyEngine:
         self.tree.seen(tid)
         fast = self.fast.get(nr)
         if fast is not None and arch == AUDIT_ARCH_X86_64 and fast(tid, args, self.mem):
-            listener.proceed(nid)  # e.g. a path already decided local: no handler
+            listener.proceed_serving(nid)  # e.g. a path already decided local: no handler
             return
         handler = self.handlers.get(nr)
         if handler is None or arch != AUDIT_ARCH_X86_64:
@@ -235,7 +246,7 @@ class NotifyEngine:
             log.exception("handler for syscall %d failed; the program gets EIO", nr)
             action = Fake(-errno.EIO)
         if type(action) is Allow and not action.set_args and action.on_exit is None:
-            listener.proceed(nid)  # the common answer, first
+            listener.proceed_serving(nid)  # the common answer, first
         elif isinstance(action, Defer):
             entry = self.inflight.start((tid, nr, args), nid, action.cancel_if_gone)
             self._continue(entry, action, None)
