@@ -318,3 +318,77 @@ def test_refused_ptrace_needs_the_ptrace_engine_only() -> None:
     assert "cannot trace the program: ptrace was refused (Operation not permitted)" in r.stderr
     assert "CAP_SYS_PTRACE or a seccomp profile" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+DAEMON = r"""
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(1.0)
+        open(sys.argv[1], "w").write(os.uname().nodename)
+        if sys.argv[2] == "forever":
+            os.execvp("sleep", ["sleep", "37.25"])
+        os._exit(0)
+    os._exit(0)
+print("first program exits", flush=True)
+"""
+
+
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_the_run_waits_for_daemonized_grandchildren(tmp_path: Path, engine: str) -> None:
+    """Like `strace -f`: the run ends with the last process of the tree, a daemon that
+    left the first program's session included, and that daemon is still served."""
+    marker = tmp_path / "marker"
+    t0 = time.monotonic()
+    r = traced(PY, "-c", DAEMON, str(marker), "exit", env=dict(os.environ, MIRRORD_ENGINE=engine))
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "first program exits"
+    assert took >= 1.0
+    assert marker.read_text() == "pod-host"
+
+
+def _forever_sleepers() -> list[str]:
+    found = subprocess.run(["pgrep", "-f", "^sleep 37.25$"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_sigterm_reaches_what_is_left_of_the_tree(tmp_path: Path, engine: str) -> None:
+    marker = tmp_path / "marker"
+    p = subprocess.Popen(
+        [*SUP, "--hostname", "pod-host", "--", PY, "-c", DAEMON, str(marker), "forever"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, MIRRORD_ENGINE=engine),
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "first program exits"
+        deadline = time.monotonic() + 10
+        while not _forever_sleepers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _forever_sleepers(), "the daemon never started"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 0  # the first program's status
+        assert _forever_sleepers() == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+        for pid in _forever_sleepers():
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_listener_already_in_place_falls_back_to_ptrace_with_one_warning() -> None:
+    """A nested supervisor (or a container runtime that uses seccomp notifications): the
+    kernel allows one listener per filter chain (EBUSY), so the inner one runs the ptrace
+    engine, says so once, and the program runs."""
+    inner = [*SUP, "--hostname", "inner-host", "--", "sh", "-c", "uname -n; echo ran"]
+    r = traced(*inner)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == "ran"
+    warning = "using the ptrace engine: a seccomp listener is already in place"
+    assert r.stderr.count(warning) == 1, r.stderr
+    forced = traced(*inner, env=dict(os.environ, MIRRORD_ENGINE="notify"))
+    assert forced.returncode == 1
+    assert "cannot run the notify engine: a seccomp listener is already in place" in (forced.stderr)
