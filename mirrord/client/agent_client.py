@@ -33,9 +33,17 @@ SESSION_HEADER = "mirrord-session"
 _RETRY_DELAY = 0.2
 
 
-def _map_handshake_error(e: grpc.aio.AioRpcError) -> AgentError | None:
+class _Refused(Exception):
+    """The handshake's call ended with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def _map_handshake_error(code: grpc.StatusCode, details: str) -> AgentError | None:
     """The error for a refused handshake; None for UNAVAILABLE (worth retrying)."""
-    code, details = e.code(), e.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
         return None
     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -129,12 +137,15 @@ class AgentClient:
             )
             try:
                 reply = await asyncio.wait_for(cls._handshake(call, hello), remaining)
-            except grpc.aio.AioRpcError as e:
+            except (grpc.aio.AioRpcError, _Refused) as e:
                 await channel.close(None)
-                error = _map_handshake_error(e)
+                code, details = (
+                    (e.code, e.details) if isinstance(e, _Refused) else (e.code(), e.details())
+                )
+                error = _map_handshake_error(code, details or "")
                 if error is not None:
                     raise error from None
-                last_error = e.details() or e.code().name
+                last_error = details or code.name
                 await asyncio.sleep(min(_RETRY_DELAY, max(0.0, deadline - loop.time())))
                 continue
             except TimeoutError:
@@ -170,7 +181,15 @@ class AgentClient:
     async def _handshake(
         call: SessionCall, hello: agent_pb2.ClientMessage
     ) -> agent_pb2.HelloReply | None:
-        await call.write(hello)
+        try:
+            await call.write(hello)
+        except grpc.aio.AioRpcError as e:
+            # The agent may refuse (a wrong token) before our hello is written; the write
+            # then races its status and may say INTERNAL: the status it sent is the answer.
+            code = await call.code()
+            if code is None or code == grpc.StatusCode.OK:
+                raise
+            raise _Refused(code, await call.details() or e.details() or "") from None
         # read() raises AioRpcError for an error status; EOF means the call ended OK.
         msg = await call.read()
         if msg is EOF:

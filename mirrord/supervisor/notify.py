@@ -185,14 +185,17 @@ class Listener:
         with self._lock:
             if self.closed:
                 return False  # the run is over: nobody to answer
-            try:
-                fcntl.ioctl(self.fd, request, arg, True)
-            except OSError as exc:
-                # ENOENT: the thread is gone or was interrupted; EINPROGRESS: another
-                # thread of ours answered it a moment ago.
-                if exc.errno in (errno.ENOENT, errno.EINPROGRESS):
-                    return False
-                raise
+            return self._unlocked_ioctl(request, arg)
+
+    def _unlocked_ioctl(self, request: int, arg: bytearray) -> bool:
+        try:
+            fcntl.ioctl(self.fd, request, arg, True)
+        except OSError as exc:
+            # ENOENT: the thread is gone or was interrupted; EINPROGRESS: another thread
+            # of ours answered it a moment ago.
+            if exc.errno in (errno.ENOENT, errno.EINPROGRESS):
+                return False
+            raise
         return True
 
     def id_valid(self, nid: int) -> bool:
@@ -214,15 +217,8 @@ class Listener:
     def proceed_serving(self, nid: int) -> bool:
         """proceed() for the serving thread, which the owner stops before it closes the
         listener: no lock, a reused buffer."""
-        buf = self._pbuf
-        _RESP.pack_into(buf, 0, nid, 0, 0, USER_NOTIF_FLAG_CONTINUE)
-        try:
-            fcntl.ioctl(self.fd, NOTIF_SEND, buf, True)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EINPROGRESS):
-                return False
-            raise
-        return True
+        _RESP.pack_into(self._pbuf, 0, nid, 0, 0, USER_NOTIF_FLAG_CONTINUE)
+        return self._unlocked_ioctl(NOTIF_SEND, self._pbuf)
 
     def proceed(self, nid: int) -> bool:
         """The kernel runs the syscall as the program made it."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from mirrord.testpod import Network, Pod
 from mirrord.testpod.pod import http_server_argv
+from tests.incoming.exec_world import Running
 from tests.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules
 
 MIRRORD = str(Path(sys.executable).with_name("mirrord"))
@@ -48,9 +48,7 @@ class DebugWorld:
             "OUTGOING=service",
         ]
 
-    def start(
-        self, argv: list[str], *, env: dict[str, str] | None = None, stdin: int | None = None
-    ) -> Session:
+    def start(self, argv: list[str]) -> Running:
         cfg = self.tmp / f"cfg-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps(STEAL))
         out = self.tmp / f"out-{time.monotonic_ns()}.log"
@@ -58,64 +56,18 @@ class DebugWorld:
             proc = subprocess.Popen(
                 [MIRRORD, "exec", "--target", f"pid/{self.target.main_pid}", "-f", str(cfg),
                  "--", *argv],
-                stdout=sink, stderr=subprocess.STDOUT,
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                cwd=self.tmp, start_new_session=True, env={**os.environ, **(env or {})},
+                stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.tmp, start_new_session=True,
             )  # fmt: skip
-        return Session(self, proc, out)
+        return Running(self, proc, out)
 
     def request(self, path: str = "/", timeout: float = 30) -> str:
         """GET target:8080 from the client pod; the body."""
+        url = f"http://{self.target.address}:{PORT}{path}"
         r = self.client.run(
-            [
-                "curl",
-                "-s",
-                "--max-time",
-                str(int(timeout)),
-                f"http://{self.target.address}:{PORT}{path}",
-            ],
-            timeout=timeout + 5,
+            ["curl", "-s", "--max-time", str(int(timeout)), url], timeout=timeout + 5
         )
         return r.stdout.decode()
-
-
-@dataclass
-class Session:
-    world: DebugWorld
-    proc: subprocess.Popen[bytes]
-    out: Path
-
-    def log(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def wait_log(self, needle: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while needle not in self.log():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                if needle in self.log():
-                    break
-                raise AssertionError(f"no {needle!r} in:\n{self.log()}")
-            time.sleep(0.05)
-        return self.log()
-
-    def wait_stolen(self, timeout: float = 30.0) -> None:
-        want = f"mirrord:steal:{PORT}"
-        deadline = time.monotonic() + timeout
-        while not any(want in line for line in mirrord_rules(self.world.target)):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(f"no {want} rule; output:\n{self.log()}")
-            time.sleep(0.05)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.debug.debug_world import DebugWorld, dworld  # noqa: F401 (fixture)
+from tests.debug.debug_world import PORT, DebugWorld, dworld  # noqa: F401 (fixture)
+from tests.incoming.exec_world import Running
 from tests.incoming.incoming_helpers import mirrord_rules
 
 pytestmark = pytest.mark.skipif(
@@ -33,9 +34,9 @@ def served_view(world: DebugWorld, log: str) -> None:
     assert f"SERVED peer={world.client.address}" in log, log
 
 
-def steal_and_request(session, world: DebugWorld) -> str:  # type: ignore[no-untyped-def]
-    session.wait_log("LISTENING")
-    session.wait_stolen()
+def steal_and_request(session: Running, world: DebugWorld) -> str:
+    session.wait_log("LISTENING", 60)
+    session.wait_subscribed("steal", PORT)
     return world.request()
 
 
@@ -146,8 +147,8 @@ def test_gdb_attaches_to_a_program_running_under_mirrord_and_detaches(
 ) -> None:
     s = dworld.start([str(programs["podview"]), "8080", "2"])
     try:
-        s.wait_stolen()
-        pid = _pid(s.wait_log("LISTENING"))
+        s.wait_subscribed("steal", PORT)
+        pid = _pid(s.wait_log("LISTENING", 60))
         gdb = _attach(
             ["gdb", "-batch", "-p", str(pid), "-ex", "break handle", "-ex", "continue",
              "-ex", "next", "-ex", "bt", "-ex", "detach"],
@@ -187,8 +188,8 @@ def test_dlv_attaches_to_a_go_program_running_under_mirrord(
     script.write_text(DLV_ATTACH)
     s = dworld.start([str(programs["podview-go"]), "8080", "2"])
     try:
-        s.wait_stolen()
-        pid = _pid(s.wait_log("LISTENING"))
+        s.wait_subscribed("steal", PORT)
+        pid = _pid(s.wait_log("LISTENING", 60))
         dlv = _attach(
             ["dlv", "attach", str(pid), "--allow-non-terminal-interactive", "--init", str(script)],
             "Breakpoint 1 set at",
@@ -217,8 +218,8 @@ def test_a_debugger_that_kills_the_program_ends_the_session_cleanly(
         ["gdb", "-batch", "-ex", "break handle", "-ex", "run", "-ex", "kill",
          "--args", str(programs["podview"]), "8080", "1"]
     )  # fmt: skip
-    s.wait_log("LISTENING")
-    s.wait_stolen()
+    s.wait_log("LISTENING", 60)
+    s.wait_subscribed("steal", PORT)
     dworld.request(timeout=10)  # hits the breakpoint; gdb kills the program
     assert s.wait() == 0, s.log()  # gdb's own status
     assert "[Inferior 1 (process" in s.log() and "killed]" in s.log(), s.log()

@@ -21,17 +21,12 @@ import pytest
 from mirrord.testpod import Network, Pod
 from mirrord.testpod.pod import http_server_argv
 from tests.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules
+from tests.net.net_world import UDP_ECHO
 
 MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 PY = "/usr/bin/python3"
 PORT = 8080
 BLACKHOLE = 81  # the service pod drops SYNs to it: a connect that waits
-UDP_ECHO = (
-    "import socket\n"
-    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999))\n"
-    "while True:\n"
-    "    d, a = s.recvfrom(65536); s.sendto(b'echo:' + d, a)\n"
-)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -87,6 +88,10 @@ def server_argv(kind: str, programs: dict[str, Path], www: Path, port: int = POR
     raise ValueError(kind)
 
 
+class HasTarget(Protocol):
+    target: Pod
+
+
 @dataclass
 class ExecWorld:
     net: Network
@@ -127,7 +132,7 @@ class ExecWorld:
 
 @dataclass
 class Running:
-    world: ExecWorld
+    world: HasTarget
     proc: subprocess.Popen[bytes]
     out: Path
 
@@ -152,6 +157,13 @@ class Running:
         while time.monotonic() < deadline and needle not in self.log():
             time.sleep(0.05)
         return self.log()
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Until mirrord ends by itself; its exit code (killed if it does not)."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
 
     def stop(self) -> int:
         """SIGTERM to mirrord (forwarded to the program); its exit code."""

@@ -50,6 +50,7 @@ from mirrord.supervisor.net.sockinfo import (
     info_of,
     raw_name,
     socket_info,
+    try_borrow,
 )
 from mirrord.supervisor.net.udp_calls import UdpCalls
 
@@ -143,10 +144,7 @@ class NetHandlers:
         dest = parse_sockaddr(raw)
         if dest is None:
             return Allow()
-        try:
-            sock = borrow(sc.tid, fd)
-        except OSError:
-            return Allow()
+        sock = try_borrow(sc.tid, fd)
         if sock is None:
             return Allow()
         try:

@@ -46,8 +46,8 @@ from mirrord.supervisor.net.sockaddr import (
     parse_sockaddr,
     rewrite_sockaddr,
 )
-from mirrord.supervisor.net.sockinfo import borrow, borrowed_socket
-from mirrord.supervisor.net.waits import waiter
+from mirrord.supervisor.net.sockinfo import borrowed_socket, try_borrow
+from mirrord.supervisor.net.waits import retry_when_ready
 from mirrord.supervisor.syscalls import NR
 
 log = logging.getLogger("mirrord.supervisor.net.incoming")
@@ -227,10 +227,7 @@ class IncomingHandlers:
             return Allow()
         fd, ptr, lenptr = sc.args[0], sc.args[1], sc.args[2]
         flags = sc.args[3] & 0xFFFFFFFF if sc.nr == NR["accept4"] else 0
-        try:
-            sock = borrow(sc.tid, fd)
-        except OSError:
-            return Allow()
+        sock = try_borrow(sc.tid, fd)
         if sock is None:
             return Allow()
         try:
@@ -260,19 +257,11 @@ class IncomingHandlers:
         if rawmsg.nonblocking(sock.fileno()):
             sock.close()
             return Fake(-errno.EAGAIN)
-        timeout = rawmsg.rcvtimeo(sock)
-
-        def again(ok: Any, m: Memory) -> Action:
-            if ok is not True:
-                sock.close()
-                return Fake(-errno.EAGAIN)  # SO_RCVTIMEO ran out
-            return self._take(sock, flags, ptr, lenptr, cap, m)
-
-        return Defer(
-            waiter(sock, write=False, timeout=timeout),
-            again,
-            interruptible=True,
-            cancel_if_gone=True,
+        return retry_when_ready(
+            sock,
+            lambda m: self._take(sock, flags, ptr, lenptr, cap, m),
+            write=False,
+            timeout=rawmsg.rcvtimeo(sock),
         )
 
     def _accept_now(self, sock: socket.socket, inode: int) -> tuple[int, bytes] | None:

@@ -133,17 +133,17 @@ def set_nonblocking(fd: int) -> None:
 
 def rcvtimeo(sock: socket.socket) -> float | None:
     """SO_RCVTIMEO in seconds (None: wait forever), which bounds accept and recv."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
-    except OSError:
-        return None
-    sec, usec = struct.unpack("<qq", raw)
-    return sec + usec / 1e6 if sec or usec else None
+    return _timeo(sock, socket.SO_RCVTIMEO)
 
 
 def sndtimeo(sock: socket.socket) -> float | None:
+    """SO_SNDTIMEO in seconds (None: wait forever)."""
+    return _timeo(sock, socket.SO_SNDTIMEO)
+
+
+def _timeo(sock: socket.socket, option: int) -> float | None:
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, 16)
     except OSError:
         return None
     sec, usec = struct.unpack("<qq", raw)

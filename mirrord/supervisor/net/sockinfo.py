@@ -33,6 +33,15 @@ def borrow(tid: int, fd: int) -> socket.socket | None:
         return None
 
 
+def try_borrow(tid: int, fd: int) -> socket.socket | None:
+    """borrow(), or None also when the fd cannot be copied (the thread is gone…): then
+    the program's call runs as it is and the kernel answers it."""
+    try:
+        return borrow(tid, fd)
+    except OSError:
+        return None
+
+
 @contextlib.contextmanager
 def borrowed_socket(tid: int, fd: int) -> Iterator[socket.socket | None]:
     """The tracee's fd as a socket object of ours, or None if it is not a socket."""

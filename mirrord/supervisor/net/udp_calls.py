@@ -33,8 +33,8 @@ from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Sysca
 from mirrord.supervisor.net import rawmsg
 from mirrord.supervisor.net.rawmsg import Datagram
 from mirrord.supervisor.net.sockaddr import Destination, parse_sockaddr
-from mirrord.supervisor.net.sockinfo import SocketInfo, borrow, info_of
-from mirrord.supervisor.net.waits import waiter
+from mirrord.supervisor.net.sockinfo import SocketInfo, info_of, try_borrow
+from mirrord.supervisor.net.waits import retry_when_ready
 
 log = logging.getLogger("mirrord.supervisor.net")
 
@@ -195,24 +195,16 @@ class UdpCalls:
         done: Callable[[list[int]], Action],
     ) -> Action:
         """The send buffer of a blocking socket is full: wait until it is writable."""
-        timeout = rawmsg.sndtimeo(sock)
-
-        def again(ok: Any, _m: Memory) -> Action:
-            if ok is not True:
-                sock.close()
-                return Fake(-errno.EAGAIN)  # SO_SNDTIMEO ran out
-            return self._send_all(sock, msgs, flags, done)
-
-        return Defer(
-            waiter(sock, write=True, timeout=timeout),
-            again,
-            interruptible=True,
-            cancel_if_gone=True,
+        return retry_when_ready(
+            sock,
+            lambda _m: self._send_all(sock, msgs, flags, done),
+            write=True,
+            timeout=rawmsg.sndtimeo(sock),
         )
 
     def sendto(self, sc: Syscall, mem: Memory, dest: Destination) -> Action:
         fd, buf, size, flags = sc.args[0], sc.args[1], sc.args[2] & 0xFFFFFFFF, sc.args[3]
-        sock = _borrow(sc.tid, fd)
+        sock = try_borrow(sc.tid, fd)
         if sock is None:
             return Allow()
         wanted = self._remote_dests(sock, [dest])
@@ -254,7 +246,7 @@ class UdpCalls:
             return Allow()  # EFAULT from the kernel
         if dest is None:
             return Allow()
-        sock = _borrow(sc.tid, fd)
+        sock = try_borrow(sc.tid, fd)
         if sock is None:
             return Allow()
         wanted = self._remote_dests(sock, [dest])
@@ -290,7 +282,7 @@ class UdpCalls:
             return Allow()
         if not any(dests):
             return Allow()
-        sock = _borrow(sc.tid, fd)
+        sock = try_borrow(sc.tid, fd)
         if sock is None:
             return Allow()
         wanted = self._remote_dests(sock, dests)
@@ -322,7 +314,7 @@ class UdpCalls:
     # --- receives -------------------------------------------------------------------------
 
     def _noted_socket(self, tid: int, fd: int) -> tuple[socket.socket, int] | None:
-        sock = _borrow(tid, fd)
+        sock = try_borrow(tid, fd)
         if sock is None:
             return None
         inode = os.fstat(sock.fileno()).st_ino
@@ -387,19 +379,11 @@ class UdpCalls:
         if flags & socket.MSG_DONTWAIT or rawmsg.nonblocking(sock.fileno()):
             sock.close()
             return Fake(-errno.EAGAIN)
-        timeout = rawmsg.rcvtimeo(sock)
-
-        def again(ok: Any, _m: Memory) -> Action:
-            if ok is not True:
-                sock.close()
-                return Fake(-errno.EAGAIN)  # SO_RCVTIMEO ran out
-            return self._receive(sock, inode, size, csize, flags, deliver)
-
-        return Defer(
-            waiter(sock, write=False, timeout=timeout),
-            again,
-            interruptible=True,
-            cancel_if_gone=True,
+        return retry_when_ready(
+            sock,
+            lambda _m: self._receive(sock, inode, size, csize, flags, deliver),
+            write=False,
+            timeout=rawmsg.rcvtimeo(sock),
         )
 
     def recvfrom(self, sc: Syscall, mem: Memory) -> Action:
@@ -496,7 +480,7 @@ class UdpCalls:
 
         def deliver(first: Datagram) -> Action:
             got = [first]
-            dup = _borrow(sc.tid, fd)
+            dup = try_borrow(sc.tid, fd)
             try:
                 while dup is not None and len(got) < vlen:
                     size, csize = sizes(hdrs[len(got)])
@@ -522,13 +506,6 @@ class UdpCalls:
 
         size, csize = sizes(hdrs[0])
         return self._receive(sock, inode, size, csize, flags, deliver)
-
-
-def _borrow(tid: int, fd: int) -> socket.socket | None:
-    try:
-        return borrow(tid, fd)
-    except OSError:
-        return None
 
 
 def _errno_of(result: BaseException) -> int:

@@ -10,8 +10,12 @@ bound the program's own call (EAGAIN).
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
+
+from mirrord.supervisor.actions import Action, Defer, Fake, Memory
 
 
 async def ready(sock: socket.socket, *, write: bool, timeout: float | None) -> bool:
@@ -51,7 +55,22 @@ def _remove(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
         loop.remove_reader(fd)
 
 
-def waiter(
-    sock: socket.socket, *, write: bool, timeout: float | None
-) -> Callable[[], Awaitable[bool]]:
-    return lambda: ready(sock, write=write, timeout=timeout)
+def retry_when_ready(
+    sock: socket.socket, retry: Callable[[Memory], Action], *, write: bool, timeout: float | None
+) -> Defer:
+    """Wait as the program's blocking call would, then `retry(mem)` on the loop thread;
+    EAGAIN when `timeout` (SO_RCVTIMEO/SO_SNDTIMEO) runs out. A signal for the program's
+    thread ends the wait (interruptible) and cancels it: nothing was taken yet."""
+
+    def again(ok: Any, mem: Memory) -> Action:
+        if ok is not True:
+            sock.close()
+            return Fake(-errno.EAGAIN)
+        return retry(mem)
+
+    return Defer(
+        lambda: ready(sock, write=write, timeout=timeout),
+        again,
+        interruptible=True,
+        cancel_if_gone=True,
+    )
