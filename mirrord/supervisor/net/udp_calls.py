@@ -128,6 +128,20 @@ class UdpCalls:
         wanted = [d if d is not None and self._route(info, d) == "udp" else None for d in dests]
         return wanted if any(wanted) else None
 
+    def _sending(
+        self, sc: Syscall, dests: Sequence[Destination | None]
+    ) -> tuple[socket.socket, list[Destination | None]] | None:
+        """(our duplicate, the destinations that go through the pod) for a send; None
+        when the kernel's own call will do (not a UDP socket, nothing remote)."""
+        sock = try_borrow(sc.tid, sc.args[0])
+        if sock is None:
+            return None
+        wanted = self._remote_dests(sock, dests)
+        if wanted is None:
+            sock.close()
+            return None
+        return sock, wanted
+
     def _with_ports(
         self,
         sock: socket.socket,
@@ -203,14 +217,11 @@ class UdpCalls:
         )
 
     def sendto(self, sc: Syscall, mem: Memory, dest: Destination) -> Action:
-        fd, buf, size, flags = sc.args[0], sc.args[1], sc.args[2] & 0xFFFFFFFF, sc.args[3]
-        sock = try_borrow(sc.tid, fd)
-        if sock is None:
+        buf, size, flags = sc.args[1], sc.args[2] & 0xFFFFFFFF, sc.args[3]
+        found = self._sending(sc, [dest])
+        if found is None:
             return Allow()
-        wanted = self._remote_dests(sock, [dest])
-        if wanted is None:
-            sock.close()
-            return Allow()
+        sock, wanted = found
 
         def use(addrs: list[bytes | None]) -> Action:
             if size > MAX_DATAGRAM:
@@ -237,7 +248,7 @@ class UdpCalls:
         return data, dest, ctrl
 
     def sendmsg(self, sc: Syscall, mem: Memory) -> Action:
-        fd, hdr_addr, flags = sc.args[0], sc.args[1], sc.args[2] & 0xFFFFFFFF
+        hdr_addr, flags = sc.args[1], sc.args[2] & 0xFFFFFFFF
         try:
             hdr = mem.read(hdr_addr, MSGHDR.size)
             name, namelen = MSGHDR.unpack(hdr)[:2]
@@ -246,13 +257,10 @@ class UdpCalls:
             return Allow()  # EFAULT from the kernel
         if dest is None:
             return Allow()
-        sock = try_borrow(sc.tid, fd)
-        if sock is None:
+        found = self._sending(sc, [dest])
+        if found is None:
             return Allow()
-        wanted = self._remote_dests(sock, [dest])
-        if wanted is None:
-            sock.close()
-            return Allow()
+        sock, wanted = found
 
         def use(addrs: list[bytes | None]) -> Action:
             try:
@@ -265,8 +273,7 @@ class UdpCalls:
         return self._with_ports(sock, wanted, use)
 
     def sendmmsg(self, sc: Syscall, mem: Memory) -> Action:
-        fd, vec, vlen, flags = (
-            sc.args[0],
+        vec, vlen, flags = (
             sc.args[1],
             min(sc.args[2] & 0xFFFFFFFF, MAX_MMSG),
             sc.args[3],
@@ -282,13 +289,10 @@ class UdpCalls:
             return Allow()
         if not any(dests):
             return Allow()
-        sock = try_borrow(sc.tid, fd)
-        if sock is None:
+        found = self._sending(sc, dests)
+        if found is None:
             return Allow()
-        wanted = self._remote_dests(sock, dests)
-        if wanted is None:
-            sock.close()
-            return Allow()
+        sock, wanted = found
 
         def use(addrs: list[bytes | None]) -> Action:
             msgs = []
