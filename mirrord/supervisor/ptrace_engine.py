@@ -47,7 +47,8 @@ log = logging.getLogger("mirrord.supervisor")
 WALL = 0x40000000  # __WALL: threads and clone children too
 WNOTHREAD = 0x20000000  # __WNOTHREAD: only our own children/tracees, not the agent's
 U64 = (1 << 64) - 1
-STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+TERMINAL_STOPS = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+STOP_SIGNALS = TERMINAL_STOPS | {signal.SIGSTOP}
 SYSCALL_TRAP = signal.SIGTRAP | 0x80
 # How long _reap keeps polling waitpid after handling a stop before it sleeps (bench:
 # python3 start-up, ~600 stops, 100 -> 67 ms on 2 CPUs). Bounded CPU per burst of stops.
@@ -267,9 +268,11 @@ class Tracer:
             self._resume(task.tid)
         elif sig in STOP_SIGNALS:
             # Group-stop: stay stopped, but let SIGCONT through (PTRACE_LISTEN). When the
-            # program stops (Ctrl-Z), mirrord stops too, so the shell sees the job stop.
+            # program stops on a terminal stop signal (Ctrl-Z), mirrord stops too, so the
+            # shell sees the job stop. Not on a SIGSTOP sent to the program alone: its
+            # SIGCONT would find mirrord stopped and the program held.
             pt.listen(task.tid)
-            if task.tid == self.main_pid and self.on_main_stopped:
+            if task.tid == self.main_pid and self.on_main_stopped and sig in TERMINAL_STOPS:
                 self.on_main_stopped(sig)
         else:
             self._resume(task.tid)

@@ -253,7 +253,8 @@ def test_sigint_sent_to_mirrord_is_forwarded_once() -> None:
     assert p.returncode == 0
 
 
-def test_ctrl_z_stops_the_job_and_fg_resumes_it() -> None:
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_ctrl_z_stops_the_job_and_fg_resumes_it(engine: str) -> None:
     # An interactive shell with job control, as a user has it.
     pid, fd = pty.fork()
     if pid == 0:
@@ -269,7 +270,7 @@ def test_ctrl_z_stops_the_job_and_fg_resumes_it() -> None:
     )
     try:
         tty.until(b"$ ")
-        os.write(fd, f"{sup} {prog}\n".encode())
+        os.write(fd, f"MIRRORD_ENGINE={engine} {sup} {prog}\n".encode())
         tty.until(b"started")
         os.write(fd, b"\x1a")  # Ctrl-Z
         tty.until(b"Stopped")
@@ -392,3 +393,39 @@ def test_a_listener_already_in_place_falls_back_to_ptrace_with_one_warning() -> 
     forced = traced(*inner, env=dict(os.environ, MIRRORD_ENGINE="notify"))
     assert forced.returncode == 1
     assert "cannot run the notify engine: a seccomp listener is already in place" in (forced.stderr)
+
+
+TICKER = r"""
+import sys, time
+print("ready", flush=True)
+for i in range(30):
+    time.sleep(0.05)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_stop_and_continue_of_the_program_alone(engine: str) -> None:
+    """`kill -STOP P; kill -CONT P` on the program (not its job): natively it resumes.
+    mirrord must not stop itself and hold the program (only terminal stops, Ctrl-Z, stop
+    the job)."""
+    p = subprocess.Popen(
+        [*SUP, "--", PY, "-c", TICKER], stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, MIRRORD_ENGINE=engine),
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        program = next(
+            int(child)
+            for task in Path(f"/proc/{p.pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        )  # the engine thread forked it
+        os.kill(program, signal.SIGSTOP)
+        time.sleep(0.3)
+        os.kill(program, signal.SIGCONT)
+        assert p.stdout.readline().strip() == "done"
+        assert p.wait(timeout=10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
