@@ -18,11 +18,19 @@ if "GRPC_EXPERIMENTS" not in os.environ:
     os.environ["GRPC_EXPERIMENTS"] = _OWN_ENV["GRPC_EXPERIMENTS"] = _GRPC_EXPERIMENTS
 
 
+# mirrord's own secrets: the token of a running agent (--agent-address) is for us, not
+# for the program (which could hand it on, or print it in a log).
+_SECRET_ENV = ("MIRRORD_AGENT_TOKEN",)
+
+
 def user_environ() -> dict[str, str]:
-    """The environment as the user gave it: without what mirrord set for itself above
-    (a traced program that uses gRPC must not inherit our tuning)."""
+    """The environment the program starts from: the user's, without what mirrord set for
+    itself above (a traced program that uses gRPC must not inherit our tuning) and without
+    mirrord's secrets."""
     env = dict(os.environ)
     for key, value in _OWN_ENV.items():
         if env.get(key) == value:
             del env[key]
+    for key in _SECRET_ENV:
+        env.pop(key, None)
     return env

@@ -251,6 +251,8 @@ def test_running_agent_with_the_right_token(target: Pod, agent) -> None:  # type
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert parse_env(r.stdout)["APP_MODE"] == "pod"
+    assert "MIRRORD_AGENT_TOKEN" not in parse_env(r.stdout)  # mirrord's secret, not the program's
+    assert token not in r.stdout
 
 
 def test_running_agent_refuses_a_wrong_token(target: Pod, agent) -> None:  # type: ignore[no-untyped-def]
