@@ -43,21 +43,76 @@ def _local_utsname() -> tuple[str, str, str, str, str, str]:
 
 
 def make_uname_handler(hostname: str) -> Handler:
-    """uname(2) answered by us: the local kernel's fields with the target's nodename.
+    """uname(2) answered by us: the local kernel's fields with the target's nodename."""
+    return UtsView(hostname).uname
 
-    Faking the whole call costs one stop instead of two (entry + exit).
-    """
-    fields = _local_utsname()
-    payload = utsname_bytes(fields, hostname)
 
-    def handle(sc: Syscall, mem: Memory) -> Action:
+CAP_SYS_ADMIN = 21
+UTS_LEN = 64  # __NEW_UTS_LEN
+
+
+def _has_cap_sys_admin(tid: int) -> bool:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return False
+
+
+class UtsView:
+    """The run's own UTS view: uname shows the target's hostname (or the local one), and
+    sethostname/setdomainname change this view only, never the machine's (CPython's
+    test_socket "restores" the hostname it read, the pod's, with sethostname). As in a
+    pod's UTS namespace, setting needs CAP_SYS_ADMIN (else EPERM) and at most 64 bytes."""
+
+    def __init__(self, hostname: str | None) -> None:
+        fields = _local_utsname()
+        self._fields = fields
+        self._nodename = hostname if hostname is not None else fields[UTS_NODENAME]
+        self._domain = fields[5]
+        self._payload = self._pack()
+
+    def _pack(self) -> bytes:
+        f = self._fields
+        return utsname_bytes((f[0], f[1], f[2], f[3], f[4], self._domain), self._nodename)
+
+    def uname(self, sc: Syscall, mem: Memory) -> Action:
         try:
-            mem.write(sc.args[0], payload)
+            mem.write(sc.args[0], self._payload)
         except OSError:
             return Fake(-errno.EFAULT)
         return Fake(0)
 
-    return handle
+    def _name(self, sc: Syscall, mem: Memory) -> str | Fake:
+        size = sc.args[1]
+        if size > UTS_LEN:
+            return Fake(-errno.EINVAL)
+        if not _has_cap_sys_admin(sc.tid):
+            return Fake(-errno.EPERM)
+        try:
+            raw = mem.read(sc.args[0], size) if size else b""
+        except OSError:
+            return Fake(-errno.EFAULT)
+        return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+    def sethostname(self, sc: Syscall, mem: Memory) -> Action:
+        name = self._name(sc, mem)
+        if isinstance(name, Fake):
+            return name
+        self._nodename = name
+        self._payload = self._pack()
+        return Fake(0)
+
+    def setdomainname(self, sc: Syscall, mem: Memory) -> Action:
+        name = self._name(sc, mem)
+        if isinstance(name, Fake):
+            return name
+        self._domain = name
+        self._payload = self._pack()
+        return Fake(0)
 
 
 def clone_handler(sc: Syscall, mem: Memory) -> Action:
@@ -132,9 +187,16 @@ def build_policy(
         # The notify engine sees exec coming (its cached memory fds: memory.py); it
         # answers these itself, no handler.
         rules += [Rule(NR["execve"]), Rule(NR["execveat"])]
-    if hostname is not None:
-        rules.append(Rule(NR["uname"]))
-        handlers[NR["uname"]] = make_uname_handler(hostname)
+    # The run's UTS view: uname shows the target's hostname when the feature is on, and
+    # sethostname/setdomainname never reach the machine's (always trapped, with uname so
+    # that the program sees what it set).
+    uts = UtsView(hostname)
+    rules += [Rule(NR["uname"]), Rule(NR["sethostname"]), Rule(NR["setdomainname"])]
+    handlers |= {
+        NR["uname"]: uts.uname,
+        NR["sethostname"]: uts.sethostname,
+        NR["setdomainname"]: uts.setdomainname,
+    }
     owner = {r.nr: "core" for r in rules}
     fast: dict[int, FastCheck] = {}
     for feature in features:

@@ -67,6 +67,7 @@ NR: dict[str, int] = {
     "chmod": 90,
     "fchmod": 91,
     "sethostname": 170,
+    "setdomainname": 171,
     "gettid": 186,
     "getxattr": 191,
     "lgetxattr": 192,

@@ -46,9 +46,12 @@ def test_untrapped_syscalls_run_without_a_stop(prog: bytes, ptrace_prog: bytes) 
     assert run_filter(ptrace_prog, nr=NR["execve"]) == SECCOMP_RET_ALLOW
 
 
-def test_uname_is_not_trapped_without_the_hostname_feature() -> None:
-    prog = build_filter(build_policy(hostname=None).rules)
-    assert run_filter(prog, nr=NR["uname"]) == SECCOMP_RET_ALLOW
+def test_the_uts_calls_are_trapped_with_or_without_the_hostname_feature() -> None:
+    """uname shows what sethostname set in the run; sethostname never reaches the host."""
+    for hostname in ("pod", None):
+        prog = build_filter(build_policy(hostname=hostname).rules)
+        for name in ("uname", "sethostname", "setdomainname"):
+            assert run_filter(prog, nr=NR[name]) == SECCOMP_RET_USER_NOTIF, (hostname, name)
 
 
 def test_io_uring_setup_fails_with_enosys_without_a_stop(prog: bytes) -> None:

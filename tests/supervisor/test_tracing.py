@@ -429,3 +429,40 @@ def test_stop_and_continue_of_the_program_alone(engine: str) -> None:
     finally:
         if p.poll() is None:
             p.kill()
+
+
+SETHOSTNAME = r"""
+import os, socket, subprocess
+socket.sethostname("renamed-in-session")
+print(socket.gethostname(), subprocess.run(["uname", "-n"], capture_output=True, text=True).stdout.strip())
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.setdomainname(b"dom.example", 11), os.uname().nodename)
+os.setuid(65534)
+try:
+    socket.sethostname("not-allowed")
+except PermissionError:
+    print("EPERM without CAP_SYS_ADMIN")
+"""
+
+
+@pytest.mark.parametrize("hostname", ["pod-host", None], ids=["hostname-feature", "without"])
+def test_sethostname_lives_in_the_session_never_on_the_host(hostname: str | None) -> None:
+    """CPython's test_socket "restores" the hostname it read (the pod's) onto the host.
+    Under mirrord the program lives in the target's UTS view: the name it sets is seen by
+    the whole run, and the host's hostname is untouched."""
+    before = os.uname().nodename
+    try:
+        r = traced(PY, "-c", SETHOSTNAME, hostname=hostname)
+    finally:
+        after = os.uname().nodename
+        if after != before:
+            socket_module = __import__("socket")
+            socket_module.sethostname(before)  # put the host back before failing
+    assert after == before
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "renamed-in-session renamed-in-session",
+        "0 renamed-in-session",
+        "EPERM without CAP_SYS_ADMIN",
+    ]
