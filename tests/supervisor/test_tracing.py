@@ -434,7 +434,8 @@ def test_stop_and_continue_of_the_program_alone(engine: str) -> None:
 SETHOSTNAME = r"""
 import os, socket, subprocess
 socket.sethostname("renamed-in-session")
-print(socket.gethostname(), subprocess.run(["uname", "-n"], capture_output=True, text=True).stdout.strip())
+child = subprocess.run(["uname", "-n"], capture_output=True, text=True).stdout.strip()
+print(socket.gethostname(), child)
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 print(libc.setdomainname(b"dom.example", 11), os.uname().nodename)
