@@ -465,3 +465,31 @@ def test_steal_bulk_both_ways_with_a_slow_reader(xworld: ExecWorld, stream: bool
     assert int(n) == len(head) + 32 * len(block)
     assert digest == hashlib.sha256(head + block * 32).hexdigest()
     assert f"UPLOAD {hashlib.sha256(bytes(range(256)) * 256).hexdigest()}" in log
+
+
+UNIX_SERVER = r"""
+import os, socket, tempfile, threading
+path = os.path.join(tempfile.mkdtemp(), "s")
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen()
+def client():
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(path)
+    c.sendall(b"ping")
+    c.close()
+threading.Thread(target=client).start()
+conn, _ = srv.accept()
+print("unix", conn.recv(10).decode(), flush=True)
+"""
+
+
+def test_a_unix_socket_server_is_not_incomings_business(xworld: ExecWorld) -> None:
+    """Only AF_INET/AF_INET6 listeners take the target's traffic; a unix stream server
+    (asyncio's, socketserver's…) under the default config works as natively."""
+    run = xworld.start(["/usr/bin/python3", "-c", UNIX_SERVER], {})
+    try:
+        assert run.proc.wait(30) == 0, run.log()
+    finally:
+        run.kill()
+    assert run.log().strip().splitlines()[-1] == "unix ping", run.log()

@@ -63,6 +63,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # "established" with its bytes sent, is reset before the program accepts it (the rest
 # waited out SYN retransmits, 1 s and more).
 DELIVERY_BACKLOG = 4096
+INET = (socket.AF_INET, socket.AF_INET6)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class IncomingHandlers:
             return Allow()
         try:
             with borrowed_socket(sc.tid, fd) as sock:
-                if sock is None or sock.type != socket.SOCK_STREAM:
+                if sock is None or sock.type != socket.SOCK_STREAM or sock.family not in INET:
                     return Allow()
                 mapped = self.policy.listen_ports.get(dest.port)
                 err = _bind_raw(sock.fileno(), _with_port(dest.raw, mapped or dest.port))
@@ -164,8 +165,8 @@ class IncomingHandlers:
         fd, backlog = sc.args[0], ctypes.c_int32(sc.args[1] & 0xFFFFFFFF).value
         try:
             with borrowed_socket(sc.tid, fd) as sock:
-                if sock is None or sock.type != socket.SOCK_STREAM:
-                    return Allow()
+                if sock is None or sock.type != socket.SOCK_STREAM or sock.family not in INET:
+                    return Allow()  # only TCP listeners take the target's traffic
                 name = sock.getsockname()
                 local = int(name[1])
                 if local not in self.bound:
