@@ -127,3 +127,24 @@ def test_sendmmsg_recvmmsg(world: World, programs: dict[str, Path], engine: str)
     lines = r.stdout.splitlines()
     assert lines[0] == "sent 2"
     assert sorted(lines[1:]) == [f"recv echo:m1 from {svc}:9999", f"recv echo:m2 from {svc}:9999"]
+
+
+def test_udp_lite_is_not_relayed_as_udp(world: World) -> None:
+    """Only the protocols mirrord implements are relayed (TCP, UDP): a UDP-Lite datagram
+    to the program's own socket on 127.0.0.1 stays local (it went to the pod's loopback
+    and the program hung)."""
+    r = world.mirrord(
+        py("""
+        import socket
+        IPPROTO_UDPLITE = 136
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
+        a.bind(('127.0.0.1', 0)); a.settimeout(10)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
+        b.sendto(b'lite', a.getsockname())
+        data, peer = a.recvfrom(100)
+        print(data.decode(), peer[0])
+    """),
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["lite", "127.0.0.1"]

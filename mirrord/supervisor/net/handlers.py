@@ -112,11 +112,8 @@ class NetHandlers:
     def _route(self, info: SocketInfo | None, dest: Destination) -> str | None:
         if info is None or info.family != dest.family:
             return None
-        if info.kind == socket.SOCK_STREAM:
-            protocol = "tcp"
-        elif info.kind == socket.SOCK_DGRAM:
-            protocol = "udp"
-        else:
+        protocol = info.relayed
+        if protocol is None:
             return None
         route = self.rules.route(
             protocol, dest.ip, dest.port, lambda: self.program_listens(dest.port)

@@ -57,12 +57,28 @@ def borrowed_socket(tid: int, fd: int) -> Iterator[socket.socket | None]:
 class SocketInfo:
     kind: int  # SOCK_STREAM, SOCK_DGRAM…
     family: int
+    proto: int = 0  # IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP…
+
+    @property
+    def relayed(self) -> str | None:
+        """'tcp'/'udp' for the protocols mirrord relays; None for any other (UDP-Lite,
+        SCTP, raw…), which must run as it is."""
+        if self.kind == socket.SOCK_STREAM and self.proto in TCP_PROTOS:
+            return "tcp"
+        if self.kind == socket.SOCK_DGRAM and self.proto in UDP_PROTOS:
+            return "udp"
+        return None
+
+
+IPPROTO_MPTCP = 262  # TCP-compatible: falls back to TCP on our loopback relay
+TCP_PROTOS = (0, socket.IPPROTO_TCP, IPPROTO_MPTCP)
+UDP_PROTOS = (0, socket.IPPROTO_UDP)
 
 
 def info_of(sock: socket.socket) -> SocketInfo:
-    # socket(fileno=) read SO_TYPE and SO_DOMAIN already (a connect's hot path: no
-    # second round of getsockopt).
-    return SocketInfo(int(sock.type), int(sock.family))
+    # socket(fileno=) read SO_TYPE, SO_DOMAIN and SO_PROTOCOL already (a connect's hot
+    # path: no second round of getsockopt).
+    return SocketInfo(int(sock.type), int(sock.family), int(sock.proto))
 
 
 def socket_info(tid: int, fd: int) -> SocketInfo | None:

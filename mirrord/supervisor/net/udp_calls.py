@@ -123,8 +123,8 @@ class UdpCalls:
     ) -> list[Destination | None] | None:
         """The destinations that go through the pod; None if none does (the kernel's)."""
         info = info_of(sock)
-        if info.kind != socket.SOCK_DGRAM or info.family not in (socket.AF_INET, socket.AF_INET6):
-            return None  # TCP ignores the address; raw/unix sockets are not ours
+        if info.relayed != "udp" or info.family not in (socket.AF_INET, socket.AF_INET6):
+            return None  # TCP ignores the address; raw/unix/UDP-Lite sockets are not ours
         wanted = [d if d is not None and self._route(info, d) == "udp" else None for d in dests]
         return wanted if any(wanted) else None
 
