@@ -101,13 +101,17 @@ class NetHandlers:
 
     # --- decisions -------------------------------------------------------------------
 
-    def _remote(self, tid: int, fd: int, dest: Destination) -> str | None:
-        """'tcp'/'udp' if this socket's traffic to dest goes through the pod, else None."""
+    def _udp_remote(self, tid: int, fd: int, dest: Destination) -> bool:
+        """This UDP socket's datagrams to dest go through the pod. Any other socket is
+        answered before routing: a sendto with an address on a connected TCP socket must
+        cost nothing (routing may read /proc for the localhost rule)."""
         try:
             info = socket_info(tid, fd)
         except OSError:
-            return None
-        return self._route(info, dest)
+            return False
+        if info is None or info.relayed != "udp":
+            return False
+        return self._route(info, dest) == "udp"
 
     def _route(self, info: SocketInfo | None, dest: Destination) -> str | None:
         if info is None or info.family != dest.family:
@@ -420,8 +424,7 @@ class NetHandlers:
         """Interceptor ports for the REMOTE destinations (None: leave that one alone),
         found at once when they exist, else after a Defer that makes them."""
         wanted: list[Destination | None] = [
-            d if d is not None and self._remote(sc.tid, sc.args[0], d) == "udp" else None
-            for d in dests
+            d if d is not None and self._udp_remote(sc.tid, sc.args[0], d) else None for d in dests
         ]
         if not any(wanted):
             return Allow()
