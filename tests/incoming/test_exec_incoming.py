@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.incoming.exec_world import PORT, ExecWorld, server_argv, xworld
+from tests.incoming.exec_world import PORT, PY_SERVER, ExecWorld, server_argv, xworld
 from tests.incoming.h2_helpers import NODE_H2_SERVER, node_client
 from tests.incoming.incoming_helpers import mirrord_rules, request, send_requests, wait_until
 from tests.net.net_world import agent_of, other_end_owners
@@ -493,3 +493,42 @@ def test_a_unix_socket_server_is_not_incomings_business(xworld: ExecWorld) -> No
     finally:
         run.kill()
     assert run.log().strip().splitlines()[-1] == "unix ping", run.log()
+
+
+# A program that sends one UDP datagram into the pod's network (a DNS lookup does the same:
+# a UDP flow in the agent whose receive is pending) and then serves.
+UDP_THEN_SERVE = (
+    """
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"hello", (sys.argv[2], 9))
+"""
+    + PY_SERVER
+)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_sigkill_of_mirrord_after_udp_ends_the_agent_and_its_rules(xworld: ExecWorld) -> None:
+    """#12: with a UDP flow open, the orphaned agent never exited and its chains stayed."""
+    argv = ["/usr/bin/python3", "-c", UDP_THEN_SERVE, str(PORT), xworld.client.address]
+    run = xworld.start(argv, steal())
+    try:
+        run.wait_subscribed("steal")
+        agent = agent_of(run.proc.pid)
+        run.proc.send_signal(signal.SIGKILL)
+        run.proc.wait()
+        wait_until(lambda: _gone(agent), timeout=5)
+        assert _gone(agent)
+        wait_until(lambda: mirrord_rules(xworld.target) == [], timeout=5)
+        assert mirrord_rules(xworld.target) == []
+    finally:
+        run.kill()
+    answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/after")])
+    assert [body(a) for a in answers] == ["pod"]

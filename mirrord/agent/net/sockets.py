@@ -24,6 +24,17 @@ def _new_socket(family: int, kind: int) -> socket.socket:
     return sock
 
 
+def close_watched(sock: socket.socket) -> None:
+    """Close a socket the event loop may still watch (a receive left pending): its
+    registration goes first, or the loop keeps the fd number with our reader and the next
+    socket to get that number is never polled."""
+    if sock.fileno() >= 0:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.remove_writer(sock.fileno())
+    sock.close()
+
+
 async def pod_socket(session: AgentSession, family: int, kind: int) -> socket.socket:
     """A non-blocking socket in the session target's network namespace."""
     return await session.worker.run(_new_socket, family, kind)

@@ -13,7 +13,7 @@ import errno
 import socket
 from collections.abc import AsyncIterator
 
-from mirrord.agent.net.sockets import from_sockaddr, pod_socket, to_sockaddr
+from mirrord.agent.net.sockets import close_watched, from_sockaddr, pod_socket, to_sockaddr
 from mirrord.agent.session import AgentSession
 from mirrord.v1 import net_pb2
 
@@ -38,6 +38,7 @@ async def relay_udp(
     sock = await pod_socket(session, family, socket.SOCK_DGRAM)
     loop = asyncio.get_running_loop()
     sender: asyncio.Task[None] | None = None
+    receiver: asyncio.Future[bytes] | None = None
     try:
         try:
             await loop.sock_connect(sock, addr)
@@ -56,14 +57,17 @@ async def relay_udp(
                     yield net_pb2.UdpServerMessage(error=e.errno or errno.ECONNREFUSED)
                 receiver = asyncio.ensure_future(loop.sock_recv(sock, MAX_DATAGRAM))
             if sender in done:
-                receiver.cancel()
                 return
     finally:
+        # The flow ends with a receive pending, and also by cancellation (mirrord ended an
+        # idle flow, the session ended): both must stop watching the socket before it closes.
+        if receiver is not None:
+            receiver.cancel()
         if sender is not None and not sender.done():
             sender.cancel()
             with contextlib.suppress(BaseException):
                 await sender
-        sock.close()
+        close_watched(sock)
 
 
 async def _send(sock: socket.socket, requests: AsyncIterator[net_pb2.UdpClientMessage]) -> None:
