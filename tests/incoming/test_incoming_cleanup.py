@@ -11,6 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from mirrord.agent.incoming import iptables
+from mirrord.agent.incoming.rules import (
+    Owner,
+    SessionChains,
+    create_chains_script,
+    remove_chains_script,
+)
+from mirrord.agent.incoming.watchdog import sweep
+from mirrord.agent.namespaces import net_ns_inode
 from mirrord.agent.server import AgentServer
 from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.incoming import IncomingClient
@@ -74,11 +83,38 @@ async def test_agent_sigterm_removes_rules(target: Pod) -> None:
         await local.stop()
 
 
-async def test_agent_sigkill_then_a_new_agent_removes_leftovers(target: Pod) -> None:
+def _watchdog_of(agent: int) -> int:
+    for task in os.listdir(f"/proc/{agent}/task"):
+        for child in Path(f"/proc/{agent}/task/{task}/children").read_text().split():
+            if b"watchdog" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    raise AssertionError(f"agent {agent} has no rules watchdog")
+
+
+async def test_agent_sigkill_removes_its_rules(target: Pod) -> None:
     local = await start_local_agent(ping_timeout=2.0, startup_timeout=10.0)
     try:
         client = await AgentClient.connect(local.address, local.token, target.main_pid, timeout=10)
         await IncomingClient(client).subscribe(8080, "steal")
+        assert mirrord_rules(target) != []
+        local.process.send_signal(signal.SIGKILL)
+        await local.process.wait()
+        # The agent's watchdog removes them (a new agent would only on its first subscribe).
+        await asyncio.to_thread(wait_until, lambda: mirrord_rules(target) == [], 5)
+        assert mirrord_rules(target) == []
+        await client.close()
+    finally:
+        await local.stop()
+
+
+async def test_agent_and_watchdog_sigkill_then_a_new_agent_removes_leftovers(
+    target: Pod,
+) -> None:
+    local = await start_local_agent(ping_timeout=2.0, startup_timeout=10.0)
+    try:
+        client = await AgentClient.connect(local.address, local.token, target.main_pid, timeout=10)
+        await IncomingClient(client).subscribe(8080, "steal")
+        os.kill(_watchdog_of(local.process.pid), signal.SIGKILL)  # as a container's end does
         local.process.send_signal(signal.SIGKILL)
         await local.process.wait()
         leftovers = mirrord_rules(target)
@@ -104,3 +140,22 @@ async def test_agent_sigkill_then_a_new_agent_removes_leftovers(target: Pod) -> 
 
 def _chains(lines: list[str]) -> set[str]:
     return {w.lstrip(":") for line in lines for w in line.split() if "MIRRORD_" in w}
+
+
+async def test_the_watchdog_removes_only_its_agents_chains(target: Pod) -> None:
+    """Another live agent's chains in the same netns stay; a netns whose PID now names
+    another namespace is not touched."""
+    backend = iptables.default_backend()
+    tables = iptables.NetnsIptables(target.main_pid, backend)
+    dead, live = Owner(999_999, 1), iptables.this_agent()
+    mine, other = SessionChains.for_session("dead" * 4), SessionChains.for_session("live" * 4)
+    await tables.restore(create_chains_script(mine, dead))
+    await tables.restore(create_chains_script(other, live))
+    try:
+        inode = net_ns_inode(target.main_pid)
+        assert await sweep(dead, [(target.main_pid, inode + 1, backend)]) == []  # not this netns
+        removed = await sweep(dead, [(target.main_pid, inode, backend)])
+        assert sorted(removed) == sorted([mine.inbound, mine.outbound])
+        assert {c.name for c in await tables.chains()} == {other.inbound, other.outbound}
+    finally:
+        await tables.restore(remove_chains_script(await tables.chains()))

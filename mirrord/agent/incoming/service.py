@@ -29,6 +29,7 @@ from mirrord.agent.incoming.rules import (
 )
 from mirrord.agent.incoming.sockets import make_listener
 from mirrord.agent.incoming.subscription import Announcement, Subscription
+from mirrord.agent.incoming.watchdog import RuleWatchdog
 from mirrord.agent.service import session_of
 from mirrord.agent.session import AgentSession, SessionRegistry
 from mirrord.v1 import incoming_pb2, incoming_pb2_grpc
@@ -147,6 +148,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
         # One lock per target netns: a port's check-then-add must not interleave with
         # another session's changes to the same netns (inside this agent).
         self._netns_locks: dict[int, asyncio.Lock] = {}
+        self._watchdog = RuleWatchdog()
 
     def _netns_lock(self, session: AgentSession) -> asyncio.Lock:
         return self._netns_locks.setdefault(session.worker.entered.net_ns_inode, asyncio.Lock())
@@ -175,7 +177,12 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     await iptables.remove_leftovers(pid, list(counts))
                     tables = iptables.NetnsIptables(pid, backend)
                     chains = SessionChains.for_session(session.id)
-                    await tables.restore(create_chains_script(chains, iptables.this_agent()))
+                    await self._watchdog.watch(pid, backend)  # before anything can be left
+                    try:
+                        await tables.restore(create_chains_script(chains, iptables.this_agent()))
+                    except BaseException:
+                        self._watchdog.release()
+                        raise
                 except iptables.IptablesError as e:
                     await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
             state = SessionIncoming(session, pid, tables, chains, self._netns_lock(session))
@@ -185,6 +192,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 self._state.pop(session.id, None)
                 self._setup_locks.pop(session.id, None)
                 await state.close()
+                self._watchdog.release()  # not if a removal failed: the watchdog sweeps then
 
             session.on_close(cleanup, "incoming traffic rules")
             log.info("session %s: incoming traffic via %s", session.id, backend)
