@@ -83,6 +83,10 @@ class Defer:
     # themselves (readiness). Other work (a pod connect) runs on, for the restart.
     interruptible: bool = False
     cancel_if_gone: bool = False
+    # interruptible after this many seconds of work only: a connect gets time to finish,
+    # as natively it finishes in the background after EINTR (we cannot leave the socket
+    # "connecting": it would poll writable with no error, unconnected).
+    grace: float = 0.0
 
 
 @dataclass(frozen=True)

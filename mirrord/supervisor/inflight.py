@@ -35,6 +35,7 @@ class Entry:
     nid: int  # the newest notification id of this call
     cancel_if_gone: bool
     interruptible: bool = False  # watched for signals (sigwatch.py)
+    interruptible_from: float = 0.0  # monotonic time from which a signal ends the wait
     cancel: Callable[[], Any] | None = None  # stops the running work (set by the engine)
     then: Any = None  # the engine's continuation for the work's result
     parked: bool = False

@@ -293,6 +293,7 @@ class NotifyEngine:
             return
         entry.cancel_if_gone = action.cancel_if_gone
         entry.interruptible = action.interruptible
+        entry.interruptible_from = time.monotonic() + action.grace
         entry.then = action.then
         work = action.work()
         if action.interruptible:
@@ -432,7 +433,9 @@ class NotifyEngine:
             if not nid:
                 continue  # interrupted already; waiting for its restart
             watching = True
-            err = sigwatch.interrupted(Inflight.tid(entry)) if entry.interruptible else 0
+            err = 0
+            if entry.interruptible and time.monotonic() >= entry.interruptible_from:
+                err = sigwatch.interrupted(Inflight.tid(entry))
             if err:
                 if not listener.answer(nid, -err) and listener.id_valid(nid):
                     continue  # answered meanwhile by the work's own answer

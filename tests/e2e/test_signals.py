@@ -36,14 +36,16 @@ class World:
     client: Pod
     tmp: Path
 
-    def start(self, argv: list[str], steal: bool = True) -> subprocess.Popen[str]:
+    def start(
+        self, argv: list[str], steal: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
         cfg = self.tmp / f"cfg-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps({"feature": {"network": {"incoming": "steal"}}} if steal else {}))
         return subprocess.Popen(
             [MIRRORD, "exec", "--target", f"pid/{self.target.main_pid}", "-f", str(cfg), "--",
              *argv],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-            start_new_session=True,
+            start_new_session=True, env=env,
         )  # fmt: skip
 
     def wait_stolen(self, proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -208,6 +210,22 @@ def test_ctrl_c_interrupts_a_connect_that_waits_for_the_pod(world: World) -> Non
     code, out, err = _finish(p)
     assert code == 0, err
     assert float(out.split("KeyboardInterrupt after ")[1]) < 5, out
+
+
+def test_a_signal_gives_a_pod_connect_time_to_finish(
+    world: World, programs: dict[str, Path]
+) -> None:
+    """#12: a signal every 20 ms ended a pod connect at the first watch tick, EINTR with the
+    socket not yet connected (natively it connects in the background, and CPython waits
+    for it: SO_ERROR 0 on an unconnected socket, EPIPE then). A pod connect now gets
+    CONNECT_GRACE_S (0.25 s) before a signal ends it; one that never ends still does."""
+    argv = [str(programs["slowconnect"]), world.service.address, str(BLACKHOLE), "20"]
+    p = world.start(argv, steal=False)
+    code, out, err = _finish(p)
+    assert code == 0, err
+    how, _, after = out.strip().rpartition(" after ")
+    assert how == "Interrupted system call", out
+    assert 0.2 < float(after) < 2, out
 
 
 def _program_pid(p: subprocess.Popen[str]) -> int:

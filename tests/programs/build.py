@@ -24,6 +24,7 @@ C_PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
     "mmsg": (["mmsg.c"], []),
     "repeat": (["repeat.c"], []),
     "untraced": (["untraced.c"], []),
+    "slowconnect": (["slowconnect.c"], []),
     "podview": (["podview.c"], ["-g", "-O0"]),  # debugged: source-level stepping
 }
 # name -> (package directory, extra `go build` flags)

@@ -60,6 +60,10 @@ MSGHDR = struct.Struct("<QI4xQQQQi4x")  # name, namelen, iov, iovlen, control, c
 MMSGHDR_SIZE = MSGHDR.size + 8  # + unsigned msg_len, padded
 MAX_MMSG = 64  # sendmmsg entries rewritten per call; the program sees a partial send
 SOCKADDR_SLOT = 32
+# A signal during a pod connect interrupts it only after this long: a pod connect takes
+# milliseconds, and natively an interrupted connect completes in the background (CPython
+# then waits for it), which a socket we have not connected yet cannot show.
+CONNECT_GRACE_S = 0.25
 AddressHook = Callable[[int, int, Destination], bytes | None]  # (tid, fd, got) -> sockaddr
 
 
@@ -160,8 +164,15 @@ class NetHandlers:
             # of it, and the syscall is skipped with that connect's result: no argument
             # rewrite, so no exit stop either (a stop costs ~60 µs across CPUs). The pod's
             # connect may take long (SYN retries): a signal ends the program's wait as it
-            # would natively; the connection goes on and a restarted connect joins it.
-            return Defer(lambda: self._connect_tcp(sock, dest), _fake_result, interruptible=True)
+            # would natively (after CONNECT_GRACE_S: natively the connection would go on
+            # and complete, which an unconnected socket cannot show); the connection goes
+            # on and a restarted connect joins it.
+            return Defer(
+                lambda: self._connect_tcp(sock, dest),
+                _fake_result,
+                interruptible=True,
+                grace=CONNECT_GRACE_S,
+            )
         if protocol is None:
             sock.close()
             return Allow()
