@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import grpc.aio
 
+from mirrord.proxy.conntable import connected_local_ports
 from mirrord.proxy.direct import DirectConnector
 from mirrord.proxy.relay import open_stream, relay, reset, tcp_method
 from mirrord.proxy.udp import UdpInterceptor
@@ -49,6 +50,7 @@ V4_MAPPED = b"\0" * 10 + b"\xff\xff" + V4
 # itself. Each idle one costs the agent a waiting handler and one unconnected socket.
 IDLE_STREAMS = 8
 DNS_PORT = 53
+DIRECT_PRUNE_MIN = 256  # direct connections noted before the first prune of closed ones
 SPARE_LISTENERS = 4  # interceptor sockets bound ahead per kind (v4/v6)
 
 
@@ -88,6 +90,7 @@ class NetProxy:
         self._direct: DirectConnector | None = None
         self._direct_peers: dict[tuple[str, int], bytes] = {}
         self._direct_locals: dict[tuple[str, int], tuple[bytes, int]] = {}
+        self._direct_prune_at = DIRECT_PRUNE_MIN
         self.tcp = tcp_method(channel)
         self.metadata = metadata
         # AF_INET6 sockets go to ::1, or to the v4 interceptors (v4-mapped) without IPv6.
@@ -143,12 +146,28 @@ class NetProxy:
         ip = socket.inet_ntop(sock.family, self.interceptor_ip(dest.family))
         reply = await self._direct.connect(sock, (ip, port), dest.ip, dest.port)
         # Keyed by the program socket's own port: every direct connection has the same
-        # peer. An entry stays until that port is used again (bounded by the port range);
-        # lookups check that the peer is the agent's listener.
+        # peer; lookups check that the peer is the agent's listener. Entries of closed
+        # connections go in batches (_prune_direct).
         local_port = int(sock.getsockname()[1])
         self._direct_peers[(kind, local_port)] = dest.raw
         self._direct_locals[(kind, local_port)] = (reply.ip, reply.port)
+        if len(self._direct_peers) >= self._direct_prune_at:
+            self._prune_direct()
         return True
+
+    def _prune_direct(self) -> None:
+        """Forget direct connections that are closed: one /proc/net/tcp read when the
+        table has doubled since the last prune, so it stays within twice the live ones."""
+        assert self._direct is not None
+        for kind in ("v4", "v6"):
+            port = self._direct.port(kind)
+            live = connected_local_ports(port, kind) if port else set()
+            if live is None:
+                continue
+            for key in [k for k in self._direct_peers if k[0] == kind and k[1] not in live]:
+                self._direct_peers.pop(key, None)
+                self._direct_locals.pop(key, None)
+        self._direct_prune_at = max(DIRECT_PRUNE_MIN, 2 * len(self._direct_peers))
 
     def interceptor_ip(self, family: int) -> bytes:
         if family == socket.AF_INET:

@@ -106,3 +106,38 @@ async def test_the_sessions_end_resets_its_connections_and_closes_the_listener(
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the direct listener outlived its last session")
+
+
+async def test_closed_direct_connections_are_forgotten(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#12: what the proxy noted per direct connection (original peer, pod-side address)
+    stayed for good; it now stays within twice the connections still open."""
+    import mirrord.proxy
+    from mirrord.proxy import NetProxy
+    from mirrord.supervisor.net.sockaddr import parse_sockaddr
+
+    monkeypatch.setattr(mirrord.proxy, "DIRECT_PRUNE_MIN", 16)  # 256 in use: a quick test
+    DIRECT_PRUNE_MIN = 16
+    async with inprocess_agent(world) as (client, _method, svc):
+        proxy = NetProxy(client.channel, client.metadata())
+        await proxy.use_direct()
+        raw = socket.AF_INET.to_bytes(2, "little") + (8080).to_bytes(2, "big") + svc + bytes(8)
+        dest = parse_sockaddr(raw)
+        assert dest is not None
+        kept = []
+        try:
+            for i in range(3 * DIRECT_PRUNE_MIN):
+                sock = socket.socket()
+                assert await proxy.connect_direct(sock, dest)
+                if i % 10 == 0:
+                    kept.append(sock)  # open: must stay known
+                else:
+                    sock.close()
+            assert len(proxy._direct_peers) <= 2 * DIRECT_PRUNE_MIN
+            for sock in kept:
+                assert proxy.original("v4", proxy._direct.port("v4"), sock.getsockname()[1])
+        finally:
+            for sock in kept:
+                sock.close()
+            await proxy.close()
