@@ -85,13 +85,13 @@ _UCRED = struct.Struct("iII")  # pid, uid, gid
 _CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
 
 
-def _from_agent(ancillary: list[tuple[int, int, bytes]]) -> bool:
-    """The sender of a note is root (the agent runs as root) or this user."""
+def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The uid that sent a note (SO_PASSCRED); None if the kernel gave none."""
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             _, uid, _ = _UCRED.unpack(data[: _UCRED.size])
-            return uid in (0, os.getuid())
-    return False
+            return int(uid)
+    return None
 
 
 def _text(addr: tuple[bytes, int]) -> tuple[str, int]:
@@ -122,6 +122,7 @@ class IncomingProxy:
         # the program failed (refused, reset...); said at the end when some were lost.
         self._delivered_count: dict[int, int] = {}
         self._failed: dict[int, tuple[int, str]] = {}
+        self._forged = 0  # notes from other users, ignored
         # Deliveries the program has not answered yet (their remote port, by connection).
         self._unanswered: dict[IncomingConnection, int] = {}
 
@@ -164,8 +165,15 @@ class IncomingProxy:
                 except OSError as e:
                     log.debug("incoming notes: %s", e)
                     return
-                if not _from_agent(ancillary):
-                    log.warning("incoming notes: a datagram from another user, ignored")
+                uid = _sender_uid(ancillary)
+                if uid not in (0, os.getuid()):  # only the agent (root) or we send notes
+                    self._forged += 1
+                    if self._forged == 1:  # once: a flood must not flood the terminal
+                        log.warning(
+                            "incoming notes: ignoring datagrams from another user (uid %s);"
+                            " their count is reported at the end",
+                            uid,
+                        )
                     continue
                 try:
                     note = decode_note(data)
@@ -294,6 +302,8 @@ class IncomingProxy:
         if self._notes is not None:
             self._read_notes()  # the last failures, for the report
         self._say_losses()
+        if self._forged:
+            log.warning("incoming notes: %d datagrams from other users were ignored", self._forged)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.close()

@@ -3,10 +3,14 @@ an accept that comes first, at once; only root's (the agent's) or our own are ta
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
 import subprocess
 import sys
+
+import pytest
 
 from mirrord.directwire import NOTE_FAILED, NOTE_GONE, NOTE_NEW, Note, encode_note
 from mirrord.proxy.incoming import IncomingProxy, IncomingSettings
@@ -48,3 +52,32 @@ async def test_notes_are_read_when_accept_asks_and_only_from_root_or_us() -> Non
         assert os.strerror(111) in proxy._failed[8080][1]
     finally:
         await proxy.close()
+
+
+async def test_a_flood_of_forged_notes_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """#12: each forged note printed a warning on the user's terminal (3,000 datagrams,
+    3,000 lines): one warning, then the count at the end."""
+    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
+    name = proxy._open_notes()
+    code = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+        "s.connect('\\0' + sys.argv[1])\n"
+        "for i in range(500): s.send(b'x' * 8)"
+    )
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    with caplog.at_level(logging.WARNING, logger="mirrord.proxy.incoming"):
+        try:
+            # Concurrently: the loop reads while the sender fills the queue (10 datagrams).
+            sender = await asyncio.create_subprocess_exec(
+                *argv, sys.executable, "-c", code, name[1:]
+            )
+            assert await asyncio.wait_for(sender.wait(), 30) == 0
+            proxy.delivered(0)  # reads what is queued
+        finally:
+            await proxy.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "uid 65534" in lines[0]
+    assert "500 datagrams from other users were ignored" in lines[1]
