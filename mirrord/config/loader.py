@@ -15,9 +15,13 @@ Leniency, decided on purpose (see docs/config.md):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import select
+import stat
+import time
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +50,7 @@ def load_config_file_with_warnings(
     source = str(path)
     env = os.environ if environ is None else environ
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = _read_bounded(path).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(source, ["file not found"]) from None
     except IsADirectoryError:
@@ -55,6 +59,8 @@ def load_config_file_with_warnings(
         raise ConfigError(
             source, [f"not UTF-8 text ({error.reason} at byte {error.start})"]
         ) from None
+    except _Unreadable as error:
+        raise ConfigError(source, [str(error)]) from None
     except OSError as error:
         raise ConfigError(source, [f"cannot read: {error.strerror or error}"]) from None
     try:
@@ -79,7 +85,95 @@ def load_config_file_with_warnings(
         raise ConfigError(
             source, [f"the top level must be an object of settings, not {_kind(data)}"]
         )
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(source, [f"nested more than {MAX_DEPTH} levels deep"])
     return data, warnings
+
+
+# A config is a few KiB and a few levels deep. Anything far beyond is a mistake (a wrong
+# path, /dev/zero) or hostile: refuse it with bounded memory, time and recursion.
+MAX_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 64
+READ_TIMEOUT_S = 10.0
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _read_bounded(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes, at most MAX_BYTES. A pipe or FIFO (`-f <(…)`) is read until its
+    end for READ_TIMEOUT_S at most; a FIFO nobody writes to is an error, not a hang."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        kind = _special_kind(st.st_mode)
+        if kind is not None and kind != "pipe":
+            raise _Unreadable(f"is {kind}, not a config file")
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Unreadable(
+                        f"nothing more came from the pipe in {READ_TIMEOUT_S:.0f} s"
+                    ) from None
+                poller.poll(left * 1000)
+                continue
+            if not chunk:
+                if kind == "pipe" and not chunks:
+                    raise _Unreadable("is a pipe with nothing written to it")
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_BYTES:
+                raise _Unreadable(f"is larger than {MAX_BYTES // (1024 * 1024)} MiB")
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _special_kind(mode: int) -> str | None:
+    if stat.S_ISFIFO(mode):
+        return "pipe"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def _depth(data: Any) -> int:
+    """How deeply lists and objects nest (iteratively: no recursion limit to hit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen: set[int] = set()  # YAML aliases share nodes: visit each once
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _kind(data: Any) -> str:
@@ -106,6 +200,8 @@ def parse_json(text: str, source: str, warnings: list[str]) -> Any:
         ) from None
     except _DuplicateKey as error:
         raise ConfigError(source, [f"key `{error.key}` is given twice in one object"]) from None
+    except (ValueError, RecursionError) as error:
+        raise ConfigError(source, [_limit_message(error)]) from None
     if relaxed:
         warnings.append(
             f"{source}: uses {' and '.join(relaxed)}, which upstream mirrord rejects "
@@ -213,6 +309,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(source, [f"{where}{what or 'invalid YAML'}"]) from None
     except yaml.YAMLError as error:
         raise ConfigError(source, [f"invalid YAML: {error}"]) from None
+    except (ValueError, RecursionError) as error:
+        raise ConfigError(source, [_limit_message(error)]) from None
     return {} if data is None else data
 
 
@@ -225,3 +323,14 @@ def parse_toml(text: str, source: str) -> Any:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, [f"invalid TOML: {error}"]) from None
+    except (ValueError, RecursionError) as error:
+        raise ConfigError(source, [_limit_message(error)]) from None
+
+
+def _limit_message(error: Exception) -> str:
+    """A parser's ValueError (a number of more than 4,300 digits) or RecursionError."""
+    if isinstance(error, RecursionError):
+        return f"nested more than {MAX_DEPTH} levels deep"
+    if "digits" in str(error):
+        return "a value is out of range: a number of more than 4,300 digits"
+    return f"a value is out of range: {error}"
