@@ -39,10 +39,12 @@ LOST_AGENT_GRACE_S = 2.0
 
 
 class ExecError(Exception):
-    """A failure before or around the program; the message is for the user."""
+    """A failure before or around the program; the message is for the user (None: it
+    has been told already)."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None, exit_code: int = 1) -> None:
+        super().__init__(message or "")
+        self.message = message
         self.exit_code = exit_code
 
 
@@ -164,7 +166,7 @@ async def _wait_program(run: SupervisedRun, client: AgentClient) -> ExitStatus:
     except TimeoutError:
         run.kill(signal.SIGKILL)
         await program
-    raise ExecError(f"the agent connection was lost: {reason}", 1)
+    raise ExecError(None, 1)  # said above, when it happened
 
 
 __all__ = ["AgentEndpoint", "ExecError", "Target", "run_exec"]

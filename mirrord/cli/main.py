@@ -168,7 +168,8 @@ def _run(command: list[str], config: object, endpoint: object) -> int:
             run_exec(command, config, agent=endpoint, environ=ORIGINAL_ENV)  # type: ignore[arg-type]
         )
     except ExecError as exc:
-        err(str(exc))
+        if exc.message is not None:
+            err(exc.message)
         return exc.exit_code
     except (KeyboardInterrupt, asyncio.CancelledError):
         err("interrupted before the program started")

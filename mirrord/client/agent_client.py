@@ -217,7 +217,7 @@ class AgentClient:
     def _set_lost(self, message: str) -> None:
         if self._closing or self.lost.done():
             return
-        log.warning("%s", message)
+        log.debug("%s", message)  # whoever owns the session tells the user, once
         self.lost.set_result(message)
 
     def lost_error(self) -> AgentLost | None:

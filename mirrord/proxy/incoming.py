@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from mirrord.client.errors import AgentError, AgentLost
 from mirrord.client.incoming import (
     HttpFilterSpec,
     IncomingClient,
@@ -233,10 +234,15 @@ class IncomingProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, sub: Subscription, target: tuple[int, tuple[str, int]]) -> None:
-        async for conn in sub:
-            self._delivered_count[sub.port] = self._delivered_count.get(sub.port, 0) + 1
-            self._unanswered[conn] = sub.port
-            self._spawn(self._deliver(conn, target, sub.port))
+        try:
+            async for conn in sub:
+                self._delivered_count[sub.port] = self._delivered_count.get(sub.port, 0) + 1
+                self._unanswered[conn] = sub.port
+                self._spawn(self._deliver(conn, target, sub.port))
+        except AgentLost as e:
+            log.debug("%s", e)  # the run reports the lost agent and stops the program
+        except AgentError as e:
+            log.error("%s", e)
 
     async def _deliver(
         self, conn: IncomingConnection, target: tuple[int, tuple[str, int]], remote_port: int

@@ -269,6 +269,10 @@ def test_sigkill_of_the_agent_gives_the_pod_its_traffic_back(
         assert run.proc.wait(15) != 0  # mirrord notices the lost agent and stops
     finally:
         run.kill()
+    # Told once, in one line, with no traceback (#12: three times, and a task's traceback).
+    said = [line for line in run.log().splitlines() if "agent" in line]
+    assert len(said) == 1 and "lost the agent" in said[0], run.log()
+    assert "Traceback" not in run.log() and "never retrieved" not in run.log(), run.log()
 
 
 def test_program_close_is_not_needed_for_cleanup(xworld: ExecWorld) -> None:

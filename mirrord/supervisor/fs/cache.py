@@ -31,7 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from mirrord.supervisor.fs.remote import Entry, RemoteFs
+from mirrord.supervisor.fs.remote import Entry, RemoteFs, failure_text
 from mirrord.supervisor.fs.structs import RemoteStat
 
 log = logging.getLogger("mirrord.fs")
@@ -338,7 +338,7 @@ class Cache:
         try:
             err, st = await remote.store(path, chunks())
         except Exception as e:
-            log.error("write-back of %s failed: %s", path, e)
+            log.error("write-back of %s failed: %s", path, failure_text(e))
             return 5
         if err:
             log.error("write-back of %s failed: %s", path, os.strerror(err))

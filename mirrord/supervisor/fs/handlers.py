@@ -40,7 +40,7 @@ from mirrord.supervisor.actions import (
 )
 from mirrord.supervisor.fs.cache import Cache, sweep_stale
 from mirrord.supervisor.fs.paths import AT_FDCWD, Named, absolute, as_int
-from mirrord.supervisor.fs.remote import PathOp, RemoteFs
+from mirrord.supervisor.fs.remote import PathOp, RemoteFs, failure_text
 from mirrord.supervisor.fs.rules import O_WRITE_INTENT, Access, FsRules
 from mirrord.supervisor.fs.structs import RemoteStat, pack_stat, pack_statx
 from mirrord.supervisor.handlers import Feature
@@ -117,9 +117,15 @@ def _umask(tid: int) -> int:
     return 0o022
 
 
+_said: set[str] = set()  # failures already on the user's terminal
+
+
 def _failed(result: Any) -> Action | None:
     if isinstance(result, BaseException):
-        log.error("remote file call failed: %s", result)
+        text = failure_text(result)
+        # Once each: a lost agent fails every call the program makes until it is stopped.
+        (log.debug if text in _said else log.error)("remote file call failed: %s", text)
+        _said.add(text)
         return Fake(-errno.EIO)
     return None
 

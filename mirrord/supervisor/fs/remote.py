@@ -75,6 +75,14 @@ class RemoteFs(Protocol):
     ) -> int: ...
 
 
+def failure_text(error: BaseException) -> str:
+    """What a failed remote call says to the user: the status and its details for a gRPC
+    error (its str() is a multi-line repr with the debug string), else the error itself."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"the agent: {error.code().name}: {error.details()}"
+    return str(error) or type(error).__name__
+
+
 def from_pb(st: files_pb2.FileStat) -> RemoteStat:
     return RemoteStat(
         dev=st.dev,
