@@ -4,6 +4,7 @@ netns has no mirrord rule left after each run, however it ends."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -535,3 +536,63 @@ def test_sigkill_of_mirrord_after_udp_ends_the_agent_and_its_rules(xworld: ExecW
         run.kill()
     answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/after")])
     assert [body(a) for a in answers] == ["pod"]
+
+
+DOUBLE_BIND = """
+import socket, sys
+def bind(port, reuseport=False):
+    s = socket.socket()
+    if reuseport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        s.bind(("0.0.0.0", port))
+        return s, "bound %d" % s.getsockname()[1]
+    except OSError as e:
+        return s, "errno %d" % e.errno
+for port in map(int, sys.argv[1:]):
+    a, first = bind(port)
+    b, second = bind(port)
+    c, third = bind(port + 1, reuseport=True)
+    d, fourth = bind(port + 1, reuseport=True)
+    print(port, first, second, third, fourth, flush=True)
+"""
+
+
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_a_second_bind_of_the_programs_own_port_is_refused(xworld: ExecWorld, engine: str) -> None:
+    """#12: binding the same port twice succeeded (the second moved to a free port, as for
+    a port busy on this machine); natively EADDRINUSE. SO_REUSEPORT pairs still share
+    their port, also when it was moved off a busy one."""
+    with socket.socket() as busy, socket.socket() as busy_next:
+        busy.bind(("0.0.0.0", 0))  # a port taken on this machine, not by the program
+        taken = busy.getsockname()[1]
+        with contextlib.suppress(OSError):
+            busy_next.bind(("0.0.0.0", taken + 1))
+        free = _free_pair()
+        argv = ["/usr/bin/python3", "-c", DOUBLE_BIND, str(free), str(taken)]
+        run = xworld.start(argv, mirror(), engine=engine)
+        try:
+            assert run.wait() == 0, run.log()
+        finally:
+            run.kill()
+    lines = {int(line.split()[0]): line.split(" ", 1)[1] for line in run.log().splitlines()
+             if line[:1].isdigit()}  # fmt: skip
+    assert lines[free] == f"bound {free} errno 98 bound {free + 1} bound {free + 1}", run.log()
+    # Moved off the busy ports, still: the second plain bind refused, the pair together.
+    assert lines[taken] == f"bound {taken} errno 98 bound {taken + 1} bound {taken + 1}", run.log()
+
+
+def _free_pair() -> int:
+    """A port P with P and P+1 free on this machine."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("0.0.0.0", port))
+                b.bind(("0.0.0.0", port + 1))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no two free ports in a row")

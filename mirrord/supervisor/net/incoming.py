@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, InstallFd, Memory, Syscall
 from mirrord.supervisor.net import rawmsg
+from mirrord.supervisor.net.listeners import held_by_program
 from mirrord.supervisor.net.sockaddr import (
     Destination,
     build_sockaddr,
@@ -125,6 +126,9 @@ class IncomingHandlers:
         # local port -> the port the program asked for. Keyed by port, not fd: every
         # socket on that port (SO_REUSEPORT workers, dups, forks) gets the same answer.
         self.bound: dict[int, int] = {}
+        # requested port -> {socket inode: local port}: the program's sockets that asked
+        # for it, to tell its own second bind (EADDRINUSE) from a port busy elsewhere.
+        self._claims: dict[int, dict[int, int]] = {}
         self.subscribed: set[int] = set()
         # Notify engine: connections accepted for an accept whose answer could not be
         # delivered (ended by a signal), by listener inode, for the restarted accept.
@@ -150,16 +154,35 @@ class IncomingHandlers:
                 mapped = self.policy.listen_ports.get(dest.port)
                 err = _bind_raw(sock.fileno(), _with_port(dest.raw, mapped or dest.port))
                 if err == errno.EADDRINUSE and mapped is None:
-                    err = _bind_raw(sock.fileno(), _with_port(dest.raw, 0))  # any free port
+                    err = self._bind_elsewhere(sock, dest)
                 if err:
                     return Fake(-err)
                 local = int(sock.getsockname()[1])
+                inode = os.fstat(sock.fileno()).st_ino
         except OSError:
             return Allow()  # not ours to judge: let the kernel answer
         self.bound[local] = dest.port
+        self._claims.setdefault(dest.port, {})[inode] = local
         if local != dest.port:
             log.info("port %d is bound locally on %d", dest.port, local)
         return Fake(0)
+
+    def _bind_elsewhere(self, sock: socket.socket, dest: Destination) -> int:
+        """P is taken on this machine. By the program's own socket (bound to P or moved
+        off it): the kernel's answer for P stands, made on that socket's local port (so
+        SO_REUSEPORT workers share it, and a plain second bind gets EADDRINUSE). By
+        anything else: any free port, which the program will know as P. 0 or an errno."""
+        claims = self._claims.get(dest.port, {})
+        held = held_by_program({str(i) for i in claims}) if claims else set()
+        for inode in [i for i in claims if str(i) not in held]:
+            del claims[inode]  # closed since: its port is free, or someone else's
+        if claims:
+            for local in sorted(set(claims.values())):
+                err = _bind_raw(sock.fileno(), _with_port(dest.raw, local))
+                if err != errno.EADDRINUSE:
+                    return err
+            return errno.EADDRINUSE
+        return _bind_raw(sock.fileno(), _with_port(dest.raw, 0))
 
     def listen(self, sc: Syscall, mem: Memory) -> Action:
         fd, backlog = sc.args[0], ctypes.c_int32(sc.args[1] & 0xFFFFFFFF).value

@@ -38,9 +38,14 @@ def _inodes_on_port(port: int) -> set[str]:
 
 def program_listens_on(port: int) -> bool:
     inodes = _inodes_on_port(port)
-    if not inodes:
-        return False
-    wanted = {f"socket:[{i}]" for i in inodes}
+    return bool(inodes) and bool(held_by_program(inodes, first=True))
+
+
+def held_by_program(inodes: set[str], first: bool = False) -> set[str]:
+    """Which of these socket inodes are fds of a process of the program (`first`: stop at
+    the first one found)."""
+    wanted = {f"socket:[{i}]": i for i in inodes}
+    held: set[str] = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or not owns(int(pid)):
             continue
@@ -50,8 +55,11 @@ def program_listens_on(port: int) -> bool:
             continue
         for fd in fds:
             try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
-                    return True
+                inode = wanted.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
             except OSError:
                 continue
-    return False
+            if inode is not None:
+                held.add(inode)
+                if first or len(held) == len(wanted):
+                    return held
+    return held
