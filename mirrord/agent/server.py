@@ -68,7 +68,9 @@ class AgentServer:
             )
         self.registry = SessionRegistry()
         self.one_session = one_session
-        self.service = AgentService(self.registry, ping_timeout, self._session_closed)
+        self.service = AgentService(
+            self.registry, ping_timeout, self._session_closed, one_session=one_session
+        )
         self._server = grpc.aio.server(interceptors=[TokenAuthInterceptor(token)])
         agent_pb2_grpc.add_AgentServicer_to_server(self.service, self._server)
         for register in FEATURE_SERVICES:

@@ -38,8 +38,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         registry: SessionRegistry,
         default_ping_timeout: float,
         on_session_closed: Callable[[AgentSession], None] | None = None,
+        one_session: bool = False,
     ) -> None:
         self.registry = registry
+        # A one-session agent belongs to the mirrord that started it: a second Hello (any
+        # token holder) must not become a session whose end would stop the agent.
+        self.one_session = one_session
+        self._admitted = 0
         self.default_ping_timeout = default_ping_timeout
         self._on_session_closed = on_session_closed
         # Hooks for features that set things up per session (each may call session.on_close).
@@ -77,6 +82,13 @@ class AgentService(agent_pb2_grpc.AgentServicer):
                 f"{ours}; use the same major version on both sides",
             )
 
+        if self.one_session and self._admitted:
+            await _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this agent serves a single session (--one-session), and it has one",
+            )
+        self._admitted += 1  # before any await: two Hellos at once cannot both pass
         session: AgentSession | None = None
         watch: ProcessWatch | None = None
         try:
@@ -88,18 +100,16 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             worker = NamespaceWorker(pid, name=str(pid or "self"))
             entered = await worker.start()
             session = AgentSession(pid, worker, ping_timeout)
-        except TargetError as e:
+        except BaseException as e:
+            # No session came of it (its slot is free again); e.g. the client cancelled
+            # while we entered the namespaces.
+            self._admitted -= 1
             if watch is not None:
                 watch.close()
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
-        except NamespaceError as e:
-            if watch is not None:
-                watch.close()
-            await _abort(context, grpc.StatusCode.INTERNAL, f"cannot enter the target: {e}")
-        except BaseException:
-            # e.g. the client cancelled while we entered the namespaces
-            if watch is not None:
-                watch.close()
+            if isinstance(e, TargetError):
+                await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
+            if isinstance(e, NamespaceError):
+                await _abort(context, grpc.StatusCode.INTERNAL, f"cannot enter the target: {e}")
             raise
 
         self.registry.add(session)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mirrord.agent.server import ListenAddressError, parse_listen_address
-from mirrord.client import AgentClient, AgentStartFailed, start_local_agent
+from mirrord.client import AgentClient, AgentError, AgentStartFailed, start_local_agent
 from tests.agent.agent_helpers import Target
 
 
@@ -59,6 +59,23 @@ async def test_local_agent_session_and_stop(target: Target) -> None:
     assert gone(agent.pid)
     assert agent.log_path is None  # an unnamed file: nothing to remove, nothing left behind
     assert agent_children() == []
+
+
+async def test_a_one_session_agent_refuses_a_second_session(target: Target) -> None:
+    """#12: a token holder could open a second session on mirrord's own agent; its end
+    stopped the agent and killed the real session."""
+    agent = await start_local_agent(ping_timeout=5.0, startup_timeout=10.0)
+    try:
+        client = await AgentClient.connect(agent.address, agent.token, target.pid, timeout=5.0)
+        with pytest.raises(AgentError, match="single session"):
+            await AgentClient.connect(agent.address, agent.token, target.pid, timeout=5.0)
+        await asyncio.sleep(0.5)
+        assert not client.lost.done()
+        assert await client.get_env() == target.env  # the real session goes on
+        await client.close()
+        assert await asyncio.wait_for(agent.process.wait(), 10) == 0  # its end ends the agent
+    finally:
+        await agent.stop()
 
 
 async def test_a_killed_mirrord_leaves_no_agent_log(tmp_path: Path) -> None:

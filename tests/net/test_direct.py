@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 
 import pytest
@@ -141,3 +142,41 @@ async def test_closed_direct_connections_are_forgotten(
             for sock in kept:
                 sock.close()
             await proxy.close()
+
+
+async def test_a_flood_of_silent_connections_holds_few_agent_fds(world: World) -> None:
+    """#12: each connection to the direct listener that never sent its request held an
+    agent fd for 10 s (2,000 of them: 2,033 fds), open to any local user. Pending ones are
+    capped (the oldest dropped), and a real client still gets through meanwhile."""
+    from mirrord.agent.net.direct import MAX_PENDING
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async with inprocess_agent(world) as (client, _method, svc):
+        stub = net_pb2_grpc.NetStub(client.channel)
+        reply = await stub.Direct(net_pb2.DirectRequest(), metadata=client.metadata())
+        listener = ("127.0.0.1", reply.v4_port)
+        loop = asyncio.get_running_loop()
+        before = fds()
+        flood = []
+        try:
+            for _ in range(2000):
+                s = socket.socket()
+                s.setblocking(False)
+                await loop.sock_connect(s, listener)  # and never a byte
+                flood.append(s)
+            await asyncio.sleep(0.5)  # the agent accepts them all
+            # This process is the agent too: its side is what exceeds the flood's own.
+            assert fds() - before - len(flood) <= MAX_PENDING + 16
+            connector = DirectConnector(reply.v4_port, reply.v6_port, reply.secret)
+            with socket.socket() as sock:
+                sock.setblocking(False)
+                got = await connector.connect(sock, listener, svc, 8080)
+                assert got.errno == 0
+                await loop.sock_sendall(sock, GET)
+                sock.shutdown(socket.SHUT_WR)
+                assert (await _read_all(sock)).endswith(b"service")
+        finally:
+            for s in flood:
+                s.close()

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0  # the client sends its request right after connecting
+# Connections whose request has not come yet, at most: anyone on this host can connect, and
+# each holds an fd until its timeout. Beyond it the oldest wait is dropped (a real client's
+# request comes within microseconds; a flood's never does).
+MAX_PENDING = 256
 
 
 class DirectListeners:
@@ -51,6 +55,7 @@ class DirectListeners:
         self._listeners: list[socket.socket] = []
         self._ports = (0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: dict[asyncio.Task[None], None] = {}  # oldest first
 
     def open(self, session: AgentSession, state: NetSessionState) -> tuple[int, int, bytes]:
         """(IPv4 port, IPv6 port, secret) for this session; a port is 0 when that loopback
@@ -113,9 +118,20 @@ class DirectListeners:
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if len(self._pending) >= MAX_PENDING:
+                oldest = next(iter(self._pending))
+                del self._pending[oldest]  # its cancellation takes a few loop turns
+                oldest.cancel()
+                log.debug("direct listener: %d requests pending, the oldest dropped", MAX_PENDING)
             self._spawn(self._serve(conn))
+            # An accept that finds a connection queued does not yield: let the new task
+            # start (and count as pending) before the next one.
+            await asyncio.sleep(0)
 
     async def _serve(self, conn: socket.socket) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        self._pending[me] = None
         try:
             data = await asyncio.wait_for(_recv_exactly(conn, REQUEST_SIZE), REQUEST_TIMEOUT_S)
             req = decode_request(data)
@@ -123,6 +139,11 @@ class DirectListeners:
             log.debug("direct connection refused: %s", e)
             conn.close()
             return
+        except asyncio.CancelledError:
+            conn.close()  # dropped (a flood) or the last session ended
+            raise
+        finally:
+            self._pending.pop(me, None)
         found = self._sessions.get(req.secret)
         if found is None:
             log.debug("direct connection refused: no session has that secret")
