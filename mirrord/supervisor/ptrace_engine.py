@@ -208,6 +208,8 @@ class Tracer:
         self.tasks.pop(tid, None)
         self.held.discard(tid)
         self.expected.discard(tid)
+        if self.held:
+            self._release_orphans()
         if tid == self.main_pid and self.main_status is None:
             if os.WIFEXITED(status):
                 self.main_status = ExitStatus(code=os.WEXITSTATUS(status))
@@ -251,7 +253,27 @@ class Tracer:
         else:
             self._resume(tid)
 
+    def _release_orphans(self) -> None:
+        """Held children whose parent died before its fork event named them (killed
+        around the fork, or while stopped at the event): none will, so they run now.
+        Their parent is then no longer a traced process of theirs (reparented)."""
+        for child in list(self.held):
+            parent = _parent_of(child)
+            if parent is not None and parent in self.tasks and parent not in self.held:
+                continue  # its event is still to come
+            self.held.discard(child)
+            task = self.tasks.get(child)
+            if task is not None and task.started:
+                try:
+                    self._resume(child)
+                except pt.PtraceError as exc:
+                    if getattr(exc, "errno", None) != errno.ESRCH:
+                        raise
+
     def _new_task(self, child: int) -> None:
+        known = self.tasks.get(child)
+        if known is not None and known.started and child not in self.held:
+            return  # released already (its parent's event came late)
         if child in self.held:
             self.held.discard(child)
             task = self.tasks[child]
@@ -434,3 +456,15 @@ def _rule_stops(rule: Rule, regs: pt.Regs) -> bool:
 
 async def _await(aw: Awaitable[Any]) -> Any:
     return await aw
+
+
+def _parent_of(tid: int) -> int | None:
+    """Who will report `tid`'s creation: for a thread its process (the group leader's
+    tid), for a process its parent; None if it is gone."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        tgid, ppid = int(fields["Tgid"]), int(fields["PPid"])
+    except (OSError, KeyError, ValueError):
+        return None
+    return tgid if tgid != tid else ppid

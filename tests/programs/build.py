@@ -25,6 +25,7 @@ C_PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
     "repeat": (["repeat.c"], []),
     "untraced": (["untraced.c"], []),
     "slowconnect": (["slowconnect.c"], []),
+    "forkkill": (["forkkill.c"], []),
     "podview": (["podview.c"], ["-g", "-O0"]),  # debugged: source-level stepping
 }
 # name -> (package directory, extra `go build` flags)

@@ -467,3 +467,20 @@ def test_sethostname_lives_in_the_session_never_on_the_host(hostname: str | None
         "0 renamed-in-session",
         "EPERM without CAP_SYS_ADMIN",
     ]
+
+
+@pytest.mark.parametrize(
+    ("engine", "seccomp"),
+    [("ptrace", True), ("ptrace", False), ("notify", True)],
+    ids=["ptrace", "ptrace-full-stops", "notify"],
+)
+def test_children_of_parents_killed_around_a_fork_are_released(
+    programs: dict[str, Path], engine: str, seccomp: bool
+) -> None:
+    """#12 (found by CPython's test_asyncio under the supervisor): a new child is held
+    until its parent's fork event names it; a parent SIGKILLed before that event (or
+    while stopped at it) left the child held for ever, and the run never ended."""
+    env = {**os.environ, "MIRRORD_ENGINE": engine}
+    r = traced(str(programs["forkkill"]), "30", seccomp=seccomp, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "done 30"
