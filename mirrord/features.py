@@ -31,8 +31,10 @@ async def build_features(config: MirrordConfig, client: AgentClient) -> tuple[Fe
     if rules is not None or incoming is not None:
         from mirrord.proxy import NetProxy
         from mirrord.supervisor.net import OutgoingRules, network_feature, resolve_filter_names
+        from mirrord.supervisor.net.listeners import program_sends_from
 
         proxy = NetProxy(client.channel, client.metadata())
+        proxy.udp_sender_ok = program_sends_from
         if _direct(client):
             await proxy.use_direct()
         if rules is None:  # incoming only: every connect stays local

@@ -117,6 +117,10 @@ class NetProxy:
         self._closed = False
         # dns.filter (set by whoever owns the rules): query names answered locally.
         self.dns_local: Callable[[str], bool] | None = None
+        # Is the UDP socket at this local port the program's? (set by whoever runs it):
+        # interceptors take datagrams from no one else.
+        self.udp_sender_ok: Callable[[int], bool] | None = None
+        self.refused_peers = 0  # connections to TCP interceptors from others, reset
         self._unix_dir: str | None = None  # the unix listeners' private directory
         self._unix_names = itertools.count()
         raise_fd_limit()
@@ -287,21 +291,15 @@ class NetProxy:
             self._idle.append(call)
 
     async def _serve(self, listener: socket.socket, call: TcpCall, kind: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
         try:
             try:
-                # The supervisor connects the program's socket right after open_tcp, so
-                # the connection is usually there already: no waiting task nor timer.
-                conn, _ = listener.accept()
-            except BlockingIOError:
-                try:
-                    conn, _ = await asyncio.wait_for(loop.sock_accept(listener), ACCEPT_TIMEOUT_S)
-                except TimeoutError:
-                    call.cancel()
-                    return
+                conn = await self._accept_program(listener, kind, port)
             finally:
                 listener.close()
                 self._refill_listeners(kind)
+            if conn is None:
+                call.cancel()
+                return
             # As on the agent's side: relayed bytes go out as they come.
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -309,6 +307,40 @@ class NetProxy:
                 self._give_back(call)
         finally:
             self._forget(kind, port)
+
+    async def _accept_program(
+        self, listener: socket.socket, kind: str, port: int
+    ) -> socket.socket | None:
+        """The program's connection to this interceptor; None after ACCEPT_TIMEOUT_S.
+        Anyone on this machine can connect to a loopback port: a connection whose source
+        is not the program socket the supervisor connected here (note_local, made before
+        the relay starts) is reset, and the wait goes on."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACCEPT_TIMEOUT_S
+        while True:
+            try:
+                # The supervisor connects the program's socket right after open_tcp, so
+                # the connection is usually there already: no waiting task nor timer.
+                conn, peer = listener.accept()
+            except BlockingIOError:
+                try:
+                    conn, peer = await asyncio.wait_for(
+                        loop.sock_accept(listener), max(0.0, deadline - loop.time())
+                    )
+                except TimeoutError:
+                    return None
+            # By port: a v4-mapped program socket is noted as "v6" but comes in on "v4".
+            noted = [self._locals.get((k, int(peer[1]))) for k in ("v4", "v6")]
+            if any(n is not None and n[1] == port for n in noted):
+                return conn
+            self.refused_peers += 1
+            if self.refused_peers == 1:
+                log.warning(
+                    "a connection to mirrord's interceptor came from a socket that is not "
+                    "the program's (port %d): reset, as any further ones",
+                    peer[1],
+                )
+            reset(conn)
 
     def _forget(self, kind: str, port: int) -> None:
         self._peers.pop((kind, port), None)
@@ -333,7 +365,14 @@ class NetProxy:
             kind, bind_ip, family = self._bind(dest.family)
             dns_local = self.dns_local if dest.port == DNS_PORT else None
             icpt = UdpInterceptor(
-                self.stub, self.metadata, bind_ip, family, dest.ip, dest.port, dns_local
+                self.stub,
+                self.metadata,
+                bind_ip,
+                family,
+                dest.ip,
+                dest.port,
+                dns_local,
+                self.udp_sender_ok,
             )
             self._udp[key] = icpt
             self._peers[(kind, icpt.local_port)] = dest.raw

@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -32,12 +33,14 @@ log = logging.getLogger("mirrord.proxy")
 
 IDLE_S = 60.0
 MAX_DATAGRAM = 65536
+RECHECK_S = 1.0  # a flow's sender is checked again after this long (its port may change hands)
 
 
 class _Flow:
-    def __init__(self, owner: UdpInterceptor, src: Any) -> None:
+    def __init__(self, owner: UdpInterceptor, src: Any, now: float) -> None:
         self.owner = owner
         self.src = src
+        self.checked_at = now  # when its sender was last found to be the program's
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.local: tuple[bytes, int] | None = None
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -91,11 +94,16 @@ class UdpInterceptor:
         ip: bytes,
         port: int,
         dns_local: Callable[[str], bool] | None = None,
+        sender_ok: Callable[[int], bool] | None = None,
     ) -> None:
         """dns_local: for a nameserver's address, which query names are answered here
-        (dns.filter) instead of by the pod's nameserver."""
+        (dns.filter) instead of by the pod's nameserver. sender_ok: is the socket at this
+        loopback port the program's? Anyone on this machine can send to the interceptor;
+        only the program may reach the pod through it."""
         self.stub = stub
         self.dns_local = dns_local
+        self.sender_ok = sender_ok
+        self.refused = 0  # datagrams from other senders, dropped
         self._answering: set[asyncio.Task[None]] = set()
         self.metadata = metadata
         self.ip = ip
@@ -115,12 +123,30 @@ class UdpInterceptor:
                 return
             except OSError:
                 return
+            flow = self.flows.get(src)
+            now = time.monotonic()
+            if flow is None or now - flow.checked_at > RECHECK_S:
+                if not self._from_program(src):
+                    continue
+                if flow is not None:
+                    flow.checked_at = now
             if self.dns_local is not None and self._answered_locally(data, src):
                 continue
-            flow = self.flows.get(src)
             if flow is None:
-                flow = self.flows[src] = _Flow(self, src)
+                flow = self.flows[src] = _Flow(self, src, now)
             flow.queue.put_nowait(data)
+
+    def _from_program(self, src: Any) -> bool:
+        if self.sender_ok is None or self.sender_ok(int(src[1])):
+            return True
+        self.refused += 1
+        if self.refused == 1:
+            log.warning(
+                "a datagram to mirrord's UDP interceptor came from a socket that is not the "
+                "program's (port %d): dropped, as any further ones",
+                src[1],
+            )
+        return False
 
     def _answered_locally(self, data: bytes, src: Any) -> bool:
         try:

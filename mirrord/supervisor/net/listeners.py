@@ -16,9 +16,13 @@ from mirrord.supervisor.proctree import owns
 LISTEN = "0A"
 
 
-def _inodes_on_port(port: int) -> set[str]:
+ALL_TABLES = (("tcp", True), ("tcp6", True), ("udp", False), ("udp6", False))
+UDP_TABLES = (("udp", False), ("udp6", False))
+
+
+def _inodes_on_port(port: int, tables: tuple[tuple[str, bool], ...] = ALL_TABLES) -> set[str]:
     inodes: set[str] = set()
-    for table, need_listen in (("tcp", True), ("tcp6", True), ("udp", False), ("udp6", False)):
+    for table, need_listen in tables:
         try:
             with open(f"/proc/net/{table}") as f:
                 next(f, None)
@@ -38,6 +42,13 @@ def _inodes_on_port(port: int) -> set[str]:
 
 def program_listens_on(port: int) -> bool:
     inodes = _inodes_on_port(port)
+    return bool(inodes) and bool(held_by_program(inodes, first=True))
+
+
+def program_sends_from(port: int) -> bool:
+    """Is the UDP socket bound to local `port` one of the program's? (A datagram to one of
+    our UDP interceptors from anyone else must not reach the pod.)"""
+    inodes = _inodes_on_port(port, UDP_TABLES)
     return bool(inodes) and bool(held_by_program(inodes, first=True))
 
 
