@@ -23,12 +23,13 @@ import resource
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc.aio
 
-from mirrord.proxy.conntable import connected_local_ports
+from mirrord.proxy.conntable import bound_udp_ports, connected_local_ports
 from mirrord.proxy.direct import DirectConnector
 from mirrord.proxy.relay import open_stream, relay, reset, tcp_method
 from mirrord.proxy.udp import UdpInterceptor
@@ -51,6 +52,9 @@ V4_MAPPED = b"\0" * 10 + b"\xff\xff" + V4
 IDLE_STREAMS = 8
 DNS_PORT = 53
 DIRECT_PRUNE_MIN = 256  # direct connections noted before the first prune of closed ones
+# How often UDP flows are checked for program sockets that were closed: a resolver's
+# socket lives one lookup, its flow (and the agent's socket) would idle on for IDLE_S.
+UDP_SWEEP_S = 5.0
 SPARE_LISTENERS = 4  # interceptor sockets bound ahead per kind (v4/v6)
 
 
@@ -121,6 +125,7 @@ class NetProxy:
         # interceptors take datagrams from no one else.
         self.udp_sender_ok: Callable[[int], bool] | None = None
         self.refused_peers = 0  # connections to TCP interceptors from others, reset
+        self._udp_sweep: asyncio.Task[None] | None = None
         self._unix_dir: str | None = None  # the unix listeners' private directory
         self._unix_names = itertools.count()
         raise_fd_limit()
@@ -376,6 +381,9 @@ class NetProxy:
             )
             self._udp[key] = icpt
             self._peers[(kind, icpt.local_port)] = dest.raw
+            if self._udp_sweep is None:
+                self._udp_sweep = asyncio.get_running_loop().create_task(self._sweep_udp())
+                self._tasks.add(self._udp_sweep)
         return icpt.local_port
 
     def _is_direct(self, kind: str, port: int) -> bool:
@@ -404,6 +412,19 @@ class NetProxy:
             if udp.local_port == icpt[1]:
                 return udp.pod_local(local_port)
         return None
+
+    async def _sweep_udp(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(UDP_SWEEP_S)
+            if not any(icpt.flows for icpt in self._udp.values()):
+                continue
+            read_at = time.monotonic()
+            bound = await asyncio.to_thread(bound_udp_ports)
+            if bound is None:
+                continue
+            ended = sum(icpt.end_flows_without(bound, read_at) for icpt in self._udp.values())
+            if ended:
+                log.debug("%d udp flows of closed program sockets ended", ended)
 
     # --- lifecycle -----------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""Which of this namespace's TCP connections to one local port still exist, from
-/proc/net/tcp{,6}: the proxy forgets what it noted about direct connections (their
-original peer, their pod-side address) once they are gone. The parser is pure."""
+"""Which of this namespace's sockets still exist, from /proc/net/{tcp,udp}{,6}: the proxy
+forgets what it noted about direct connections (their original peer, their pod-side
+address) once they are gone, and ends the UDP flows of program sockets that were closed
+(each holds a socket in the agent). The parsers are pure."""
 
 from __future__ import annotations
 
@@ -31,6 +32,31 @@ def connected_local_ports(remote_port: int, kind: str) -> set[int] | None:
         try:
             with open(f"/proc/net/{name}") as f:
                 found |= local_ports_connected_to(f.read(), remote_port)
+        except OSError:
+            return None
+    return found
+
+
+def bound_ports(table: str) -> set[int]:
+    """Local ports of every socket in a /proc/net/udp* text."""
+    ports: set[int] = set()
+    for line in table.splitlines()[1:]:
+        parts = line.split()
+        try:
+            ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except (IndexError, ValueError):
+            continue
+    return ports
+
+
+def bound_udp_ports() -> set[int] | None:
+    """bound_ports() over this namespace's UDP tables (v4 and v6: a v6 socket can send
+    to a v4 interceptor, v4-mapped); None when they cannot be read."""
+    found: set[int] = set()
+    for name in ("udp", "udp6"):
+        try:
+            with open(f"/proc/net/{name}") as f:
+                found |= bound_ports(f.read())
         except OSError:
             return None
     return found

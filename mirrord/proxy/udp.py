@@ -41,6 +41,7 @@ class _Flow:
         self.owner = owner
         self.src = src
         self.checked_at = now  # when its sender was last found to be the program's
+        self.started = now
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.local: tuple[bytes, int] | None = None
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -186,6 +187,18 @@ class UdpInterceptor:
             if src[1] == src_port:
                 return flow.local
         return None
+
+    def end_flows_without(self, bound: set[int], before: float) -> int:
+        """End the flows whose program socket is closed (its port is not in `bound`),
+        among those started before `before` (a table read before a flow began says
+        nothing of it); each frees a socket in the agent. How many ended."""
+        ended = 0
+        for src, flow in list(self.flows.items()):
+            if flow.started < before and int(src[1]) not in bound:
+                flow.task.cancel()
+                self.flows.pop(src, None)
+                ended += 1
+        return ended
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -1,6 +1,6 @@
 """The /proc/net/tcp parser the proxy prunes its direct-connection notes with."""
 
-from mirrord.proxy.conntable import local_ports_connected_to
+from mirrord.proxy.conntable import bound_ports, local_ports_connected_to
 
 TABLE = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
    0: 0100007F:9C40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
@@ -17,3 +17,16 @@ def test_connections_to_a_port_but_time_wait() -> None:
     assert local_ports_connected_to(TABLE, 40000) == {0xD431, 0xD434}
     assert local_ports_connected_to(TABLE, 8080) == {0xD433}
     assert local_ports_connected_to("header only\n", 40000) == set()
+
+
+UDP_TABLE = """   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid
+  123: 0100007F:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0
+  456: 00000000:D431 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1000
+  789: garbage
+"""
+
+
+def test_bound_udp_ports() -> None:
+    # 0x35 = 53 unconnected, 0xD431 connected (to an interceptor); a broken line is skipped
+    assert bound_ports(UDP_TABLE) == {53, 0xD431}
+    assert bound_ports("header only\n") == set()

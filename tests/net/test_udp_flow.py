@@ -7,6 +7,8 @@ import asyncio
 import os
 import socket
 
+import pytest
+
 from mirrord.v1 import net_pb2, net_pb2_grpc
 from tests.net.net_world import World, inprocess_agent
 
@@ -67,3 +69,66 @@ async def test_a_udp_flow_cancelled_while_receiving_leaves_no_stale_registration
                 reused.close()
                 w.close()
         assert not stale
+
+
+def _agent_udp_sockets(world: World) -> int:
+    """UDP sockets of this process (the in-process agent's) in the target's namespace."""
+    with open(f"/proc/{world.target.main_pid}/net/udp") as f:
+        inodes = {line.split()[9] for line in f.read().splitlines()[1:]}
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the listing's own fd, or one closed meanwhile
+        count += link.startswith("socket:[") and link[8:-1] in inodes
+    return count
+
+
+async def test_the_flow_of_a_closed_program_socket_ends_within_a_sweep(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resolver's socket lives one lookup; its flow kept a socket open in the agent for
+    60 s of idling (a soak with a lookup a second held ~900 agent fds). The proxy now ends
+    the flows of closed program sockets on its next sweep; a live one is kept."""
+    import mirrord.proxy as proxy_mod
+    from mirrord.proxy import NetProxy
+    from mirrord.supervisor.net.sockaddr import parse_sockaddr
+
+    monkeypatch.setattr(proxy_mod, "UDP_SWEEP_S", 0.2)
+    async with inprocess_agent(world) as (client, _method, svc):
+        proxy = NetProxy(client.channel, client.metadata())
+        raw = socket.AF_INET.to_bytes(2, "little") + (9999).to_bytes(2, "big") + svc + bytes(8)
+        dest = parse_sockaddr(raw)
+        assert dest is not None
+        loop = asyncio.get_running_loop()
+        try:
+            port = await proxy.open_udp(dest)
+            assert _agent_udp_sockets(world) == 0
+            programs = []
+            for i in range(2):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setblocking(False)
+                s.connect(("127.0.0.1", port))
+                s.send(b"ping%d" % i)
+                assert await asyncio.wait_for(loop.sock_recv(s, 100), 5) == b"echo:ping%d" % i
+                programs.append(s)
+            icpt = next(iter(proxy._udp.values()))
+            assert len(icpt.flows) == 2
+            assert _agent_udp_sockets(world) == 2  # one in the agent per flow
+            programs[0].close()
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                if len(icpt.flows) == 1:
+                    break
+            assert [src[1] for src in icpt.flows] == [programs[1].getsockname()[1]]
+            for _ in range(50):  # the agent closes its socket for the ended flow
+                if _agent_udp_sockets(world) == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert _agent_udp_sockets(world) == 1
+            programs[1].send(b"still")  # the live flow goes on
+            assert await asyncio.wait_for(loop.sock_recv(programs[1], 100), 5) == b"echo:still"
+            programs[1].close()
+        finally:
+            await proxy.close()
