@@ -80,6 +80,12 @@ _RESP = struct.Struct("<QqiI")  # id, val, error, flags
 _ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
 _ZEROS = bytes(_NOTIF.size)
 
+
+def receive_buffer() -> bytearray:
+    """A buffer for wait_receive (one per receiving thread)."""
+    return bytearray(_NOTIF.size)
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -126,8 +132,7 @@ class Listener:
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self._buf = bytearray(_NOTIF.size)
-        self._wbuf = bytearray(_NOTIF.size)  # the serving thread's
-        self._pbuf = bytearray(_RESP.size)  # the serving thread's
+        self._pbuf = bytearray(_RESP.size)  # the serving threads', under their lock
         self._lock = threading.Lock()  # close() vs answers from other threads
         self.closed = False
 
@@ -151,12 +156,11 @@ class Listener:
                     self.hung_up = True
         return self.hung_up
 
-    def wait_receive(self) -> Notification | None:
-        """The next notification, waiting for one (the serving thread only). None if it
-        vanished before we took it, or the wait was interrupted (WAKE_SIGNAL: fcntl.ioctl
-        does not retry on EINTR), or no process uses the filter any more (6.6+ kernels
-        end the wait then)."""
-        buf = self._wbuf
+    def wait_receive(self, buf: bytearray) -> Notification | None:
+        """The next notification, waiting for one (a receiving thread, with a buffer of
+        its own). None if it vanished before we took it, or the wait was interrupted
+        (WAKE_SIGNAL: fcntl.ioctl does not retry on EINTR), or no process uses the
+        filter any more (6.6+ kernels end the wait then)."""
         buf[:] = _ZEROS  # the kernel insists on a zeroed struct
         try:
             fcntl.ioctl(self.fd, NOTIF_RECV, buf, True)

@@ -58,6 +58,7 @@ from mirrord.supervisor.notify import (
     Listener,
     Notification,
     install_wake_handler,
+    receive_buffer,
 )
 from mirrord.supervisor.proctree import ProcessTree
 from mirrord.supervisor.spawn import Spawned, SpawnError, read_exec_failure
@@ -72,6 +73,7 @@ EXECS = frozenset({NR["execve"], NR["execveat"]})
 # How often calls that may block are checked for a signal (and dead threads).
 SWEEP_S = 0.01
 STOP_S = 5.0  # how long the end of the run waits for the serving thread
+RECEIVERS = 2  # threads waiting in RECV (_serve_forever says why more than one)
 
 Then = Callable[[Any, Memory], Action]
 
@@ -104,7 +106,8 @@ class NotifyEngine:
         self._thread = 0
         self._chdirs: collections.deque[tuple[Entry, str, Any]] = collections.deque()
         self._stopping = False
-        self._server = 0  # the serving thread's ident
+        self._servers: set[int] = set()  # the receiving threads' idents
+        self._serve_lock = threading.Lock()
         self._foreign_warned = False
         self._chdir_warned = False
 
@@ -116,15 +119,19 @@ class NotifyEngine:
         self._wakeup = Wakeup()
         self.main_pid = spawned.pid
         self.tree.add(spawned.pid)
-        server = None
+        servers: list[threading.Thread] = []
         if spawned.listener is not None:
             self._listener = Listener(spawned.listener)
             install_wake_handler()
-            server = threading.Thread(
-                target=self._serve_forever, args=(self._listener,), name="mirrord-notify"
-            )
-            server.daemon = True
-            server.start()
+            for i in range(RECEIVERS):
+                server = threading.Thread(
+                    target=self._serve_forever,
+                    args=(self._listener,),
+                    name=f"mirrord-notify-{i}",
+                )
+                server.daemon = True
+                server.start()
+                servers.append(server)
         if self.on_started:
             self.on_started(spawned.pid)
         try:
@@ -133,7 +140,7 @@ class NotifyEngine:
             if failure is not None:
                 raise SpawnError(f"{argv0}: {failure[0]}", failure[1])
         finally:
-            stopped = self._stop_serving(server)
+            stopped = self._stop_serving(servers)
             if self._listener is not None and stopped:
                 self._listener.close()
             self._wakeup.close()
@@ -144,32 +151,44 @@ class NotifyEngine:
         return self.main_status
 
     def _serve_forever(self, listener: Listener) -> None:
-        """The serving thread: wait for a notification, answer it, again. Two syscalls per
-        call (RECV, SEND) and no sleep in between: the program, woken on our CPU by the
-        answer (SYNC_WAKE_UP), makes its next call while we wait in the next RECV."""
-        self._server = threading.get_ident()
+        """A receiving thread: wait for a notification, answer it (one at a time, under
+        the serve lock), again. Two syscalls per call (RECV, SEND) and no sleep in
+        between: the program, woken on our CPU by the answer (SYNC_WAKE_UP), makes its
+        next call while we wait in the next RECV.
+
+        Why more than one: until a notification is received, a signal to its thread
+        ends the wait and the call fails EINTR without having run (the kernel gives
+        WAIT_KILLABLE_RECV only after RECV). For most calls that is a harmless EINTR,
+        but a connect() "interrupted" natively goes on connecting, and programs (CPython)
+        then wait for it and find an unconnected socket. While one thread serves,
+        another already waits in RECV, so that window stays a few microseconds."""
+        self._servers.add(threading.get_ident())
+        buf = receive_buffer()
         receive = listener.wait_receive
         one = self._one
+        lock = self._serve_lock
         while not self._stopping:
-            n = receive()
+            n = receive(buf)
             if n is not None:
-                try:
-                    one(listener, n)
-                except Exception:
-                    log.exception("serving syscall %d failed", n.nr)
+                with lock:
+                    try:
+                        one(listener, n)
+                    except Exception:
+                        log.exception("serving syscall %d failed", n.nr)
 
-    def _stop_serving(self, server: threading.Thread | None) -> bool:
-        """Stop the serving thread; False if it would not stop (then what it uses is
-        left open: it is a daemon thread, gone with the process)."""
+    def _stop_serving(self, servers: list[threading.Thread]) -> bool:
+        """Stop the receiving threads; False if one would not stop (then what they use is
+        left open: they are daemon threads, gone with the process)."""
         self._stopping = True
         deadline = time.monotonic() + STOP_S
-        while server is not None and server.is_alive():
-            if time.monotonic() > deadline:
-                log.error("the notify engine's serving thread did not stop")
-                return False
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pthread_kill(server.ident or 0, WAKE_SIGNAL)
-            server.join(0.05)
+        for server in servers:
+            while server.is_alive():
+                if time.monotonic() > deadline:
+                    log.error("the notify engine's serving thread did not stop")
+                    return False
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pthread_kill(server.ident or 0, WAKE_SIGNAL)
+                server.join(0.05)
         return True
 
     def _control(self) -> None:
@@ -274,7 +293,7 @@ class NotifyEngine:
         listener.proceed(n.id)
 
     def _mem(self, tid: int) -> Memory:
-        on_server = threading.get_ident() == self._server
+        on_server = threading.get_ident() in self._servers
         return (self.mem if on_server else self._loop_mem).of(tid)
 
     def _continue(self, entry: Entry, action: Action, result: Any) -> None:

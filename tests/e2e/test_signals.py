@@ -228,6 +228,44 @@ def test_a_signal_gives_a_pod_connect_time_to_finish(
     assert 0.2 < float(after) < 2, out
 
 
+def _connects(out: str) -> dict[str, int]:
+    words = out.split()
+    return {words[i]: int(words[i + 1]) for i in range(0, len(words) - 1, 2)}
+
+
+@pytest.mark.parametrize(
+    ("engine", "path"), [("notify", "direct"), ("notify", "streams"), ("ptrace", "direct")]
+)
+def test_300_connects_under_a_1ms_sigalrm_are_usable(
+    world: World, programs: dict[str, Path], engine: str, path: str
+) -> None:
+    """#12: under a SIGALRM every millisecond with no SA_RESTART, connect() returned EINTR
+    on a socket mirrord had not connected yet (natively the connection goes on and
+    completes): 6/300 broken from CPython. Natively here: 300/300.
+
+    On the ptrace engine the call stops before any signal can end it: 300/300. On the
+    notify engine, a signal that arrives before mirrord has *received* the notification
+    (a few microseconds after the call starts) ends the call in the kernel, unseen: EINTR
+    at once, and nothing mirrord can connect (~0.3% of connects under a 1 kHz timer here,
+    see docs/architecture.md). Every other interrupted connect must complete as natively;
+    those fast kernel EINTRs are the only broken ones, and they stay rare."""
+    argv = [str(programs["connects"]), world.service.address, str(PORT), "300"]
+    native = world.target.run(argv, timeout=120)
+    assert _connects(native.stdout.decode())["ok"] == 300, native.stdout
+    env = {**os.environ, "MIRRORD_ENGINE": engine}
+    if path == "streams":  # connections over the agent's gRPC streams: slower pod connects
+        env["MIRRORD_NO_DIRECT"] = "1"
+    code, out, err = _finish(world.start(argv, steal=False, env=env), timeout=180)
+    assert code == 0, err
+    got = _connects(out)
+    assert got["broken_slow"] == 0, out  # interrupted after mirrord took it: completes
+    if engine == "ptrace":
+        assert got["ok"] == 300, out
+    else:
+        assert got["broken"] == got["broken_fast"] == got["eintr_fast"], out
+        assert got["broken"] <= 15, out  # ~0.3% direct, ~1% streams here; 6% before
+
+
 def _program_pid(p: subprocess.Popen[str]) -> int:
     """The program mirrord runs (its child that is not the local agent)."""
     for _ in range(100):

@@ -25,6 +25,7 @@ C_PROGRAMS: dict[str, tuple[list[str], list[str]]] = {
     "repeat": (["repeat.c"], []),
     "untraced": (["untraced.c"], []),
     "slowconnect": (["slowconnect.c"], []),
+    "connects": (["connects.c"], []),
     "forkkill": (["forkkill.c"], []),
     "podview": (["podview.c"], ["-g", "-O0"]),  # debugged: source-level stepping
 }
