@@ -7,7 +7,8 @@
   must start before any other thread exists, so every thread inherits the mask.
 - SIGTSTP/SIGTTIN/SIGTTOU are ignored by mirrord itself: it stops when the program stops
   (tracer.py's on_main_stopped), so a Ctrl-Z is seen by the shell exactly once.
-The program starts with default dispositions and an empty mask (spawn.py resets them).
+The program starts with the dispositions and mask mirrord was started with (spawn.py):
+an ignored SIGINT (a background job) stays ignored, as natively.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+
+from mirrord.supervisor.spawn import note_inherited
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 IGNORED = (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
@@ -37,9 +40,15 @@ class SignalForwarder:
         self._old_handlers: dict[int, signal.Handlers | int | None] = {}
 
     def start(self) -> None:
+        ignored = frozenset(
+            int(sig)
+            for sig in (*FORWARDED, *IGNORED, signal.SIGCHLD)
+            if signal.getsignal(sig) == signal.SIG_IGN
+        )
         # SIGCHLD too: the tracer reads it from a signalfd (wakeup.py), so no thread may
         # take it. Threads started after this inherit the mask.
         self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
+        note_inherited(ignored, frozenset(int(s) for s in self._old_mask))
         for sig in IGNORED:
             self._old_handlers[sig] = signal.signal(sig, signal.SIG_IGN)  # type: ignore[assignment]
         self._thread = threading.Thread(target=self._wait, name="mirrord-signals", daemon=True)

@@ -46,7 +46,10 @@ SECCOMP_RET_TRACE = 0x7FF00000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # Signals whose disposition or mask the supervisor changes for itself; the program must
-# start with the defaults, as it would from a shell (SIGPIPE is ignored by Python).
+# start with what mirrord itself was given, as it would from a shell: the default, or
+# ignored when mirrord inherited them ignored (a background job's SIGINT and SIGQUIT,
+# nohup's SIGHUP). SIGPIPE and SIGXFSZ start at the default: Python ignores them at its
+# start-up, so what mirrord was given is not known.
 RESET_SIGNALS = (
     signal.SIGINT,
     signal.SIGTERM,
@@ -59,6 +62,18 @@ RESET_SIGNALS = (
     signal.SIGXFSZ,
     signal.SIGCHLD,
 )
+
+
+_inherited_ignored: frozenset[int] = frozenset()
+_inherited_mask: frozenset[int] = frozenset()
+
+
+def note_inherited(ignored: frozenset[int], mask: frozenset[int]) -> None:
+    """What mirrord was started with, before it changed anything (signals.py): which of
+    RESET_SIGNALS were ignored, and the blocked mask. Programs started later get it."""
+    global _inherited_ignored, _inherited_mask
+    _inherited_ignored = frozenset(int(s) for s in ignored) & frozenset(map(int, RESET_SIGNALS))
+    _inherited_mask = frozenset(int(s) for s in mask)
 
 
 class SpawnError(Exception):
@@ -122,9 +137,9 @@ def _child(
     try:
         # ctypes, not the signal module: this may be a fork of a non-main thread.
         for sig in RESET_SIGNALS:
-            _libc.signal(int(sig), 0)  # SIG_DFL
-        empty = ctypes.create_string_buffer(128)  # sigset_t, all clear
-        _libc.sigprocmask(2, empty, None)  # SIG_SETMASK
+            _libc.signal(int(sig), 1 if int(sig) in _inherited_ignored else 0)  # SIG_IGN/DFL
+        mask = ctypes.create_string_buffer(pack_sigset(sorted(_inherited_mask)), 128)
+        _libc.sigprocmask(2, mask, None)  # SIG_SETMASK
         parent = os.getppid()
         _libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:
