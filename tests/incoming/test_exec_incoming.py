@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -596,3 +597,41 @@ def _free_pair() -> int:
         except OSError:
             continue
     raise AssertionError("no two free ports in a row")
+
+
+BIND_OWN_EPHEMERAL = """
+import errno, socket
+first = socket.socket(); first.bind(("127.0.0.1", 0)); first.listen(1)
+port = first.getsockname()[1]
+second = socket.socket(); second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    second.bind(("127.0.0.1", port)); print("bound", second.getsockname()[1])
+except OSError as e:
+    print("errno", e.errno)
+client = socket.socket()
+try:
+    client.bind(("127.0.0.1", port)); print("bound", client.getsockname()[1])
+except OSError as e:
+    print("errno", e.errno)
+"""
+
+
+@pytest.mark.parametrize("engine", ["notify", "ptrace"])
+def test_a_bind_to_a_port_the_kernel_gave_the_program_is_refused(
+    xworld: ExecWorld, engine: str
+) -> None:
+    """CPython's test_asyncio (create_server / create_connection local_addr "in use"): a
+    port the program got by binding port 0 was taken for a port busy on this machine,
+    and a second bind to it was moved to a free port; natively EADDRINUSE."""
+    argv = ["/usr/bin/python3", "-c", BIND_OWN_EPHEMERAL]
+    native = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert native.stdout.split() == ["errno", "98", "errno", "98"], native
+    run = xworld.start(argv, mirror(), engine=engine)
+    try:
+        assert run.wait() == 0, run.log()
+    finally:
+        run.kill()
+    assert [line for line in run.log().splitlines() if line.startswith(("errno", "bound"))] == [
+        "errno 98",
+        "errno 98",
+    ], run.log()

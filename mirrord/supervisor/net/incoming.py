@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, InstallFd, Memory, Syscall
 from mirrord.supervisor.net import rawmsg
-from mirrord.supervisor.net.listeners import held_by_program
+from mirrord.supervisor.net.listeners import held_by_program, program_holds_tcp_port
 from mirrord.supervisor.net.sockaddr import (
     Destination,
     build_sockaddr,
@@ -170,7 +170,8 @@ class IncomingHandlers:
     def _bind_elsewhere(self, sock: socket.socket, dest: Destination) -> int:
         """P is taken on this machine. By the program's own socket (bound to P or moved
         off it): the kernel's answer for P stands, made on that socket's local port (so
-        SO_REUSEPORT workers share it, and a plain second bind gets EADDRINUSE). By
+        SO_REUSEPORT workers share it, and a plain second bind gets EADDRINUSE); also when
+        that socket got P without asking us (bound to port 0, the kernel chose P). By
         anything else: any free port, which the program will know as P. 0 or an errno."""
         claims = self._claims.get(dest.port, {})
         held = held_by_program({str(i) for i in claims}) if claims else set()
@@ -182,6 +183,8 @@ class IncomingHandlers:
                 if err != errno.EADDRINUSE:
                     return err
             return errno.EADDRINUSE
+        if program_holds_tcp_port(dest.port):
+            return errno.EADDRINUSE  # a socket of its own not bound through us (port 0)
         return _bind_raw(sock.fileno(), _with_port(dest.raw, 0))
 
     def listen(self, sc: Syscall, mem: Memory) -> Action:

@@ -18,6 +18,7 @@ LISTEN = "0A"
 
 ALL_TABLES = (("tcp", True), ("tcp6", True), ("udp", False), ("udp6", False))
 UDP_TABLES = (("udp", False), ("udp6", False))
+TCP_TABLES = (("tcp", False), ("tcp6", False))
 
 
 def _inodes_on_port(port: int, tables: tuple[tuple[str, bool], ...] = ALL_TABLES) -> set[str]:
@@ -42,6 +43,13 @@ def _inodes_on_port(port: int, tables: tuple[tuple[str, bool], ...] = ALL_TABLES
 
 def program_listens_on(port: int) -> bool:
     inodes = _inodes_on_port(port)
+    return bool(inodes) and bool(held_by_program(inodes, first=True))
+
+
+def program_holds_tcp_port(port: int) -> bool:
+    """Is a TCP socket on local `port` (listening, bound or connected) one of the
+    program's? (Its own port is not "busy on this machine": a bind gets EADDRINUSE.)"""
+    inodes = _inodes_on_port(port, TCP_TABLES) - {"0"}
     return bool(inodes) and bool(held_by_program(inodes, first=True))
 
 
