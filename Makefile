@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # Debian packages: what the demo needs, and what the test suite's real programs need.
-APT_DEMO := python3 python3-venv python3-dev gcc iproute2 util-linux procps
+APT_DEMO := python3 python3-venv python3-dev gcc iproute2 util-linux procps iptables
 APT_TEST := $(APT_DEMO) libc6-dev golang-go busybox-static strace curl iptables nftables \
             dnsmasq-base redis-server redis-tools nodejs default-jdk-headless gdb delve
 
@@ -37,8 +37,8 @@ proto: venv
 	  mirrord/v1/*.proto
 
 lint: venv
-	$(VENV)/bin/ruff check mirrord tests bench
-	$(VENV)/bin/ruff format --check mirrord tests bench
+	$(VENV)/bin/ruff check mirrord tests bench scripts
+	$(VENV)/bin/ruff format --check mirrord tests bench scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

@@ -6,6 +6,7 @@ handlers), so each feature adds one block here and run.py stays unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING
 
@@ -20,14 +21,17 @@ if TYPE_CHECKING:
     from mirrord.supervisor.net import IncomingHandlers
 
 
-async def build_features(config: MirrordConfig, client: AgentClient) -> tuple[Feature, ...]:
+async def build_features(
+    config: MirrordConfig, client: AgentClient, *, steal_probes: bool = False
+) -> tuple[Feature, ...]:
+    """steal_probes: a steal takes the target's probes too (`--steal-probes`)."""
     features: list[Feature] = []
 
     # Network: outgoing TCP/UDP and DNS queries leave from the target's netns; incoming
     # traffic of the target's ports reaches the program's listeners (one feature: both
     # need getpeername/getsockname).
     rules = outgoing_rules(config)
-    incoming = _incoming(config, client)
+    incoming = _incoming(config, client, steal_probes)
     if rules is not None or incoming is not None:
         from mirrord.proxy import NetProxy
         from mirrord.supervisor.net import OutgoingRules, network_feature, resolve_filter_names
@@ -74,7 +78,7 @@ async def build_features(config: MirrordConfig, client: AgentClient) -> tuple[Fe
 
 
 def _incoming(
-    config: MirrordConfig, client: AgentClient
+    config: MirrordConfig, client: AgentClient, steal_probes: bool
 ) -> tuple[IncomingHandlers, IncomingProxy] | None:
     """(IncomingHandlers, IncomingProxy), or None when incoming traffic is off or there is
     no target whose ports could be subscribed to (targetless)."""
@@ -88,6 +92,7 @@ def _incoming(
     from mirrord.supervisor.net import IncomingHandlers
 
     policy, settings = found
+    settings = dataclasses.replace(settings, probes=client.target_probes, steal_probes=steal_probes)
     delivery = IncomingProxy(IncomingClient(client), settings, direct=_direct(client))
     return IncomingHandlers(policy, delivery), delivery
 

@@ -6,7 +6,7 @@ The agent refuses a client whose major version differs; minor versions only add 
 from typing import Final
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 2  # 1.2: OpenRequest.resolve/base
+PROTOCOL_MINOR: Final = 3  # 1.2: OpenRequest.resolve/base; 1.3: IncomingProbe
 
 
 def version_string(major: int, minor: int) -> str:

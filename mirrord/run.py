@@ -76,6 +76,7 @@ async def run_exec(
     *,
     agent: AgentEndpoint | None = None,
     environ: Mapping[str, str] | None = None,
+    steal_probes: bool = False,
 ) -> ExitStatus:
     local_env = user_environ() if environ is None else dict(environ)
     try:
@@ -123,7 +124,7 @@ async def run_exec(
         remote_env = await client.get_env() if env_on else {}
         env = merge_env(local_env, remote_env, config.feature.env_config if env_on else False)
         hostname = client.hello.hostname if config.feature.hostname_enabled else None
-        features = await build_features(config, client)
+        features = await build_features(config, client, steal_probes=steal_probes)
         options = SupervisorOptions(hostname=hostname or None, features=features)
         run = SupervisedRun(argv, env, options)
         runs.append(run)

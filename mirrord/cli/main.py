@@ -76,6 +76,14 @@ def exec_(
         str | None, typer.Option("--fs-mode", help="local, localwithoverrides, read, write")
     ] = None,
     steal: Annotated[bool, typer.Option("--steal", help="Steal incoming traffic.")] = False,
+    steal_probes: Annotated[
+        bool,
+        typer.Option(
+            "--steal-probes",
+            help="A steal takes the pod's kubelet probes too (by default their requests "
+            "from the node stay with the pod).",
+        ),
+    ] = False,
     no_outgoing: Annotated[
         bool, typer.Option("--no-outgoing", help="Keep outgoing traffic local.")
     ] = False,
@@ -134,7 +142,7 @@ def exec_(
     endpoint = None
     if agent_address is not None:
         endpoint = _agent_endpoint(agent_address, agent_token_file)
-    code = _run(command, config, endpoint)
+    code = _run(command, config, endpoint, steal_probes)
     raise typer.Exit(code)
 
 
@@ -159,13 +167,19 @@ def _agent_endpoint(address: str, token_file: str | None) -> object:
     return AgentEndpoint(address, token)
 
 
-def _run(command: list[str], config: object, endpoint: object) -> int:
+def _run(command: list[str], config: object, endpoint: object, steal_probes: bool) -> int:
     from mirrord.run import ExecError, run_exec
     from mirrord.supervisor import exit_like
 
     try:
         status = asyncio.run(
-            run_exec(command, config, agent=endpoint, environ=ORIGINAL_ENV)  # type: ignore[arg-type]
+            run_exec(
+                command,
+                config,  # type: ignore[arg-type]
+                agent=endpoint,  # type: ignore[arg-type]
+                environ=ORIGINAL_ENV,
+                steal_probes=steal_probes,
+            )
         )
     except ExecError as exc:
         if exc.message is not None:

@@ -19,6 +19,7 @@ from mirrord.client.errors import (
     ProtocolMismatch,
     TargetNotFound,
 )
+from mirrord.client.probes import ProbeSpec
 from mirrord.protocol_version import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from mirrord.v1 import agent_pb2, agent_pb2_grpc
 
@@ -71,6 +72,8 @@ class AgentClient:
     ) -> None:
         self.address = address
         self.hello = hello
+        # The target's kubelet probes (Kubernetes targets; set by whoever resolved it).
+        self.target_probes: tuple[ProbeSpec, ...] = ()
         self._token = token
         self._channel = channel
         self._call = call

@@ -27,6 +27,7 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stub
 
 from mirrord.client.agent_client import AgentClient
 from mirrord.client.errors import AgentError, AgentLost
+from mirrord.client.probes import ProbeSpec
 from mirrord.v1 import incoming_pb2, incoming_pb2_grpc
 
 if TYPE_CHECKING:
@@ -484,6 +485,7 @@ class IncomingClient:
         http_filter: HttpFilterSpec | None = None,
         *,
         include_node_traffic: bool = False,
+        probes: Sequence[ProbeSpec] = (),
         ignore_localhost: bool = False,
         nftables: bool | None = None,
         direct: incoming_pb2.IncomingDirect | None = None,
@@ -491,7 +493,10 @@ class IncomingClient:
     ) -> Subscription:
         """Redirect `port` of the target. Returns once the agent's rules are in place.
 
-        include_node_traffic: also take traffic from the node (health probes).
+        include_node_traffic: also take traffic from the node; false (the default before
+        protocol 1.3) leaves all of it to the pod.
+        probes: the target's probes on this port: with include_node_traffic, a steal
+        leaves their own requests from the node to the pod.
         nftables: prefer iptables-nft (True) or -legacy (False) when the target's netns has
         no rules telling which one it uses (None: the agent host's default).
         direct: the agent shares our loopback: it may deliver connections to the
@@ -504,6 +509,7 @@ class IncomingClient:
             backend=_BACKENDS[nftables],
             include_node_traffic=include_node_traffic,
             ignore_localhost=ignore_localhost,
+            probes=[p.to_proto() for p in probes],
         )
         if http_filter is not None:
             request.http_filter.CopyFrom(http_filter.to_proto())

@@ -72,18 +72,29 @@ def main() -> int:
         if result.returncode != 0:
             print(f"mirrord exec failed with exit code {result.returncode}", file=sys.stderr)
             return result.returncode
-        _steal_demo(pod, inventory, python)
+        code = _steal_demo(pod, inventory, python)
+        if code != 0:
+            return code
     print("\n(HOME and PATH stay local: upstream mirrord's default env exclusions)")
     print("demo pod removed")
     return 0
 
 
-def _steal_demo(pod: Pod, visitor: Pod, python: str) -> None:
+def _steal_demo(pod: Pod, visitor: Pod, python: str) -> int:
     """Incoming traffic: the pod's port is stolen; a request from another pod to the pod's
-    address is answered by the local program."""
+    address is answered by the local program. The demo's exit code: 0 when it was."""
     import json
+    import shutil
     import tempfile
     import time
+
+    if not any(shutil.which(f"iptables-{b}-save") for b in ("legacy", "nft")):
+        print(
+            "\nthe steal step needs iptables, which this machine lacks: apt-get install "
+            "iptables (make demo does)",
+            file=sys.stderr,
+        )
+        return 1
 
     print(f"\n$ mirrord exec --target pid/{pod.main_pid} -f steal.json -- python3 app.py --serve")
     with tempfile.NamedTemporaryFile("w", suffix=".json") as cfg:
@@ -96,14 +107,25 @@ def _steal_demo(pod: Pod, visitor: Pod, python: str) -> None:
             while b"mirrord:steal" not in pod.run(["iptables-save"]).stdout:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     print("the steal did not start", file=sys.stderr)
-                    return
+                    return 1
                 time.sleep(0.1)
             get = (
                 f"import urllib.request; print(urllib.request.urlopen('{pod.url}').read().decode())"
             )
             answer = visitor.run([python, "-c", get], timeout=30).stdout.decode().strip()
             print(f"  another pod: GET {pod.url} -> {answer}")
-            proc.wait(30)
+            try:
+                code = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                print("the stolen request never reached the local program", file=sys.stderr)
+                return 1
+            if code != 0:
+                print(f"mirrord exec failed with exit code {code}", file=sys.stderr)
+                return code
+            if not answer.startswith("answered by the local program"):
+                print("the request was not answered by the local program", file=sys.stderr)
+                return 1
+            return 0
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -134,6 +134,9 @@ def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
                 "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": TOKEN_KEY}},
             },
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # The node's address: where kubelet's probes come from when the agent does not
+            # share the node's network namespace (agent/incoming/node.py).
+            {"name": "MIRRORD_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
         ],
         "securityContext": security,
         "resources": resources,

@@ -81,6 +81,8 @@ async def kube_agent_session(
             address = await forward.start()
             progress.step(f"opening the agent session through a port-forward to {pod}")
             client = await _connect(forward, address, agent, resolved, deadline, ping_timeout)
+            if resolved is not None:
+                client.target_probes = resolved.probes
         try:
             yield client
         finally:

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mirrord.client.probes import ProbeSpec
 from mirrord.kube import api as k
 from mirrord.kube.api import KubeApi, Resource
 from mirrord.kube.errors import KubeError, KubeNotFound
+from mirrord.kube.probes import probes_of
 from mirrord.target import Target
 
 # Sidecars injected by service meshes: never the container a user means.
@@ -35,6 +37,7 @@ class ResolvedTarget:
     container: str
     container_id: str
     description: str  # for the user: which pod was picked and why
+    probes: tuple[ProbeSpec, ...] = ()  # the container's kubelet probes (kube/probes.py)
 
 
 def selector_string(selector: dict[str, Any] | None) -> str:
@@ -124,7 +127,9 @@ def _resolved(
     node = (pod.get("spec") or {}).get("nodeName") or ""
     if not node:
         raise KubeError(f"pod {pod['metadata']['name']} is not scheduled on a node yet")
-    return ResolvedTarget(namespace, pod["metadata"]["name"], node, cname, cid, description)
+    return ResolvedTarget(
+        namespace, pod["metadata"]["name"], node, cname, cid, description, probes_of(pod, cname)
+    )
 
 
 async def _get_or_explain(api: KubeApi, res: Resource, name: str, ns: str) -> dict[str, Any]:

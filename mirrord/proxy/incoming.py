@@ -38,6 +38,7 @@ from mirrord.client.incoming import (
     PortTaken,
     Subscription,
 )
+from mirrord.client.probes import ProbeSpec
 from mirrord.directwire import (
     NOTE_GONE,
     NOTE_NEW,
@@ -63,6 +64,10 @@ class IncomingSettings:
     ignore_localhost: bool = False
     on_concurrent_steal: str = "abort"
     nftables: bool | None = None
+    # The target's kubelet probes (Kubernetes targets): a steal leaves their requests from
+    # the node to the pod, unless steal_probes (`mirrord exec --steal-probes`).
+    probes: tuple[ProbeSpec, ...] = ()
+    steal_probes: bool = False
 
 
 def _say(msg: str) -> None:
@@ -126,6 +131,21 @@ class IncomingProxy:
         self._forged = 0  # notes from other users, ignored
         # Deliveries the program has not answered yet (their remote port, by connection).
         self._unanswered: dict[IncomingConnection, int] = {}
+
+    def _say_probes(self, port: int, probes: list[ProbeSpec], filtered: bool) -> None:
+        described = "; ".join(p.describe() for p in probes)
+        if not self.settings.steal_probes:
+            whole = any(p.kind == "tcp" for p in probes)
+            what = "connections" if whole else "requests"
+            _say(f"left to the pod: its {described}: the node's probe {what} are not stolen")
+        elif not filtered:
+            # Upstream's warning: the pod's probes fail while the program does not answer
+            # them as the pod would, and kubelet restarts it or takes it out of service.
+            _say(
+                f"warning: --steal-probes: the steal of port {port} takes the pod's "
+                f"{described} too; if the program does not answer them as the pod does, "
+                "kubelet may restart the pod or take it out of its Services"
+            )
 
     def delivered(self, proxy_port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
         if self._notes is not None:
@@ -200,11 +220,16 @@ class IncomingProxy:
         if self.direct:
             _, (host, target_port) = _target(family, ip, local_port)
             direct = IncomingDirect(host=host, port=target_port, notify_path=self._open_notes())
+        probes = [p for p in self.settings.probes if p.port == remote]
+        if mode == "steal" and probes:
+            self._say_probes(remote, probes, flt is not None)
         try:
             sub = await self.client.subscribe(
                 remote,
                 mode,
                 flt,
+                include_node_traffic=True,
+                probes=probes if mode == "steal" and not self.settings.steal_probes else (),
                 ignore_localhost=self.settings.ignore_localhost,
                 nftables=self.settings.nftables,
                 direct=direct,

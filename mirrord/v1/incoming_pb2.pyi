@@ -67,6 +67,37 @@ IPTABLES_BACKEND_NFT: IptablesBackend.ValueType  # 2
 """prefer iptables-nft (upstream agent.nftables)"""
 Global___IptablesBackend: _TypeAlias = IptablesBackend  # noqa: Y015
 
+class _IncomingProbeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IncomingProbeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IncomingProbeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INCOMING_PROBE_KIND_UNSPECIFIED: _IncomingProbeKind.ValueType  # 0
+    """refused"""
+    INCOMING_PROBE_KIND_TCP: _IncomingProbeKind.ValueType  # 1
+    """A TCP connect (tcpSocket, or an https httpGet the agent cannot read): every connection
+    from the node to the port stays with the pod.
+    """
+    INCOMING_PROBE_KIND_HTTP: _IncomingProbeKind.ValueType  # 2
+    """httpGet: requests from the node for `path` stay with the pod."""
+    INCOMING_PROBE_KIND_GRPC: _IncomingProbeKind.ValueType  # 3
+    """grpc: the node's calls of grpc.health.v1.Health stay with the pod."""
+
+class IncomingProbeKind(_IncomingProbeKind, metaclass=_IncomingProbeKindEnumTypeWrapper): ...
+
+INCOMING_PROBE_KIND_UNSPECIFIED: IncomingProbeKind.ValueType  # 0
+"""refused"""
+INCOMING_PROBE_KIND_TCP: IncomingProbeKind.ValueType  # 1
+"""A TCP connect (tcpSocket, or an https httpGet the agent cannot read): every connection
+from the node to the port stays with the pod.
+"""
+INCOMING_PROBE_KIND_HTTP: IncomingProbeKind.ValueType  # 2
+"""httpGet: requests from the node for `path` stay with the pod."""
+INCOMING_PROBE_KIND_GRPC: IncomingProbeKind.ValueType  # 3
+"""grpc: the node's calls of grpc.health.v1.Health stay with the pod."""
+Global___IncomingProbeKind: _TypeAlias = IncomingProbeKind  # noqa: Y015
+
 @_typing.final
 class HttpMatch(_message.Message):
     """One condition of all_of / any_of."""
@@ -175,13 +206,15 @@ class IncomingSubscribeRequest(_message.Message):
     INCLUDE_NODE_TRAFFIC_FIELD_NUMBER: _builtins.int
     IGNORE_LOCALHOST_FIELD_NUMBER: _builtins.int
     DIRECT_FIELD_NUMBER: _builtins.int
+    PROBES_FIELD_NUMBER: _builtins.int
     port: _builtins.int
     """the remote port (after the client's port_mapping)"""
     mode: Global___IncomingMode.ValueType
     backend: Global___IptablesBackend.ValueType
     include_node_traffic: _builtins.bool
-    """By default traffic from the node (kubelet health probes, from the node's own addresses
-    or the pod's gateway) keeps reaching the pod's server; true redirects it as well.
+    """false (what clients before 1.3 send): traffic from the node (the node's own addresses
+    or the pod's gateway) keeps reaching the pod's server. true: it is taken like any
+    other, except what `probes` keeps with the pod.
     """
     ignore_localhost: _builtins.bool
     """The pod's own connections to its port over loopback are redirected too, unless this."""
@@ -195,6 +228,12 @@ class IncomingSubscribeRequest(_message.Message):
         connections to the program's listener directly instead of over Connection streams.
         """
 
+    @_builtins.property
+    def probes(self) -> _containers.RepeatedCompositeFieldContainer[Global___IncomingProbe]:
+        """The target's kubelet probes on this port (1.3; Kubernetes targets): with
+        include_node_traffic, a steal leaves the probes' own requests from the node to the pod.
+        """
+
     def __init__(
         self,
         *,
@@ -205,14 +244,42 @@ class IncomingSubscribeRequest(_message.Message):
         include_node_traffic: _builtins.bool = ...,
         ignore_localhost: _builtins.bool = ...,
         direct: Global___IncomingDirect | None = ...,
+        probes: _abc.Iterable[Global___IncomingProbe] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["direct", b"direct", "http_filter", b"http_filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "direct", b"direct", "http_filter", b"http_filter", "ignore_localhost", b"ignore_localhost", "include_node_traffic", b"include_node_traffic", "mode", b"mode", "port", b"port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "direct", b"direct", "http_filter", b"http_filter", "ignore_localhost", b"ignore_localhost", "include_node_traffic", b"include_node_traffic", "mode", b"mode", "port", b"port", "probes", b"probes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IncomingSubscribeRequest: _TypeAlias = IncomingSubscribeRequest  # noqa: Y015
+
+@_typing.final
+class IncomingProbe(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    kind: Global___IncomingProbeKind.ValueType
+    path: _builtins.str
+    """HTTP: the probe's path, as kubelet sends it"""
+    name: _builtins.str
+    """for logs: "readiness probe of container app" """
+    def __init__(
+        self,
+        *,
+        kind: Global___IncomingProbeKind.ValueType = ...,
+        path: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IncomingProbe: _TypeAlias = IncomingProbe  # noqa: Y015
 
 @_typing.final
 class IncomingDirect(_message.Message):

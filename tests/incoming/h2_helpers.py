@@ -71,9 +71,15 @@ def who(request, context):
     if request == b"fail":
         context.abort(grpc.StatusCode.NOT_FOUND, f"{name} says no")
     return f"{name}:{request.decode()}:{user}".encode()
+def check(request, context):  # grpc.health.v1.Health/Check, which a kubelet grpc probe calls
+    print("REQ health", flush=True)
+    context.set_trailing_metadata((("x-side", name),))
+    return b"\x08\x01"  # HealthCheckResponse{status: SERVING}
 handler = grpc.method_handlers_generic_handler(
     "test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(who)})
-server = grpc.server(futures.ThreadPoolExecutor(8), handlers=(handler,))
+health = grpc.method_handlers_generic_handler(
+    "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)})
+server = grpc.server(futures.ThreadPoolExecutor(8), handlers=(handler, health))
 bound = server.add_insecure_port(f"0.0.0.0:{port}")
 server.start()
 print("LISTENING", bound, flush=True)
@@ -82,13 +88,17 @@ server.wait_for_termination()
 
 # argv: host port json-list-of-[request, user-or-null]. All calls concurrently on one
 # channel (one HTTP/2 connection); prints a JSON list of {code, answer, details, side}.
+# The request "health" is a grpc.health.v1.Health/Check call (answer "\x08\x01": SERVING).
 GRPC_CLIENT = r"""
 import json, sys, grpc
 host, port, calls = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 channel = grpc.insecure_channel(f"{host}:{port}")
 who = channel.unary_unary("/test.Echo/Who")
+check = channel.unary_unary("/grpc.health.v1.Health/Check")
 grpc.channel_ready_future(channel).result(timeout=20)
-futs = [who.future(req.encode(), metadata=[("x-user", user)] if user else None, timeout=20)
+futs = [(check if req == "health" else who).future(
+            b"" if req == "health" else req.encode(),
+            metadata=[("x-user", user)] if user else None, timeout=20)
         for req, user in calls]
 out = []
 for f in futs:
@@ -109,9 +119,15 @@ def node_client(client: Pod, host: str, port: int, reqs: list[object]) -> list[d
     return result
 
 
-def grpc_client(client: Pod, host: str, port: int, calls: list[object]) -> list[dict[str, str]]:
+def grpc_client(
+    client: Pod | None, host: str, port: int, calls: list[object]
+) -> list[dict[str, str]]:
+    """The calls from the client pod, or from this host (the node) when client is None."""
     argv = [sys.executable, "-c", GRPC_CLIENT, host, str(port), json.dumps(calls)]
-    done = client.run(argv, timeout=60)
+    if client is None:
+        done = subprocess.run(argv, capture_output=True, timeout=60)
+    else:
+        done = client.run(argv, timeout=60)
     assert done.returncode == 0, done.stderr
     result: list[dict[str, str]] = json.loads(done.stdout)
     return result

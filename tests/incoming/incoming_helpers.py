@@ -69,8 +69,22 @@ def send_requests(client: Pod, host: str, port: int, requests: list[str]) -> lis
     return answers
 
 
-async def send_requests_async(client: Pod, host: str, port: int, reqs: list[str]) -> list[str]:
-    # On a thread: the event loop must keep running the agent and the local consumer.
+def send_requests_from_host(host: str, port: int, requests: list[str]) -> list[str]:
+    """send_requests() from this host's netns: the node, as a pod sees it."""
+    argv = ["python3", "-c", RAW_CLIENT, host, str(port), json.dumps(requests)]
+    done = subprocess.run(argv, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    answers: list[str] = json.loads(done.stdout)
+    return answers
+
+
+async def send_requests_async(
+    client: Pod | None, host: str, port: int, reqs: list[str]
+) -> list[str]:
+    """From the client pod, or from this host (the node) when client is None. On a thread:
+    the event loop must keep running the agent and the local consumer."""
+    if client is None:
+        return await asyncio.to_thread(send_requests_from_host, host, port, reqs)
     return await asyncio.to_thread(send_requests, client, host, port, reqs)
 
 

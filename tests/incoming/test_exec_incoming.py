@@ -17,7 +17,13 @@ import pytest
 
 from tests.incoming.exec_world import PORT, PY_SERVER, ExecWorld, server_argv, xworld
 from tests.incoming.h2_helpers import NODE_H2_SERVER, node_client
-from tests.incoming.incoming_helpers import mirrord_rules, request, send_requests, wait_until
+from tests.incoming.incoming_helpers import (
+    mirrord_rules,
+    request,
+    send_requests,
+    send_requests_from_host,
+    wait_until,
+)
 from tests.net.net_world import agent_of, other_end_owners
 
 pytestmark = pytest.mark.root
@@ -635,3 +641,33 @@ def test_a_bind_to_a_port_the_kernel_gave_the_program_is_refused(
         "errno 98",
         "errno 98",
     ], run.log()
+
+
+@pytest.mark.parametrize("kind", ["python", "go"])
+@pytest.mark.parametrize("mode", ["steal", "mirror"])
+def test_the_node_and_another_pod_both_reach_the_program(
+    xworld: ExecWorld, programs: dict[str, Path], kind: str, mode: str
+) -> None:
+    """#13: a request from the host (the node, the pods' gateway) was answered by the pod,
+    silently: node sources were skipped. A pid target has no probes: nothing is skipped."""
+    path = f"/{mode}-{kind}-from"
+    run = xworld.start(
+        server_argv(kind, programs, xworld.tmp), steal() if mode == "steal" else mirror()
+    )
+    try:
+        run.wait_subscribed(mode)
+        for who, sender in (("node", None), ("pod", xworld.client)):
+            req = request(f"{path}-{who}", {"Connection": "close"})
+            answer = (
+                send_requests_from_host(xworld.target.address, PORT, [req])
+                if sender is None
+                else send_requests(sender, xworld.target.address, PORT, [req])
+            )
+            assert body(answer[0]) == ("local" if mode == "steal" else "pod"), answer
+            run.wait_log(f"{path}-{who}")  # the program got it (mirror: a copy)
+        log = run.log()
+    finally:
+        run.stop()
+    gateway = xworld.client.address.rsplit(".", 1)[0] + ".1"  # the bridge: the host's side
+    assert gateway in log, log  # the program saw the node's own address as the peer
+    assert xworld.client.address in log, log

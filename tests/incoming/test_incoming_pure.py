@@ -155,3 +155,26 @@ def test_relayed_sockets_never_wait_for_nagle() -> None:
     with make_marked_socket() as marked:
         assert marked.proto == 0
         assert marked.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_probes_keep_their_own_requests_only() -> None:
+    from mirrord.agent.incoming.probes import NodeRequests, Probe, probe_set
+
+    def req(target: str) -> Request:
+        return Request("GET", target, [("x-user", "me")])
+
+    probes = probe_set([Probe("http", "/healthz", "readiness"), Probe("grpc")])
+    assert probes.requests and not probes.tcp
+    assert probes.keeps(req("/healthz")) and probes.keeps(req("/healthz?full=1"))
+    assert probes.keeps(req("/grpc.health.v1.Health/Check"))
+    assert not probes.keeps(req("/healthzz")) and not probes.keeps(req("/api/healthz"))
+    # On the node's connections: the probes to the pod, the rest as the user's filter says.
+    assert not NodeRequests(probes).matches(req("/healthz"))
+    assert NodeRequests(probes).matches(req("/other"))
+    mine = build_filter(header_filter="^x-user: you$")
+    assert not NodeRequests(probes, mine).matches(req("/other"))
+    assert probe_set([Probe("tcp")]).tcp
+    with pytest.raises(ValueError, match="unknown probe kind"):
+        probe_set([Probe("exec")])
+    with pytest.raises(ValueError, match="must start with '/'"):
+        probe_set([Probe("http", "healthz")])

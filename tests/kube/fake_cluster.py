@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "agent_image" / "Dockerfile"
 NODE = "node-1"
 CLONE_NEWNET = 0x40000000
+RUNTIME_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
@@ -118,8 +119,10 @@ class FakeCluster:
         ready: bool = True,
         backed: bool = True,
         files: dict[str, bytes] | None = None,
+        container_spec: dict[str, Any] | None = None,
     ) -> Pod | None:
-        """A running pod; its first container is a real process (unless backed=False)."""
+        """A running pod; its first container is a real process (unless backed=False).
+        container_spec: more of the first container's spec (ports, probes)."""
         containers = containers or ["app"]
         ids = {c: secrets.token_hex(32) for c in containers}
         pod = None
@@ -140,6 +143,7 @@ class FakeCluster:
                 for c in containers
             ],
         }  # fmt: skip
+        spec["containers"][0].update(container_spec or {})
         status: dict[str, Any]
         if pod is not None:
             status = _ready_status(pod, containers, ids)
@@ -190,10 +194,15 @@ class FakeCluster:
                 self.api.remove("Pod", pod["metadata"]["name"], namespace)
 
     def _resolve_env(self, namespace: str, env: list[dict[str, Any]]) -> dict[str, str]:
-        out = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+        # What a container runtime gives a container whose image sets no PATH (sbin too:
+        # the agent runs iptables and nsenter from there).
+        out = {"PATH": RUNTIME_PATH}
         for item in env:
             if "value" in item:
                 out[item["name"]] = item["value"]
+            field = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+            if field == "status.hostIP":  # the node, as its pods reach it: the bridge
+                out[item["name"]] = self.network.host_address
             ref = (item.get("valueFrom") or {}).get("secretKeyRef")
             if ref:
                 secret = self.api.get("Secret", ref["name"], namespace) or {}

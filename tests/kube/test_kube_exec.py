@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.kube.fake_cluster import FakeCluster
 
@@ -195,3 +197,119 @@ def test_files_and_outgoing_traffic_through_the_port_forward(
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["greeting: from-the-kube-pod", "pod"]
+
+
+# The local program of the probes test: the same three servers as the pod, answering "local".
+TCP_HELLO = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(16)
+while True:
+    c, _ = s.accept(); c.sendall(sys.argv[2].encode() + b"\\n"); c.close()
+"""
+LOCAL_HTTP = """
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "5"); self.end_headers()
+        self.wfile.write(b"local")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+
+def _get_from_host(ip: str, path: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{ip}:8080{path}", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def _tcp_hello(ip: str, port: int) -> str:
+    import socket
+
+    with socket.create_connection((ip, port), timeout=10) as s:
+        return s.makefile().readline().strip()
+
+
+@pytest.mark.parametrize("steal_probes", [False, True], ids=["default", "steal-probes"])
+def test_a_steal_leaves_the_pods_probes_to_it(
+    cluster: FakeCluster, kubeconfig: Path, tmp_path: Path, steal_probes: bool
+) -> None:
+    """#13: httpGet, tcpSocket and grpc probes of the target container: their requests from
+    the node still get the pod's answers; every other request, from the node or from
+    another pod, is stolen; the start-up lines name each probe. --steal-probes takes the
+    probes too, with upstream's warning."""
+    from tests.incoming.h2_helpers import GRPC_SERVER, grpc_client
+    from tests.incoming.incoming_helpers import mirrord_rules
+
+    cluster.namespace("shop")
+    probes = {
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+        "livenessProbe": {"tcpSocket": {"port": 8081}},
+        "startupProbe": {"grpc": {"port": 9090}},
+    }
+    pod = cluster.add_pod("web-1", "shop", container_spec=probes)
+    assert pod is not None
+    pod.spawn([PY, "-c", TCP_HELLO, "8081", "pod"])
+    pod.spawn([sys.executable, "-c", GRPC_SERVER, "9090", "pod"])
+    for port in (8080, 8081, 9090):
+        pod.wait_listening(port)
+    other = cluster.network.add_pod("other", argv=["/bin/sleep", "600"])
+    for name, code in (("web.py", LOCAL_HTTP), ("hello.py", TCP_HELLO), ("rpc.py", GRPC_SERVER)):
+        (tmp_path / name).write_text(code)
+    local = tmp_path / "local.sh"
+    local.write_text(
+        f"cd {tmp_path}\n{PY} web.py &\n{PY} hello.py 8081 local &\n"
+        f"exec {sys.executable} rpc.py 9090 local\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    env["KUBECONFIG"] = str(kubeconfig)
+    err = tmp_path / "err"
+    with err.open("wb") as sink:
+        proc = subprocess.Popen(
+            [MIRRORD, "exec", "-n", "shop", "--target", "pod/web-1", "--steal",
+             *(["--steal-probes"] if steal_probes else []), "--", "/bin/sh", str(local)],
+            stdout=subprocess.DEVNULL, stderr=sink, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while sum("mirrord:steal:" in r for r in mirrord_rules(pod)) < 3:
+            assert proc.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.2)
+        ip = pod.address
+        # From the node (this host): the probes' own requests stay with the pod.
+        probe_side = "local" if steal_probes else "pod"
+        assert _get_from_host(ip, "/healthz") == probe_side
+        assert _get_from_host(ip, "/orders") == "local"
+        assert _tcp_hello(ip, 8081) == probe_side
+        node_calls = grpc_client(None, ip, 9090, [["health", None], ["hi", None]])
+        assert [c["side"] for c in node_calls] == [probe_side, "local"]
+        # From another pod: all of it is stolen, the probe paths too.
+        get = f"import urllib.request as u; print(u.urlopen('http://{ip}:8080/healthz').read())"
+        answers = other.run([PY, "-c", get])
+        assert answers.stdout.decode().strip() == "b'local'", answers.stderr
+        hello = other.run([PY, "-c", f"import socket; print(socket.create_connection(('{ip}', "
+                           "8081)).makefile().readline().strip())"])  # fmt: skip
+        assert hello.stdout.decode().strip() == "local", hello.stderr
+        pod_calls = grpc_client(other, ip, 9090, [["health", None]])
+        assert [c["side"] for c in pod_calls] == ["local"]
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+    said = err.read_text()
+    for probe in (
+        "readiness probe (GET /healthz on port 8080)",
+        "liveness probe (TCP connect on port 8081)",
+        "startup probe (gRPC health check on port 9090)",
+    ):
+        if steal_probes:
+            assert (
+                f"--steal-probes: the steal of port {probe[-5:-1]} takes the pod's {probe}" in said
+            )
+        else:
+            assert f"left to the pod: its {probe}" in said, said
+    assert mirrord_rules(pod) == []

@@ -39,7 +39,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from mirrord.agent.incoming.http_filter import HttpFilter, Request
+from mirrord.agent.incoming.http_filter import Request, RequestFilter
 
 Target = Literal["pod", "local"]
 Headers = list[tuple[bytes, bytes]]
@@ -208,7 +208,7 @@ class Side:
 
 
 class H2Router:
-    def __init__(self, http_filter: HttpFilter) -> None:
+    def __init__(self, http_filter: RequestFilter) -> None:
         self.filter = http_filter
         self.peer = _connection(client_side=False)
         self.routes: dict[int, Route] = {}  # by peer stream ID

@@ -24,7 +24,7 @@ import h11
 
 from mirrord.agent.incoming.delivery import Delivery
 from mirrord.agent.incoming.http2 import H2FilteredConnection
-from mirrord.agent.incoming.http_filter import HttpFilter, Request
+from mirrord.agent.incoming.http_filter import Request, RequestFilter
 from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams, pipe
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class FilteredConnection:
     def __init__(
         self,
         peer: Streams,
-        http_filter: HttpFilter,
+        http_filter: RequestFilter,
         open_pod: OpenPod,
         open_delivery: Callable[[], Delivery],
     ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mirrord.agent.incoming.delivery import Delivery
 from mirrord.agent.incoming.h2_router import H2Router, Side
-from mirrord.agent.incoming.http_filter import HttpFilter
+from mirrord.agent.incoming.http_filter import RequestFilter
 from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class H2FilteredConnection:
         self,
         peer: Streams,
         first: bytes,
-        http_filter: HttpFilter,
+        http_filter: RequestFilter,
         open_pod: OpenPod,
         open_delivery: Callable[[], Delivery],
     ) -> None:

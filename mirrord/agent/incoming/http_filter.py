@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 ConditionKind = Literal["header", "path", "method"]
 
@@ -33,6 +33,12 @@ class Request:
     method: str
     target: str  # the request-target as sent: path, optionally ?query
     headers: Sequence[tuple[str, str]]
+
+
+class RequestFilter(Protocol):
+    """What the filtered connections ask of a filter (HttpFilter, probes.NodeRequests)."""
+
+    def matches(self, request: Request) -> bool: ...
 
 
 @dataclass(frozen=True)

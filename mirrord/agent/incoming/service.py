@@ -19,6 +19,7 @@ from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
 from mirrord.agent.incoming.direct import DirectTarget
 from mirrord.agent.incoming.http_filter import HttpFilter, HttpFilterError, build_filter
 from mirrord.agent.incoming.node import node_addresses
+from mirrord.agent.incoming.probes import Probe, ProbeSet, probe_set
 from mirrord.agent.incoming.rules import (
     PortRules,
     SessionChains,
@@ -79,6 +80,20 @@ class SessionIncoming:
             if ours:
                 await self.tables.restore(remove_chains_script(ours))
         log.info("session %s: incoming rules removed", self.session.id)
+
+
+_PROBE_KINDS = {
+    incoming_pb2.INCOMING_PROBE_KIND_TCP: "tcp",
+    incoming_pb2.INCOMING_PROBE_KIND_HTTP: "http",
+    incoming_pb2.INCOMING_PROBE_KIND_GRPC: "grpc",
+}
+
+
+def _probes_of(request: incoming_pb2.IncomingSubscribeRequest) -> ProbeSet:
+    """ValueError: a kind this agent does not know, or a bad path."""
+    return probe_set(
+        Probe(_PROBE_KINDS.get(p.kind, f"kind {p.kind}"), p.path, p.name) for p in request.probes
+    )
 
 
 def _filter_of(request: incoming_pb2.IncomingSubscribeRequest) -> HttpFilter | None:
@@ -212,6 +227,10 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             http_filter = _filter_of(request)
         except HttpFilterError as e:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"bad HTTP filter: {e}")
+        try:
+            probes = _probes_of(request)
+        except ValueError as e:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"bad probe: {e}")
         if http_filter is not None and mode != "steal":
             await _abort(
                 context,
@@ -220,7 +239,9 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             )
         state = await self._session_state(session, PREFERENCES.get(request.backend), context)
         events: asyncio.Queue[Announcement] = asyncio.Queue()
-        sub = await self._add_subscription(state, request, mode, http_filter, events, context)
+        sub = await self._add_subscription(
+            state, request, mode, http_filter, probes, events, context
+        )
         ended = asyncio.ensure_future(session.ended.wait())
         try:
             yield pb.IncomingSubscribeEvent(
@@ -248,6 +269,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
         request: incoming_pb2.IncomingSubscribeRequest,
         mode: str,
         http_filter: HttpFilter | None,
+        probes: ProbeSet,
         events: asyncio.Queue[Announcement],
         context: Context,
     ) -> Subscription:
@@ -272,7 +294,10 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                             "redirect a port at a time",
                         )
             listener = await session.worker.run(make_listener)
-            skip = () if request.include_node_traffic else tuple(node_addresses(state.pid))
+            node = tuple(node_addresses(state.pid))
+            # Before 1.3 clients left the node's traffic to the pod; now only the probes'.
+            keep_node = not request.include_node_traffic or (mode == "steal" and probes.tcp)
+            skip = node if keep_node else ()
             rules = PortRules(
                 port, listener.getsockname()[1], mode, skip, not request.ignore_localhost
             )
@@ -285,6 +310,8 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 state.deliveries,
                 events.put_nowait,
                 direct,
+                probes,
+                frozenset(node),
             )
             try:
                 await sub.start()
@@ -296,12 +323,13 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 raise
             state.subscriptions[port] = sub
         log.info(
-            "session %s: %s port %d -> agent listener %d (node sources kept: %s)",
+            "session %s: %s port %d -> agent listener %d (node sources kept: %s; probes: %s)",
             session.id,
             mode,
             port,
             rules.listener_port,
             ", ".join(skip) or "none",
+            probes.describe() or "none",
         )
         return sub
 

@@ -17,7 +17,8 @@ from mirrord.agent.incoming import relay
 from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
 from mirrord.agent.incoming.direct import DirectTarget
 from mirrord.agent.incoming.http1 import FilteredConnection
-from mirrord.agent.incoming.http_filter import HttpFilter
+from mirrord.agent.incoming.http_filter import HttpFilter, RequestFilter
+from mirrord.agent.incoming.probes import NO_PROBES, NodeRequests, ProbeSet
 from mirrord.agent.incoming.rules import PortRules
 from mirrord.agent.incoming.sockets import (
     make_marked_socket,
@@ -57,6 +58,8 @@ class Subscription:
         deliveries: DeliveryTable,
         announce: Callable[[Announcement], None],
         direct: DirectTarget | None = None,
+        probes: ProbeSet = NO_PROBES,
+        node: frozenset[str] = frozenset(),
     ) -> None:
         self.worker = worker
         self.rules = rules
@@ -66,6 +69,12 @@ class Subscription:
         self.announce = announce
         # Set: connections go straight to the program's listener (agent/incoming/direct.py).
         self.direct = direct
+        # A steal's HTTP/gRPC probes: connections from these (the node's) addresses are
+        # read request by request, and the probes' requests go to the pod (probes.py).
+        self.node_filter: RequestFilter | None = None
+        self.node = node
+        if rules.mode == "steal" and probes.requests and node:
+            self.node_filter = NodeRequests(probes, self.filter)
         # Names the subscription in IncomingConnectionIdle: a port alone could name a later
         # subscription of the same port.
         self.id = secrets.token_hex(12)
@@ -86,13 +95,14 @@ class Subscription:
         self.copies_dropped = 0
 
     async def start(self) -> None:
-        if self.direct is not None and self.rules.mode == "steal" and self.filter is None:
+        reads_requests = self.filter is not None or self.node_filter is not None
+        if self.direct is not None and self.rules.mode == "steal" and not reads_requests:
             # Whole connections to a local program: transports joined (direct.py steal).
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(lambda: _StolenPeer(self), sock=self.listener)
         else:
             self._server = await asyncio.start_server(self._accepted, sock=self.listener)
-        if self.rules.mode == "mirror" or self.filter is not None:
+        if self.rules.mode == "mirror" or reads_requests:
             self._top_up()
 
     def _top_up(self) -> None:
@@ -190,13 +200,18 @@ class Subscription:
         return await asyncio.open_connection(sock=sock)
 
     def _new_delivery(
-        self, remote: tuple[str, int], original: tuple[str, int], *, now: bool = True
+        self,
+        remote: tuple[str, int],
+        original: tuple[str, int],
+        *,
+        now: bool = True,
+        filtered: bool = False,
     ) -> tuple[Delivery, Callable[[], None]]:
         """A delivery and what hands it to the client (done here already when `now`)."""
         delivery = Delivery()
         self.deliveries.add(delivery)
         self._mine.add(delivery)
-        announcement = Announcement(delivery, remote, original, self.filter is not None)
+        announcement = Announcement(delivery, remote, original, filtered)
 
         def hand_over() -> None:
             if self._closed:
@@ -267,19 +282,21 @@ class Subscription:
             original = original_destination(sock)
             host, port = writer.get_extra_info("peername")[:2]
             remote = (str(host), int(port))
+            flt: RequestFilter | None = self.filter
+            if self.node_filter is not None and _unmapped(remote[0]) in self.node:
+                flt = self.node_filter
 
             def new_delivery() -> Delivery:
-                deliveries.append(self._new_delivery(remote, original)[0])
-                return deliveries[-1]
+                delivery = self._new_delivery(remote, original, filtered=flt is not None)[0]
+                deliveries.append(delivery)
+                return delivery
 
             async def open_pod() -> relay.Streams:
                 return await self._open_pod(original)
 
             log.debug("port %d: connection from %s to %s", self.rules.port, remote, original)
-            if self.filter is not None:
-                await FilteredConnection(
-                    (reader, writer), self.filter, open_pod, new_delivery
-                ).run()
+            if flt is not None:
+                await FilteredConnection((reader, writer), flt, open_pod, new_delivery).run()
             elif self.rules.mode == "steal":
                 await relay.steal((reader, writer), new_delivery())
             else:
@@ -305,6 +322,11 @@ class Subscription:
                 self._mine.discard(delivery)
             writer.close()
             self._tasks.discard(task)
+
+
+def _unmapped(ip: str) -> str:
+    """10.0.0.1 for ::ffff:10.0.0.1 (a dual-stack listener's view of an IPv4 peer)."""
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
 class _StolenPeer(asyncio.Protocol):
