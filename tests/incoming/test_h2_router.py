@@ -11,7 +11,7 @@ import h2.errors
 import h2.events
 
 from mirrord.agent.incoming.h2_router import STREAM_WINDOW, H2Router, Side, request_of
-from mirrord.agent.incoming.http_filter import Request, build_filter
+from mirrord.agent.incoming.http_filter import OneFilter, Request, build_filter
 
 ME = [(b"x-user", b"me")]
 
@@ -116,7 +116,8 @@ class Answer:
 
 class World:
     def __init__(self, **flt: str) -> None:
-        self.router = H2Router(build_filter(**flt) if flt else build_filter(header_filter="x"))
+        flt_ = build_filter(**flt) if flt else build_filter(header_filter="x")
+        self.router = H2Router(OneFilter(flt_))
         self.client = _conn(True)
         self.apps: dict[Side, App] = {}
         self.answers: dict[int, Answer] = {}

@@ -4,11 +4,11 @@ Sans-I/O: an `H2Router` holds three HTTP/2 connections as h2 state machines and 
 frames between them; its caller (`http2.py`) moves bytes between them and the sockets.
 
 - `peer`: the redirected client, h2 server side.
-- a `Side` per destination (`"pod"`: the pod's server, `"local"`: the client's program
-  over a delivered connection), h2 client side. A side is created at the first stream
-  routed to it (the caller sees `Side.wants_transport` and opens it); bytes for it wait in
-  its h2 buffer meanwhile. A side that sent GOAWAY takes no new stream: the next one
-  makes a fresh side of the same target.
+- a `Side` per destination (`"pod"`: the pod's server; else a target the router named: a
+  session's program over a delivered connection), h2 client side. A side is created at
+  the first stream routed to it (the caller sees `Side.wants_transport` and opens it);
+  bytes for it wait in its h2 buffer meanwhile. A side that sent GOAWAY takes no new
+  stream: the next one makes a fresh side of the same target.
 
 Per stream (`Route`): the request's headers decide the target (`HttpFilter`, on the
 headers as `request_of` renders them), then frames flow both ways in order through two
@@ -39,9 +39,11 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from mirrord.agent.incoming.http_filter import Request, RequestFilter
+from mirrord.agent.incoming.http_filter import Request, RequestRouter
 
-Target = Literal["pod", "local"]
+# "pod", or the key of a client-side target the RequestRouter named (a session).
+Target = str
+POD: Target = "pod"
 Headers = list[tuple[bytes, bytes]]
 
 # What we advertise as a receiver on every connection. Bytes are acknowledged only once
@@ -208,8 +210,8 @@ class Side:
 
 
 class H2Router:
-    def __init__(self, http_filter: RequestFilter) -> None:
-        self.filter = http_filter
+    def __init__(self, router: RequestRouter) -> None:
+        self.router = router
         self.peer = _connection(client_side=False)
         self.routes: dict[int, Route] = {}  # by peer stream ID
         self.sides: list[Side] = []
@@ -306,8 +308,9 @@ class H2Router:
             self.peer_going_away = True
 
     def _new_stream(self, peer_id: int, headers: Headers, ended: bool) -> None:
-        target: Target = "local" if self.filter.matches(request_of(headers)) else "pod"
-        if target == "local":
+        key = self.router.route(request_of(headers))
+        target: Target = POD if key is None else key
+        if key is not None:
             self.stolen += 1
         else:
             self.passed += 1

@@ -24,7 +24,7 @@ import h11
 
 from mirrord.agent.incoming.delivery import Delivery
 from mirrord.agent.incoming.http2 import H2FilteredConnection
-from mirrord.agent.incoming.http_filter import Request, RequestFilter
+from mirrord.agent.incoming.http_filter import Request, RequestRouter
 from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams, pipe
 
 log = logging.getLogger(__name__)
@@ -83,17 +83,18 @@ class FilteredConnection:
     def __init__(
         self,
         peer: Streams,
-        http_filter: RequestFilter,
+        router: RequestRouter,
         open_pod: OpenPod,
-        open_delivery: Callable[[], Delivery],
+        open_delivery: Callable[[str], Delivery],
     ) -> None:
+        """open_delivery(key): a delivered connection to the target `router` named."""
         self.peer = peer
-        self.filter = http_filter
+        self.router = router
         self.open_pod = open_pod
         self.open_delivery = open_delivery
         self.inbound = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.pod: Side | None = None
-        self.local: Side | None = None
+        self.locals: dict[str, Side] = {}  # by target key, each opened at its first request
         self.stolen = 0
         self.passed = 0
 
@@ -104,7 +105,7 @@ class FilteredConnection:
                 return
             await self._requests()
         finally:
-            for side in (self.pod, self.local):
+            for side in (self.pod, *self.locals.values()):
                 if side is not None:
                     side.close()
 
@@ -120,7 +121,7 @@ class FilteredConnection:
                 continue
             if seen.startswith(H2_PREFACE):
                 await H2FilteredConnection(
-                    self.peer, seen, self.filter, self.open_pod, self.open_delivery
+                    self.peer, seen, self.router, self.open_pod, self.open_delivery
                 ).run()
                 return None
             self.inbound.receive_data(data)
@@ -152,13 +153,16 @@ class FilteredConnection:
             self.inbound.receive_data(await self.peer[0].read(CHUNK))
 
     async def _side_for(self, request: h11.Request) -> Side:
-        if self.filter.matches(_as_request(request)):
+        key = self.router.route(_as_request(request))
+        if key is not None:
             self.stolen += 1
-            if self.local is None:
-                self.local = Side("client", delivery=self.open_delivery())
-                if not await self.local.delivery.wait_attached():  # type: ignore[union-attr]
+            local = self.locals.get(key)
+            if local is None:
+                delivery = self.open_delivery(key)
+                local = self.locals[key] = Side(f"client {key}", delivery=delivery)
+                if not await delivery.wait_attached():
                     raise ConnectionError("the client did not take the filtered connection")
-            return self.local
+            return local
         self.passed += 1
         if self.pod is None:
             self.pod = Side("pod", streams=await self.open_pod())
@@ -194,7 +198,7 @@ class FilteredConnection:
                 if side is self.pod:
                     self.pod = None
                 else:
-                    self.local = None
+                    self.locals = {k: v for k, v in self.locals.items() if v is not side}
             event = await self._peer_event()
 
     async def _request_body(self, side: Side) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mirrord.agent.incoming.delivery import Delivery
 from mirrord.agent.incoming.h2_router import H2Router, Side
-from mirrord.agent.incoming.http_filter import RequestFilter
+from mirrord.agent.incoming.http_filter import RequestRouter
 from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,13 @@ class H2FilteredConnection:
         self,
         peer: Streams,
         first: bytes,
-        http_filter: RequestFilter,
+        router: RequestRouter,
         open_pod: OpenPod,
-        open_delivery: Callable[[], Delivery],
+        open_delivery: Callable[[str], Delivery],
     ) -> None:
         self.peer = peer
         self.first = first
-        self.router = H2Router(http_filter)
+        self.router = H2Router(router)
         self.open_pod = open_pod
         self.open_delivery = open_delivery
         self._outlets: dict[Side, _Outlet] = {}
@@ -157,7 +157,7 @@ class H2FilteredConnection:
                 self._flush()
                 await self._read_side(side, lambda: reader.read(CHUNK))
             else:
-                delivery = self.open_delivery()
+                delivery = self.open_delivery(side.target)
                 if not await delivery.wait_attached():
                     raise ConnectionError("the client did not take the filtered connection")
                 self._outlets[side] = _Outlet(None, delivery)

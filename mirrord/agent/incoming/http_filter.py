@@ -36,9 +36,30 @@ class Request:
 
 
 class RequestFilter(Protocol):
-    """What the filtered connections ask of a filter (HttpFilter, probes.NodeRequests)."""
+    """What a subscription asks of a filter (HttpFilter, probes.NodeRequests)."""
 
     def matches(self, request: Request) -> bool: ...
+
+
+class RequestRouter(Protocol):
+    """Where a filtered connection sends each request: the key of a client-side target
+    (a session's delivery), or None for the pod's server."""
+
+    def route(self, request: Request) -> str | None: ...
+
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class OneFilter:
+    """A single subscription's router: matching requests to it (LOCAL), the rest to the
+    pod."""
+
+    filter: RequestFilter
+
+    def route(self, request: Request) -> str | None:
+        return LOCAL if self.filter.matches(request) else None
 
 
 @dataclass(frozen=True)

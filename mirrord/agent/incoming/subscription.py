@@ -17,7 +17,7 @@ from mirrord.agent.incoming import relay
 from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
 from mirrord.agent.incoming.direct import DirectTarget
 from mirrord.agent.incoming.http1 import FilteredConnection
-from mirrord.agent.incoming.http_filter import HttpFilter, RequestFilter
+from mirrord.agent.incoming.http_filter import LOCAL, HttpFilter, OneFilter, RequestFilter
 from mirrord.agent.incoming.probes import NO_PROBES, NodeRequests, ProbeSet
 from mirrord.agent.incoming.rules import PortRules
 from mirrord.agent.incoming.sockets import (
@@ -286,7 +286,7 @@ class Subscription:
             if self.node_filter is not None and _unmapped(remote[0]) in self.node:
                 flt = self.node_filter
 
-            def new_delivery() -> Delivery:
+            def new_delivery(_key: str = LOCAL) -> Delivery:
                 delivery = self._new_delivery(remote, original, filtered=flt is not None)[0]
                 deliveries.append(delivery)
                 return delivery
@@ -296,7 +296,9 @@ class Subscription:
 
             log.debug("port %d: connection from %s to %s", self.rules.port, remote, original)
             if flt is not None:
-                await FilteredConnection((reader, writer), flt, open_pod, new_delivery).run()
+                await FilteredConnection(
+                    (reader, writer), OneFilter(flt), open_pod, new_delivery
+                ).run()
             elif self.rules.mode == "steal":
                 await relay.steal((reader, writer), new_delivery())
             else:
