@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
@@ -28,6 +29,7 @@ from mirrord.agent.incoming.rules import (
     remove_chains_script,
     remove_port_script,
 )
+from mirrord.agent.incoming.share import PortShare
 from mirrord.agent.incoming.sockets import make_listener
 from mirrord.agent.incoming.subscription import Announcement, Subscription
 from mirrord.agent.incoming.watchdog import RuleWatchdog
@@ -121,6 +123,11 @@ def _filter_of(request: incoming_pb2.IncomingSubscribeRequest) -> HttpFilter | N
     )
 
 
+def _member_rules(rules: PortRules, mode: str) -> PortRules:
+    """A share member's view of the share's rules: its own mode (its claim is the share's)."""
+    return dataclasses.replace(rules, mode=mode)
+
+
 def _direct_target(request: incoming_pb2.IncomingSubscribeRequest) -> DirectTarget | None:
     """Where to deliver directly (IncomingSubscribeRequest.direct); None when not asked,
     or when the client's datagram socket cannot be reached (then streams carry them)."""
@@ -164,6 +171,10 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
         # another session's changes to the same netns (inside this agent).
         self._netns_locks: dict[int, asyncio.Lock] = {}
         self._watchdog = RuleWatchdog()
+        # Ports several sessions take at once, and ports one session takes alone, by
+        # (target netns inode, port).
+        self._shares: dict[tuple[int, int], PortShare] = {}
+        self._exclusive: dict[tuple[int, int], Subscription] = {}
 
     def _netns_lock(self, session: AgentSession) -> asyncio.Lock:
         return self._netns_locks.setdefault(session.worker.entered.net_ns_inode, asyncio.Lock())
@@ -274,6 +285,12 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
         context: Context,
     ) -> Subscription:
         session, port = state.session, request.port
+        key = (session.worker.entered.net_ns_inode, port)
+        if http_filter is not None and not http_filter.applies_to(port):
+            http_filter = None
+        # Filtered steals and mirrors share a port (share.py); an unfiltered steal takes it
+        # alone.
+        shareable = mode == "mirror" or http_filter is not None
         async with state.lock:
             if port in state.subscriptions:
                 await _abort(
@@ -281,66 +298,158 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"port {port} is already subscribed in this session",
                 )
-            for chain in await state.tables.chains():
-                if not iptables.owner_alive(chain.owner):
-                    continue
-                for other_mode, other_port in chain.claims:
-                    if other_port == port:
-                        await _abort(
-                            context,
-                            grpc.StatusCode.ALREADY_EXISTS,
-                            f"port {port} of the target is already taken: another mirrord "
-                            f"session {other_mode}s it ({chain.name}); only one session may "
-                            "redirect a port at a time",
-                        )
-            listener = await session.worker.run(make_listener)
+            await self._refuse_conflicts(state, key, shareable, mode, context)
             node = tuple(node_addresses(state.pid))
             # Before 1.3 clients left the node's traffic to the pod; now only the probes'.
             keep_node = not request.include_node_traffic or (mode == "steal" and probes.tcp)
             skip = node if keep_node else ()
-            rules = PortRules(
-                port, listener.getsockname()[1], mode, skip, not request.ignore_localhost
+            share = self._shares.get(key)
+            if shareable and share is None:
+                share_listener = await session.worker.run(make_listener)
+                share_rules = PortRules(
+                    port,
+                    share_listener.getsockname()[1],
+                    mode,
+                    skip,
+                    not request.ignore_localhost,
+                )
+                share = PortShare(
+                    key, share_listener, share_rules, self._share_remover(state.tables)
+                )
+                try:
+                    await share.start()
+                    await state.tables.restore(
+                        create_chains_script(share.chains, iptables.this_agent())
+                        + add_port_script(share_rules, share.chains)
+                    )
+                except BaseException as e:
+                    await share.close()
+                    if isinstance(e, iptables.IptablesError):
+                        await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                    raise
+                self._shares[key] = share
+            listener = None if shareable else await session.worker.run(make_listener)
+            rules = (
+                share.rules
+                if share is not None and shareable
+                else PortRules(
+                    port,
+                    listener.getsockname()[1] if listener is not None else 0,
+                    mode,
+                    skip,
+                    not request.ignore_localhost,
+                )
             )
-            direct = _direct_target(request)
             sub = Subscription(
                 session.worker,
-                rules,
+                rules if share is None or not shareable else _member_rules(rules, mode),
                 listener,
                 http_filter,
                 state.deliveries,
                 events.put_nowait,
-                direct,
+                _direct_target(request),
                 probes,
                 frozenset(node),
+                session.id,
+                share if shareable else None,
             )
             try:
                 await sub.start()
-                await state.tables.restore(add_port_script(rules, state.chains))
+                if not shareable:
+                    await state.tables.restore(add_port_script(rules, state.chains))
             except BaseException as e:
                 await sub.close()
                 if isinstance(e, iptables.IptablesError):
                     await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
                 raise
+            if shareable:
+                assert share is not None
+                share.join(sub)
+            else:
+                self._exclusive[key] = sub
             state.subscriptions[port] = sub
         log.info(
-            "session %s: %s port %d -> agent listener %d (node sources kept: %s; probes: %s)",
+            "session %s: %s port %d -> agent listener %d (%s; node sources kept: %s; probes: %s)",
             session.id,
             mode,
             port,
             rules.listener_port,
+            f"shared, {len(share.members)} members" if share and shareable else "alone",
             ", ".join(skip) or "none",
             probes.describe() or "none",
         )
         return sub
 
+    async def _refuse_conflicts(
+        self,
+        state: SessionIncoming,
+        key: tuple[int, int],
+        shareable: bool,
+        mode: str,
+        context: Context,
+    ) -> None:
+        """ALREADY_EXISTS, naming the holder: an unfiltered steal of this port by another
+        session; filtered steals or mirrors when this is an unfiltered steal; another
+        agent's (or process's) claim."""
+        port = key[1]
+        alone = self._exclusive.get(key)
+        if alone is not None and not alone.closed:
+            await _abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"port {port} of the target is already taken: session {alone.session_id[:12]} "
+                "steals it without an HTTP filter; sessions share a port only with HTTP "
+                "filters (steal) or as mirrors",
+            )
+        share = self._shares.get(key)
+        if share is not None and share.members and not shareable:
+            await _abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"port {port} of the target is already taken: {share.describe()}; an "
+                f"unfiltered {mode} would take their traffic: add an HTTP filter to share it",
+            )
+        ours = {share.chains.inbound, share.chains.outbound} if share is not None else set()
+        for chain in await state.tables.chains():
+            if chain.name in ours or chain.name in state.chains.__dict__.values():
+                continue
+            if not iptables.owner_alive(chain.owner) or chain.owner == iptables.this_agent():
+                continue  # dead leftovers; or this agent's, known above
+            for other_mode, other_port in chain.claims:
+                if other_port == port:
+                    await _abort(
+                        context,
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"port {port} of the target is already taken: another mirrord agent "
+                        f"{other_mode}s it ({chain.name}); sessions share a port only "
+                        "through one agent",
+                    )
+
+    def _share_remover(
+        self, tables: iptables.NetnsIptables
+    ) -> Callable[[PortShare], Awaitable[None]]:
+        async def remove(share: PortShare) -> None:
+            if self._shares.get(share.key) is share:
+                del self._shares[share.key]
+            names = {share.chains.inbound, share.chains.outbound}
+            ours = [c for c in await tables.chains() if c.name in names]
+            if ours:
+                await tables.restore(remove_chains_script(ours))
+
+        return remove
+
     async def _remove_subscription(self, state: SessionIncoming, sub: Subscription) -> None:
         if state.subscriptions.get(sub.rules.port) is not sub:
             return  # the session's cleanup got there first
         del state.subscriptions[sub.rules.port]
-        async with state.lock:
-            with contextlib.suppress(iptables.IptablesError):
-                await state.tables.restore(remove_port_script(sub.rules, state.chains))
-        await sub.close()
+        if sub.share is None:
+            key = (state.session.worker.entered.net_ns_inode, sub.rules.port)
+            if self._exclusive.get(key) is sub:
+                del self._exclusive[key]
+            async with state.lock:
+                with contextlib.suppress(iptables.IptablesError):
+                    await state.tables.restore(remove_port_script(sub.rules, state.chains))
+        await sub.close()  # a share's member leaves it (the last one removes its rules)
 
     async def Connection(
         self,

@@ -11,7 +11,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirrord.agent.incoming import relay
 from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
@@ -20,6 +20,9 @@ from mirrord.agent.incoming.http1 import FilteredConnection
 from mirrord.agent.incoming.http_filter import LOCAL, HttpFilter, OneFilter, RequestFilter
 from mirrord.agent.incoming.probes import NO_PROBES, NodeRequests, ProbeSet
 from mirrord.agent.incoming.rules import PortRules
+
+if TYPE_CHECKING:
+    from mirrord.agent.incoming.share import PortShare
 from mirrord.agent.incoming.sockets import (
     make_marked_socket,
     make_marked_sockets,
@@ -53,15 +56,20 @@ class Subscription:
         self,
         worker: NamespaceWorker,
         rules: PortRules,
-        listener: socket.socket,
+        listener: socket.socket | None,
         http_filter: HttpFilter | None,
         deliveries: DeliveryTable,
         announce: Callable[[Announcement], None],
         direct: DirectTarget | None = None,
         probes: ProbeSet = NO_PROBES,
         node: frozenset[str] = frozenset(),
+        session_id: str = "",
+        share: PortShare | None = None,
     ) -> None:
+        """listener None: a member of `share`, which accepts for it (share.py)."""
         self.worker = worker
+        self.session_id = session_id
+        self.share = share
         self.rules = rules
         self.listener = listener
         self.filter = http_filter if http_filter and http_filter.applies_to(rules.port) else None
@@ -94,9 +102,15 @@ class Subscription:
         self.connections = 0
         self.copies_dropped = 0
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def start(self) -> None:
         reads_requests = self.filter is not None or self.node_filter is not None
-        if self.direct is not None and self.rules.mode == "steal" and not reads_requests:
+        if self.listener is None:  # a share's member: it accepts
+            pass
+        elif self.direct is not None and self.rules.mode == "steal" and not reads_requests:
             # Whole connections to a local program: transports joined (direct.py steal).
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(lambda: _StolenPeer(self), sock=self.listener)
@@ -180,7 +194,7 @@ class Subscription:
         if self._server is not None:
             self._server.close()
             self._server = None
-        else:
+        elif self.listener is not None:
             self.listener.close()
         for delivery in list(self._mine):
             delivery.close()
@@ -189,6 +203,8 @@ class Subscription:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.direct is not None:
             self.direct.close()
+        if self.share is not None:
+            await self.share.leave(self)
 
     async def _open_pod(self, address: tuple[str, int]) -> relay.Streams:
         sock = await self._marked_socket()
@@ -269,6 +285,24 @@ class Subscription:
             await direct.steal(peer, first, self.rules.port, remote, original)
         except OSError as e:
             log.info("port %d: direct delivery failed: %s", self.rules.port, e)
+
+    # --- for a share (share.py) --------------------------------------------------------
+
+    def new_delivery(
+        self, remote: tuple[str, int], original: tuple[str, int], *, filtered: bool
+    ) -> Delivery:
+        """A delivery of a shared connection, handed to this member's client now."""
+        return self._new_delivery(remote, original, filtered=filtered)[0]
+
+    def forget(self, delivery: Delivery) -> None:
+        self._mine.discard(delivery)
+
+    async def open_pod(self, address: tuple[str, int]) -> relay.Streams:
+        return await self._open_pod(address)
+
+    async def accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection the share gives this member alone."""
+        await self._accepted(reader, writer)
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
