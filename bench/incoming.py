@@ -10,7 +10,12 @@ http.server (HTTP/1.1 keep-alive) in the pod and locally. Under mirrord, also th
 per request of the agent and of the mirrord process (proxy + tracer thread): on a busy
 machine latency is noisy, CPU per request much less so.
 
-Run as root: .venv/bin/python bench/incoming.py [--requests 2000]
+- filtered sessions (`--modes filtered`): 1, 2 and 5 `mirrord exec` sessions on one
+  shared agent steal port 8080 together, each with its header filter; req/s over one
+  keep-alive connection for requests cycling over the sessions' users, and for requests
+  no filter matches (they reach the pod through the agent), against direct.
+
+Run as root: .venv/bin/python bench/incoming.py [--requests 2000] [--modes steal,mirror,filtered]
 """
 
 from __future__ import annotations
@@ -55,12 +60,37 @@ class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         served[0] += 1
         self.send_response(200)
+        self.send_header("X-Served-By", os.environ.get("BENCH_NAME", "pod"))
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+port = int(os.environ.get("BENCH_PORT", "8080"))
+http.server.ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
+"""
+
+# Filtered sessions: one keep-alive connection, requests with `X-User: U` cycling over
+# the users given; prints req/s.
+USERS_CLIENT = """
+import json, socket, sys, time
+host, n, users = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+expect = sys.argv[4].encode() if len(sys.argv) > 4 else None  # X-Served-By, checked once
+reqs = [b"GET / HTTP/1.1\\r\\nHost: t\\r\\nX-User: " + u.encode() + b"\\r\\n\\r\\n" for u in users]
+s = socket.create_connection((host, 8080), timeout=30)
+def one(req):
+    s.sendall(req); got = b""
+    while not got.endswith(b"ok"):
+        chunk = s.recv(65536)
+        if not chunk: raise SystemExit("closed early")
+        got += chunk
+    return got
+if expect is not None and b"X-Served-By: " + expect not in one(reqs[0]):
+    raise SystemExit("served by someone else")
+start = time.perf_counter()
+for i in range(n):
+    one(reqs[i % len(reqs)])
+print(json.dumps(n / (time.perf_counter() - start)))
 """
 
 CLIENT = """
@@ -143,6 +173,70 @@ def under_mirrord(target: Pod, mode: str, tmp: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def users_load(
+    client: Pod, host: str, n: int, users: list[str], expect: str | None = None
+) -> float:
+    argv = [PY, "-c", USERS_CLIENT, host, str(n), ",".join(users), *([expect] if expect else [])]
+    done = client.run(argv, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return float(json.loads(done.stdout))
+
+
+def filtered_sessions(target: Pod, client: Pod, n: int, tmp: Path) -> dict[int, list[float]]:
+    """Per number of sessions: [matched req/s, unmatched req/s] through one shared agent."""
+    token = "bench-filtered-sessions-token-0123"
+    env = {**os.environ, "MIRRORD_AGENT_TOKEN": token}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "mirrord.agent", "--listen", "127.0.0.1:0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert agent.stdout is not None
+    address = agent.stdout.readline().decode().split()[-1]
+    out: dict[int, list[float]] = {}
+    try:
+        for k in (1, 2, 5):
+            procs = []
+            users = [f"u{i}" for i in range(k)]
+            try:
+                for i, u in enumerate(users):
+                    port = 18100 + i
+                    flt = {"header_filter": f"^x-user: {u}$"}
+                    inc = {"mode": "steal", "http_filter": flt, "port_mapping": [[port, 8080]]}
+                    cfg = tmp / f"filtered-{k}-{i}.json"
+                    cfg.write_text(json.dumps({"feature": {"network": {"incoming": inc}}}))
+                    procs.append(subprocess.Popen(
+                        [MIRRORD, "exec", "--target", f"pid/{target.main_pid}",
+                         "--agent-address", address, "-f", str(cfg), "--", PY, "-c", SERVER],
+                        env={**env, "BENCH_PORT": str(port), "BENCH_NAME": u},
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, start_new_session=True,
+                    ))  # fmt: skip
+                for u in users:  # each session answers its own user
+                    deadline = time.monotonic() + 60
+                    while True:
+                        try:
+                            users_load(client, target.address, 1, [u], expect=u)
+                            break
+                        except RuntimeError:
+                            if time.monotonic() > deadline:
+                                raise
+                            time.sleep(0.2)
+                users_load(client, target.address, 100, users)  # warm-up
+                users_load(client, target.address, 1, ["nobody"], expect="pod")
+                out[k] = [
+                    users_load(client, target.address, n, users),
+                    users_load(client, target.address, n, ["nobody"]),
+                ]
+            finally:
+                for proc in procs:
+                    stop(proc)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+    return out
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -171,12 +265,15 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     copies: dict[str, int] = {}  # requests the local program served 1 s after the load
     late: dict[str, int] = {}  # served after that (the program lagged behind)
+    filtered: dict[int, list[float]] = {}
     with Network() as net, tempfile.TemporaryDirectory() as tmp:
         target = net.add_pod("target", argv=[PY, "-c", SERVER], wait_port=8080)
         client = net.add_pod("client", argv=["/bin/sleep", "3600"])
         results["direct"] = {
             k: load(client, target.address, n, k == "keep") for k in ("keep", "new")
         }
+        if "filtered" in modes:
+            filtered = filtered_sessions(target, client, n, Path(tmp))
         for mode, name in (("steal", "stolen"), ("mirror", "mirrored")):
             if mode not in modes:
                 continue
@@ -242,6 +339,16 @@ def main() -> None:
             f"mirror adds to the pod's p50: keep-alive {m['keep'][1] - d['keep'][1]:+.3f} ms, "
             f"per-connection {m['new'][1] - d['new'][1]:+.3f} ms (target <= 1 ms)"
         )
+    if filtered:
+        direct = results["direct"]["keep"][0]
+        print("\nfiltered sessions on one port (one keep-alive connection, req/s; x direct):")
+        print(f"{'sessions':>10}{'matched':>12}{'x':>7}{'unmatched':>12}{'x':>7}")
+        for k, (matched, unmatched) in filtered.items():
+            print(
+                f"{k:>10}{matched:>12.0f}{matched / direct:>7.2f}"
+                f"{unmatched:>12.0f}{unmatched / direct:>7.2f}"
+            )
+        print("target: matched >= 0.5x direct for keep-alive at 5 sessions")
     streams = os.environ.get("MIRRORD_NO_DIRECT") == "1"
     print("connections:", "gRPC streams" if streams else "direct from the local agent")
 
