@@ -29,6 +29,7 @@ from mirrord.agent.incoming.http1 import FilteredConnection
 from mirrord.agent.incoming.http_filter import Request, RequestFilter
 from mirrord.agent.incoming.rules import PortRules, SessionChains
 from mirrord.agent.incoming.sockets import original_destination, relayed
+from mirrord.agent.incoming.subscription import unmapped
 
 if TYPE_CHECKING:
     from mirrord.agent.incoming.subscription import Subscription
@@ -199,7 +200,7 @@ class PortShare:
             opened.append((member, delivery))
             return delivery
 
-        from_node = any(remote[0] in m.node for m in members)
+        from_node = any(unmapped(remote[0]) in m.node for m in members)
         try:
             if any(m.rules.mode == "steal" for m in members):
                 router = FirstMatch(self._live, from_node)

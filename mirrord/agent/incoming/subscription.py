@@ -317,7 +317,7 @@ class Subscription:
             host, port = writer.get_extra_info("peername")[:2]
             remote = (str(host), int(port))
             flt: RequestFilter | None = self.filter
-            if self.node_filter is not None and _unmapped(remote[0]) in self.node:
+            if self.node_filter is not None and unmapped(remote[0]) in self.node:
                 flt = self.node_filter
 
             def new_delivery(_key: str = LOCAL) -> Delivery:
@@ -360,7 +360,7 @@ class Subscription:
             self._tasks.discard(task)
 
 
-def _unmapped(ip: str) -> str:
+def unmapped(ip: str) -> str:
     """10.0.0.1 for ::ffff:10.0.0.1 (a dual-stack listener's view of an IPv4 peer)."""
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
