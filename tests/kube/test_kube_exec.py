@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -276,7 +277,10 @@ def test_a_steal_leaves_the_pods_probes_to_it(
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while sum("mirrord:steal:" in r for r in mirrord_rules(pod)) < 3:
+        while not all(  # each of the three ports redirected
+            any(re.search(rf"mirrord:steal:{port}\b", r) for r in mirrord_rules(pod))
+            for port in (8080, 8081, 9090)
+        ):
             assert proc.poll() is None, err.read_text()
             assert time.monotonic() < deadline, err.read_text()
             time.sleep(0.2)
