@@ -4,6 +4,7 @@ netns. The "local program" is a plain asyncio consumer of mirrord.client.incomin
 from __future__ import annotations
 
 import asyncio
+import subprocess
 
 import pytest
 
@@ -221,4 +222,51 @@ async def test_mirror_copy_of_an_open_connection_arrives_before_it_ends(
     assert done.stdout.decode().strip() == "HTTP/1.1 200 OK", done.stderr
     assert await asyncio.wait_for(conn.reader.read(), 10) == b""  # then its EOF
     await conn.close()
+    await sub.close()
+
+
+# Run in the client pod: one keep-alive connection; a GET, then (after a line on stdin)
+# another GET on the same connection; prints each body.
+TWO_GETS = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 8080), timeout=20)
+f = s.makefile("rb")
+def get(path):
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    length = 0
+    while (line := f.readline()) != b"\r\n":
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return f.read(length).decode()
+print(get("/before"), flush=True)
+sys.stdin.readline()
+print(get("/during"), flush=True)
+"""
+
+
+async def test_a_connection_made_before_the_steal_keeps_reaching_the_pod(
+    session: AgentClient, target: Pod, client_pod: Pod
+) -> None:
+    """The pod's netns has no conntrack until our rules arrive, so the next packet of a
+    connection it already had looked new and was redirected to the agent's listener,
+    which reset it: every steal start reset the keep-alive connections in flight. Only
+    SYNs are redirected now: old connections finish with the pod, new ones are stolen."""
+    proc = client_pod.spawn(
+        ["python3", "-c", TWO_GETS, target.address],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    assert (await asyncio.to_thread(proc.stdout.readline)).strip() == b"pod"
+    sub = await IncomingClient(session).subscribe(8080, "steal", include_node_traffic=True)
+    seen: list[bytes] = []
+    consumer = asyncio.ensure_future(_answer_one(sub, seen))
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+    # The old connection: still the pod's (it used to be reset).
+    assert (await asyncio.to_thread(proc.stdout.readline)).strip() == b"pod"
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+    answers = await send_requests_async(client_pod, target.address, 8080, [request("/new")])
+    assert answers == [LOCAL_ANSWER.decode()]  # a new connection is stolen
+    await asyncio.wait_for(consumer, 10)
     await sub.close()

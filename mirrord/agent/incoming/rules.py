@@ -75,7 +75,11 @@ class PortRules:
 
     def specs(self, chains: SessionChains) -> list[str]:
         """Rule specs (after -A/-D), in order."""
-        tcp = f"-p tcp -m tcp --dport {self.port}"
+        # SYNs only: a connection the pod had before the rule is not redirected. A netns
+        # without rules of its own has no conntrack until ours arrive; its connections'
+        # next packets then look new to it, and were sent to our listener, which reset
+        # them (every steal start reset the keep-alive connections in flight).
+        tcp = f"-p tcp -m tcp --dport {self.port} --tcp-flags FIN,SYN,RST,ACK SYN"
         redirect = (
             f"-m comment --comment {self.claim()} -j REDIRECT --to-ports {self.listener_port}"
         )
