@@ -131,20 +131,9 @@ class Listener:
         self.hung_up = False
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
-        self._buf = bytearray(_NOTIF.size)
         self._pbuf = bytearray(_RESP.size)  # the serving threads', under their lock
         self._lock = threading.Lock()  # close() vs answers from other threads
         self.closed = False
-
-    def pending(self) -> bool:
-        """A notification is waiting. Once no process uses the filter any more the fd
-        only reports POLLHUP: `hung_up` is set and it never becomes readable again."""
-        for _fd, events in self._poll.poll(0):
-            if events & select.POLLIN:
-                return True
-            if events & (select.POLLHUP | select.POLLERR):
-                self.hung_up = True
-        return False
 
     def hung_up_now(self) -> bool:
         """No process uses the filter any more (POLLHUP): the program's tree is gone."""
@@ -166,20 +155,6 @@ class Listener:
             fcntl.ioctl(self.fd, NOTIF_RECV, buf, True)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.EINTR, errno.EBADF):
-                return None
-            raise
-        nid, pid, _flags, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(buf)
-        return Notification(nid, pid, nr, arch, (a0, a1, a2, a3, a4, a5))
-
-    def receive(self) -> Notification | None:
-        """The next notification; None if it vanished (its thread was interrupted or
-        killed between the wake-up and now)."""
-        buf = self._buf
-        buf[:] = _ZEROS  # the kernel insists on a zeroed struct
-        try:
-            fcntl.ioctl(self.fd, NOTIF_RECV, buf, True)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EINTR):
                 return None
             raise
         nid, pid, _flags, nr, arch, _ip, a0, a1, a2, a3, a4, a5 = _NOTIF.unpack(buf)

@@ -171,13 +171,13 @@ async def relay_to(conn: IncomingConnection, port: int) -> None:
         await conn.close()
 
 
-async def relay_all(sub: Subscription, port: int, count: list[int]) -> None:
-    """Every delivered connection of `sub` to the local program; counts them."""
+async def relay_all(sub: Subscription, port: int, filtered: list[bool]) -> None:
+    """Every delivered connection of `sub` to the local program at `port`; notes each
+    one's http_filtered (read request by request, or delivered whole)."""
     tasks: set[asyncio.Task[None]] = set()
     try:
         async for conn in sub:
-            assert conn.http_filtered
-            count.append(1)
+            filtered.append(conn.http_filtered)
             tasks.add(asyncio.ensure_future(relay_to(conn, port)))
     finally:
         for t in tasks:

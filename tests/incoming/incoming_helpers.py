@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 
-from mirrord.client.incoming import IncomingConnection
+from mirrord.client.incoming import IncomingConnection, Subscription
 from mirrord.testpod import Pod
 
 TOKEN = "incoming-test-token-0123456789"
@@ -92,19 +93,36 @@ LOCAL_BODY = b"local"
 LOCAL_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + LOCAL_BODY
 
 
-async def answer_requests(conn: IncomingConnection, seen: list[bytes]) -> None:
-    """The "local program": answer every request on the connection with "local"."""
+async def answer_requests(
+    conn: IncomingConnection, seen: list[bytes], body: bytes = LOCAL_BODY
+) -> None:
+    """The "local program": answer every request on the connection with `body`; each
+    request's head goes to `seen`. A connection its session lost just ends."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     buffer = b""
-    while True:
-        while b"\r\n\r\n" not in buffer:
-            data = await conn.reader.read(65536)
-            if not data:
-                await conn.close()
-                return
-            buffer += data
-        head, _, buffer = buffer.partition(b"\r\n\r\n")
-        seen.append(head + b"\r\n\r\n")
-        await conn.write(LOCAL_ANSWER)
+    with contextlib.suppress(ConnectionError):
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                data = await conn.reader.read(65536)
+                if not data:
+                    await conn.close()
+                    return
+                buffer += data
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            seen.append(head + b"\r\n\r\n")
+            await conn.write(answer)
+
+
+async def answer_all(sub: Subscription, seen: list[bytes], body: bytes = LOCAL_BODY) -> None:
+    """answer_requests() on every connection the subscription delivers."""
+    tasks = []
+    try:
+        async for conn in sub:
+            tasks.append(asyncio.ensure_future(answer_requests(conn, seen, body)))
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def mirrord_rules(pod: Pod) -> list[str]:

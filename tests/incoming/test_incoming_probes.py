@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from mirrord.client import AgentClient
-from mirrord.client.incoming import IncomingClient, Subscription
+from mirrord.client.incoming import IncomingClient
 from mirrord.client.probes import ProbeSpec
 from mirrord.testpod import Network, Pod
-from tests.incoming.h2_helpers import GRPC_SERVER, grpc_client, local_server, relay_to
+from tests.incoming.h2_helpers import GRPC_SERVER, grpc_client, local_server, relay_all
 from tests.incoming.incoming_helpers import (
-    answer_requests,
+    answer_all,
     mirrord_rules,
     request,
     send_requests_async,
@@ -32,27 +32,6 @@ def bodies(answers: list[str]) -> list[str]:
 
 def pod_paths(target: Pod) -> list[str]:
     return [line.split()[2] for line in target.read_log().splitlines() if line.startswith("REQ")]
-
-
-async def relay_each(sub: Subscription, port: int, filtered: list[bool]) -> None:
-    """Every delivered connection to the local program at `port`; notes which were read
-    request by request (the node's) and which came whole."""
-    tasks = []
-    try:
-        async for conn in sub:
-            filtered.append(conn.http_filtered)
-            tasks.append(asyncio.ensure_future(relay_to(conn, port)))
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def answer_all(sub: Subscription, seen: list[bytes]) -> None:
-    tasks = []
-    async for conn in sub:
-        tasks.append(asyncio.ensure_future(answer_requests(conn, seen)))
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_the_nodes_requests_are_stolen_like_any_other(
@@ -153,7 +132,7 @@ async def test_a_grpc_probes_health_checks_from_the_node_stay_with_the_pod(
         calls = [["health", None], ["one", None], ["health", None]]
         with local_server([sys.executable, "-c", GRPC_SERVER, "0", "local"]) as (port, _):
             filtered: list[bool] = []
-            relaying = asyncio.ensure_future(relay_each(sub, port, filtered))
+            relaying = asyncio.ensure_future(relay_all(sub, port, filtered))
             try:
                 from_node = await asyncio.to_thread(
                     grpc_client, None, grpc_target.address, 8080, calls

@@ -17,14 +17,15 @@ from mirrord.client import AgentClient
 from mirrord.client.incoming import (
     HttpFilterSpec,
     IncomingClient,
-    IncomingConnection,
     PortTaken,
     Subscription,
 )
 from mirrord.testpod import Network, Pod
-from tests.incoming.h2_helpers import GRPC_SERVER, grpc_client, local_server, relay_to
+from tests.incoming.h2_helpers import GRPC_SERVER, grpc_client, local_server, relay_all
 from tests.incoming.incoming_helpers import (
     TOKEN,
+    answer_all,
+    answer_requests,
     mirrord_rules,
     request,
     send_requests_async,
@@ -50,34 +51,6 @@ def user(name: str) -> HttpFilterSpec:
     return HttpFilterSpec(header_filter=f"^x-user: {name}$")
 
 
-async def answer_as(conn: IncomingConnection, body: bytes, seen: list[bytes]) -> None:
-    """A local program: answer every request on the connection with `body`."""
-    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    buffer = b""
-    with contextlib.suppress(ConnectionError):
-        while True:
-            while b"\r\n\r\n" not in buffer:
-                data = await conn.reader.read(65536)
-                if not data:
-                    await conn.close()
-                    return
-                buffer += data
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            seen.append(head.split(b"\r\n")[0])
-            await conn.write(answer)
-
-
-async def serve(sub: Subscription, body: bytes, seen: list[bytes]) -> None:
-    tasks = []
-    try:
-        async for conn in sub:
-            tasks.append(asyncio.ensure_future(answer_as(conn, body, seen)))
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def bodies(answers: list[str]) -> list[str]:
     return [a.rpartition("\r\n\r\n")[2] for a in answers]
 
@@ -95,16 +68,16 @@ async def test_two_sessions_split_one_keep_alive_connection(
         seen_a: list[bytes] = []
         seen_b: list[bytes] = []
         serving = [
-            asyncio.ensure_future(serve(sub_a, b"A", seen_a)),
-            asyncio.ensure_future(serve(sub_b, b"B", seen_b)),
+            asyncio.ensure_future(answer_all(sub_a, seen_a, b"A")),
+            asyncio.ensure_future(answer_all(sub_b, seen_b, b"B")),
         ]
         users = ["a", "b", None, "b", "a", None]
         reqs = [request(f"/{i}", {"X-User": u} if u else {}) for i, u in enumerate(users)]
         answers = await send_requests_async(client_pod, target.address, 8080, reqs)
         assert bodies(answers) == ["A", "B", "pod", "B", "A", "pod"]
         assert pod_paths(target) == ["/2", "/5"]
-        assert seen_a == [b"GET /0 HTTP/1.1", b"GET /4 HTTP/1.1"]
-        assert seen_b == [b"GET /1 HTTP/1.1", b"GET /3 HTTP/1.1"]
+        assert [h.split(b"\r\n")[0] for h in seen_a] == [b"GET /0 HTTP/1.1", b"GET /4 HTTP/1.1"]
+        assert [h.split(b"\r\n")[0] for h in seen_b] == [b"GET /1 HTTP/1.1", b"GET /3 HTTP/1.1"]
         # One redirect (PREROUTING and the pod's loopback), not one per session.
         assert sum("mirrord:steal:8080" in r for r in mirrord_rules(target)) == 2
         for t in serving:
@@ -123,7 +96,8 @@ async def test_five_sessions_on_concurrent_keep_alive_connections(
         ]
         seen: list[list[bytes]] = [[] for _ in subs]
         serving = [
-            asyncio.ensure_future(serve(s, f"S{i}".encode(), seen[i])) for i, s in enumerate(subs)
+            asyncio.ensure_future(answer_all(s, seen[i], f"S{i}".encode()))
+            for i, s in enumerate(subs)
         ]
         conns = []
         for c in range(3):
@@ -156,7 +130,7 @@ async def test_a_session_that_dies_frees_only_its_share(
         sub_a = await IncomingClient(a).subscribe(8080, "steal", user("a"))
         sub_b = await IncomingClient(b).subscribe(8080, "steal", user("b"))
         seen_a: list[bytes] = []
-        serving_a = asyncio.ensure_future(serve(sub_a, b"A", seen_a))
+        serving_a = asyncio.ensure_future(answer_all(sub_a, seen_a, b"A"))
         answered = asyncio.Event()
 
         async def slow_b() -> None:
@@ -165,7 +139,7 @@ async def test_a_session_that_dies_frees_only_its_share(
             assert head.startswith(b"GET /slow")
             await answered.wait()  # A dies meanwhile
             await conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nB-slow")
-            await asyncio.gather(answer_as(conn, b"B", []), serve(sub_b, b"B", []))
+            await asyncio.gather(answer_requests(conn, [], b"B"), answer_all(sub_b, [], b"B"))
 
         serving_b = asyncio.ensure_future(slow_b())
         assert bodies(
@@ -235,7 +209,7 @@ async def test_mirrors_and_a_filtered_steal_share_a_port(
 
         tasks = [asyncio.ensure_future(copy(m, c)) for m, c in zip(mirrors, copies, strict=True)]
         seen: list[bytes] = []
-        tasks.append(asyncio.ensure_future(serve(steal, b"mine", seen)))
+        tasks.append(asyncio.ensure_future(answer_all(steal, seen, b"mine")))
         reqs = [request("/x", {"X-User": "me"}), request("/y")]
         answers = await send_requests_async(client_pod, target.address, 8080, reqs)
         assert bodies(answers) == ["mine", "pod"]
@@ -274,20 +248,10 @@ async def test_http2_streams_of_one_connection_go_to_their_sessions(
                 local_server([sys.executable, "-c", GRPC_SERVER, "0", "A"]) as (port_a, _),
                 local_server([sys.executable, "-c", GRPC_SERVER, "0", "B"]) as (port_b, _),
             ):
-
-                async def relay(sub: Subscription, port: int) -> None:
-                    tasks = []
-                    try:
-                        async for conn in sub:
-                            tasks.append(asyncio.ensure_future(relay_to(conn, port)))
-                    finally:
-                        for t in tasks:
-                            t.cancel()
-                        await asyncio.gather(*tasks, return_exceptions=True)
-
+                filtered: list[bool] = []
                 relaying = [
-                    asyncio.ensure_future(relay(sub_a, port_a)),
-                    asyncio.ensure_future(relay(sub_b, port_b)),
+                    asyncio.ensure_future(relay_all(sub_a, port_a, filtered)),
+                    asyncio.ensure_future(relay_all(sub_b, port_b, filtered)),
                 ]
                 calls = [["1", "a"], ["2", "b"], ["3", None], ["4", "a"], ["5", "b"]]
                 try:
@@ -298,6 +262,7 @@ async def test_http2_streams_of_one_connection_go_to_their_sessions(
                     for t in relaying:
                         t.cancel()
                     await asyncio.gather(*relaying, return_exceptions=True)
+            assert filtered == [True, True]  # one connection each, read stream by stream
             assert [(r["answer"], r["side"]) for r in results] == [
                 ("A:1:a", "A"),
                 ("B:2:b", "B"),

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
@@ -50,6 +51,13 @@ FIRST_BYTES_TURNS = 3
 # How long a finished connection's stream waits for the client's eof before it ends
 # instead of being reused.
 REUSE_WAIT = 2.0
+
+
+async def _abort_on_iptables(e: BaseException, context: Context) -> None:
+    """An iptables failure is the client's FAILED_PRECONDITION (anything else: the caller
+    re-raises)."""
+    if isinstance(e, iptables.IptablesError):
+        await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -121,11 +129,6 @@ def _filter_of(request: incoming_pb2.IncomingSubscribeRequest) -> HttpFilter | N
         any_of=conditions(f.any_of) if kind == "any_of" else None,
         ports=f.ports,
     )
-
-
-def _member_rules(rules: PortRules, mode: str) -> PortRules:
-    """A share member's view of the share's rules: its own mode (its claim is the share's)."""
-    return dataclasses.replace(rules, mode=mode)
 
 
 def _direct_target(request: incoming_pb2.IncomingSubscribeRequest) -> DirectTarget | None:
@@ -303,46 +306,26 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             # Before 1.3 clients left the node's traffic to the pod; now only the probes'.
             keep_node = not request.include_node_traffic or (mode == "steal" and probes.tcp)
             skip = node if keep_node else ()
-            share = self._shares.get(key)
-            if shareable and share is None:
-                share_listener = await session.worker.run(make_listener)
-                share_rules = PortRules(
-                    port,
-                    share_listener.getsockname()[1],
-                    mode,
-                    skip,
-                    not request.ignore_localhost,
+            share: PortShare | None = None
+            listener: socket.socket | None = None
+            if shareable:
+                share = self._shares.get(key) or await self._open_share(
+                    state,
+                    key,
+                    PortRules(port, 0, mode, skip, not request.ignore_localhost),
+                    context,
                 )
-                share = PortShare(
-                    key, share_listener, share_rules, self._share_remover(state.tables)
+                rules = dataclasses.replace(
+                    share.rules, mode=mode
+                )  # its own mode, the share's port
+            else:
+                listener = await session.worker.run(make_listener)
+                rules = PortRules(
+                    port, listener.getsockname()[1], mode, skip, not request.ignore_localhost
                 )
-                try:
-                    await share.start()
-                    await state.tables.restore(
-                        create_chains_script(share.chains, iptables.this_agent())
-                        + add_port_script(share_rules, share.chains)
-                    )
-                except BaseException as e:
-                    await share.close()
-                    if isinstance(e, iptables.IptablesError):
-                        await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
-                    raise
-                self._shares[key] = share
-            listener = None if shareable else await session.worker.run(make_listener)
-            rules = (
-                share.rules
-                if share is not None and shareable
-                else PortRules(
-                    port,
-                    listener.getsockname()[1] if listener is not None else 0,
-                    mode,
-                    skip,
-                    not request.ignore_localhost,
-                )
-            )
             sub = Subscription(
                 session.worker,
-                rules if share is None or not shareable else _member_rules(rules, mode),
+                rules,
                 listener,
                 http_filter,
                 state.deliveries,
@@ -351,19 +334,17 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 probes,
                 frozenset(node),
                 session.id,
-                share if shareable else None,
+                share,
             )
             try:
                 await sub.start()
-                if not shareable:
+                if share is None:
                     await state.tables.restore(add_port_script(rules, state.chains))
             except BaseException as e:
                 await sub.close()
-                if isinstance(e, iptables.IptablesError):
-                    await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                await _abort_on_iptables(e, context)
                 raise
-            if shareable:
-                assert share is not None
+            if share is not None:
                 share.join(sub)
             else:
                 self._exclusive[key] = sub
@@ -374,11 +355,31 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             mode,
             port,
             rules.listener_port,
-            f"shared, {len(share.members)} members" if share and shareable else "alone",
+            f"shared, {len(share.members)} members" if share is not None else "alone",
             ", ".join(skip) or "none",
             probes.describe() or "none",
         )
         return sub
+
+    async def _open_share(
+        self, state: SessionIncoming, key: tuple[int, int], wanted: PortRules, context: Context
+    ) -> PortShare:
+        """A share of the port, its listener and its redirect (chains owned by the agent)."""
+        listener = await state.session.worker.run(make_listener)
+        rules = dataclasses.replace(wanted, listener_port=listener.getsockname()[1])
+        share = PortShare(key, listener, rules, self._share_remover(state.tables))
+        try:
+            await share.start()
+            await state.tables.restore(
+                create_chains_script(share.chains, iptables.this_agent())
+                + add_port_script(rules, share.chains)
+            )
+        except BaseException as e:
+            await share.close()
+            await _abort_on_iptables(e, context)
+            raise
+        self._shares[key] = share
+        return share
 
     async def _refuse_conflicts(
         self,

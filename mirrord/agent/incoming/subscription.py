@@ -115,7 +115,7 @@ class Subscription:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(lambda: _StolenPeer(self), sock=self.listener)
         else:
-            self._server = await asyncio.start_server(self._accepted, sock=self.listener)
+            self._server = await asyncio.start_server(self.accepted, sock=self.listener)
         if self.rules.mode == "mirror" or reads_requests:
             self._top_up()
 
@@ -301,10 +301,7 @@ class Subscription:
         return await self._open_pod(address)
 
     async def accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A connection the share gives this member alone."""
-        await self._accepted(reader, writer)
-
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A redirected connection: from our listener, or one the share gives us alone."""
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
