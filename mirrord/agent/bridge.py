@@ -39,9 +39,14 @@ class Half(asyncio.Protocol):
         self.eof = False  # this side's EOF was passed on
         self._early: list[bytes] = []
         self._early_eof = False
+        # The other side is joined and what came before went to it (flush). Its transport
+        # alone is not enough: an EOF passed on before the early bytes would lose them.
+        self._joined = False
 
     def _out(self) -> asyncio.Transport | None:
-        return self.other.transport if self.other is not None else None
+        if not self._joined or self.other is None:
+            return None
+        return self.other.transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -70,8 +75,9 @@ class Half(asyncio.Protocol):
 
     def flush(self) -> None:
         """The other side is joined now: what came before goes to it."""
-        out = self._out()
+        out = self.other.transport if self.other is not None else None
         assert out is not None
+        self._joined = True
         for data in self._early:
             out.write(data)
         self._early.clear()

@@ -91,3 +91,24 @@ async def test_a_cancelled_wait_resets_both_sides(ends: tuple[socket.socket, ...
     for outer in (left, right):
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(loop.sock_recv(outer, 10), 5)
+
+
+async def test_bytes_and_eof_queued_before_both_sides_are_joined_keep_their_order() -> None:
+    """A server that speaks and closes at once (a banner, an error): its bytes and FIN wait
+    on the pod's socket while the agent joins both sides back to back, as the direct relay
+    does. The EOF used to be passed on as soon as the other side had a transport, before
+    the early bytes were flushed to it: the program saw an empty connection."""
+    for _ in range(20):
+        pod_far, pod = await _pair()
+        program, local = await _pair()
+        await asyncio.get_running_loop().sock_sendall(pod_far, b"220 banner\r\n")
+        pod_far.close()
+        await asyncio.sleep(0.01)  # both queued on `pod` before the bridge exists
+        bridge = Bridge()
+        try:
+            await bridge.attach(bridge.a, pod)
+            await bridge.attach(bridge.b, local)
+            assert await _read_all(program) == b"220 banner\r\n"
+        finally:
+            bridge.close(clean=False)
+            program.close()
