@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mirrord import __version__
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.kube.fake_cluster import FakeCluster
 
@@ -102,7 +103,7 @@ def test_version_skew_is_explained(
     assert r.returncode == 1
     assert (
         "version skew: the agent installed in namespace mirrord is mirrord 9.0.0 (protocol "
-        "9.0), this CLI is mirrord 0.1.0" in r.stderr
+        f"9.0), this CLI is mirrord {__version__}" in r.stderr
     )
     assert "`mirrord agent install`" in r.stderr
     st = mirrord(kubeconfig, "agent", "status")
