@@ -43,7 +43,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 test: apt-test venv lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: apt-test venv
 	for b in overhead files network incoming kube_ls; do $(PY) bench/$$b.py || exit 1; done

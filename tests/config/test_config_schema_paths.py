@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from mirrord.config import ConfigError, config_from_dict
-from tests.shared_data import UPSTREAM
+from tests.shared_data import AVAILABLE, MISSING_REASON, UPSTREAM
 
+if not AVAILABLE:
+    pytest.skip(MISSING_REASON, allow_module_level=True)
 SCHEMA_PATH = UPSTREAM / "mirrord-schema.json"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
 DEFS: dict[str, Any] = SCHEMA["$defs"]

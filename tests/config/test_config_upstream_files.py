@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from mirrord.config import ConfigError, verify_config_file
-from tests.shared_data import UPSTREAM
+from tests.shared_data import AVAILABLE, MISSING_REASON, UPSTREAM
 
+if not AVAILABLE:
+    pytest.skip(MISSING_REASON, allow_module_level=True)
 CONFIGS = UPSTREAM / "configs"
 FILES = sorted(p for p in CONFIGS.iterdir() if p.name != "INDEX.tsv")
 # Templates in these files read TARGET and PWD; give PWD only, as a shell would.
