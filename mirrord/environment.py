@@ -17,10 +17,15 @@ Order of operations (upstream's, so the same config gives the same environment):
 
 from __future__ import annotations
 
+import io
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
+
+from dotenv.parser import Binding, parse_stream
+from dotenv.variables import parse_variables
 
 from mirrord.config.errors import ConfigError
 from mirrord.config.models import EnvConfig
@@ -94,7 +99,7 @@ def merge_env(
     settings = cfg if isinstance(cfg, EnvConfig) else EnvConfig()
     chosen = select_remote(remote, settings.include_list, settings.exclude_list)
     if settings.env_file:
-        chosen.update(load_env_file(settings.env_file, read_file))
+        chosen.update(load_env_file(settings.env_file, read_file, local))
     for name in list(chosen):
         for pattern, value in (settings.mapping or {}).items():
             if re.search(pattern, name):
@@ -128,85 +133,47 @@ def _wildcard(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts), re.DOTALL)
 
 
-def load_env_file(path: str, read_file: Callable[[str], str] = _read_text) -> dict[str, str]:
-    """Variables of a .env file (raises ConfigError naming the file and line)."""
+def load_env_file(
+    path: str,
+    read_file: Callable[[str], str] = _read_text,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Variables of a .env file, `${VAR}` expanded from `environ` (raises ConfigError
+    naming the file and line)."""
     try:
         text = read_file(path)
     except FileNotFoundError:
         raise ConfigError(path, ["feature.env.env_file: file not found"]) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(path, [f"feature.env.env_file: cannot read: {error}"]) from None
-    return parse_dotenv(text, path)
+    return parse_dotenv(text, path, environ)
 
 
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-
-
-def parse_dotenv(text: str, source: str = "<env file>") -> dict[str, str]:
-    """Parse `.env` text: `KEY=value` lines, `export` prefix, quotes, `#` comments.
-
-    Double-quoted values understand `\\n`, `\\t`, `\\"` and `\\\\` and may span lines;
-    single-quoted values are literal; unquoted values end at ` #`. No `${VAR}` expansion.
-    """
+def parse_dotenv(
+    text: str, source: str = "<env file>", environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Parse `.env` text as upstream's dotenv does, with python-dotenv's parser: `KEY=value`
+    lines, `export` prefix, quotes, comments, multi-line double quotes, and `${VAR}` /
+    `${VAR:-default}` expanded from earlier lines of the file, then from `environ` (the
+    user's environment; default: this process's)."""
+    env = os.environ if environ is None else environ
     result: dict[str, str] = {}
     errors: list[str] = []
-    lines = text.splitlines()
-    index = 0
-    while index < len(lines):
-        number = index + 1
-        line = lines[index].strip()
-        index += 1
-        if not line or line.startswith("#"):
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        if binding.error or (binding.key is not None and binding.value is None):
+            text = _first_line(binding)
+            what = "unterminated quote" if '"' in text or "'" in text else "expected KEY=value"
+            errors.append(f"line {line}: {what}: {text!r}")
             continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, rest = line.partition("=")
-        key = key.strip()
-        if not sep or not _KEY.fullmatch(key):
-            errors.append(f"line {number}: expected KEY=value")
-            continue
-        rest = rest.strip()
-        if rest[:1] == '"':
-            body = rest[1:]
-            # A double-quoted value may continue on the following lines.
-            while not _closed(body) and index < len(lines):
-                body += "\n" + lines[index]
-                index += 1
-            if not _closed(body):
-                errors.append(f"line {number}: unterminated double quote")
-                continue
-            end = _closing_quote(body)
-            result[key] = _unescape(body[:end])
-        elif rest[:1] == "'":
-            end = rest.find("'", 1)
-            if end < 0:
-                errors.append(f"line {number}: unterminated single quote")
-                continue
-            result[key] = rest[1:end]
-        else:
-            value = re.split(r"\s+#", rest, maxsplit=1)[0]
-            result[key] = value.strip()
+        if binding.key is None or binding.value is None:
+            continue  # a comment or a blank line
+        scope = {**env, **result}  # the file's own earlier values win, as python-dotenv's
+        result[binding.key] = "".join(a.resolve(scope) for a in parse_variables(binding.value))
     if errors:
         raise ConfigError(source, errors)
     return result
 
 
-def _closing_quote(body: str) -> int:
-    i = 0
-    while i < len(body):
-        if body[i] == "\\":
-            i += 2
-            continue
-        if body[i] == '"':
-            return i
-        i += 1
-    return -1
-
-
-def _closed(body: str) -> bool:
-    return _closing_quote(body) >= 0
-
-
-def _unescape(value: str) -> str:
-    escapes = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
-    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), "\\" + m.group(1)), value)
+def _first_line(binding: Binding) -> str:
+    return binding.original.string.strip().splitlines()[0] if binding.original.string else ""

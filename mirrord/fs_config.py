@@ -40,13 +40,15 @@ def fs_rules(
         "not_found": as_list(cfg.not_found),
     }
     checked = {**lists, "mapping": list(cfg.mapping or {})}
+    errors: list[str] = []
     for name, patterns in checked.items():
         for pattern in patterns:
             try:
                 re.compile(pattern)
             except re.error as e:
-                msg = f"feature.fs.{name}: bad regex {pattern!r}: {e}"
-                raise ConfigError("<config>", [msg]) from None
+                errors.append(f"feature.fs.{name}: bad regex {pattern!r}: {e}")
+    if errors:
+        raise ConfigError("<config>", errors)
     rules = FsRules.build(
         config.feature.fs_mode,
         **lists,

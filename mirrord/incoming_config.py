@@ -6,7 +6,7 @@ defaults to [80, 8080]; `port_mapping` is [[local, remote]]; `listen_ports` is
 
 from __future__ import annotations
 
-import logging
+import re
 
 from mirrord.client.incoming import Condition, HttpFilterSpec
 from mirrord.config import ConfigError, MirrordConfig
@@ -14,23 +14,34 @@ from mirrord.config.models import HttpFilterConfig, IncomingConfig, InnerFilter,
 from mirrord.proxy.incoming import IncomingSettings
 from mirrord.supervisor.net.incoming import IncomingPolicy
 
-log = logging.getLogger("mirrord.incoming")
-
 DEFAULT_FILTER_PORTS = (80, 8080)
+
+
+FILTER_KEY = "feature.network.incoming.http_filter"
+
+
+def _regex(pattern: str, key: str) -> str:
+    """The agent matches header and path filters as case-insensitive Python regexes: a
+    pattern it cannot compile is the config's error, found before the session starts."""
+    try:
+        re.compile(pattern, re.IGNORECASE)
+    except re.error as e:
+        raise ConfigError("<config>", [f"{FILTER_KEY}.{key}: bad regex {pattern!r}: {e}"]) from None
+    return pattern
 
 
 def _conditions(items: list[InnerFilter], where: str) -> list[Condition]:
     out: list[Condition] = []
     for index, item in enumerate(items):
         if item.header is not None:
-            out.append(("header", item.header))
+            out.append(("header", _regex(item.header, f"{where}[{index}].header")))
         elif item.path is not None:
-            out.append(("path", item.path))
+            out.append(("path", _regex(item.path, f"{where}[{index}].path")))
         elif item.method is not None:
             out.append(("method", item.method))
         else:
             # A filter we cannot apply must not silently steal (or leave) the wrong traffic.
-            path = f"feature.network.incoming.http_filter.{where}[{index}]"
+            path = f"{FILTER_KEY}.{where}[{index}]"
             raise ConfigError(
                 "<config>", [f"{path}: query and body conditions are not supported yet"]
             )
@@ -43,9 +54,9 @@ def http_filter_spec(f: HttpFilterConfig) -> HttpFilterSpec | None:
     if f.ports is not None:
         ports = (f.ports,) if isinstance(f.ports, int) else tuple(f.ports)
     if f.header_filter is not None:
-        return HttpFilterSpec(header_filter=f.header_filter, ports=ports)
+        return HttpFilterSpec(header_filter=_regex(f.header_filter, "header_filter"), ports=ports)
     if f.path_filter is not None:
-        return HttpFilterSpec(path_filter=f.path_filter, ports=ports)
+        return HttpFilterSpec(path_filter=_regex(f.path_filter, "path_filter"), ports=ports)
     if f.method_filter is not None:
         return HttpFilterSpec(method_filter=f.method_filter, ports=ports)
     if f.all_of is not None:
@@ -68,8 +79,6 @@ def incoming_config(
     flt = None
     if isinstance(inc.http_filter, HttpFilterConfig):
         flt = http_filter_spec(inc.http_filter)
-        if flt is not None and mode != "steal":
-            log.warning("http_filter applies to steal mode only; mirroring whole connections")
     policy = IncomingPolicy(
         ports=frozenset(inc.ports) if inc.ports is not None else None,
         ignore_ports=frozenset(inc.ignore_ports or ()),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from mirrord.config import MirrordConfig
+import re
+
+from mirrord.config import ConfigError, MirrordConfig
 from mirrord.config.models import DnsConfig, NetworkConfig, OutgoingConfig
-from mirrord.supervisor.net.filters import OutgoingRules
+from mirrord.supervisor.net.filters import FilterSyntaxError, OutgoingRules, parse_entry
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
@@ -42,6 +44,16 @@ def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
             mode, entries = "remote", _as_list(out.filter.remote)
         else:
             mode, entries = "local", _as_list(out.filter.local)
+    unix_streams = _as_list(out.unix_streams) if enabled else []
+    errors = _entry_errors("feature.network.outgoing.filter", mode, entries)
+    errors += _entry_errors("feature.network.dns.filter", dns_mode, dns_entries)
+    for index, pattern in enumerate(unix_streams):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            errors.append(f"feature.network.outgoing.unix_streams[{index}]: bad regex: {e}")
+    if errors:
+        raise ConfigError("<config>", errors)
     return OutgoingRules.build(
         tcp=tcp,
         udp=udp,
@@ -49,7 +61,17 @@ def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
         filter_mode=mode,
         filter_entries=entries,
         dns_enabled=dns_enabled,
-        unix_streams=_as_list(out.unix_streams) if enabled else [],
+        unix_streams=unix_streams,
         dns_filter_mode=dns_mode if dns_enabled else None,
         dns_filter_entries=dns_entries,
     )
+
+
+def _entry_errors(key: str, mode: str | None, entries: list[str]) -> list[str]:
+    errors: list[str] = []
+    for index, entry in enumerate(entries):
+        try:
+            parse_entry(entry)
+        except FilterSyntaxError as e:
+            errors.append(f"{key}.{mode}[{index}]: {e}")
+    return errors

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,22 @@ def _say(msg: str) -> None:
     print(f"mirrord: {msg}", file=sys.stderr, flush=True)
 
 
+def check_agent_address(address: str) -> str | None:
+    """What is wrong with an agent address (HOST:PORT, [V6]:PORT), or None: checked before
+    the connection attempts, which retry for the whole start-up timeout."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        return "expected HOST:PORT"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"bad port {port!r}: expected 1-65535"
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve {host!r}: {getattr(exc, 'strerror', None) or exc}"
+    return None
+
+
 def needs_root_message(argv: Sequence[str]) -> str:
     exe = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else "mirrord"
     cmd = shlex.join(["sudo", "-E", exe, *sys.argv[1:]]) if sys.argv[1:] else None
@@ -83,7 +100,7 @@ async def run_exec(
         target = parse_target(config.target.path_string)
     except TargetError as exc:
         raise ExecError(str(exc), 2) from None
-    in_cluster = agent is None and uses_cluster(config, target)
+    in_cluster = agent is None and uses_cluster(config, target, local_env)
     if agent is None and not in_cluster and os.geteuid() != 0:
         raise ExecError(needs_root_message(argv))
 

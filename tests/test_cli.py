@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.shared_data import UPSTREAM
+from tests.shared_data import UPSTREAM, needs_upstream
 
 MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 
@@ -16,6 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([MIRRORD, *args], capture_output=True, text=True, timeout=30)
 
 
+@needs_upstream
 def test_verify_config_ok_for_a_real_upstream_file() -> None:
     path = (
         UPSTREAM / "configs" / "metalbear-co__mirrord-python-debug-example__.mirrord__mirrord.json"
@@ -39,7 +40,9 @@ def test_verify_config_json_output(tmp_path: Path) -> None:
     good = tmp_path / "ok.yaml"
     good.write_text("target: pid/1\nfeature:\n  env: true\n")
     r = run("verify-config", "--json", str(good))
-    assert json.loads(r.stdout) == {"type": "Success", "warnings": []}
+    out = json.loads(r.stdout)
+    assert out["type"] == "Success" and out["warnings"] == []
+    assert out["config"] == {"path": {"pid": 1}, "namespace": None}
     bad = tmp_path / "bad.json"
     bad.write_text('{"nope": 1}')
     r = run("verify-config", "--json", str(bad))

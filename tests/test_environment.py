@@ -107,9 +107,40 @@ def test_missing_or_bad_env_file() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_dotenv('GOOD=1\nthis is not a pair\nX="open\n', "f.env")
     assert caught.value.errors == [
-        "line 2: expected KEY=value",
-        "line 3: unterminated double quote",
+        "line 2: expected KEY=value: 'this is not a pair'",
+        "line 3: unterminated quote: 'X=\"open'",
     ]
+
+
+def test_dotenv_expands_variables_as_python_dotenv_does() -> None:
+    text = (
+        "A=1\n"
+        "B=${A}-x\n"  # an earlier line of the file
+        "C=${HOME_DIR}/bin\n"  # the user's environment
+        'D="${MISSING:-fallback} ${A}"\n'  # a default; double quotes expand too
+        "E=$A\n"  # python-dotenv expands only the braced form
+        "A=2\n"
+        "F=${A}\n"  # the latest value
+        "export G=${C}\n"
+    )
+    got = parse_dotenv(text, "f.env", {"HOME_DIR": "/home/u", "A": "local"})
+    assert got == {
+        "A": "2",
+        "B": "1-x",
+        "C": "/home/u/bin",
+        "D": "fallback 1",
+        "E": "$A",
+        "F": "2",
+        "G": "/home/u/bin",
+    }
+
+
+def test_env_file_expands_from_the_local_environment() -> None:
+    def read(path: str) -> str:
+        return "URL=http://${HOST_ONLY}:8080\n"
+
+    merged = merge_env({"HOST_ONLY": "10.0.0.9"}, {}, env(env_file="x.env"), read_file=read)
+    assert merged["URL"] == "http://10.0.0.9:8080"
 
 
 def test_dotenv_multiline_double_quotes() -> None:

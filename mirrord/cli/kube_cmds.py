@@ -193,32 +193,90 @@ def status(
     raise typer.Exit(0 if st.installed else 1)
 
 
+RICH_OUTPUT_ENV = "MIRRORD_LS_RICH_OUTPUT"  # upstream's: an object with more than the paths
+TARGET_TYPES_ENV = "MIRRORD_LS_TARGET_TYPES"  # upstream's: a JSON list of target types
+
+
 def ls(
     namespace: Annotated[
         str | None, typer.Option("--namespace", "-n", help="Namespace (default: context's).")
     ] = None,
-    output: OutputOpt = "text",
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", help="json (upstream's: what IDE plugins read), yaml, or text."
+        ),
+    ] = "json",
+    target_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target-type",
+            "-t",
+            help="Only this type (pod, deployment, rollout, statefulset, cronjob, job, "
+            "service); repeatable.",
+        ),
+    ] = None,
     config_file: ConfigOpt = None,
     context: ContextOpt = None,
     kubeconfig: KubeconfigOpt = None,
 ) -> None:
-    """List the targets in a namespace (pods and their containers, deployments, ...)."""
-    from mirrord.kube.listing import list_targets
+    """List the targets in a namespace: a JSON list of target paths, as upstream prints it
+    (with MIRRORD_LS_RICH_OUTPUT=true: an object with the namespaces too)."""
+    import os
 
-    _check_output(output, ("text", "json"))
+    from mirrord.kube.listing import TARGET_TYPES, list_targets
+
+    _check_output(output, ("json", "yaml", "text"))
+    kinds = _target_types(target_type, os.environ.get(TARGET_TYPES_ENV), TARGET_TYPES)
+    rich = os.environ.get(RICH_OUTPUT_ENV, "").strip().lower() in ("1", "true", "yes")
     config = _config(config_file, context, kubeconfig)
 
     async def work(api: Any) -> Any:
         ns = namespace or config.target.namespace or api.namespace
-        return await list_targets(api, ns)
+        return await list_targets(api, ns, kinds, namespaces=rich)
 
     listing = _with_api(config, work)
     for note in listing.notes:
         err(f"note: {note}")
+    data: Any = listing.targets
+    if rich:
+        data = {
+            "targets": [{"path": t, "available": True} for t in listing.targets],
+            "current_namespace": listing.namespace,
+            "namespaces": listing.namespaces,
+        }
     if output == "json":
-        print(json.dumps({"namespace": listing.namespace, "targets": listing.targets}))
+        print(json.dumps(data))
+    elif output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
     else:
         sys.stdout.write("".join(f"{t}\n" for t in listing.targets))
+
+
+def _target_types(
+    flags: list[str] | None, env_value: str | None, known: tuple[str, ...]
+) -> frozenset[str] | None:
+    """The types asked for (-t, else MIRRORD_LS_TARGET_TYPES); None: all of them."""
+    asked: list[str] = list(flags or [])
+    if not asked and env_value:
+        try:
+            parsed = json.loads(env_value)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, list) or not all(isinstance(t, str) for t in parsed):
+            err(f"{TARGET_TYPES_ENV}: expected a JSON list of target types, got {env_value!r}")
+            raise typer.Exit(2)
+        asked = parsed
+    if not asked:
+        return None
+    # targetless is a type upstream too; there is nothing of it to list.
+    unknown = [t for t in asked if t.lower() not in (*known, "targetless")]
+    if unknown:
+        err(f"unknown target type {unknown[0]!r}; expected one of {', '.join(known)}")
+        raise typer.Exit(2)
+    return frozenset(t.lower() for t in asked)
 
 
 def register(app: typer.Typer) -> None:

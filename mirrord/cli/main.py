@@ -10,11 +10,14 @@ import asyncio
 import json
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
 from mirrord import __version__
+from mirrord.cli.argv import COMMANDS as OPTIONAL_VALUE_COMMANDS
+from mirrord.cli.argv import normalize, parse_bool
 from mirrord.cli.common import ORIGINAL_ENV, err, load_config
 from mirrord.cli.kube_cmds import register as register_kube_commands
 from mirrord.cli.portforward_cmd import register as register_port_forward
@@ -22,8 +25,9 @@ from mirrord.cli.portforward_cmd import register as register_port_forward
 app = typer.Typer(
     name="mirrord",
     help="Run a local program in the context of a remote target: its environment, "
-    "hostname (and later files, network and incoming traffic).",
+    "hostname, files, outgoing network and DNS, and incoming traffic.",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -44,27 +48,81 @@ def _root(
     pass
 
 
+# Upstream flags that mean nothing here: accepted, and said so once each.
+NO_EFFECT_FLAGS: dict[str, str] = {
+    "--agent-ttl": "the agent is a DaemonSet (or a local process) that outlives sessions",
+    "--ephemeral-container": "the agent runs as a DaemonSet, not in an ephemeral container",
+    "--skip-processes": "every process of the program runs under the supervisor",
+    "--no-telemetry": "no telemetry is ever sent",
+    "--disable-version-check": "there is no version check to disable",
+    "--key": "sessions are not managed by an operator",
+}
+
+# No square brackets: typer renders help as rich markup.
+TARGET_HELP = (
+    "pod/NAME, pod/NAME/container/C, deployment/NAME, statefulset/…, rollout/…, job/…, "
+    "cronjob/…, service/…, replicaset/…, pid/N (a local process), or targetless. Without "
+    "a target: targetless in the cluster of the current kube context (outgoing traffic and "
+    "DNS leave from the cluster), or on this machine when there is no kubeconfig."
+)
+
+
+def warn_no_effect(flags: dict[str, object]) -> None:
+    for flag, value in flags.items():
+        if value not in (None, False):
+            err(f"warning: {flag} has no effect here ({NO_EFFECT_FLAGS[flag]}); ignored")
+
+
+def cert_flag(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    parsed = parse_bool(value)
+    if parsed is None:
+        err(f"--accept-invalid-certificates: expected true or false, got {value!r}")
+        raise typer.Exit(2)
+    return parsed
+
+
 @app.command(
     "exec",
-    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+    context_settings={"allow_interspersed_args": False},
 )
 def exec_(
-    command: Annotated[list[str], typer.Argument(help="The program and its arguments.")],
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", help="pid/N, targetless, or pod/NAME…")
+    command: Annotated[
+        list[str] | None, typer.Argument(help="The program and its arguments.")
     ] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help=TARGET_HELP)] = None,
     config_file: Annotated[
         str | None,
-        typer.Option("--config-file", "-f", help="mirrord.json / .yaml / .toml"),
+        typer.Option(
+            "--config-file",
+            "-f",
+            help="mirrord.json / .yaml / .toml (alone: ./.mirrord/mirrord.json).",
+        ),
     ] = None,
     namespace: Annotated[
         str | None, typer.Option("--target-namespace", "-n", help="Target's namespace.")
     ] = None,
-    env_include: Annotated[
-        str | None,
-        typer.Option(
-            "--override-env-vars-include", "-s", help="Remote env vars to include (a;b*)."
-        ),
+    agent_namespace: Annotated[
+        str | None, typer.Option("--agent-namespace", "-a", help="Namespace of the agent.")
+    ] = None,
+    agent_log_level: Annotated[
+        str | None, typer.Option("--agent-log-level", "-l", help="The agent's log level.")
+    ] = None,
+    agent_image: Annotated[
+        str | None, typer.Option("--agent-image", "-i", help="The agent's container image.")
+    ] = None,
+    agent_ttl: Annotated[
+        int | None, typer.Option("--agent-ttl", help="Accepted; no effect here.")
+    ] = None,
+    agent_startup_timeout: Annotated[
+        int | None, typer.Option("--agent-startup-timeout", help="Seconds to wait for the agent.")
+    ] = None,
+    ephemeral_container: Annotated[
+        bool, typer.Option("--ephemeral-container", "-e", help="Accepted; no effect here.")
+    ] = False,
+    fs_mode: Annotated[
+        str | None, typer.Option("--fs-mode", help="local, localwithoverrides, read, write")
     ] = None,
     env_exclude: Annotated[
         str | None,
@@ -72,8 +130,25 @@ def exec_(
             "--override-env-vars-exclude", "-x", help="Remote env vars to exclude (a;b*)."
         ),
     ] = None,
-    fs_mode: Annotated[
-        str | None, typer.Option("--fs-mode", help="local, localwithoverrides, read, write")
+    env_include: Annotated[
+        str | None,
+        typer.Option(
+            "--override-env-vars-include", "-s", help="Remote env vars to include (a;b*)."
+        ),
+    ] = None,
+    no_remote_dns: Annotated[
+        bool, typer.Option("--no-remote-dns", help="Resolve names locally.")
+    ] = False,
+    skip_processes: Annotated[
+        str | None, typer.Option("--skip-processes", help="Accepted; no effect here.")
+    ] = None,
+    accept_invalid_certificates: Annotated[
+        str | None,
+        typer.Option(
+            "--accept-invalid-certificates",
+            "-c",
+            help="Do not verify the API server's certificate (-c, or -c=false).",
+        ),
     ] = None,
     steal: Annotated[bool, typer.Option("--steal", help="Steal incoming traffic.")] = False,
     steal_probes: Annotated[
@@ -87,23 +162,27 @@ def exec_(
     no_outgoing: Annotated[
         bool, typer.Option("--no-outgoing", help="Keep outgoing traffic local.")
     ] = False,
-    no_udp_outgoing: Annotated[
-        bool, typer.Option("--no-udp-outgoing", help="Keep outgoing UDP local.")
-    ] = False,
-    env_file: Annotated[
-        str | None, typer.Option("--env-file", help="A .env file applied to the env.")
-    ] = None,
     no_tcp_outgoing: Annotated[
         bool, typer.Option("--no-tcp-outgoing", help="Keep outgoing TCP local.")
     ] = False,
-    no_remote_dns: Annotated[
-        bool, typer.Option("--no-remote-dns", help="Resolve names locally.")
+    no_udp_outgoing: Annotated[
+        bool, typer.Option("--no-udp-outgoing", help="Keep outgoing UDP local.")
     ] = False,
-    agent_startup_timeout: Annotated[
-        int | None, typer.Option("--agent-startup-timeout", help="Seconds to wait for the agent.")
-    ] = None,
+    no_telemetry: Annotated[
+        bool, typer.Option("--no-telemetry", help="Accepted; no telemetry is ever sent.")
+    ] = False,
+    disable_version_check: Annotated[
+        bool, typer.Option("--disable-version-check", help="Accepted; no effect here.")
+    ] = False,
     context: Annotated[str | None, typer.Option("--context", help="Kube context.")] = None,
     kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="Kubeconfig.")] = None,
+    env_file: Annotated[
+        str | None,
+        typer.Option("--env-file", help="A .env file applied on top of the target's env."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", "-k", help="Accepted; no effect here.")
+    ] = None,
     agent_address: Annotated[
         str | None,
         typer.Option(
@@ -116,9 +195,19 @@ def exec_(
         str | None, typer.Option("--agent-token-file", help="File holding the agent token.")
     ] = None,
 ) -> None:
-    """Run COMMAND with the target's environment (use -- before COMMAND)."""
+    """Run COMMAND in the context of the target (options first, then the program)."""
     from mirrord.config import ExecOverrides
 
+    warn_no_effect(
+        {
+            "--agent-ttl": agent_ttl,
+            "--ephemeral-container": ephemeral_container,
+            "--skip-processes": skip_processes,
+            "--no-telemetry": no_telemetry,
+            "--disable-version-check": disable_version_check,
+            "--key": key,
+        }
+    )
     overrides = ExecOverrides(
         target=target,
         namespace=namespace,
@@ -131,13 +220,17 @@ def exec_(
         env_file=env_file,
         no_tcp_outgoing=no_tcp_outgoing,
         no_remote_dns=no_remote_dns,
+        agent_namespace=agent_namespace,
+        agent_image=agent_image,
+        agent_log_level=agent_log_level,
         agent_startup_timeout=agent_startup_timeout,
+        accept_invalid_certificates=cert_flag(accept_invalid_certificates),
         kube_context=context,
         kubeconfig=kubeconfig,
     )
     config = load_config(config_file, overrides)
     if not command:
-        err("no program given: mirrord exec [OPTIONS] -- PROGRAM [ARGS…]")
+        err("no program given: mirrord exec [OPTIONS] [--] PROGRAM [ARGS…]")
         raise typer.Exit(2)
     endpoint = None
     if agent_address is not None:
@@ -147,7 +240,12 @@ def exec_(
 
 
 def _agent_endpoint(address: str, token_file: str | None) -> object:
-    from mirrord.run import AgentEndpoint
+    from mirrord.run import AgentEndpoint, check_agent_address
+
+    problem = check_agent_address(address)
+    if problem is not None:
+        err(f"--agent-address {address}: {problem}")
+        raise typer.Exit(2)
 
     if token_file is not None:
         try:
@@ -192,28 +290,75 @@ def _run(command: list[str], config: object, endpoint: object, steal_probes: boo
     return exit_like(status.code, status.signal)
 
 
+# What `verify-config --ide` lists as usable with a config (upstream's TargetType names).
+TARGET_TYPES = (
+    "targetless", "pod", "deployment", "rollout", "job", "cronjob", "statefulset", "service",
+    "replicaset",
+)  # fmt: skip
+
+
 @app.command("verify-config")
 def verify_config(
     path: Annotated[str, typer.Argument(help="mirrord.json / .yaml / .toml")],
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+    ide: Annotated[
+        bool,
+        typer.Option("--ide", help="Upstream's JSON for IDE plugins (always exit code 0)."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The same JSON; exit code 1 when it fails.")
+    ] = False,
+    resolved: Annotated[
+        bool, typer.Option("--resolved", help="Add the resolved config, defaults included.")
+    ] = False,
 ) -> None:
-    """Check a config file: OK, or every error with its key path."""
-    from mirrord.config import ConfigError, verify_config_file
+    """Check a config file exactly as `exec` would: OK, or every error with its key path."""
+    from mirrord.cli.common import resolve_checked
+    from mirrord.config import ConfigError, ExecOverrides
 
     try:
-        _config, warnings = verify_config_file(path)
+        result = resolve_checked(path, ExecOverrides())
     except ConfigError as exc:
-        if as_json:
-            print(json.dumps({"type": "Fail", "errors": exc.errors, "source": exc.source}))
-        else:
-            err(str(exc))
+        if ide or as_json:
+            errors = [str(exc)] if ide else exc.errors
+            print(json.dumps({"type": "Fail", "errors": errors, "source": exc.source}, indent=2))
+            raise typer.Exit(0 if ide else 1) from None
+        err(str(exc))
         raise typer.Exit(1) from None
-    if as_json:
-        print(json.dumps({"type": "Success", "warnings": warnings}))
+    if ide or as_json:
+        config = result.config
+        out: dict[str, object] = {
+            "type": "Success",
+            "config": {"path": _target_json(config), "namespace": config.target.namespace},
+            "warnings": result.warnings,
+            "compatible_target_types": list(TARGET_TYPES),
+        }
+        if resolved:
+            out["resolved_config"] = config.model_dump(mode="json", by_alias=True)
+        print(json.dumps(out, indent=2))
         return
-    for w in warnings:
+    for w in result.warnings:
         err(f"warning: {w}")
+    if resolved:
+        dumped = result.config.model_dump(mode="json", by_alias=True)
+        print(json.dumps(dumped, indent=2))
     print(f"{path}: OK")
+
+
+def _target_json(config: Any) -> object:
+    """The target as upstream's verify-config prints it: "targetless", or an object named
+    by its kind (`{"pod": NAME, "container": C}`)."""
+    from mirrord.target import parse_target
+
+    text = config.target.path_string
+    if text is None:
+        return "targetless" if config.target.path == "targetless" else None
+    if text.startswith("labels/"):
+        labels = dict(p.split("=", 1) for p in text[7:].split("/", 1)[0].split(",") if "=" in p)
+        return {"labels": labels, "container": config.target.container}
+    target = parse_target(text)
+    if target.kind is None:
+        return {"pid": target.pid}
+    return {target.kind: target.name, "container": target.container}
 
 
 @app.command("schema")
@@ -229,9 +374,43 @@ register_kube_commands(app)
 register_port_forward(app)
 
 
+SHELLS = ("bash", "zsh", "fish")
+COMPLETE_VAR = "_MIRRORD_COMPLETE"
+
+
+@app.command("completions")
+def completions(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.")],
+) -> None:
+    """Print the shell completion script (e.g. `source <(mirrord completions bash)`)."""
+    from typer._completion_shared import get_completion_script
+
+    if shell not in SHELLS:
+        err(f"completions: unsupported shell {shell!r}; expected one of {', '.join(SHELLS)}")
+        raise typer.Exit(2)
+    print(get_completion_script(prog_name="mirrord", complete_var=COMPLETE_VAR, shell=shell))
+
+
+def _takes_value(command: str) -> Callable[[str], bool]:
+    """Which options of a subcommand consume the next argument (from click's own table)."""
+    sub = getattr(typer.main.get_command(app), "commands", {}).get(command)
+    valued: set[str] = set()
+    for param in sub.params if sub is not None else []:
+        if param.param_type_name == "option" and not getattr(param, "is_flag", False):
+            valued.update(param.opts)
+    return valued.__contains__
+
+
 def main() -> None:
     # gRPC's fork handlers would complain (and do nothing useful) when the tracer forks
     # the program: the child only execs.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    app()
+    if COMPLETE_VAR in os.environ:  # the shell asks for completions (`mirrord completions`)
+        from typer._completion_classes import completion_init
+
+        completion_init()
+    args = sys.argv[1:]
+    if args and args[0] in OPTIONAL_VALUE_COMMANDS:
+        args = [args[0], *normalize(args[1:], _takes_value(args[0]))]
+    app(args=args, prog_name="mirrord", complete_var=COMPLETE_VAR)

@@ -22,6 +22,7 @@ from .models import (
     EnvConfig,
     FeatureConfig,
     FsConfig,
+    HttpFilterConfig,
     IncomingConfig,
     MirrordConfig,
     NetworkConfig,
@@ -34,6 +35,7 @@ from .validate import validate_config
 
 __all__ = [
     "CONFIG_FILE_ENV",
+    "FLAGS_SOURCE",
     "IMPLEMENTED",
     "AgentConfig",
     "ConfigError",
@@ -79,6 +81,21 @@ def config_from_dict(
 
 def _extra_warnings(config: MirrordConfig) -> list[str]:
     warnings: list[str] = []
+    network = config.feature.network
+    incoming = network.incoming if isinstance(network, NetworkConfig) else None
+    if (
+        isinstance(incoming, IncomingConfig)
+        and isinstance(incoming.http_filter, HttpFilterConfig)
+        and any(
+            getattr(incoming.http_filter, kind) is not None
+            for kind in ("header_filter", "path_filter", "method_filter", "all_of", "any_of")
+        )
+        and config.feature.incoming_mode == "mirror"
+    ):
+        warnings.append(
+            "feature.network.incoming.http_filter: applies to steal mode only; mirror "
+            "mode mirrors whole connections"
+        )
     path = config.target.path
     if path is not None and not isinstance(path, str):
         name = config.target.name

@@ -50,7 +50,8 @@ def load_config_file_with_warnings(
     source = str(path)
     env = os.environ if environ is None else environ
     try:
-        text = _read_bounded(path).decode("utf-8")
+        # utf-8-sig: editors on Windows save a BOM, which is not part of the settings.
+        text = _read_bounded(path).decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(source, ["file not found"]) from None
     except IsADirectoryError:

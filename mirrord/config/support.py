@@ -42,6 +42,7 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "agent.communication_timeout",
         "kube_context",
         "kubeconfig",
+        "accept_invalid_certificates",
         # The agent DaemonSet (mirrord/kube/manifests.py) is built from these.
         "agent.namespace",
         "agent.image",
@@ -61,7 +62,12 @@ IMPLEMENTED: frozenset[str] = frozenset(
 # Sections whose switch (true/false, or a mode string) we act on even where some keys
 # below are not built.
 IMPLEMENTED_SWITCHES: frozenset[str] = frozenset(
-    {"feature.network.outgoing", "feature.network.dns", "feature.network.incoming"}
+    {
+        "feature.network",
+        "feature.network.outgoing",
+        "feature.network.dns",
+        "feature.network.incoming",
+    }
 )
 
 # Keys that only upstream's own machinery (operator, IDE plugins, macOS SIP patching, its
@@ -83,6 +89,8 @@ NO_EFFECT: Mapping[str, str] = {
     "external_proxy": "there is no external proxy process",
     "use_proxy": "HTTP(S)_PROXY handling of upstream's CLI does not apply",
     "experimental": "upstream's experimental switches target its LD_PRELOAD layer",
+    "agent.ttl": "the agent is a DaemonSet (or a local process) that outlives sessions",
+    "agent.ephemeral": "the agent runs as a DaemonSet, not in an ephemeral container",
     "feature.env.load_from_process": "the environment is always fetched before start",
     "feature.fs.readonly_file_buffer": "remote files are read from a local copy at native speed",
 }

@@ -29,6 +29,8 @@ from mirrord.kube.errors import (
     KubeNotFound,
     status_message,
 )
+from mirrord.kube.kubeconfig import KubeSettings as KubeSettings
+from mirrord.kube.kubeconfig import kubeconfig_paths, kubeconfig_problem
 
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 PAGE_SIZE = 500
@@ -83,25 +85,6 @@ BY_KIND: dict[str, Resource] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class KubeSettings:
-    """Where the cluster is: from the config (`kubeconfig`, `kube_context`) and flags."""
-
-    kubeconfig: str | None = None
-    context: str | None = None
-    request_timeout: float = 30.0
-
-
-def _kubeconfig_paths(settings: KubeSettings, environ: Mapping[str, str]) -> tuple[str, str]:
-    """The kubeconfig file list (`:`-separated, as KUBECONFIG) and where it came from."""
-    if settings.kubeconfig:
-        return os.path.expanduser(settings.kubeconfig), "the kubeconfig setting"
-    if environ.get("KUBECONFIG"):
-        return environ["KUBECONFIG"], "KUBECONFIG"
-    home = environ.get("HOME") or os.path.expanduser("~")
-    return str(Path(home) / ".kube" / "config"), "the default location"
-
-
 class KubeApi:
     """One authenticated connection to the API server. Use `await KubeApi.connect(...)`."""
 
@@ -117,7 +100,7 @@ class KubeApi:
     @classmethod
     async def connect(cls, settings: KubeSettings, environ: Mapping[str, str]) -> KubeApi:
         cfg = k8s_client.Configuration()
-        paths, source = _kubeconfig_paths(settings, environ)
+        paths, source = kubeconfig_paths(settings, environ)
         existing = [p for p in paths.split(":") if p and os.path.exists(p)]
         namespace = "default"
         context = settings.context
@@ -136,6 +119,10 @@ class KubeApi:
                 "running inside a cluster. Point mirrord at one (--kubeconfig, the "
                 "`kubeconfig` key or KUBECONFIG), or use a local target (pid/N)"
             )
+        for path in existing:
+            problem = kubeconfig_problem(path)
+            if problem is not None:
+                raise KubeError(f"kubeconfig {path}: {problem}")
         merged = ":".join(existing)
         try:
             contexts, current = k8s_config.list_kube_config_contexts(merged)
@@ -157,10 +144,18 @@ class KubeApi:
             await k8s_config.load_kube_config(
                 config_file=merged, context=context, client_configuration=cfg, persist_config=False
             )
+            if settings.insecure:
+                cfg.verify_ssl = False
         except ConfigException as exc:
             raise KubeError(f"kubeconfig {merged}: {exc}") from None
-        except (OSError, ValueError) as exc:  # unreadable or not YAML
-            raise KubeError(f"kubeconfig {merged}: {exc}") from None
+        except KubeError:
+            raise
+        except Exception as exc:
+            # for files it cannot use (TypeError, AssertionError, ... on odd shapes).
+            raise KubeError(
+                f"kubeconfig {merged}: not a usable kubeconfig ({type(exc).__name__}: {exc}); "
+                "check it with `kubectl config view`"
+            ) from None
         return cls(k8s_client.ApiClient(cfg), namespace, context, settings.request_timeout)
 
     async def close(self) -> None:

@@ -30,6 +30,7 @@ class Listing:
     namespace: str
     targets: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
 
 
 def pod_targets(pod: dict[str, Any]) -> list[str]:
@@ -62,19 +63,56 @@ async def _names(api: KubeApi, ns: str, kind: str, res: Resource) -> tuple[list[
     return names, None
 
 
-async def list_targets(api: KubeApi, namespace: str) -> Listing:
+# Upstream's target types (`mirrord ls -t TYPE`), in the order listed.
+TARGET_TYPES: tuple[str, ...] = ("pod", *(kind for kind, _ in LISTED))
+
+
+async def list_targets(
+    api: KubeApi,
+    namespace: str,
+    kinds: frozenset[str] | None = None,
+    *,
+    namespaces: bool = False,
+) -> Listing:
+    """kinds: only these target types (None: all). namespaces: also list the namespaces
+    the user may see (upstream's rich output; a denial is a note, not an error)."""
     listing = Listing(namespace)
-    pods_task = asyncio.ensure_future(_pods(api, namespace))
-    others = [asyncio.ensure_future(_names(api, namespace, kind, res)) for kind, res in LISTED]
+    wanted = [(kind, res) for kind, res in LISTED if kinds is None or kind in kinds]
+    pods_task = asyncio.ensure_future(
+        _pods(api, namespace) if kinds is None or "pod" in kinds else _nothing()
+    )
+    others = [asyncio.ensure_future(_names(api, namespace, kind, res)) for kind, res in wanted]
+    ns_task = asyncio.ensure_future(_namespaces(api) if namespaces else _none())
     try:
         pods = await pods_task
         results = await asyncio.gather(*others)
+        listing.namespaces, note = await ns_task
     finally:
-        for t in others:
+        for t in [*others, ns_task]:
             t.cancel()
     listing.targets.extend(sorted(pods))
-    for names, note in results:
+    for names, found_note in results:
         listing.targets.extend(sorted(names))
-        if note:
-            listing.notes.append(note)
+        if found_note:
+            listing.notes.append(found_note)
+    if note:
+        listing.notes.append(note)
     return listing
+
+
+async def _nothing() -> list[str]:
+    return []
+
+
+async def _none() -> tuple[list[str], str | None]:
+    return [], None
+
+
+async def _namespaces(api: KubeApi) -> tuple[list[str], str | None]:
+    try:
+        names: list[str] = [
+            o["metadata"]["name"] async for page in api.list_pages(k.NAMESPACES, None) for o in page
+        ]
+    except KubeForbidden:
+        return [], "namespaces not listed: you may not list them cluster-wide"
+    return sorted(names), None

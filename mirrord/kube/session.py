@@ -30,6 +30,7 @@ def settings_from(config: MirrordConfig) -> KubeSettings:
         kubeconfig=config.kubeconfig,
         context=config.kube_context,
         request_timeout=float(config.agent.communication_timeout_s),
+        insecure=bool(config.accept_invalid_certificates),
     )
 
 

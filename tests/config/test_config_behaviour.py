@@ -168,7 +168,8 @@ def test_warnings_for_unimplemented_and_no_effect_keys() -> None:
         }
     )
     assert warnings == [
-        "agent.ttl: accepted but not supported yet by this version; ignored",
+        "agent.ttl: has no effect here (the agent is a DaemonSet (or a local process) that "
+        "outlives sessions); ignored",
         "feature.env.load_from_process: has no effect here "
         "(the environment is always fetched before start); ignored",
         "feature.network.incoming.http_header_filter: deprecated upstream, accepted and ignored "

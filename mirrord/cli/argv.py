@@ -1,0 +1,57 @@
+"""Upstream's command-line forms that click cannot parse, rewritten before click sees them.
+
+Upstream (clap) has two options with an optional value that click has no form for:
+- `-f/--config-file [FILE]`: alone, it means `./.mirrord/mirrord.json`;
+- `-c/--accept-invalid-certificates[=BOOL]`: alone, true; a value only after `=`.
+
+Pure: `normalize(args, takes_value)` returns a new list; only the options before the
+program (before `--` or the first positional argument) are looked at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+DEFAULT_CONFIG_FILE = "./.mirrord/mirrord.json"
+CONFIG_OPTS = ("-f", "--config-file")
+CERT_OPTS = ("-c", "--accept-invalid-certificates")
+CERT_LONG = "--accept-invalid-certificates"
+
+# Subcommands whose options include the two above.
+COMMANDS = frozenset({"exec", "port-forward"})
+
+
+def normalize(args: Sequence[str], takes_value: Callable[[str], bool]) -> list[str]:
+    """`args` after the subcommand's name. `takes_value(option)`: whether that option of
+    the subcommand consumes the next argument (unknown options: False)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            out.append(arg)
+            out.extend(args[i:])  # the program and its arguments: untouched
+            return out
+        if arg in CONFIG_OPTS:
+            following = args[i] if i < len(args) else None
+            if following is None or following.startswith("-"):
+                out.append(f"--config-file={DEFAULT_CONFIG_FILE}")
+            else:
+                out.extend(("--config-file", following))
+                i += 1
+            continue
+        name, eq, value = arg.partition("=")
+        if name in CERT_OPTS:
+            out.append(f"{CERT_LONG}={value if eq else 'true'}")
+            continue
+        out.append(arg)
+        if not eq and takes_value(arg) and i < len(args):
+            out.append(args[i])
+            i += 1
+    return out
+
+
+def parse_bool(text: str) -> bool | None:
+    """clap's bool values: true/false (any case); None when it is neither."""
+    return {"true": True, "false": False}.get(text.strip().lower())
