@@ -66,6 +66,9 @@ class SupervisedRun:
         except RuntimeError:
             self.loop = None
         self.engine: NotifyEngine | Tracer | None = None
+        # The program's pid from the moment spawn() returns: until the engine has started
+        # (its first steps take a while under load) a signal must still reach it.
+        self._spawned_pid: int | None = None
 
     @property
     def pid(self) -> int:
@@ -106,6 +109,7 @@ class SupervisedRun:
             notify_prog=notify_prog,
             trace_prog=None if choice.forced and notifier is not None else trace_prog,
         )
+        self._spawned_pid = spawned.pid
         try:
             if spawned.engine is Engine.NOTIFY and notifier is not None:
                 engines.report(Engine.NOTIFY, choice.reason, forced=choice.forced)
@@ -122,7 +126,8 @@ class SupervisedRun:
     def live_targets(self) -> list[int]:
         """Where a forwarded signal goes: the program, or what is left of its tree."""
         if not self.started.is_set() or self.engine is None:
-            return []
+            # Spawned, not started yet: the program itself (it has no children so far).
+            return [self._spawned_pid] if self._spawned_pid is not None else []
         if isinstance(self.engine, NotifyEngine):
             return self.engine.live_targets()
         if self.engine.main_status is None:

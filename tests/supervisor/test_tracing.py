@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pty
@@ -9,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -519,3 +521,33 @@ def test_the_program_inherits_ignored_signals_and_the_mask_as_natively(
     expected = "True True True False True" if inherited == "ignored" else "False " * 4 + "False"
     assert native.stdout.strip() == expected
     assert under.stdout.strip() == native.stdout.strip()
+
+
+async def test_a_signal_between_spawn_and_the_engines_start_reaches_the_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under load the engine's first steps after spawn() take a while; a SIGTERM to mirrord
+    then found no target and was dropped (the program slept on). The program's pid is a
+    target from the moment spawn() returns."""
+    from mirrord.supervisor import SupervisedRun, SupervisorOptions
+    from mirrord.supervisor.notify_engine import NotifyEngine
+
+    original = NotifyEngine.run
+    gate = threading.Event()
+
+    def slow_start(self: NotifyEngine, *args: object, **kwargs: object) -> object:
+        gate.wait(10)  # the window, held open
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(NotifyEngine, "run", slow_start)
+    run = SupervisedRun(["sleep", "30"], dict(os.environ), SupervisorOptions())
+    waiting = asyncio.ensure_future(run.wait())
+    deadline = time.monotonic() + 10
+    while not run.live_targets() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    targets = run.live_targets()
+    assert len(targets) == 1 and not run.started.is_set()  # spawned, not started
+    os.kill(targets[0], signal.SIGTERM)  # what the forwarder does with them
+    gate.set()
+    status = await asyncio.wait_for(waiting, 10)
+    assert status.signal == signal.SIGTERM
