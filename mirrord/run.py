@@ -12,14 +12,13 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mirrord import user_environ
 from mirrord.client import AgentClient, start_local_agent
+from mirrord.client.endpoint import AgentEndpoint
 from mirrord.client.errors import AgentError
 from mirrord.config import ConfigError, MirrordConfig
 from mirrord.environment import merge_env
@@ -49,30 +48,8 @@ class ExecError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class AgentEndpoint:
-    address: str
-    token: str
-
-
 def _say(msg: str) -> None:
     print(f"mirrord: {msg}", file=sys.stderr, flush=True)
-
-
-def check_agent_address(address: str) -> str | None:
-    """What is wrong with an agent address (HOST:PORT, [V6]:PORT), or None: checked before
-    the connection attempts, which retry for the whole start-up timeout."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host:
-        return "expected HOST:PORT"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        return f"bad port {port!r}: expected 1-65535"
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        return f"cannot resolve {host!r}: {getattr(exc, 'strerror', None) or exc}"
-    return None
 
 
 def needs_root_message(argv: Sequence[str]) -> str:

@@ -16,8 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from mirrord import __version__
+from mirrord.cli import options as opt
 from mirrord.cli.argv import COMMANDS as OPTIONAL_VALUE_COMMANDS
-from mirrord.cli.argv import normalize, parse_bool
+from mirrord.cli.argv import normalize
 from mirrord.cli.common import ORIGINAL_ENV, err, load_config
 from mirrord.cli.kube_cmds import register as register_kube_commands
 from mirrord.cli.portforward_cmd import register as register_port_forward
@@ -48,41 +49,6 @@ def _root(
     pass
 
 
-# Upstream flags that mean nothing here: accepted, and said so once each.
-NO_EFFECT_FLAGS: dict[str, str] = {
-    "--agent-ttl": "the agent is a DaemonSet (or a local process) that outlives sessions",
-    "--ephemeral-container": "the agent runs as a DaemonSet, not in an ephemeral container",
-    "--skip-processes": "every process of the program runs under the supervisor",
-    "--no-telemetry": "no telemetry is ever sent",
-    "--disable-version-check": "there is no version check to disable",
-    "--key": "sessions are not managed by an operator",
-}
-
-# No square brackets: typer renders help as rich markup.
-TARGET_HELP = (
-    "pod/NAME, pod/NAME/container/C, deployment/NAME, statefulset/…, rollout/…, job/…, "
-    "cronjob/…, service/…, replicaset/…, pid/N (a local process), or targetless. Without "
-    "a target: targetless in the cluster of the current kube context (outgoing traffic and "
-    "DNS leave from the cluster), or on this machine when there is no kubeconfig."
-)
-
-
-def warn_no_effect(flags: dict[str, object]) -> None:
-    for flag, value in flags.items():
-        if value not in (None, False):
-            err(f"warning: {flag} has no effect here ({NO_EFFECT_FLAGS[flag]}); ignored")
-
-
-def cert_flag(value: str | None) -> bool | None:
-    if value is None:
-        return None
-    parsed = parse_bool(value)
-    if parsed is None:
-        err(f"--accept-invalid-certificates: expected true or false, got {value!r}")
-        raise typer.Exit(2)
-    return parsed
-
-
 @app.command(
     "exec",
     context_settings={"allow_interspersed_args": False},
@@ -91,36 +57,15 @@ def exec_(
     command: Annotated[
         list[str] | None, typer.Argument(help="The program and its arguments.")
     ] = None,
-    target: Annotated[str | None, typer.Option("--target", "-t", help=TARGET_HELP)] = None,
-    config_file: Annotated[
-        str | None,
-        typer.Option(
-            "--config-file",
-            "-f",
-            help="mirrord.json / .yaml / .toml (alone: ./.mirrord/mirrord.json).",
-        ),
-    ] = None,
-    namespace: Annotated[
-        str | None, typer.Option("--target-namespace", "-n", help="Target's namespace.")
-    ] = None,
-    agent_namespace: Annotated[
-        str | None, typer.Option("--agent-namespace", "-a", help="Namespace of the agent.")
-    ] = None,
-    agent_log_level: Annotated[
-        str | None, typer.Option("--agent-log-level", "-l", help="The agent's log level.")
-    ] = None,
-    agent_image: Annotated[
-        str | None, typer.Option("--agent-image", "-i", help="The agent's container image.")
-    ] = None,
-    agent_ttl: Annotated[
-        int | None, typer.Option("--agent-ttl", help="Accepted; no effect here.")
-    ] = None,
-    agent_startup_timeout: Annotated[
-        int | None, typer.Option("--agent-startup-timeout", help="Seconds to wait for the agent.")
-    ] = None,
-    ephemeral_container: Annotated[
-        bool, typer.Option("--ephemeral-container", "-e", help="Accepted; no effect here.")
-    ] = False,
+    target: opt.Target = None,
+    config_file: opt.ConfigFile = None,
+    namespace: opt.TargetNamespace = None,
+    agent_namespace: opt.AgentNamespace = None,
+    agent_log_level: opt.AgentLogLevel = None,
+    agent_image: opt.AgentImage = None,
+    agent_ttl: opt.AgentTtl = None,
+    agent_startup_timeout: opt.AgentStartupTimeout = None,
+    ephemeral_container: opt.Ephemeral = False,
     fs_mode: Annotated[
         str | None, typer.Option("--fs-mode", help="local, localwithoverrides, read, write")
     ] = None,
@@ -140,16 +85,9 @@ def exec_(
         bool, typer.Option("--no-remote-dns", help="Resolve names locally.")
     ] = False,
     skip_processes: Annotated[
-        str | None, typer.Option("--skip-processes", help="Accepted; no effect here.")
+        str | None, typer.Option("--skip-processes", help=opt.NO_EFFECT)
     ] = None,
-    accept_invalid_certificates: Annotated[
-        str | None,
-        typer.Option(
-            "--accept-invalid-certificates",
-            "-c",
-            help="Do not verify the API server's certificate (-c, or -c=false).",
-        ),
-    ] = None,
+    accept_invalid_certificates: opt.AcceptInvalidCertificates = None,
     steal: Annotated[bool, typer.Option("--steal", help="Steal incoming traffic.")] = False,
     steal_probes: Annotated[
         bool,
@@ -168,37 +106,22 @@ def exec_(
     no_udp_outgoing: Annotated[
         bool, typer.Option("--no-udp-outgoing", help="Keep outgoing UDP local.")
     ] = False,
-    no_telemetry: Annotated[
-        bool, typer.Option("--no-telemetry", help="Accepted; no telemetry is ever sent.")
-    ] = False,
-    disable_version_check: Annotated[
-        bool, typer.Option("--disable-version-check", help="Accepted; no effect here.")
-    ] = False,
-    context: Annotated[str | None, typer.Option("--context", help="Kube context.")] = None,
-    kubeconfig: Annotated[str | None, typer.Option("--kubeconfig", help="Kubeconfig.")] = None,
+    no_telemetry: opt.NoTelemetry = False,
+    disable_version_check: opt.DisableVersionCheck = False,
+    context: opt.Context = None,
+    kubeconfig: opt.Kubeconfig = None,
     env_file: Annotated[
         str | None,
         typer.Option("--env-file", help="A .env file applied on top of the target's env."),
     ] = None,
-    key: Annotated[
-        str | None, typer.Option("--key", "-k", help="Accepted; no effect here.")
-    ] = None,
-    agent_address: Annotated[
-        str | None,
-        typer.Option(
-            "--agent-address",
-            help="HOST:PORT of a running agent (token from MIRRORD_AGENT_TOKEN or "
-            "--agent-token-file) instead of starting a local one.",
-        ),
-    ] = None,
-    agent_token_file: Annotated[
-        str | None, typer.Option("--agent-token-file", help="File holding the agent token.")
-    ] = None,
+    key: Annotated[str | None, typer.Option("--key", "-k", help=opt.NO_EFFECT)] = None,
+    agent_address: opt.AgentAddress = None,
+    agent_token_file: opt.AgentTokenFile = None,
 ) -> None:
     """Run COMMAND in the context of the target (options first, then the program)."""
     from mirrord.config import ExecOverrides
 
-    warn_no_effect(
+    opt.warn_no_effect(
         {
             "--agent-ttl": agent_ttl,
             "--ephemeral-container": ephemeral_container,
@@ -224,7 +147,7 @@ def exec_(
         agent_image=agent_image,
         agent_log_level=agent_log_level,
         agent_startup_timeout=agent_startup_timeout,
-        accept_invalid_certificates=cert_flag(accept_invalid_certificates),
+        accept_invalid_certificates=opt.cert_flag(accept_invalid_certificates),
         kube_context=context,
         kubeconfig=kubeconfig,
     )
@@ -232,37 +155,15 @@ def exec_(
     if not command:
         err("no program given: mirrord exec [OPTIONS] [--] PROGRAM [ARGS…]")
         raise typer.Exit(2)
-    endpoint = None
-    if agent_address is not None:
-        endpoint = _agent_endpoint(agent_address, agent_token_file)
-    code = _run(command, config, endpoint, steal_probes)
-    raise typer.Exit(code)
-
-
-def _agent_endpoint(address: str, token_file: str | None) -> object:
-    from mirrord.run import AgentEndpoint, check_agent_address
-
-    problem = check_agent_address(address)
-    if problem is not None:
-        err(f"--agent-address {address}: {problem}")
-        raise typer.Exit(2)
-
-    if token_file is not None:
-        try:
-            with open(token_file) as f:
-                token = f.read().strip()
-        except OSError as exc:
-            err(f"cannot read the agent token file {token_file}: {exc.strerror}")
-            raise typer.Exit(2) from None
-    else:
-        token = os.environ.get("MIRRORD_AGENT_TOKEN", "")
-    if not token:
+    endpoint = opt.agent_endpoint(agent_address, agent_token_file)
+    if endpoint is not None and config.target.kind not in (None, "pid"):
         err(
-            "--agent-address needs the agent's token: set MIRRORD_AGENT_TOKEN or "
-            "pass --agent-token-file"
+            f"--agent-address reaches one agent directly, which takes pid/N targets only; "
+            f"{config.target.path_string} is reached through the cluster: drop --agent-address"
         )
         raise typer.Exit(2)
-    return AgentEndpoint(address, token)
+    code = _run(command, config, endpoint, steal_probes)
+    raise typer.Exit(code)
 
 
 def _run(command: list[str], config: object, endpoint: object, steal_probes: bool) -> int:

@@ -24,7 +24,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,7 +289,7 @@ class IncomingProxy:
             # Streams, not sock_recv: the transport keeps the socket registered with the
             # loop instead of adding and removing it (two epoll_ctl calls) per read.
             reader, writer = await asyncio.open_connection(sock=sock, limit=CHUNK)
-            await asyncio.gather(self._down(conn, writer), self._up(conn, reader))
+            await asyncio.gather(deliver_down(conn, writer), self._up(conn, reader))
         except OSError as e:
             log.debug("delivery of %s to %s failed: %s", conn.remote, address, e)
             failed, _ = self._failed.get(remote_port, (0, ""))
@@ -304,29 +304,9 @@ class IncomingProxy:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def _down(self, conn: IncomingConnection, writer: asyncio.StreamWriter) -> None:
-        """The peer's bytes (stolen, or mirrored copies) to the program, as they come off
-        the agent's stream (recv: no task in between)."""
-        while data := await conn.recv():
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            with contextlib.suppress(OSError):
-                writer.write_eof()
-
     async def _up(self, conn: IncomingConnection, reader: asyncio.StreamReader) -> None:
-        """The program's answers: to the peer when stolen; read and dropped when mirrored
-        (the agent would drop them anyway: not sending saves the stream)."""
-        steal = conn.mode == "steal"
-        data = await reader.read(CHUNK)
-        self._unanswered.pop(conn, None)
-        while data:
-            if steal:
-                await conn.write(data)
-            data = await reader.read(CHUNK)
-        if steal:
-            with contextlib.suppress(Exception):
-                await conn.write_eof()
+        """The program's answers (`deliver_up`); its first answer ends the wait for one."""
+        await deliver_up(conn, reader, lambda: self._unanswered.pop(conn, None))
 
     async def close(self) -> None:
         """End every subscription (the agent removes their rules) and delivery."""
@@ -367,3 +347,35 @@ class IncomingProxy:
                 parts.append(f"{n} not answered by the program yet at the end")
             total = self._delivered_count.get(port, 0)
             _say(f"port {port}: of {total} connections delivered, " + ", ".join(parts))
+
+
+async def deliver_down(conn: IncomingConnection, writer: asyncio.StreamWriter) -> None:
+    """The peer's bytes (stolen, or mirrored copies) to the local listener, as they come
+    off the agent's stream (recv: no task in between), then its EOF."""
+    while data := await conn.recv():
+        writer.write(data)
+        await writer.drain()
+    if writer.can_write_eof():
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+
+
+async def deliver_up(
+    conn: IncomingConnection,
+    reader: asyncio.StreamReader,
+    on_first_read: Callable[[], object] | None = None,
+) -> None:
+    """The local listener's answers: to the peer when stolen; read and dropped when
+    mirrored (the target's own server answers; the agent would drop them anyway, and not
+    sending saves the stream)."""
+    steal = conn.mode == "steal"
+    data = await reader.read(CHUNK)
+    if on_first_read is not None:
+        on_first_read()
+    while data:
+        if steal:
+            await conn.write(data)
+        data = await reader.read(CHUNK)
+    if steal:
+        with contextlib.suppress(Exception):
+            await conn.write_eof()
