@@ -230,3 +230,10 @@ def test_verify_config_ide_json_is_upstreams_shape(tmp_path: Path) -> None:
     assert "feature.fs.read_only: bad regex" in out["errors"][0]
     r = run("verify-config", str(bad))
     assert r.returncode == 1 and "feature.fs.read_only: bad regex" in r.stderr
+
+
+def test_agent_address_with_a_kubernetes_target_is_refused() -> None:
+    # It used to open a targetless session on that agent, silently.
+    r = run("exec", "--agent-address", "127.0.0.1:1", "-t", "pod/x", "--", "true",
+            env={"MIRRORD_AGENT_TOKEN": "t"})  # fmt: skip
+    assert r.returncode == 2 and "takes pid/N targets only" in r.stderr, r.stderr
