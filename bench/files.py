@@ -7,7 +7,8 @@ Rows:
 - `ls -lR` of a local tree (/usr/lib/python3: a stat and two xattr calls per file);
 - `find` (busybox, static) over a 5 000-file tree: remote (in a pod) vs the same tree local;
 - sha256 of a 50 MiB file: remote (materialised once on open) vs local.
-Columns: native, mirrord with the notify engine (the default), with MIRRORD_ENGINE=ptrace,
+Columns: native, mirrord with the notify engine (the default), the same with
+`--explain=FILE` (every decision written to a JSON lines file), with MIRRORD_ENGINE=ptrace,
 `strace -f` for scale, and with --baseline DIR an older checkout's mirrord (its package
 first on PYTHONPATH) in the same rounds. Each cell is the median of ROUNDS rounds; the
 variants run one after the other within a round, so a busy moment hits them alike.
@@ -71,12 +72,14 @@ def main() -> int:
             pod.run(["sh", "-c", f"head -c {50 << 20} /dev/urandom > /srv/bench/big.bin"],
                     check=True)  # fmt: skip
             mirrord = [MIRRORD, "exec", "-t", f"pid/{pod.main_pid}", "--"]
+            explained = [*mirrord[:-1], f"--explain={local / 'trace.jsonl'}", "--"]
             repeat = str(local / "repeat")
             subprocess.run(["gcc", "-O2", "-static", "-o", repeat, str(REPEAT_C)], check=True)
             env = dict(os.environ)
             variants: dict[str, tuple[list[str], dict[str, str]]] = {
                 "native": ([], env),
                 "notify": (mirrord, {**env, "MIRRORD_ENGINE": "notify"}),
+                "notify --explain": (explained, {**env, "MIRRORD_ENGINE": "notify"}),
                 "ptrace": (mirrord, {**env, "MIRRORD_ENGINE": "ptrace"}),
                 "strace -f": (["strace", "-f", "-qq", "-o", "/dev/null"], env),
             }

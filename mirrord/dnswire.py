@@ -4,6 +4,7 @@ read the question of a query, the addresses of an answer, and build an answer. P
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 
 TYPE_A = 1
@@ -87,6 +88,23 @@ RCODE_NXDOMAIN = 3
 FLAG_QR = 0x8000
 FLAG_RA = 0x0080
 ANSWER_TTL = 5  # short: the program's own cache should not outlive our local answer
+
+
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def reply_summary(msg: bytes) -> tuple[str, list[str], str]:
+    """(question name, A/AAAA addresses as text, rcode name) of a reply (--explain)."""
+    if len(msg) < HEADER.size:
+        raise DnsFormatError("shorter than a DNS header")
+    qid, flags, qd, _an, _ns, _ar = HEADER.unpack_from(msg)
+    if qd < 1 or not flags & FLAG_QR:
+        raise DnsFormatError("not a reply")
+    name, _ = _read_name(msg, HEADER.size)
+    addresses, _tc = answer_addresses(msg, qid)
+    rcode = flags & 0xF
+    texts = [str(ipaddress.ip_address(a)) for a in addresses]
+    return name.lower().rstrip("."), texts, RCODE_NAMES.get(rcode, f"RCODE{rcode}")
 
 
 def question(msg: bytes) -> tuple[str, int, int]:

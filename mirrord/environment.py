@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -110,6 +110,68 @@ def merge_env(
     result.update(chosen)
     doomed = {name.upper() for name in settings.unset_list}
     return {name: value for name, value in result.items() if name.upper() not in doomed}
+
+
+def env_decisions(
+    remote: Mapping[str, str],
+    cfg: EnvConfig | bool | None,
+    env_file_names: Iterable[str] = (),
+) -> list[tuple[str, str, str]]:
+    """(name, decision, rule) for each variable `merge_env` takes from the target or the
+    config, or leaves out, and the rule that decided (--explain). Pure."""
+    if cfg is False:
+        return [(name, "excluded", "feature.env off") for name in sorted(remote)]
+    settings = cfg if isinstance(cfg, EnvConfig) else EnvConfig()
+    out: list[tuple[str, str, str]] = []
+    includes = settings.include_list
+    for name in sorted(remote):
+        default = next(
+            (p for p in ENV_FEATURE_DEFAULT_EXCLUDES if _wildcard(p).fullmatch(name)), None
+        )
+        if default is not None:
+            out.append((name, "excluded", f"default exclusion {default!r}"))
+            continue
+        index, pattern = _first_match(settings.exclude_list, name)
+        if pattern is not None:
+            out.append((name, "excluded", f"feature.env.exclude[{index}] {pattern!r}"))
+            continue
+        if includes:
+            index, pattern = _first_match(includes, name)
+            if pattern is None:
+                out.append((name, "excluded", "feature.env.include: no pattern matched"))
+                continue
+            out.append((name, "remote", f"feature.env.include[{index}] {pattern!r}"))
+        else:
+            out.append((name, "remote", "the target's environment (default)"))
+    out.extend(
+        (n, "env_file", f"feature.env.env_file {settings.env_file!r}") for n in env_file_names
+    )
+    for index, pattern in enumerate(settings.mapping or {}):
+        out.extend(
+            (name, "mapping", f"feature.env.mapping[{index}] {pattern!r}")
+            for name in sorted(remote)
+            if re.search(pattern, name)
+        )
+    out.extend((n, "override", "feature.env.override") for n in (settings.override or {}))
+    out.extend((n, "unset", f"feature.env.unset {n!r}") for n in settings.unset_list)
+    return out
+
+
+def env_rules(cfg: EnvConfig | bool | None) -> list[str]:
+    """The user's env rules, as `env_decisions` names them (for the never-matched list)."""
+    if not isinstance(cfg, EnvConfig):
+        return []
+    rules = [f"feature.env.exclude[{i}] {p!r}" for i, p in enumerate(cfg.exclude_list)]
+    rules += [f"feature.env.include[{i}] {p!r}" for i, p in enumerate(cfg.include_list)]
+    rules += [f"feature.env.mapping[{i}] {p!r}" for i, p in enumerate(cfg.mapping or {})]
+    return rules
+
+
+def _first_match(patterns: Sequence[str], name: str) -> tuple[int, str | None]:
+    for index, pattern in enumerate(patterns):
+        if _wildcard(pattern).fullmatch(name):
+            return index, pattern
+    return -1, None
 
 
 def select_remote(

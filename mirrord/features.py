@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mirrord.client import AgentClient
 from mirrord.config import MirrordConfig
@@ -17,14 +17,22 @@ from mirrord.net_config import outgoing_rules
 from mirrord.supervisor import Feature
 
 if TYPE_CHECKING:
+    from mirrord.explain import Explainer
+    from mirrord.proxy import NetProxy
     from mirrord.proxy.incoming import IncomingProxy
-    from mirrord.supervisor.net import IncomingHandlers
+    from mirrord.supervisor.fs.rules import FsRules
+    from mirrord.supervisor.net import IncomingHandlers, OutgoingRules
 
 
 async def build_features(
-    config: MirrordConfig, client: AgentClient, *, steal_probes: bool = False
+    config: MirrordConfig,
+    client: AgentClient,
+    *,
+    steal_probes: bool = False,
+    explain: Explainer | None = None,
 ) -> tuple[Feature, ...]:
-    """steal_probes: a steal takes the target's probes too (`--steal-probes`)."""
+    """steal_probes: a steal takes the target's probes too (`--steal-probes`). explain:
+    every feature records its decisions there (`--explain`)."""
     features: list[Feature] = []
 
     # Network: outgoing TCP/UDP and DNS queries leave from the target's netns; incoming
@@ -46,8 +54,10 @@ async def build_features(
         rules = await resolve_filter_names(rules, proxy.resolve)
         if rules.dns_filter_mode is not None:
             proxy.dns_local = rules.dns_local  # dns.filter: per query name
-        feature = network_feature(rules, proxy, incoming[0] if incoming else None)
         delivery = incoming[1] if incoming is not None else None
+        if explain is not None:
+            _explain_network(explain, rules, proxy, delivery)
+        feature = network_feature(rules, proxy, incoming[0] if incoming else None, explain)
 
         async def close_network() -> None:
             # Incoming first (its subscriptions use the session), then the outgoing proxy:
@@ -69,12 +79,63 @@ async def build_features(
         from mirrord.supervisor.fs import make_fs_feature
         from mirrord.supervisor.fs.remote import GrpcRemoteFs
 
-        remote = GrpcRemoteFs(
+        remote: Any = GrpcRemoteFs(
             client.channel, client.metadata(), float(config.agent.communication_timeout_s)
         )
+        if explain is not None:
+            remote = _explain_files(explain, fs, remote)
         features.append(make_fs_feature(fs, remote))
 
     return tuple(features)
+
+
+def _explain_network(
+    explain: Explainer, rules: OutgoingRules, proxy: NetProxy, delivery: IncomingProxy | None
+) -> None:
+    explain.declare(rules.user_rules())
+
+    def on_dns(name: str, local: bool, answers: list[str], rcode: str) -> None:
+        explain.record(
+            "dns",
+            name=name,
+            decision="local" if local else "remote",
+            rule=rules.dns_rule_for(name),
+            answers=answers,
+            result=rcode,
+        )
+
+    proxy.on_dns = on_dns
+    if delivery is not None:
+        delivery.explain = explain
+
+
+def _explain_files(explain: Explainer, fs: FsRules, remote: Any) -> Any:
+    from mirrord.explain.hooks import ExplainedRemoteFs
+    from mirrord.supervisor.fs.rules import Access
+
+    names = {
+        Access.LOCAL: "local",
+        Access.READ_ONLY: "remote-read-only",
+        Access.READ_WRITE: "remote-read-write",
+        Access.NOT_FOUND: "not-found",
+    }
+    explain.declare(fs.user_rules())
+
+    def on_decide(path: str, access: Access) -> None:
+        # On the serving thread while the program waits: the rule is found later.
+        explain.later(
+            lambda: explain.record(
+                "file", path=path, decision=names[access], rule=fs.rule_for(path)
+            )
+        )
+
+    fs.on_decide = on_decide
+    if explain.every:
+        fs.on_every = fs.on_decide
+    fs.on_map = lambda path, mapped, rule: explain.record(
+        "file.mapping", path=path, mapped=mapped, rule=rule
+    )
+    return ExplainedRemoteFs(remote, explain)
 
 
 def _incoming(

@@ -20,8 +20,9 @@ from mirrord import user_environ
 from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.endpoint import AgentEndpoint
 from mirrord.client.errors import AgentError
-from mirrord.config import ConfigError, MirrordConfig
-from mirrord.environment import merge_env
+from mirrord.config import ConfigError, EnvConfig, MirrordConfig
+from mirrord.environment import env_decisions, env_rules, load_env_file, merge_env
+from mirrord.explain import Explainer
 from mirrord.features import build_features, close_features
 from mirrord.kube import KubeError, uses_cluster
 from mirrord.supervisor import (
@@ -71,7 +72,10 @@ async def run_exec(
     agent: AgentEndpoint | None = None,
     environ: Mapping[str, str] | None = None,
     steal_probes: bool = False,
+    explain: Explainer | None = None,
 ) -> ExitStatus:
+    """explain: every decision is recorded there (`--explain`); SIGUSR1 prints its summary
+    while the program runs, and the caller prints it at the end."""
     local_env = user_environ() if environ is None else dict(environ)
     try:
         target = parse_target(config.target.path_string)
@@ -95,6 +99,8 @@ async def run_exec(
         on_signal_without_target=interrupted,
     )
     forwarder.start()
+    if explain is not None:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: print_summary(explain))
     local_agent = None
     client: AgentClient | None = None
     features: tuple[Feature, ...] = ()
@@ -116,9 +122,12 @@ async def run_exec(
             )
         env_on = config.feature.env_enabled
         remote_env = await client.get_env() if env_on else {}
-        env = merge_env(local_env, remote_env, config.feature.env_config if env_on else False)
+        env_cfg = config.feature.env_config if env_on else False
+        env = merge_env(local_env, remote_env, env_cfg)
+        if explain is not None:
+            _explain_env(explain, remote_env, env_cfg, local_env)
         hostname = client.hello.hostname if config.feature.hostname_enabled else None
-        features = await build_features(config, client, steal_probes=steal_probes)
+        features = await build_features(config, client, steal_probes=steal_probes, explain=explain)
         options = SupervisorOptions(hostname=hostname or None, features=features)
         run = SupervisedRun(argv, env, options)
         runs.append(run)
@@ -138,7 +147,29 @@ async def run_exec(
         await kube.aclose()  # the port-forward and the API connection
         if local_agent is not None:
             await local_agent.stop()
+        if explain is not None:
+            loop.remove_signal_handler(signal.SIGUSR1)
         forwarder.stop()
+
+
+def print_summary(explain: Explainer) -> None:
+    explain.flush()
+    for line in explain.summary_lines():
+        _say(line)
+
+
+def _explain_env(
+    explain: Explainer,
+    remote: Mapping[str, str],
+    cfg: EnvConfig | bool | None,
+    local: Mapping[str, str],
+) -> None:
+    file_names: list[str] = []
+    if isinstance(cfg, EnvConfig) and cfg.env_file:
+        file_names = sorted(load_env_file(cfg.env_file, environ=local))
+    explain.declare(env_rules(cfg))
+    for name, decision, rule in env_decisions(remote, cfg, file_names):
+        explain.record("env", name=name, decision=decision, rule=rule)
 
 
 def _ping_timeout(config: MirrordConfig) -> float:

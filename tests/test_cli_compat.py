@@ -185,6 +185,10 @@ BAD_INPUTS: list[tuple[dict[str, bytes], list[str], str, int]] = [
     ({}, ["verify-config", "missing.json"], "missing.json: file not found", 1),
     ({"m.json": b'{"a" 1}'}, ["verify-config", "m.json"], "m.json: line 1, column 6", 1),
     ({}, ["completions", "tcsh"], "unsupported shell 'tcsh'", 2),
+    ({}, ["exec", "--explain=/nonexistent/dir/t.jsonl", "--", "true"],
+     "--explain: cannot write /nonexistent/dir/t.jsonl", 2),
+    ({}, ["explain", "missing.jsonl"], "missing.jsonl: No such file", 1),
+    ({"t.jsonl": b"{nope"}, ["explain", "t.jsonl"], "t.jsonl: line 1: not JSON", 1),
 ]  # fmt: skip
 
 

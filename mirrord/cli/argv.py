@@ -3,6 +3,7 @@
 Upstream (clap) has two options with an optional value that click has no form for:
 - `-f/--config-file [FILE]`: alone, it means `./.mirrord/mirrord.json`;
 - `-c/--accept-invalid-certificates[=BOOL]`: alone, true; a value only after `=`.
+Ours has one: `--explain[=FILE]`.
 
 Pure: `normalize(args, takes_value)` returns a new list; only the options before the
 program (before `--` or the first positional argument) are looked at.
@@ -16,6 +17,7 @@ DEFAULT_CONFIG_FILE = "./.mirrord/mirrord.json"
 CONFIG_OPTS = ("-f", "--config-file")
 CERT_OPTS = ("-c", "--accept-invalid-certificates")
 CERT_LONG = "--accept-invalid-certificates"
+EXPLAIN = "--explain"  # ours: alone, the summary only; =FILE, the JSON lines too
 
 # Subcommands whose options include the two above.
 COMMANDS = frozenset({"exec", "port-forward"})
@@ -40,6 +42,9 @@ def normalize(args: Sequence[str], takes_value: Callable[[str], bool]) -> list[s
             else:
                 out.extend(("--config-file", following))
                 i += 1
+            continue
+        if arg == EXPLAIN:
+            out.append(f"{EXPLAIN}=")
             continue
         name, eq, value = arg.partition("=")
         if name in CERT_OPTS:

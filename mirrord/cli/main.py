@@ -117,6 +117,15 @@ def exec_(
     key: Annotated[str | None, typer.Option("--key", "-k", help=opt.NO_EFFECT)] = None,
     agent_address: opt.AgentAddress = None,
     agent_token_file: opt.AgentTokenFile = None,
+    explain: Annotated[
+        str | None,
+        typer.Option(
+            "--explain",
+            help="Record why each file, connection, DNS name, port and variable went local "
+            "or remote; a summary at the end (and on SIGUSR1). --explain=FILE also writes "
+            "each decision to FILE as JSON lines (docs/explain.md). Or MIRRORD_EXPLAIN=FILE.",
+        ),
+    ] = None,
 ) -> None:
     """Run COMMAND in the context of the target (options first, then the program)."""
     from mirrord.config import ExecOverrides
@@ -162,12 +171,38 @@ def exec_(
             f"{config.target.path_string} is reached through the cluster: drop --agent-address"
         )
         raise typer.Exit(2)
-    code = _run(command, config, endpoint, steal_probes)
+    explainer = _explainer(explain if explain is not None else os.environ.get(EXPLAIN_ENV))
+    code = _run(command, config, endpoint, steal_probes, explainer)
     raise typer.Exit(code)
 
 
-def _run(command: list[str], config: object, endpoint: object, steal_probes: bool) -> int:
-    from mirrord.run import ExecError, run_exec
+EXPLAIN_ENV = "MIRRORD_EXPLAIN"  # --explain's equivalent: 1 (summary) or a file name
+EXPLAIN_ALL_ENV = "MIRRORD_EXPLAIN_ALL"  # 1: a path each time it is decided, not only once
+
+
+def _explainer(value: str | None) -> Any:
+    """None: off. "" / 1 / true: the summary only. Anything else: the JSON lines file."""
+    if value is None or value.strip().lower() in ("0", "false"):
+        return None
+    from mirrord.explain import Explainer
+
+    every = os.environ.get(EXPLAIN_ALL_ENV, "") in ("1", "true")
+    if value.strip().lower() in ("", "1", "true"):
+        return Explainer(every=every)
+    try:
+        # Block-buffered: a line-buffered file costs a write(2) per decision, on the
+        # supervisor's serving thread. Flushed at the end and on SIGUSR1.
+        out = open(value, "w", encoding="utf-8")  # noqa: SIM115 - the session's
+    except OSError as exc:
+        err(f"--explain: cannot write {value}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+    return Explainer(out, every=every)
+
+
+def _run(
+    command: list[str], config: object, endpoint: object, steal_probes: bool, explain: Any
+) -> int:
+    from mirrord.run import ExecError, print_summary, run_exec
     from mirrord.supervisor import exit_like
 
     try:
@@ -178,6 +213,7 @@ def _run(command: list[str], config: object, endpoint: object, steal_probes: boo
                 agent=endpoint,  # type: ignore[arg-type]
                 environ=ORIGINAL_ENV,
                 steal_probes=steal_probes,
+                explain=explain,
             )
         )
     except ExecError as exc:
@@ -187,6 +223,11 @@ def _run(command: list[str], config: object, endpoint: object, steal_probes: boo
     except (KeyboardInterrupt, asyncio.CancelledError):
         err("interrupted before the program started")
         return 130
+    finally:
+        # Before exit_like: a program killed by a signal ends mirrord by the same signal.
+        if explain is not None:
+            print_summary(explain)
+            explain.close()
     sys.stdout.flush()
     return exit_like(status.code, status.signal)
 
@@ -260,6 +301,26 @@ def _target_json(config: Any) -> object:
     if target.kind is None:
         return {"pid": target.pid}
     return {target.kind: target.name, "container": target.container}
+
+
+@app.command("explain")
+def explain_trace(
+    path: Annotated[str, typer.Argument(help="A trace written by `exec --explain=FILE`.")],
+) -> None:
+    """Print the summary of a saved --explain trace."""
+    from mirrord.explain.summary import TraceError, summarize_file
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = summarize_file(f, path)
+    except OSError as exc:
+        err(f"{path}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+    except (TraceError, UnicodeDecodeError) as exc:
+        err(str(exc))
+        raise typer.Exit(1) from None
+    for line in summary.lines():
+        print(line)
 
 
 @app.command("schema")

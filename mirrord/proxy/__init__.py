@@ -121,6 +121,8 @@ class NetProxy:
         self._closed = False
         # dns.filter (set by whoever owns the rules): query names answered locally.
         self.dns_local: Callable[[str], bool] | None = None
+        # --explain: each DNS reply the program gets (UdpInterceptor.on_dns). None: off.
+        self.on_dns: Callable[[str, bool, list[str], str], None] | None = None
         # Is the UDP socket at this local port the program's? (set by whoever runs it):
         # interceptors take datagrams from no one else.
         self.udp_sender_ok: Callable[[int], bool] | None = None
@@ -379,6 +381,8 @@ class NetProxy:
                 dns_local,
                 self.udp_sender_ok,
             )
+            if dest.port == DNS_PORT:
+                icpt.on_dns = self.on_dns
             self._udp[key] = icpt
             self._peers[(kind, icpt.local_port)] = dest.raw
             if self._udp_sweep is None:

@@ -26,7 +26,7 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirrord.client.errors import AgentError, AgentLost
 from mirrord.client.incoming import (
@@ -47,6 +47,9 @@ from mirrord.directwire import (
     decode_note,
 )
 from mirrord.v1.incoming_pb2 import IncomingDirect
+
+if TYPE_CHECKING:
+    from mirrord.explain import Explainer
 
 log = logging.getLogger("mirrord.proxy.incoming")
 
@@ -131,6 +134,9 @@ class IncomingProxy:
         self._forged = 0  # notes from other users, ignored
         # Deliveries the program has not answered yet (their remote port, by connection).
         self._unanswered: dict[IncomingConnection, int] = {}
+        # --explain (None: off): subscriptions and delivered connections.
+        self.explain: Explainer | None = None
+        self._rules: dict[int, tuple[str, str | None, str]] = {}  # remote -> (mode, filter, rule)
 
     def _say_probes(self, port: int, probes: list[ProbeSpec], filtered: bool) -> None:
         described = "; ".join(p.describe() for p in probes)
@@ -146,6 +152,14 @@ class IncomingProxy:
                 f"{described} too; if the program does not answer them as the pod does, "
                 "kubelet may restart the pod or take it out of its Services"
             )
+
+    def _explain_connection(self, remote_port: int) -> None:
+        assert self.explain is not None
+        mode, text, rule = self._rules.get(remote_port, (self.settings.mode, None, ""))
+        event = "request-matched" if text is not None else "connection"
+        self.explain.record(
+            "incoming", port=remote_port, event=event, decision=mode, rule=rule, filter=text
+        )
 
     def delivered(self, proxy_port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
         if self._notes is not None:
@@ -203,6 +217,8 @@ class IncomingProxy:
                     continue
                 if note.kind == NOTE_NEW:
                     self._delivered[note.port] = (_text(note.peer), _text(note.original))
+                    if self.explain is not None:
+                        self._explain_connection(note.sub_port)
                     count = self._delivered_count.get(note.sub_port, 0)
                     self._delivered_count[note.sub_port] = count + 1
                 elif note.kind == NOTE_GONE:
@@ -249,6 +265,20 @@ class IncomingProxy:
                 _say(f"incoming traffic is not available ({e}); listening locally only")
             return
         self._subs.append(sub)
+        if self.explain is not None:
+            rule = f"feature.network.incoming.mode {mode}"
+            if remote != port:
+                rule += f", port_mapping {port}:{remote}"
+            text = (
+                _filter_text(flt)
+                if flt is not None and (not flt.ports or remote in flt.ports)
+                else None
+            )
+            self._rules[remote] = (mode, text, rule)
+            self.explain.record(
+                "incoming", port=port, remote_port=remote, event="subscribed", decision=mode,
+                rule=rule, filter=text,
+            )  # fmt: skip
         if local_port != port or remote != port:
             _say(f"{mode} of the target's port {remote} → local port {local_port}")
         self._spawn(self._serve(sub, _target(family, ip, local_port)))
@@ -262,6 +292,8 @@ class IncomingProxy:
         try:
             async for conn in sub:
                 self._delivered_count[sub.port] = self._delivered_count.get(sub.port, 0) + 1
+                if self.explain is not None:
+                    self._explain_connection(sub.port)
                 self._unanswered[conn] = sub.port
                 self._spawn(self._deliver(conn, target, sub.port))
         except AgentLost as e:
@@ -347,6 +379,14 @@ class IncomingProxy:
                 parts.append(f"{n} not answered by the program yet at the end")
             total = self._delivered_count.get(port, 0)
             _say(f"port {port}: of {total} connections delivered, " + ", ".join(parts))
+
+
+def _filter_text(flt: HttpFilterSpec) -> str:
+    for kind in ("header_filter", "path_filter", "method_filter", "all_of", "any_of"):
+        value = getattr(flt, kind)
+        if value is not None:
+            return f"http_filter.{kind} {value!r}"
+    return "http_filter"
 
 
 async def deliver_down(conn: IncomingConnection, writer: asyncio.StreamWriter) -> None:

@@ -71,6 +71,8 @@ class _Flow:
                 if msg.WhichOneof("msg") == "datagram":
                     with contextlib.suppress(OSError):
                         self.owner.sock.sendto(msg.datagram, self.src)
+                    if self.owner.on_dns is not None:
+                        self.owner.dns_reply(msg.datagram, local=False)
         except (TimeoutError, grpc.aio.AioRpcError) as e:
             log.debug("udp flow %s ended: %r", self.src, e)
         finally:
@@ -105,6 +107,9 @@ class UdpInterceptor:
         self.dns_local = dns_local
         self.sender_ok = sender_ok
         self.refused = 0  # datagrams from other senders, dropped
+        # --explain, for a nameserver's interceptor: told each reply (name, answered here,
+        # addresses, rcode). None: off.
+        self.on_dns: Callable[[str, bool, list[str], str], None] | None = None
         self._answering: set[asyncio.Task[None]] = set()
         self.metadata = metadata
         self.ip = ip
@@ -180,7 +185,18 @@ class UdpInterceptor:
             if addresses is not None and packed not in addresses:
                 addresses.append(packed)
         with contextlib.suppress(OSError, dnswire.DnsFormatError):
-            self.sock.sendto(dnswire.build_answer(query, addresses, rcode), src)
+            answer = dnswire.build_answer(query, addresses, rcode)
+            self.sock.sendto(answer, src)
+            if self.on_dns is not None:
+                self.dns_reply(answer, local=True)
+
+    def dns_reply(self, msg: bytes, local: bool) -> None:
+        assert self.on_dns is not None
+        try:
+            name, addresses, rcode = dnswire.reply_summary(msg)
+        except dnswire.DnsFormatError:
+            return
+        self.on_dns(name, local, addresses, rcode)
 
     def pod_local(self, src_port: int) -> tuple[bytes, int] | None:
         for src, flow in self.flows.items():

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 FsModeName = str  # "local" | "localwithoverrides" | "read" | "write"
@@ -117,10 +117,11 @@ class _Builtin:
     one regex tried at position 0 only (`match`), the rest one regex searched. A
     single alternation of both would be tried at every position of every remote path."""
 
-    __slots__ = ("_anchored", "_floating")
+    __slots__ = ("_anchored", "_floating", "patterns")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         pats = list(patterns)
+        self.patterns = tuple(pats)  # for --explain: which one matched
         anchored = [p[1:] for p in pats if p.startswith("^")]
         self._anchored = _compile(anchored)
         self._floating = _compile(p for p in pats if not p.startswith("^"))
@@ -134,6 +135,23 @@ class _Builtin:
 def _builtin(patterns: Iterable[str]) -> _Builtin | None:
     pats = list(patterns)
     return _Builtin(pats) if pats else None
+
+
+DNS_WHAT = "remote while DNS is (DNS files)"
+
+
+DNS_WHAT = "remote while DNS is (DNS files)"
+
+
+def _user_rule(name: str, index: int, pattern: str) -> str:
+    return f"feature.fs.{name}[{index}] {pattern!r}"
+
+
+def _builtin_rule(what: str, builtin: _Builtin, path: str) -> str:
+    for pattern in builtin.patterns:
+        if re.search(pattern, path, re.IGNORECASE):
+            return f"built-in {what} list {pattern!r}"
+    return f"built-in {what} list"
 
 
 def _replacement(template: str) -> str:
@@ -165,6 +183,12 @@ class FsRules:
     default_local: _Builtin | None = None
     default_remote_ro: _Builtin | None = None
     default_not_found: _Builtin | None = None
+    # The user's lists as written, in config order: --explain names the entry that decided.
+    user_lists: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # --explain: told each path's access once (on a memo miss: off, it costs nothing).
+    on_decide: Callable[[str, Access], None] | None = field(default=None, compare=False)
+    on_map: Callable[[str, str, str], None] | None = field(default=None, compare=False)
+    on_every: Callable[[str, Access], None] | None = field(default=None, compare=False)
     # decide() is pure and programs ask about the same paths over and over (a Python
     # start-up stats each sys.path entry per import): memoised, bounded.
     _memo: dict[str, Access] = field(default_factory=dict, repr=False, compare=False)
@@ -201,6 +225,13 @@ class FsRules:
             local=_compile(local),
             not_found=_compile(not_found),
             mapping=[(re.compile(p, re.IGNORECASE), _replacement(r)) for p, r in mapping],
+            user_lists={
+                "not_found": tuple(not_found),
+                "read_write": tuple(read_write),
+                "read_only": tuple(read_only),
+                "local": tuple(local),
+                "mapping": tuple(p for p, _ in mapping),
+            },
             always_remote=_builtin(f"^{re.escape(p)}$" for p in DNS_FILES) if dns_remote else None,
             default_local=_builtin(defaults),
             default_remote_ro=_builtin(DEFAULT_REMOTE_RO),
@@ -222,9 +253,13 @@ class FsRules:
         return self.mode == "write" or (self.mode != "local" and self.read_write is not None)
 
     def map_path(self, path: str) -> str:
-        for pattern, repl in self.mapping:
+        for index, (pattern, repl) in enumerate(self.mapping):
             if pattern.search(path):
-                return pattern.sub(repl, path, count=1)
+                mapped = pattern.sub(repl, path, count=1)
+                if self.on_map is not None:
+                    rule = _user_rule("mapping", index, self.user_lists["mapping"][index])
+                    self.on_map(path, mapped, rule)
+                return mapped
         return path
 
     def decide(self, path: str) -> Access:
@@ -234,7 +269,43 @@ class FsRules:
             if len(self._memo) >= MEMO_MAX:
                 self._memo.clear()
             access = self._memo[path] = self._decide(path)
+            if self.on_decide is not None:
+                self.on_decide(path, access)
+        elif self.on_every is not None:  # --explain with MIRRORD_EXPLAIN_ALL: repeats too
+            self.on_every(path, access)
         return access
+
+    def user_rules(self) -> list[str]:
+        """The user's entries as `rule_for` names them (--explain: never-matched ones)."""
+        return [
+            _user_rule(name, index, pattern)
+            for name in ("not_found", "read_write", "read_only", "local", "mapping")
+            for index, pattern in enumerate(self.user_lists.get(name, ()))
+        ]
+
+    def rule_for(self, path: str) -> str:
+        """Which rule decides `path`, in words (--explain only: it tests the patterns one
+        by one, as `_decide` does with them joined)."""
+        dns = self.always_remote
+        if dns is not None and not dns.search(path):
+            dns = None
+        if self.mode == "local":
+            return _builtin_rule(DNS_WHAT, dns, path) if dns else "feature.fs.mode local"
+        for name in ("not_found", "read_write", "read_only", "local"):
+            for index, pattern in enumerate(self.user_lists.get(name, ())):
+                if re.search(pattern, path, re.IGNORECASE):
+                    return _user_rule(name, index, pattern)
+        if dns is not None:
+            return _builtin_rule(DNS_WHAT, dns, path)
+        builtins = (
+            ("not found (under $HOME)", self.default_not_found),
+            ("read-only remote", self.default_remote_ro),
+            ("local", self.default_local),
+        )
+        for what, builtin in builtins:
+            if builtin is not None and builtin.search(path):
+                return _builtin_rule(what, builtin, path)
+        return f"feature.fs.mode {self.mode} (no rule matched)"
 
     def _decide(self, path: str) -> Access:
         if self.mode == "local":

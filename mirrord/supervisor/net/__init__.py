@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from mirrord.supervisor.actions import Handler
 from mirrord.supervisor.handlers import Feature
@@ -23,6 +24,9 @@ from mirrord.supervisor.net.redirect import Redirector
 from mirrord.supervisor.net.sockaddr import Destination
 from mirrord.supervisor.seccomp import Engine, Rule
 from mirrord.supervisor.syscalls import NR
+
+if TYPE_CHECKING:
+    from mirrord.explain import Explainer
 
 __all__ = [
     "Destination",
@@ -56,9 +60,13 @@ async def resolve_filter_names(
 
 
 def network_feature(
-    rules: OutgoingRules, redirector: Redirector, incoming: IncomingHandlers | None = None
+    rules: OutgoingRules,
+    redirector: Redirector,
+    incoming: IncomingHandlers | None = None,
+    explain: Explainer | None = None,
 ) -> Feature:
     h = NetHandlers(rules, redirector)
+    h.explain = explain
     handlers: dict[int, Handler] = {
         NR["connect"]: h.connect,
         NR["getpeername"]: h.getpeername,

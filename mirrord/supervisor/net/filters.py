@@ -111,6 +111,9 @@ class OutgoingRules:
     # all but those. Address entries cannot match a name and are not used.
     dns_filter_mode: str | None = None
     dns_filter_names: frozenset[str] = frozenset()
+    # The filters as written (--explain names the entry that decided).
+    entry_texts: tuple[str, ...] = ()
+    dns_filter_texts: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -140,6 +143,8 @@ class OutgoingRules:
             dns_enabled=dns_enabled,
             unix_streams=unix,
             dns_filter_mode=dns_filter_mode,
+            entry_texts=tuple(filter_entries),
+            dns_filter_texts=tuple(dns_filter_entries),
             dns_filter_names=frozenset(
                 e.name.lower().rstrip(".")
                 for e in (parse_entry(x) for x in dns_filter_entries)
@@ -161,6 +166,61 @@ class OutgoingRules:
     def hostnames(self) -> list[str]:
         """Names in the filter, to resolve in the pod before the program starts."""
         return sorted({e.name for e in self.entries if e.name is not None})
+
+    def user_rules(self) -> list[str]:
+        """The user's filter entries as `rule_for`/`dns_rule_for` name them (--explain)."""
+        out = [
+            f"feature.network.outgoing.filter.{self.filter_mode}[{i}] {t!r}"
+            for i, t in enumerate(self.entry_texts)
+        ]
+        out += [
+            f"feature.network.dns.filter.{self.dns_filter_mode}[{i}] {t!r}"
+            for i, t in enumerate(self.dns_filter_texts)
+        ]
+        return out
+
+    def rule_for(
+        self, protocol: str, ip: bytes, port: int, program_listens: Callable[[], bool]
+    ) -> str:
+        """Which rule makes `route`'s decision, in words (--explain only)."""
+        first = next(
+            (i for i, e in enumerate(self.entries) if e.matches(protocol, ip, port, self.names)),
+            None,
+        )
+        entry = None
+        if first is not None and self.filter_mode is not None:
+            text = self.entry_texts[first] if first < len(self.entry_texts) else "?"
+            entry = f"feature.network.outgoing.filter.{self.filter_mode}[{first}] {text!r}"
+        if port == DNS_PORT:
+            if not self.dns_enabled:
+                return "feature.network.dns off"
+            if self.filter_mode == "local" and entry is not None:
+                return entry
+            return "DNS is remote (default)"
+        if not (self.tcp if protocol == "tcp" else self.udp):
+            return f"feature.network.outgoing.{protocol} off"
+        addr = ipaddress.ip_address(ip)
+        if addr.is_loopback or addr.is_unspecified:
+            if self.ignore_localhost:
+                return "feature.network.outgoing.ignore_localhost"
+            if program_listens():
+                return "the localhost rule (the program listens on that port)"
+        if entry is not None:
+            return entry
+        if self.filter_mode is not None:
+            return f"feature.network.outgoing.filter.{self.filter_mode}: no entry matched"
+        return "outgoing traffic is remote (default)"
+
+    def dns_rule_for(self, name: str) -> str:
+        """Which rule answers a query for `name` here or in the pod (--explain only)."""
+        wanted = name.lower().rstrip(".")
+        for index, text in enumerate(self.dns_filter_texts):
+            entry = parse_entry(text)
+            if entry.name is not None and entry.name == wanted and entry.port in (0, DNS_PORT):
+                return f"feature.network.dns.filter.{self.dns_filter_mode}[{index}] {text!r}"
+        if self.dns_filter_mode is not None:
+            return f"feature.network.dns.filter.{self.dns_filter_mode}: no entry matched"
+        return "DNS is remote (default)"
 
     def route(
         self, protocol: str, ip: bytes, port: int, program_listens: Callable[[], bool]

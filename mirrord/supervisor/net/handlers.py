@@ -31,7 +31,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
 from mirrord.supervisor.net.filters import OutgoingRules, Route
@@ -53,6 +53,9 @@ from mirrord.supervisor.net.sockinfo import (
     try_borrow,
 )
 from mirrord.supervisor.net.udp_calls import UdpCalls
+
+if TYPE_CHECKING:
+    from mirrord.explain import Explainer
 
 log = logging.getLogger("mirrord.supervisor.net")
 
@@ -91,6 +94,9 @@ class NetHandlers:
         self.rules = rules
         self.redirector = redirector
         self.program_listens = program_listens
+        # --explain: each decision recorded (None: off, one attribute test per route).
+        self.explain: Explainer | None = None
+        self._udp_explained: set[tuple[bytes, int]] = set()
         # Incoming traffic's lookups (supervisor/net/incoming.py), tried first when set.
         self.incoming_peer: AddressHook | None = None
         self.incoming_local: AddressHook | None = None
@@ -126,7 +132,37 @@ class NetHandlers:
         route = self.rules.route(
             protocol, dest.ip, dest.port, lambda: self.program_listens(dest.port)
         )
+        if self.explain is not None:
+            self._explain_route(protocol, dest, route)
         return protocol if route is Route.REMOTE else None
+
+    def _explain_route(self, protocol: str, dest: Destination, route: Route) -> None:
+        if protocol == "tcp" and route is Route.REMOTE:
+            return  # recorded with its result by _connect_tcp
+        if protocol == "udp":  # per datagram: each destination once
+            if (dest.ip, dest.port) in self._udp_explained:
+                return
+            if len(self._udp_explained) >= 4096:
+                self._udp_explained.clear()
+            self._udp_explained.add((dest.ip, dest.port))
+        self._record_connect(protocol, dest, route is Route.REMOTE)
+
+    def _record_connect(
+        self, protocol: str, dest: Destination, remote: bool, result: str | None = None
+    ) -> None:
+        assert self.explain is not None
+        rule = self.rules.rule_for(
+            protocol, dest.ip, dest.port, lambda: self.program_listens(dest.port)
+        )
+        host = dest.ip_text if len(dest.ip) == 4 else f"[{dest.ip_text}]"
+        self.explain.record(
+            "connect",
+            protocol=protocol,
+            destination=f"{host}:{dest.port}",
+            decision="remote" if remote else "local",
+            rule=rule,
+            result=result,
+        )
 
     def _interceptor(self, dest: Destination, port: int) -> bytes:
         return build_sockaddr(dest.family, self.redirector.interceptor_ip(dest.family), port)
@@ -190,12 +226,20 @@ class NetHandlers:
             note = True
             try:
                 if await self.redirector.connect_direct(sock, dest):
+                    if self.explain is not None:
+                        self._record_connect("tcp", dest, True, "connected")
                     return 0  # connected (to the agent), the pod-side connect made
                 port = await self.redirector.open_tcp(dest)
             except OSError as e:
+                if self.explain is not None:
+                    name = errno.errorcode.get(e.errno or errno.EIO, str(e.errno))
+                    self._record_connect("tcp", dest, True, name)
                 if e.errno != errno.ECONNREFUSED:
                     raise
                 port, note = self.redirector.refused_port(dest.family), False
+            else:
+                if self.explain is not None:
+                    self._record_connect("tcp", dest, True, "connected")
             # Loopback to a listening socket: the handshake completes within the call, so
             # even a blocking socket does not hold the loop up.
             return self._connect_dup(sock, dest, port, note)
