@@ -16,8 +16,8 @@ from typing import Any, TextIO
 from mirrord.explain.summary import Summary
 
 log = logging.getLogger("mirrord.explain")
-LATER_BATCH = 256  # queued records that wake the worker at once
-LATER_WAIT_S = 0.05  # otherwise it looks this often
+LATER_BATCH = 8192  # queued records that wake the worker at once (bounds the queue)
+LATER_WAIT_S = 0.5  # otherwise it looks this often: a burst (a tree walk) runs first
 
 
 class Explainer:
