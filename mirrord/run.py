@@ -21,9 +21,9 @@ from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.endpoint import AgentEndpoint
 from mirrord.client.errors import AgentError
 from mirrord.config import ConfigError, EnvConfig, MirrordConfig
-from mirrord.environment import env_decisions, env_rules, load_env_file, merge_env
 from mirrord.explain import Explainer
-from mirrord.features import build_features, close_features
+from mirrord.features.build import build_features, close_features
+from mirrord.features.env import env_decisions, env_rules, load_env_file, merge_env
 from mirrord.kube import KubeError, uses_cluster
 from mirrord.supervisor import (
     ExitStatus,

@@ -14,9 +14,9 @@ import mirrord
 from mirrord.agent.namespaces import NamespaceError, NamespaceWorker
 from mirrord.agent.session import AgentSession, SessionRegistry
 from mirrord.agent.target import ProcessWatch, TargetError, read_environ, resolve_target
-from mirrord.loopback_id import loopback_id
-from mirrord.protocol_version import PROTOCOL_MAJOR, PROTOCOL_MINOR, version_string
 from mirrord.v1 import agent_pb2, agent_pb2_grpc
+from mirrord.wire.loopback import loopback_id
+from mirrord.wire.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, version_string
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ def resolve_checked(config_file: str | None, overrides: ExecOverrides) -> Resolv
     the models and by the features' own mappers. Raises ConfigError. `verify-config` calls
     this too, so what it calls OK, `exec` accepts."""
     from mirrord.config import FLAGS_SOURCE, ConfigError, resolve_config
-    from mirrord.config_check import feature_errors
+    from mirrord.features.check import feature_errors
 
     resolved = resolve_config(config_file, overrides, ORIGINAL_ENV)
     errors = feature_errors(resolved.config)

@@ -20,8 +20,8 @@ from mirrord.client.errors import (
     TargetNotFound,
 )
 from mirrord.client.probes import ProbeSpec
-from mirrord.protocol_version import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from mirrord.v1 import agent_pb2, agent_pb2_grpc
+from mirrord.wire.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR
 
 if TYPE_CHECKING:
     SessionCall: TypeAlias = grpc.aio.StreamStreamCall[

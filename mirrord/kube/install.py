@@ -17,8 +17,8 @@ from mirrord.kube import manifests as m
 from mirrord.kube.api import KubeApi
 from mirrord.kube.errors import KubeConflict, KubeError, KubeForbidden, KubeNotFound
 from mirrord.kube.targets import is_ready, pod_state
-from mirrord.protocol_version import OURS as PROTOCOL
-from mirrord.protocol_version import PROTOCOL_MAJOR
+from mirrord.wire.protocol import OURS as PROTOCOL
+from mirrord.wire.protocol import PROTOCOL_MAJOR
 
 
 async def _apply(api: KubeApi, obj: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import mirrord
 from mirrord.config.models import AgentConfig, AgentImage
-from mirrord.protocol_version import OURS as PROTOCOL
+from mirrord.wire.protocol import OURS as PROTOCOL
 
 AGENT_NAME = "mirrord-agent"
 DEFAULT_NAMESPACE = "mirrord"

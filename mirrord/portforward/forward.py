@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import grpc.aio
 
 from mirrord.client import AgentClient
+from mirrord.features.outgoing.proxy import NetProxy, open_stream, relay, reset
 from mirrord.portforward.specs import ForwardSpec, PortForwardError
-from mirrord.proxy import NetProxy, open_stream, relay, reset
 
 log = logging.getLogger("mirrord.portforward")
 

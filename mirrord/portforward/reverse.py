@@ -2,12 +2,12 @@
 stolen (`feature.network.incoming.mode`, upstream's default: mirror; `http_filter` for a
 steal), delivered to 127.0.0.1:LOCAL_PORT here.
 
-The subscriptions are `mirrord exec`'s (mirrord/client/incoming.py, with the same options as
-mirrord/proxy/incoming.py gives them): the agent's rules, node traffic taken, a Kubernetes
-target's probes left to the pod in a steal, rules removed when a subscription or the session
-ends. Each delivered connection is relayed to a new loopback connection to LOCAL_PORT over its
-gRPC stream (no direct delivery: nothing here is traced, so there is no program socket to
-hand the agent).
+The subscriptions are `mirrord exec`'s (features/incoming/client.py, with the same options
+as features/incoming/delivery.py gives them): the agent's rules, node traffic taken, a
+Kubernetes target's probes left to the pod in a steal, rules removed when a subscription or
+the session ends. Each delivered connection is relayed to a new loopback connection to
+LOCAL_PORT over its gRPC stream (no direct delivery: nothing here is traced, so there is no
+program socket to hand the agent).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 from mirrord.client import AgentClient
 from mirrord.client.errors import AgentError, AgentLost
-from mirrord.client.incoming import (
+from mirrord.client.probes import ProbeSpec
+from mirrord.config import MirrordConfig
+from mirrord.features.incoming.client import (
     HttpFilterSpec,
     IncomingClient,
     IncomingConnection,
@@ -31,10 +33,8 @@ from mirrord.client.incoming import (
     PortTaken,
     Subscription,
 )
-from mirrord.client.probes import ProbeSpec
-from mirrord.config import MirrordConfig
+from mirrord.features.incoming.delivery import IncomingSettings, deliver_down, deliver_up
 from mirrord.portforward.specs import PortForwardError, ReverseSpec
-from mirrord.proxy.incoming import IncomingSettings, deliver_down, deliver_up
 
 log = logging.getLogger("mirrord.portforward")
 
@@ -50,7 +50,7 @@ def reverse_settings(config: MirrordConfig) -> tuple[IncomingSettings, str | Non
     """The incoming settings -R uses, and a note for the user (or None). As upstream's
     port-forward: the config's mode (default mirror) and HTTP filter; `incoming: off`
     (or `network: false`) mirrors, as upstream's `is_steal()` is false then."""
-    from mirrord.incoming_config import incoming_config
+    from mirrord.features.incoming.config import incoming_config
 
     found = incoming_config(config)
     if found is None:

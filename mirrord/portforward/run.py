@@ -20,11 +20,11 @@ from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.endpoint import AgentEndpoint
 from mirrord.client.errors import AgentError
 from mirrord.config import ConfigError, MirrordConfig
+from mirrord.features.incoming.delivery import IncomingSettings
 from mirrord.kube import KubeError, uses_cluster
 from mirrord.portforward.forward import bind_listeners, serve_forwards
 from mirrord.portforward.reverse import ReverseForwarder, reverse_settings
 from mirrord.portforward.specs import ForwardSpec, PortForwardError, ReverseSpec
-from mirrord.proxy.incoming import IncomingSettings
 from mirrord.target import Target, TargetError, parse_target
 
 # Exit status after Ctrl-C before the forwards were up (128 + SIGINT, as a shell reports).

@@ -18,8 +18,8 @@ from mirrord.client import (
     ProtocolMismatch,
     TargetNotFound,
 )
-from mirrord.protocol_version import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from mirrord.v1 import agent_pb2, agent_pb2_grpc
+from mirrord.wire.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR
 from tests.agent.agent_helpers import TOKEN, Target
 
 

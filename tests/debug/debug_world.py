@@ -21,8 +21,8 @@ import pytest
 
 from mirrord.testpod import Network, Pod
 from mirrord.testpod.pod import http_server_argv
-from tests.incoming.exec_world import Running
-from tests.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules
+from tests.features.incoming.exec_world import Running
+from tests.features.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules
 
 MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 PORT = 8080

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.debug.debug_world import PORT, DebugWorld, dworld  # noqa: F401 (fixture)
-from tests.incoming.exec_world import Running
-from tests.incoming.incoming_helpers import mirrord_rules
+from tests.features.incoming.exec_world import Running
+from tests.features.incoming.incoming_helpers import mirrord_rules
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("gdb") and shutil.which("dlv") and shutil.which("strace")),

@@ -20,8 +20,8 @@ import pytest
 
 from mirrord.testpod import Network, Pod
 from mirrord.testpod.pod import http_server_argv
-from tests.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules
-from tests.net.net_world import UDP_ECHO
+from tests.features.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules
+from tests.features.outgoing.net_world import UDP_ECHO
 
 MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 PY = "/usr/bin/python3"

@@ -12,12 +12,12 @@ import pytest
 
 from mirrord.cli.argv import normalize
 from mirrord.config.models import EnvConfig
-from mirrord.environment import env_decisions, env_rules
 from mirrord.explain import Explainer, summarize_file
 from mirrord.explain.schema import RECORD_SCHEMA
 from mirrord.explain.summary import MAX_FAILURES, TraceError
-from mirrord.supervisor.fs.rules import Access, Context, FsRules
-from mirrord.supervisor.net.filters import OutgoingRules
+from mirrord.features.env import env_decisions, env_rules
+from mirrord.features.files.rules import Access, Context, FsRules
+from mirrord.features.outgoing.filters import OutgoingRules
 
 
 def test_records_are_json_lines_that_validate_and_add_up() -> None:

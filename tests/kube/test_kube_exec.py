@@ -243,8 +243,8 @@ def test_a_steal_leaves_the_pods_probes_to_it(
     the node still get the pod's answers; every other request, from the node or from
     another pod, is stolen; the start-up lines name each probe. --steal-probes takes the
     probes too, with upstream's warning."""
-    from tests.incoming.h2_helpers import GRPC_SERVER, grpc_client
-    from tests.incoming.incoming_helpers import mirrord_rules
+    from tests.features.incoming.h2_helpers import GRPC_SERVER, grpc_client
+    from tests.features.incoming.incoming_helpers import mirrord_rules
 
     cluster.namespace("shop")
     probes = {

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from mirrord.testpod import Pod
-from tests.incoming.incoming_helpers import mirrord_rules, request, wait_until
+from tests.features.incoming.incoming_helpers import mirrord_rules, request, wait_until
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.kube.fake_cluster import FakeCluster
-from tests.net.test_portforward_reverse import LocalServer, body
-from tests.test_portforward_cli import PortForward, free_port
+from tests.portforward.test_cli import PortForward, free_port
+from tests.portforward.test_reverse import LocalServer, body
 
 pytestmark = pytest.mark.root
 
@@ -121,7 +121,7 @@ def test_reverse_takes_the_pods_port_to_this_machine(
         assert line.startswith(
             f"mirrord: {verb} port 8080 of the target (pod/web-1) -> 127.0.0.1:{local_server.port}"
         )
-        from tests.incoming.incoming_helpers import send_requests
+        from tests.features.incoming.incoming_helpers import send_requests
 
         answers = send_requests(other, pod.address, 8080, [request("/x", {"x-user": "k"})])
         if mode == "steal":

@@ -3,7 +3,7 @@
 With IncomingSubscribeRequest.direct the agent connects to the program's listener itself
 and pumps the Delivery's queues through that socket: no Connection stream, no gRPC
 message per connection or chunk, no relay in mirrord. Before each connect, a NEW note goes
-to the client's datagram socket (mirrord/directwire.py): it is in the client's queue
+to the client's datagram socket (mirrord/wire/direct.py): it is in the client's queue
 before the program can accept, so the supervisor can show the real peer at once. GONE
 follows when the connection is closed, FAILED when the program could not be reached.
 
@@ -23,7 +23,7 @@ from typing import Protocol
 
 from mirrord.agent.bridge import LINGER_OFF, LINGER_RESET, Bridge, set_linger
 from mirrord.agent.incoming.delivery import Delivery
-from mirrord.directwire import NOTE_FAILED, NOTE_GONE, NOTE_NEW, Note, encode_note
+from mirrord.wire.direct import NOTE_FAILED, NOTE_GONE, NOTE_NEW, Note, encode_note
 
 log = logging.getLogger(__name__)
 

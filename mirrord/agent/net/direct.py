@@ -3,7 +3,7 @@
 When the client shares the agent's network namespace (HelloReply.loopback_id), it asks
 `Net.Direct` for the agent's listeners on 127.0.0.1 and ::1 and its session's secret.
 The program's socket itself is then connected to such a listener and opens with a
-request (mirrord/directwire.py): the agent connects from the pod, answers, and relays
+request (mirrord/wire/direct.py): the agent connects from the pod, answers, and relays
 between the two sockets (agent/bridge.py). One relay and no gRPC message per connection or
 chunk, instead of the client's relay plus the stream.
 
@@ -26,7 +26,7 @@ from mirrord.agent.bridge import LINGER_OFF, LINGER_RESET, Bridge, set_linger
 from mirrord.agent.net.sockets import NetSessionState
 from mirrord.agent.net.tcp import connect_socket
 from mirrord.agent.session import AgentSession
-from mirrord.directwire import (
+from mirrord.wire.direct import (
     REQUEST_SIZE,
     SECRET_SIZE,
     DirectReply,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from mirrord.agent.net.sockets import pod_socket
 from mirrord.agent.session import AgentSession
-from mirrord.dnswire import TYPE_A, TYPE_AAAA, DnsFormatError, answer_addresses, build_query
+from mirrord.wire.dns import TYPE_A, TYPE_AAAA, DnsFormatError, answer_addresses, build_query
 
 QUERY_TIMEOUT_S = 2.0
 

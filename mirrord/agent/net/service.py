@@ -16,8 +16,8 @@ from mirrord.agent.net.tcp import Reply, Request, relay_tcp
 from mirrord.agent.net.udp import relay_udp
 from mirrord.agent.service import session_of
 from mirrord.agent.session import AgentSession, SessionRegistry
-from mirrord.netwire import deserialize_client, serialize_server
 from mirrord.v1 import net_pb2, net_pb2_grpc
+from mirrord.wire.net import deserialize_client, serialize_server
 
 if TYPE_CHECKING:
     Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -42,7 +42,7 @@ class NetService(net_pb2_grpc.NetServicer):
         state.adopt()
         return state
 
-    async def Tcp(  # type: ignore[override]  # data as views/bytes: mirrord/netwire.py
+    async def Tcp(  # type: ignore[override]  # data as views/bytes: mirrord/wire/net.py
         self, request_iterator: AsyncIterator[Request], context: Context
     ) -> AsyncIterator[Reply]:
         session = await session_of(self.registry, context)
@@ -76,7 +76,7 @@ def register(server: grpc.aio.Server, registry: SessionRegistry) -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # As net_pb2_grpc.add_NetServicer_to_server, with Tcp's `data` messages taking the fast
-    # path of mirrord/netwire.py (same bytes on the wire).
+    # path of mirrord/wire/net.py (same bytes on the wire).
     servicer = NetService(registry)
     handlers = {
         "Tcp": grpc.stream_stream_rpc_method_handler(

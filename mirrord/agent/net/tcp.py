@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator
 
 from mirrord.agent.net.sockets import NetSessionState, from_sockaddr, to_sockaddr
 from mirrord.agent.session import AgentSession
-from mirrord.netwire import SERVER_DATA_KEY, THEN_EOF, encode_data
 from mirrord.v1 import net_pb2
+from mirrord.wire.net import SERVER_DATA_KEY, THEN_EOF, encode_data
 
-# What the stream carries (mirrord/netwire.py): `data` as a payload view / encoded bytes.
+# What the stream carries (mirrord/wire/net.py): `data` as a payload view / encoded bytes.
 Request = net_pb2.TcpClientMessage | memoryview
 Reply = net_pb2.TcpServerMessage | bytes
 

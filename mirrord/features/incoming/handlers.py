@@ -1,0 +1,366 @@
+"""Incoming traffic, supervisor side: bind/listen/accept of the program's TCP listeners.
+
+- bind(P) of a TCP socket that incoming traffic applies to (`IncomingPolicy.applies`): the
+  supervisor binds the program's own socket itself, through a pidfd_getfd duplicate (same
+  open file description, so the program's SO_REUSEADDR/V6ONLY options count): to the
+  `listen_ports` port for P if one is set (EADDRINUSE as upstream if it is taken), else to P,
+  else (P taken locally) to a free port. The syscall is then faked with 0. The local port
+  → P mapping is remembered; getsockname says P.
+- listen: the supervisor puts the socket in the listening state (again on the duplicate),
+  then the thread waits (Defer) while the agent subscribes to the remote port, so no
+  delivered connection can find the listener not yet listening.
+- accept/accept4 and getpeername: a delivered connection comes from the proxy's (or the
+  local agent's) loopback socket; its source port names it, so the kernel's 127.0.0.1:X
+  is replaced by the real remote peer (stateless: dup/fork need nothing). getsockname of a
+  delivered connection gives the pod-side original destination.
+  Notify engine: the supervisor accepts on its duplicate of a subscribed listener and
+  installs the connection in the program (InstallFd), the real peer written into its
+  address buffer; every accept is trapped, so none of the program's can race ours (a
+  per-listener lock: poll, then accept). A blocking listener with nothing queued waits on
+  the loop (waits.py); a signal ends that wait as natively; a connection taken for an
+  answer that could not be delivered is stashed for the restarted accept. Listeners that
+  take no traffic of the target are the kernel's. Ptrace engine: only accepts that ask
+  for the address stop, and it is rewritten at the exit stop.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import ipaddress
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mirrord.features.sockets import rawmsg
+from mirrord.features.sockets.listeners import held_by_program, program_holds_tcp_port
+from mirrord.features.sockets.sockaddr import (
+    Destination,
+    build_sockaddr,
+    parse_sockaddr,
+    rewrite_sockaddr,
+)
+from mirrord.features.sockets.sockinfo import borrowed_socket, try_borrow
+from mirrord.features.sockets.waits import retry_when_ready
+from mirrord.supervisor.actions import Action, Allow, Defer, Fake, InstallFd, Memory, Syscall
+from mirrord.supervisor.syscalls import NR
+
+log = logging.getLogger("mirrord.features.incoming.handlers")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# The accept queue of a listener that takes the target's traffic, whatever backlog the
+# program asked for (the kernel caps it at net.core.somaxconn). The pod's clients spread
+# their connections over the pod's queue; here they all come from the proxy, mirrored
+# copies in bursts (the pod's server answers faster than the traced program accepts).
+# With python's default of 5, the overflow lost connections for good: SYN cookies the
+# kernel then sends fail once the queue is still full, and the proxy's connection, already
+# "established" with its bytes sent, is reset before the program accepts it (the rest
+# waited out SYN retransmits, 1 s and more).
+DELIVERY_BACKLOG = 4096
+INET = (socket.AF_INET, socket.AF_INET6)
+
+
+@dataclass(frozen=True)
+class IncomingPolicy:
+    """Which listeners take the target's traffic, and on which local port (pure)."""
+
+    ports: frozenset[int] | None = None  # upstream `ports`: only these (None: all)
+    ignore_ports: frozenset[int] = frozenset()
+    ignore_localhost: bool = False  # upstream: sockets bound to localhost stay local
+    listen_ports: dict[int, int] = field(default_factory=dict)  # requested P -> local port
+
+    def applies(self, dest: Destination) -> bool:
+        if dest.port == 0 or dest.port in self.ignore_ports:
+            return False
+        if self.ports is not None and dest.port not in self.ports:
+            return False
+        ip = ipaddress.ip_address(dest.ip)
+        return not (self.ignore_localhost and ip.is_loopback)
+
+
+class Delivery(Protocol):
+    """What the handlers need from the proxy side (mirrord/features/incoming/delivery.py)."""
+
+    async def subscribe(self, family: int, ip: bytes, local_port: int, port: int) -> None:
+        """Subscribe to the target's port for `port` (the program's requested one) and
+        deliver its connections to the program's listener at ip:local_port. Raises OSError
+        (errno for the program) when refused."""
+        ...
+
+    def delivered(self, proxy_port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """(real remote peer, original destination) of the delivered connection whose
+        proxy-side socket has local port proxy_port."""
+        ...
+
+
+def _sockaddr_text(family: int, host: str, port: int) -> bytes | None:
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if family == socket.AF_INET and ip.version != 4:
+        return None
+    return build_sockaddr(family, ip.packed, port)
+
+
+def _bind_raw(fd: int, raw: bytes) -> int:
+    """bind(2) on our duplicate of the program's socket; 0 or an errno."""
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    if _libc.bind(fd, buf, len(raw)) == 0:
+        return 0
+    return ctypes.get_errno() or errno.EIO
+
+
+def _with_port(raw: bytes, port: int) -> bytes:
+    return raw[:2] + struct.pack("!H", port) + raw[4:]
+
+
+class IncomingHandlers:
+    def __init__(self, policy: IncomingPolicy, delivery: Delivery) -> None:
+        self.policy = policy
+        self.delivery = delivery
+        # local port -> the port the program asked for. Keyed by port, not fd: every
+        # socket on that port (SO_REUSEPORT workers, dups, forks) gets the same answer.
+        self.bound: dict[int, int] = {}
+        # requested port -> {socket inode: local port}: the program's sockets that asked
+        # for it, to tell its own second bind (EADDRINUSE) from a port busy elsewhere.
+        self._claims: dict[int, dict[int, int]] = {}
+        self.subscribed: set[int] = set()
+        # Notify engine: connections accepted for an accept whose answer could not be
+        # delivered (ended by a signal), by listener inode, for the restarted accept.
+        self._stash: dict[int, collections.deque[tuple[int, bytes]]] = {}
+        self._accept_lock = threading.Lock()
+
+    # --- bind / listen ---------------------------------------------------------------
+
+    def bind(self, sc: Syscall, mem: Memory) -> Action:
+        fd, ptr, size = sc.args[0], sc.args[1], sc.args[2] & 0xFFFFFFFF
+        if ptr == 0 or size < 2:
+            return Allow()
+        try:
+            dest = parse_sockaddr(mem.read(ptr, min(size, 128)))
+        except OSError:
+            return Allow()
+        if dest is None or not self.policy.applies(dest):
+            return Allow()
+        try:
+            with borrowed_socket(sc.tid, fd) as sock:
+                if sock is None or sock.type != socket.SOCK_STREAM or sock.family not in INET:
+                    return Allow()
+                mapped = self.policy.listen_ports.get(dest.port)
+                err = _bind_raw(sock.fileno(), _with_port(dest.raw, mapped or dest.port))
+                if err == errno.EADDRINUSE and mapped is None:
+                    err = self._bind_elsewhere(sock, dest)
+                if err:
+                    return Fake(-err)
+                local = int(sock.getsockname()[1])
+                inode = os.fstat(sock.fileno()).st_ino
+        except OSError:
+            return Allow()  # not ours to judge: let the kernel answer
+        self.bound[local] = dest.port
+        self._claims.setdefault(dest.port, {})[inode] = local
+        if local != dest.port:
+            log.info("port %d is bound locally on %d", dest.port, local)
+        return Fake(0)
+
+    def _bind_elsewhere(self, sock: socket.socket, dest: Destination) -> int:
+        """P is taken on this machine. By the program's own socket (bound to P or moved
+        off it): the kernel's answer for P stands, made on that socket's local port (so
+        SO_REUSEPORT workers share it, and a plain second bind gets EADDRINUSE); also when
+        that socket got P without asking us (bound to port 0, the kernel chose P). By
+        anything else: any free port, which the program will know as P. 0 or an errno."""
+        claims = self._claims.get(dest.port, {})
+        held = held_by_program({str(i) for i in claims}) if claims else set()
+        for inode in [i for i in claims if str(i) not in held]:
+            del claims[inode]  # closed since: its port is free, or someone else's
+        if claims:
+            for local in sorted(set(claims.values())):
+                err = _bind_raw(sock.fileno(), _with_port(dest.raw, local))
+                if err != errno.EADDRINUSE:
+                    return err
+            return errno.EADDRINUSE
+        if program_holds_tcp_port(dest.port):
+            return errno.EADDRINUSE  # a socket of its own not bound through us (port 0)
+        return _bind_raw(sock.fileno(), _with_port(dest.raw, 0))
+
+    def listen(self, sc: Syscall, mem: Memory) -> Action:
+        fd, backlog = sc.args[0], ctypes.c_int32(sc.args[1] & 0xFFFFFFFF).value
+        try:
+            with borrowed_socket(sc.tid, fd) as sock:
+                if sock is None or sock.type != socket.SOCK_STREAM or sock.family not in INET:
+                    return Allow()  # only TCP listeners take the target's traffic
+                name = sock.getsockname()
+                local = int(name[1])
+                if local not in self.bound:
+                    return Allow()
+                family = sock.family
+                # Before the first delivery can arrive; with a deep queue (see
+                # DELIVERY_BACKLOG). Again for a re-listen, which would shrink it.
+                sock.listen(max(backlog, DELIVERY_BACKLOG))
+        except OSError:
+            return Allow()
+        if local in self.subscribed:
+            return Fake(0)
+        ip = ipaddress.ip_address(str(name[0]).split("%")[0]).packed
+        requested = self.bound[local]
+        self.subscribed.add(local)
+
+        def then(result: Any, _m: Memory) -> Action:
+            if isinstance(result, OSError):
+                self.subscribed.discard(local)
+                return Fake(-(result.errno or errno.EIO))
+            if isinstance(result, BaseException):
+                log.error("incoming subscription failed: %r", result)
+            return Fake(0)
+
+        return Defer(lambda: self.delivery.subscribe(family, ip, local, requested), then)
+
+    # --- the addresses of delivered connections --------------------------------------------
+
+    def _remote_of(self, got: Destination) -> bytes | None:
+        if not got.is_loopback:
+            return None
+        found = self.delivery.delivered(got.port)
+        if found is None:
+            return None
+        host, port = found[0]
+        return _sockaddr_text(got.family, host, port)
+
+    def accept(self, sc: Syscall, mem: Memory) -> Action:
+        """accept and accept4 (same first three arguments)."""
+        if sc.notified:
+            return self._accept_notified(sc, mem)
+        ptr, lenptr = sc.args[1], sc.args[2]
+        if not ptr or not lenptr or not self.subscribed:
+            return Allow()
+        try:
+            (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
+        except OSError:
+            return Allow()
+
+        def on_exit(ret: int, m: Memory) -> int | None:
+            if ret >= 0:
+                rewrite_sockaddr(m, ptr, lenptr, cap, self._remote_of)
+            return None
+
+        return Allow(on_exit=on_exit)
+
+    def _accept_notified(self, sc: Syscall, mem: Memory) -> Action:
+        if not self.subscribed:
+            return Allow()
+        fd, ptr, lenptr = sc.args[0], sc.args[1], sc.args[2]
+        flags = sc.args[3] & 0xFFFFFFFF if sc.nr == NR["accept4"] else 0
+        sock = try_borrow(sc.tid, fd)
+        if sock is None:
+            return Allow()
+        try:
+            name = sock.getsockname()
+            ours = isinstance(name, tuple) and int(name[1]) in self.subscribed
+            cap = struct.unpack("<I", mem.read(lenptr, 4))[0] if ptr and lenptr else 0
+        except OSError:
+            ours = False  # not a listener of ours, or a bad pointer: the kernel answers
+        if not ours:
+            sock.close()
+            return Allow()
+        return self._take(sock, flags, ptr, lenptr, cap, mem)
+
+    def _take(
+        self, sock: socket.socket, flags: int, ptr: int, lenptr: int, cap: int, mem: Memory
+    ) -> Action:
+        """Accept now, or wait for a connection as the program's accept would."""
+        inode = os.fstat(sock.fileno()).st_ino
+        try:
+            got = self._accept_now(sock, inode)
+        except OSError as exc:
+            sock.close()
+            return Fake(-(exc.errno or errno.EIO))
+        if got is not None:
+            sock.close()
+            return self._deliver(got, inode, flags, ptr, lenptr, cap, mem)
+        if rawmsg.nonblocking(sock.fileno()):
+            sock.close()
+            return Fake(-errno.EAGAIN)
+        return retry_when_ready(
+            sock,
+            lambda m: self._take(sock, flags, ptr, lenptr, cap, m),
+            write=False,
+            timeout=rawmsg.rcvtimeo(sock),
+        )
+
+    def _accept_now(self, sock: socket.socket, inode: int) -> tuple[int, bytes] | None:
+        """A stashed connection, or one from the queue; None if the queue is empty.
+        Poll first: on a blocking listener accept would wait."""
+        with self._accept_lock:
+            stash = self._stash.get(inode)
+            if stash:
+                return stash.popleft()
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            if not poller.poll(0):
+                return None
+            try:
+                return rawmsg.accept(sock.fileno())
+            except BlockingIOError:
+                return None
+
+    def _stash_back(self, inode: int, conn: tuple[int, bytes]) -> None:
+        with self._accept_lock:
+            self._stash.setdefault(inode, collections.deque()).appendleft(conn)
+
+    def _deliver(
+        self,
+        conn: tuple[int, bytes],
+        inode: int,
+        flags: int,
+        ptr: int,
+        lenptr: int,
+        cap: int,
+        mem: Memory,
+    ) -> Action:
+        """The accepted connection becomes the program's fd, its real peer in the
+        program's address buffer."""
+        fd, peer = conn
+        if ptr and lenptr:
+            got = parse_sockaddr(peer)
+            shown = (self._remote_of(got) if got is not None else None) or peer
+            try:
+                if cap:
+                    mem.write(ptr, shown[:cap])
+                mem.write(lenptr, struct.pack("<I", len(shown)))
+            except OSError:
+                self._stash_back(inode, conn)
+                return Fake(-errno.EFAULT)
+        if flags & socket.SOCK_NONBLOCK:
+            rawmsg.set_nonblocking(fd)
+        return InstallFd(
+            fd,
+            cloexec=bool(flags & socket.SOCK_CLOEXEC),
+            on_lost=lambda lost: self._stash_back(inode, (lost, peer)),
+        )
+
+    def peer_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
+        """getpeername: the real remote peer of a delivered connection."""
+        return self._remote_of(got) if self.subscribed else None
+
+    def local_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
+        """getsockname: P for a listener bound elsewhere, the original destination for a
+        delivered connection."""
+        requested = self.bound.get(got.port)
+        if requested is None:
+            return None
+        try:
+            with borrowed_socket(tid, fd) as sock:
+                peer = sock.getpeername() if sock is not None else None
+        except OSError:
+            peer = None  # not connected: the listener itself
+        if isinstance(peer, tuple):
+            found = self.delivery.delivered(int(peer[1]))
+            if found is not None:
+                return _sockaddr_text(got.family, *found[1])
+        if requested == got.port:
+            return None
+        return build_sockaddr(got.family, got.ip, requested)

@@ -1,0 +1,108 @@
+"""Outgoing network traffic through the target (feature.network.outgoing / dns).
+
+`network_feature(rules, redirector)` is the supervisor Feature: seccomp rules and
+handlers for the socket syscalls. What stops: connect, getpeername, getsockname,
+sendmsg, recvmsg, sendmmsg, recvmmsg always; sendto and recvfrom only when an address
+pointer is given (plain send/recv on connected sockets never stop). read/write never stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from mirrord.features.incoming.handlers import IncomingHandlers
+from mirrord.features.outgoing.filters import OutgoingRules, Route, parse_entry
+from mirrord.features.outgoing.handlers import NetHandlers
+from mirrord.features.outgoing.redirect import Redirector
+from mirrord.features.sockets.sockaddr import Destination
+from mirrord.supervisor.actions import Handler
+from mirrord.supervisor.handlers import Feature
+from mirrord.supervisor.seccomp import Engine, Rule
+from mirrord.supervisor.syscalls import NR
+
+if TYPE_CHECKING:
+    from mirrord.explain import Explainer
+
+__all__ = [
+    "Destination",
+    "IncomingHandlers",
+    "OutgoingRules",
+    "Redirector",
+    "Route",
+    "network_feature",
+    "parse_entry",
+    "resolve_filter_names",
+]
+
+
+async def resolve_filter_names(
+    rules: OutgoingRules, resolve_in_pod: Callable[[str], Awaitable[list[bytes]]]
+) -> OutgoingRules:
+    """Fill in the addresses of the names in the filter: as the pod resolves them, plus as
+    this machine does (a `filter.local` name is often a local one, e.g. a dev database)."""
+    names: dict[str, frozenset[bytes]] = {}
+    loop = asyncio.get_running_loop()
+    for name in rules.hostnames():
+        found = set(await resolve_in_pod(name))
+        try:
+            infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except OSError:
+            infos = []
+        for info in infos:
+            found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]).packed)
+        names[name] = frozenset(found)
+    return dataclasses.replace(rules, names=names)
+
+
+def network_feature(
+    rules: OutgoingRules,
+    redirector: Redirector,
+    incoming: IncomingHandlers | None = None,
+    explain: Explainer | None = None,
+) -> Feature:
+    h = NetHandlers(rules, redirector)
+    h.explain = explain
+    handlers: dict[int, Handler] = {
+        NR["connect"]: h.connect,
+        NR["getpeername"]: h.getpeername,
+        NR["getsockname"]: h.getsockname,
+        NR["sendto"]: h.sendto,
+        NR["recvfrom"]: h.recvfrom,
+        NR["sendmsg"]: h.sendmsg,
+        NR["recvmsg"]: h.recvmsg,
+        NR["sendmmsg"]: h.sendmmsg,
+        NR["recvmmsg"]: h.recvmmsg,
+    }
+    seccomp_rules = [
+        Rule(NR["sendto"], arg_nonzero=4),
+        Rule(NR["recvfrom"], arg_nonzero=4),
+        *(Rule(NR[name]) for name in ("connect", "getpeername", "getsockname")),
+        *(Rule(NR[name]) for name in ("sendmsg", "recvmsg", "sendmmsg", "recvmmsg")),
+    ]
+    if incoming is not None:
+        # Incoming traffic (supervisor/net/incoming.py): one feature, since it shares
+        # getpeername/getsockname with outgoing traffic.
+        h.incoming_peer, h.incoming_local = incoming.peer_hook, incoming.local_hook
+        handlers |= {
+            NR["bind"]: incoming.bind,
+            NR["listen"]: incoming.listen,
+            NR["accept"]: incoming.accept,
+            NR["accept4"]: incoming.accept,
+        }
+        seccomp_rules += [
+            Rule(NR["bind"]),
+            Rule(NR["listen"]),
+            # ptrace: only when the peer address is asked for (it is rewritten at the exit
+            # stop). notify: every accept, since the supervisor performs those on its
+            # listeners: no accept of the program's can then race ours.
+            Rule(NR["accept"], arg_nonzero=1, engine=Engine.PTRACE),
+            Rule(NR["accept4"], arg_nonzero=1, engine=Engine.PTRACE),
+            Rule(NR["accept"], engine=Engine.NOTIFY),
+            Rule(NR["accept4"], engine=Engine.NOTIFY),
+        ]
+    return Feature("network", seccomp_rules, handlers)

@@ -1,0 +1,77 @@
+"""feature.network.outgoing / dns config → the supervisor's OutgoingRules (pure)."""
+
+from __future__ import annotations
+
+import re
+
+from mirrord.config import ConfigError, MirrordConfig
+from mirrord.config.models import DnsConfig, NetworkConfig, OutgoingConfig
+from mirrord.features.outgoing.filters import FilterSyntaxError, OutgoingRules, parse_entry
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
+    """None when nothing goes through the target (network or outgoing and DNS off)."""
+    network = config.feature.network
+    if network is False:
+        return None
+    net = network if isinstance(network, NetworkConfig) else NetworkConfig()
+    outgoing = net.outgoing
+    out = outgoing if isinstance(outgoing, OutgoingConfig) else OutgoingConfig()
+    enabled = outgoing is not False
+    dns = net.dns
+    dns_enabled = dns is not False and not (isinstance(dns, DnsConfig) and dns.enabled is False)
+    tcp = enabled and out.tcp is not False
+    udp = enabled and out.udp is not False
+    if not (tcp or udp or dns_enabled):
+        return None
+    dns_mode: str | None = None
+    dns_entries: list[str] = []
+    if isinstance(dns, DnsConfig) and dns.filter is not None:
+        if dns.filter.remote is not None:
+            dns_mode, dns_entries = "remote", _as_list(dns.filter.remote)
+        else:
+            dns_mode, dns_entries = "local", _as_list(dns.filter.local)
+    mode: str | None = None
+    entries: list[str] = []
+    if out.filter is not None:
+        if out.filter.remote is not None:
+            mode, entries = "remote", _as_list(out.filter.remote)
+        else:
+            mode, entries = "local", _as_list(out.filter.local)
+    unix_streams = _as_list(out.unix_streams) if enabled else []
+    errors = _entry_errors("feature.network.outgoing.filter", mode, entries)
+    errors += _entry_errors("feature.network.dns.filter", dns_mode, dns_entries)
+    for index, pattern in enumerate(unix_streams):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            errors.append(f"feature.network.outgoing.unix_streams[{index}]: bad regex: {e}")
+    if errors:
+        raise ConfigError("<config>", errors)
+    return OutgoingRules.build(
+        tcp=tcp,
+        udp=udp,
+        ignore_localhost=bool(out.ignore_localhost),
+        filter_mode=mode,
+        filter_entries=entries,
+        dns_enabled=dns_enabled,
+        unix_streams=unix_streams,
+        dns_filter_mode=dns_mode if dns_enabled else None,
+        dns_filter_entries=dns_entries,
+    )
+
+
+def _entry_errors(key: str, mode: str | None, entries: list[str]) -> list[str]:
+    errors: list[str] = []
+    for index, entry in enumerate(entries):
+        try:
+            parse_entry(entry)
+        except FilterSyntaxError as e:
+            errors.append(f"{key}.{mode}[{index}]: {e}")
+    return errors

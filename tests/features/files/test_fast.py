@@ -1,0 +1,83 @@
+"""The files feature's fast checks (notify engine) agree with its handlers: a call they let
+run is one the handler would have let run. Pure: fake memory, no tracee, no agent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mirrord.features.files.cache import Cache
+from mirrord.features.files.handlers import AT_EMPTY_PATH, FsFeature
+from mirrord.features.files.paths import AT_FDCWD
+from mirrord.features.files.rules import Context, FsRules
+from mirrord.supervisor.actions import Allow, Syscall
+from mirrord.supervisor.syscalls import NR
+
+PATH_AT = 0x1000
+
+
+class Mem:
+    def __init__(self, path: bytes) -> None:
+        self.data = path + b"\0"
+
+    def read_some(self, tid: int, addr: int, size: int) -> bytes:
+        return self.data[:size]
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.data[:size].ljust(size, b"\0")
+
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
+        return self.data.split(b"\0", 1)[0]
+
+    def write(self, addr: int, data: bytes) -> None:
+        pass
+
+
+def feature(tmp_path: Path, **lists: list[str]) -> FsFeature:
+    rules = FsRules.build("read", context=Context(cwd="/home/dev", tmpdir=str(tmp_path)), **lists)
+    return FsFeature(rules, None, Cache(str(tmp_path)))  # type: ignore[arg-type]
+
+
+def stat_call(fs: FsFeature, path: bytes, flags: int = 0) -> tuple[object, bool]:
+    """(the handler's answer, the fast check's) for newfstatat(AT_FDCWD, path, …)."""
+    args = (AT_FDCWD & 0xFFFFFFFF, PATH_AT, 0x8000, flags, 0, 0)
+    mem = Mem(path)
+    fast = fs.fast_checks()[NR["newfstatat"]](os.getpid(), args, mem)
+    return fs.newfstatat(Syscall(os.getpid(), NR["newfstatat"], args, 0, True), mem), fast
+
+
+def test_a_local_path_is_fast_once_the_handler_decided_it(tmp_path: Path) -> None:
+    fs = feature(tmp_path)
+    action, fast = stat_call(fs, b"/usr/lib/python3.11/os.py")
+    assert action == Allow() and not fast  # first: the handler decides
+    action, fast = stat_call(fs, b"/usr/lib/python3.11/os.py")
+    assert action == Allow() and fast
+
+
+def test_remote_paths_are_never_fast(tmp_path: Path) -> None:
+    fs = feature(tmp_path)
+    for _ in range(2):
+        action, fast = stat_call(fs, b"/srv/app/config.yaml")
+        assert action != Allow() and not fast
+
+
+def test_a_path_local_only_for_writing_is_not_remembered(tmp_path: Path) -> None:
+    """read_only + an open for writing is local; a later read of it is remote."""
+    fs = feature(tmp_path, read_only=["^/srv/ro"])
+    args = (AT_FDCWD & 0xFFFFFFFF, PATH_AT, os.O_WRONLY, 0, 0, 0)
+    mem = Mem(b"/srv/ro/file")
+    sc = Syscall(os.getpid(), NR["openat"], args, 0, True)
+    assert fs.openat(sc, mem) == Allow()
+    assert not fs.fast_checks()[NR["openat"]](os.getpid(), args, mem)
+    action, fast = stat_call(fs, b"/srv/ro/file")
+    assert action != Allow() and not fast
+
+
+def test_fstat_like_calls_are_fast_only_while_no_copy_was_handed_out(tmp_path: Path) -> None:
+    fs = feature(tmp_path)
+    assert stat_call(fs, b"", AT_EMPTY_PATH)[1]
+    fs.remote_fds = True
+    assert not stat_call(fs, b"", AT_EMPTY_PATH)[1]
+    assert fs.fast_checks()[NR["getcwd"]](1, (0,) * 6, Mem(b""))  # type: ignore[arg-type]
+    fs.remote_cwd = True
+    assert not fs.fast_checks()[NR["getcwd"]](1, (0,) * 6, Mem(b""))  # type: ignore[arg-type]

@@ -1,0 +1,284 @@
+"""The short-lived stat cache: a remote directory's listing (and Open/Stat answers) answer
+stat/lstat of those paths without an agent round trip, for STAT_TTL_S at most, and our
+own changes drop what they made stale. Handlers run on a fake remote and fake memory."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat as statmod
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrord.features.files.cache import STAT_TTL_S, Cache
+from mirrord.features.files.handlers import AT_SYMLINK_NOFOLLOW, FsFeature
+from mirrord.features.files.paths import AT_FDCWD
+from mirrord.features.files.remote import Entry, Opened, PathOp
+from mirrord.features.files.rules import Context, FsRules
+from mirrord.features.files.structs import STAT_SIZE, RemoteStat, unpack_stat
+from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
+
+DIR = RemoteStat(ino=10, mode=statmod.S_IFDIR | 0o755, uid=1000, gid=1000, mtime_ns=7)
+A = RemoteStat(ino=11, mode=statmod.S_IFREG | 0o640, uid=1000, gid=2000, size=321, mtime_ns=5)
+LINK = RemoteStat(ino=12, mode=statmod.S_IFLNK | 0o777, size=1)
+NAME_AT, BUF_AT = 0x1000, 0x8000
+
+
+class FakeRemote:
+    def __init__(self) -> None:
+        self.files: dict[str, RemoteStat] = {"/srv/d": DIR, "/srv/d/a": A, "/srv/d/l": LINK}
+        self.calls: list[str] = []
+
+    async def stat(self, path: str, follow: bool) -> tuple[int, RemoteStat | None]:
+        self.calls.append(f"stat {path}")
+        st = self.files.get(path)
+        return (0, st) if st is not None else (errno.ENOENT, None)
+
+    async def access(self, path: str, mode: int, follow: bool) -> int:
+        return 0
+
+    async def readlink(self, path: str) -> tuple[int, bytes]:
+        return 0, b"a"
+
+    async def open(
+        self,
+        path: str,
+        flags: int,
+        mode: int,
+        known: RemoteStat | None,
+        sink: Callable[[bytes], object],
+    ) -> Opened:
+        self.calls.append(f"open {path}")
+        st = self.files[path]
+        entries = [
+            Entry(os.fsencode(p.rsplit("/", 1)[1]), s)
+            for p, s in self.files.items()
+            if p.startswith(path + "/") and "/" not in p[len(path) + 1 :]
+        ]
+        return Opened(stat=st, entries=entries)
+
+    async def store(self, path: str, chunks: AsyncIterator[bytes]) -> tuple[int, RemoteStat | None]:
+        return 0, None
+
+    async def path_op(
+        self,
+        op: PathOp,
+        path: str,
+        *,
+        path2: str = "",
+        mode: int = 0,
+        flags: int = 0,
+        length: int = 0,
+    ) -> int:
+        self.calls.append(f"{op.name.lower()} {path}")
+        if op is PathOp.UNLINK:
+            self.files.pop(path, None)
+        return 0
+
+
+class FakeMem:
+    def __init__(self) -> None:
+        self.data: dict[int, bytes] = {}
+
+    def put(self, addr: int, data: bytes) -> None:
+        self.data[addr] = data
+
+    def read(self, addr: int, size: int) -> bytes:
+        return self.data[addr][:size]
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.data[addr] = data
+
+    def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
+        return self.data[addr].split(b"\0", 1)[0]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[FsFeature, FakeRemote, Clock]]:
+    clock = Clock()
+    remote = FakeRemote()
+    rules = FsRules.build("write", context=Context(cwd="/home/dev", tmpdir=str(tmp_path)))
+    cache = Cache(str(tmp_path), clock=clock)
+    try:
+        yield FsFeature(rules, remote, cache), remote, clock
+    finally:
+        cache.close()
+
+
+async def run(action: Action, mem: Memory) -> Action:
+    """Apply Defers as the tracer would (work on the loop, then on "the tracer")."""
+    while isinstance(action, Defer):
+        try:
+            result: Any = await action.work()
+        except Exception as e:
+            result = e
+        action = action.then(result, mem)
+    return action
+
+
+async def lstat(fs: FsFeature, path: str, follow: bool = False) -> tuple[Action, FakeMem]:
+    mem = FakeMem()
+    mem.put(NAME_AT, path.encode() + b"\0")
+    flags = 0 if follow else AT_SYMLINK_NOFOLLOW
+    sc = Syscall(1, 262, (AT_FDCWD & 0xFFFFFFFF, NAME_AT, BUF_AT, flags, 0, 0), 0x7FFF0000)
+    return await run(fs.newfstatat(sc, mem), mem), mem
+
+
+async def opendir(fs: FsFeature, path: str) -> None:
+    mem = FakeMem()
+    mem.put(NAME_AT, path.encode() + b"\0")
+    sc = Syscall(1, 257, (AT_FDCWD & 0xFFFFFFFF, NAME_AT, os.O_DIRECTORY, 0, 0, 0), 0x7FFF0000)
+    action = await run(fs.openat(sc, mem), mem)
+    assert isinstance(action, Allow) and action.set_args  # rewritten to the copy
+
+
+def stat_written(mem: FakeMem) -> RemoteStat:
+    raw = mem.data[BUF_AT]
+    assert len(raw) == STAT_SIZE
+    return unpack_stat(raw)
+
+
+async def test_listing_answers_lstat_of_entries_without_a_round_trip(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    fs, remote, _clock = setup
+    await opendir(fs, "/srv/d")
+    assert remote.calls == ["open /srv/d"]
+    action, mem = await lstat(fs, "/srv/d/a")
+    assert action == Fake(0)
+    assert stat_written(mem) == A  # the remote's mode, uid/gid, size, times, inode
+    action, mem = await lstat(fs, "/srv/d/l")
+    assert action == Fake(0) and stat_written(mem) == LINK
+    action, mem = await lstat(fs, "/srv/d/a", follow=True)  # not a symlink: same stat
+    assert action == Fake(0) and stat_written(mem) == A
+    action, mem = await lstat(fs, "/srv/d", follow=True)  # the directory itself
+    assert action == Fake(0) and stat_written(mem) == DIR
+    assert remote.calls == ["open /srv/d"]
+    # Following a symlink needs its target: asked.
+    await lstat(fs, "/srv/d/l", follow=True)
+    assert remote.calls == ["open /srv/d", "stat /srv/d/l"]
+
+
+async def test_stat_answers_are_kept_and_go_stale_after_the_ttl(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    fs, remote, clock = setup
+    await opendir(fs, "/srv/d")
+    remote.files["/srv/d/a"] = changed = RemoteStat(ino=11, mode=A.mode, size=999)
+    clock.now += STAT_TTL_S / 2
+    _, mem = await lstat(fs, "/srv/d/a")
+    assert stat_written(mem) == A  # within the bound: the listed metadata
+    clock.now += STAT_TTL_S  # past the bound: asked again, and the answer is kept
+    _, mem = await lstat(fs, "/srv/d/a")
+    assert stat_written(mem) == changed
+    assert remote.calls == ["open /srv/d", "stat /srv/d/a"]
+    _, mem = await lstat(fs, "/srv/d/a")
+    assert stat_written(mem) == changed
+    assert remote.calls == ["open /srv/d", "stat /srv/d/a"]
+
+
+async def test_our_own_changes_drop_cached_stats(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    fs, remote, _clock = setup
+    await opendir(fs, "/srv/d")
+    mem = FakeMem()
+    mem.put(NAME_AT, b"/srv/d/a\0")
+    action = await run(fs.unlink(Syscall(1, 87, (NAME_AT, 0, 0, 0, 0, 0)), mem), mem)
+    assert action == Fake(0)
+    action, _ = await lstat(fs, "/srv/d/a")
+    assert action == Fake(-errno.ENOENT)  # not the listed stat of the removed file
+    remote.files["/srv/d"] = newer = RemoteStat(ino=10, mode=DIR.mode, mtime_ns=8)
+    _, mem = await lstat(fs, "/srv/d")  # the parent changed too: asked again
+    assert stat_written(mem) == newer
+    assert remote.calls == ["open /srv/d", "unlink /srv/d/a", "stat /srv/d/a", "stat /srv/d"]
+
+
+def test_cache_invalidate_is_by_prefix(tmp_path: Path) -> None:
+    clock = Clock()
+    cache = Cache(str(tmp_path), clock=clock)
+    try:
+        for p in ("/a", "/a/b", "/a/b/c", "/a/bc", "/x"):
+            cache.remember(p, False, A)
+        cache.invalidate("/a/b")
+        assert cache.cached_stat("/a/b", False) is None
+        assert cache.cached_stat("/a/b/c", True) is None
+        assert cache.cached_stat("/a", False) is None  # the parent
+        assert cache.cached_stat("/a/bc", False) == A
+        assert cache.cached_stat("/x", True) == A
+    finally:
+        cache.close()
+
+
+def test_no_event_loop_needed_for_hits(tmp_path: Path) -> None:
+    """A hit is answered on the tracer thread at once (a Fake, never a Defer)."""
+    clock = Clock()
+    cache = Cache(str(tmp_path), clock=clock)
+    fs = FsFeature(FsRules.build("read"), FakeRemote(), cache)
+    try:
+        cache.remember("/srv/d/a", False, A)
+        action, mem = asyncio.run(lstat(fs, "/srv/d/a"))
+        assert action == Fake(0) and stat_written(mem) == A
+    finally:
+        cache.close()
+
+
+def test_placeholders_are_shared_links_of_the_right_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listed directory's entries are hard links to one inode per type (cheap), of the
+    right type for getdents64's d_type; a full link count starts a new shared inode."""
+    cache = Cache(str(tmp_path))
+    try:
+        entries = [
+            Entry(b"f1", A),
+            Entry(b"f2", A),
+            Entry(b"sub", DIR),
+            Entry(b"l", LINK),
+            Entry(b"p", RemoteStat(mode=statmod.S_IFIFO | 0o600)),
+            Entry(b"dev", RemoteStat(mode=statmod.S_IFCHR | 0o600)),  # as a regular file
+        ]
+        d = cache.to_cache("/srv/d")
+        os.makedirs(d)
+        real_link = os.link
+        calls = {"n": 0}
+
+        def link(src: str, dst: str, *, follow_symlinks: bool = True) -> None:
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second file finds its shared inode full
+                raise OSError(errno.EMLINK, "too many links")
+            real_link(src, dst, follow_symlinks=follow_symlinks)
+
+        monkeypatch.setattr(os, "link", link)
+        cache._sync_dir(d, entries)
+        kinds = {e.name: statmod.S_IFMT(os.lstat(e.path).st_mode) for e in os.scandir(d)}
+        assert kinds == {
+            "f1": statmod.S_IFREG,
+            "f2": statmod.S_IFREG,
+            "sub": statmod.S_IFDIR,
+            "l": statmod.S_IFLNK,
+            "p": statmod.S_IFIFO,
+            "dev": statmod.S_IFREG,
+        }
+        assert os.lstat(f"{d}/f1").st_ino != os.lstat(f"{d}/f2").st_ino  # rotated
+        assert os.lstat(f"{d}/f2").st_ino == os.lstat(f"{d}/dev").st_ino  # shared
+        target = os.readlink(f"{d}/l")
+        assert target.startswith(cache.base + "/") and not os.path.lexists(target)
+        # Listing again with one entry gone and one changed type keeps the rest.
+        cache._sync_dir(d, [Entry(b"f1", DIR), *entries[1:3]])
+        assert sorted(os.listdir(d)) == ["f1", "f2", "sub"]
+        assert os.path.isdir(f"{d}/f1") and not os.path.islink(f"{d}/f1")
+    finally:
+        cache.close()

@@ -1,5 +1,0 @@
-"""Fixtures of the outgoing-traffic tests (net_world.py)."""
-
-from tests.net.net_world import world
-
-__all__ = ["world"]
