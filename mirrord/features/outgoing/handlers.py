@@ -215,34 +215,20 @@ class NetHandlers:
         return self._connect_udp(sock, dest)
 
     async def _connect_tcp(self, sock: socket.socket, dest: Destination) -> int:
-        """Runs on the proxy's loop: the agent connects from the pod, then the program's
-        socket is connected to its interceptor. -errno or 0, as connect(2) returns it.
-
-        The kernel's loopback connect on the program's own socket gives it the real
-        semantics: blocking, 0; non-blocking, EINPROGRESS, then writable with SO_ERROR 0.
-        A pod-side ECONNREFUSED is produced the same way with a loopback port nobody
-        listens on (`refused_port`): ECONNREFUSED, or EINPROGRESS then SO_ERROR."""
+        """Runs on the proxy's loop: the redirector makes the whole connect (the pod's,
+        then the program's socket on loopback); -errno or 0, as connect(2) returns it."""
         try:
-            note = True
             try:
-                if await self.redirector.connect_direct(sock, dest):
-                    if self.explain is not None:
-                        self._record_connect("tcp", dest, True, "connected")
-                    return 0  # connected (to the agent), the pod-side connect made
-                port = await self.redirector.open_tcp(dest)
+                done = await self.redirector.connect_tcp(sock, dest)
             except OSError as e:
                 if self.explain is not None:
                     name = errno.errorcode.get(e.errno or errno.EIO, str(e.errno))
                     self._record_connect("tcp", dest, True, name)
-                if e.errno != errno.ECONNREFUSED:
-                    raise
-                port, note = self.redirector.refused_port(dest.family), False
-            else:
-                if self.explain is not None:
-                    self._record_connect("tcp", dest, True, "connected")
-            # Loopback to a listening socket: the handshake completes within the call, so
-            # even a blocking socket does not hold the loop up.
-            return self._connect_dup(sock, dest, port, note)
+                raise
+            if self.explain is not None:
+                pod = errno.errorcode.get(done.pod_errno, "") if done.pod_errno else "connected"
+                self._record_connect("tcp", dest, True, pod)
+            return done.result
         finally:
             sock.close()  # our duplicate only
 

@@ -31,6 +31,7 @@ import grpc.aio
 
 from mirrord.features.outgoing.conntable import bound_udp_ports, connected_local_ports
 from mirrord.features.outgoing.direct import DirectConnector
+from mirrord.features.outgoing.redirect import Connected
 from mirrord.features.outgoing.relay import open_stream, relay, reset, tcp_method
 from mirrord.features.outgoing.udp import UdpInterceptor
 from mirrord.features.sockets.sockaddr import Destination
@@ -146,6 +147,27 @@ class NetProxy:
             self._direct = DirectConnector(reply.v4_port, reply.v6_port, reply.secret)
 
     # --- Redirector --------------------------------------------------------------------
+
+    async def connect_tcp(self, sock: socket.socket, dest: Destination) -> Connected:
+        try:
+            if await self.connect_direct(sock, dest):
+                return Connected(0)  # connected (to the agent), the pod-side connect made
+            port, pod_errno = await self.open_tcp(dest), 0
+        except OSError as e:
+            if e.errno != errno.ECONNREFUSED:
+                raise
+            # A loopback port nobody listens on: the program's connect is refused by its
+            # own kernel, as it would be (ECONNREFUSED, or EINPROGRESS then SO_ERROR).
+            port, pod_errno = self.refused_port(dest.family), errno.ECONNREFUSED
+        # Loopback to a listening socket: the handshake completes within the call, so even
+        # a blocking socket does not hold the loop up.
+        ip = socket.inet_ntop(sock.family, self.interceptor_ip(dest.family))
+        err = sock.connect_ex((ip, port))
+        if not pod_errno and err in (0, errno.EINPROGRESS):
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                self.note_local(self._bind(dest.family)[0], int(name[1]), port)
+        return Connected(-err, pod_errno)
 
     async def connect_direct(self, sock: socket.socket, dest: Destination) -> bool:
         if self._direct is None:

@@ -11,9 +11,20 @@ by the program socket's own port.
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from typing import Protocol
 
 from mirrord.features.sockets.sockaddr import Destination
+
+
+@dataclass(frozen=True)
+class Connected:
+    """A redirected TCP connect: `result` is connect(2)'s answer for the program (0, or
+    -errno: -EINPROGRESS on a non-blocking socket), `pod_errno` what the pod's connect
+    gave (0: connected there)."""
+
+    result: int
+    pod_errno: int = 0
 
 
 class Redirector(Protocol):
@@ -21,16 +32,12 @@ class Redirector(Protocol):
         """The loopback address a socket of `family` is pointed at (4 or 16 bytes)."""
         ...
 
-    async def open_tcp(self, dest: Destination) -> int:
-        """Connect to dest from the pod; the interceptor port for the program's socket.
-        Raises OSError(errno) with the error the pod saw."""
-        ...
-
-    async def connect_direct(self, sock: socket.socket, dest: Destination) -> bool:
-        """When the agent shares our loopback: connect the program's socket (`sock`, our
-        duplicate) to the agent, which connects to dest from the pod and relays. False
-        when that is not available (then open_tcp); raises OSError(errno) with the pod's
-        error, the socket left unconnected."""
+    async def connect_tcp(self, sock: socket.socket, dest: Destination) -> Connected:
+        """The program's TCP connect to dest, whole: the pod connects (through the agent's
+        direct listener when it shares our loopback, else a stream and an interceptor),
+        then the program's socket (`sock`, our duplicate) is connected on loopback, which
+        gives it the kernel's own semantics (blocking, EINPROGRESS, SO_ERROR). A pod-side
+        ECONNREFUSED is reproduced the same way; other pod errors raise OSError(errno)."""
         ...
 
     async def open_unix(self, path: str) -> bytes:
@@ -41,11 +48,6 @@ class Redirector(Protocol):
 
     async def open_udp(self, dest: Destination) -> int:
         """The interceptor UDP port for dest (made on first use)."""
-        ...
-
-    def refused_port(self, family: int) -> int:
-        """A loopback port (at `interceptor_ip(family)`) where nothing listens, ever:
-        connecting to it is refused by the local kernel."""
         ...
 
     def udp_port(self, dest: Destination) -> int | None:
