@@ -7,8 +7,8 @@ import logging
 import grpc.aio
 
 from mirrord.agent.auth import TokenAuthInterceptor
-from mirrord.agent.features import FEATURE_SERVICES
 from mirrord.agent.service import AgentService
+from mirrord.agent.services import FEATURE_SERVICES
 from mirrord.agent.session import AgentSession, SessionRegistry
 from mirrord.v1 import agent_pb2_grpc
 

@@ -69,11 +69,12 @@ class AgentClient:
         hello: agent_pb2.HelloReply,
         ping_interval: float,
         pong_timeout: float,
+        target_probes: tuple[ProbeSpec, ...] = (),
     ) -> None:
         self.address = address
         self.hello = hello
-        # The target's kubelet probes (Kubernetes targets; set by whoever resolved it).
-        self.target_probes: tuple[ProbeSpec, ...] = ()
+        # The target's kubelet probes (Kubernetes targets: from whoever resolved it).
+        self.target_probes = target_probes
         self._token = token
         self._channel = channel
         self._call = call
@@ -101,6 +102,7 @@ class AgentClient:
         agent_ping_timeout: float | None = None,
         container_id: str | None = None,
         protocol_version: tuple[int, int] = (PROTOCOL_MAJOR, PROTOCOL_MINOR),
+        target_probes: tuple[ProbeSpec, ...] = (),
     ) -> AgentClient:
         """Open a session and complete the Hello handshake, retrying while the agent is not
         reachable yet, for at most `timeout` seconds.
@@ -178,6 +180,7 @@ class AgentClient:
                 reply,
                 ping_interval,
                 pong_timeout if pong_timeout is not None else 5 * ping_interval,
+                target_probes,
             )
 
     @staticmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mirrord.client import AgentClient
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from mirrord.features.files.rules import FsRules
     from mirrord.features.incoming.delivery import IncomingProxy
     from mirrord.features.outgoing import IncomingHandlers, OutgoingRules
-    from mirrord.features.outgoing.proxy import NetProxy
 
 
 async def build_features(
@@ -39,25 +39,28 @@ async def build_features(
     # traffic of the target's ports reaches the program's listeners (one feature: both
     # need getpeername/getsockname).
     rules = outgoing_rules(config)
-    incoming = _incoming(config, client, steal_probes)
+    incoming = _incoming(config, client, steal_probes, explain)
     if rules is not None or incoming is not None:
         from mirrord.features.outgoing import OutgoingRules, network_feature, resolve_filter_names
         from mirrord.features.outgoing.proxy import NetProxy
         from mirrord.features.sockets.listeners import program_sends_from
 
-        proxy = NetProxy(client.channel, client.metadata())
-        proxy.udp_sender_ok = program_sends_from
-        if _direct(client):
-            await proxy.use_direct()
         if rules is None:  # incoming only: every connect stays local
             rules = OutgoingRules.build(tcp=False, udp=False, dns_enabled=False)
+        proxy = NetProxy(
+            client.channel,
+            client.metadata(),
+            udp_sender_ok=program_sends_from,
+            # dns.filter: per query name (the names to resolve below are not involved)
+            dns_local=rules.dns_local if rules.dns_filter_mode is not None else None,
+            on_dns=_dns_recorder(explain, rules) if explain is not None else None,
+        )
+        if _direct(client):
+            await proxy.use_direct()
         rules = await resolve_filter_names(rules, proxy.resolve)
-        if rules.dns_filter_mode is not None:
-            proxy.dns_local = rules.dns_local  # dns.filter: per query name
         delivery = incoming[1] if incoming is not None else None
         if explain is not None:
-            _explain_network(explain, rules, proxy, delivery)
-        feature = network_feature(rules, proxy, incoming[0] if incoming else None, explain)
+            explain.declare(rules.user_rules())
 
         async def close_network() -> None:
             # Incoming first (its subscriptions use the session), then the outgoing proxy:
@@ -68,8 +71,15 @@ async def build_features(
             finally:
                 await proxy.close()
 
-        feature.close = close_network
-        features.append(feature)
+        features.append(
+            network_feature(
+                rules,
+                proxy,
+                incoming[0] if incoming else None,
+                explain=explain,
+                close=close_network,
+            )
+        )
 
     # Files: paths by upstream's fs rules; DNS files stay remote while DNS is.
     from mirrord.features.files.config import fs_rules
@@ -83,17 +93,15 @@ async def build_features(
             client.channel, client.metadata(), float(config.agent.communication_timeout_s)
         )
         if explain is not None:
-            remote = _explain_files(explain, fs, remote)
+            fs, remote = _explain_files(explain, fs, remote)
         features.append(make_fs_feature(fs, remote))
 
     return tuple(features)
 
 
-def _explain_network(
-    explain: Explainer, rules: OutgoingRules, proxy: NetProxy, delivery: IncomingProxy | None
-) -> None:
-    explain.declare(rules.user_rules())
-
+def _dns_recorder(
+    explain: Explainer, rules: OutgoingRules
+) -> Callable[[str, bool, list[str], str], None]:
     def on_dns(name: str, local: bool, answers: list[str], rcode: str) -> None:
         explain.record(
             "dns",
@@ -104,12 +112,11 @@ def _explain_network(
             result=rcode,
         )
 
-    proxy.on_dns = on_dns
-    if delivery is not None:
-        delivery.explain = explain
+    return on_dns
 
 
-def _explain_files(explain: Explainer, fs: FsRules, remote: Any) -> Any:
+def _explain_files(explain: Explainer, fs: FsRules, remote: Any) -> tuple[FsRules, Any]:
+    """The rules with --explain's hooks, and the remote files client that tells failures."""
     from mirrord.explain.hooks import ExplainedRemoteFs
     from mirrord.features.files.rules import Access
 
@@ -129,17 +136,17 @@ def _explain_files(explain: Explainer, fs: FsRules, remote: Any) -> Any:
             )
         )
 
-    fs.on_decide = on_decide
-    if explain.every:
-        fs.on_every = fs.on_decide
-    fs.on_map = lambda path, mapped, rule: explain.record(
-        "file.mapping", path=path, mapped=mapped, rule=rule
+    def on_map(path: str, mapped: str, rule: str) -> None:
+        explain.record("file.mapping", path=path, mapped=mapped, rule=rule)
+
+    explained = dataclasses.replace(
+        fs, on_decide=on_decide, on_map=on_map, on_every=on_decide if explain.every else None
     )
-    return ExplainedRemoteFs(remote, explain)
+    return explained, ExplainedRemoteFs(remote, explain)
 
 
 def _incoming(
-    config: MirrordConfig, client: AgentClient, steal_probes: bool
+    config: MirrordConfig, client: AgentClient, steal_probes: bool, explain: Explainer | None
 ) -> tuple[IncomingHandlers, IncomingProxy] | None:
     """(IncomingHandlers, IncomingProxy), or None when incoming traffic is off or there is
     no target whose ports could be subscribed to (targetless)."""
@@ -154,7 +161,9 @@ def _incoming(
 
     policy, settings = found
     settings = dataclasses.replace(settings, probes=client.target_probes, steal_probes=steal_probes)
-    delivery = IncomingProxy(IncomingClient(client), settings, direct=_direct(client))
+    delivery = IncomingProxy(
+        IncomingClient(client), settings, direct=_direct(client), explain=explain
+    )
     return IncomingHandlers(policy, delivery), delivery
 
 

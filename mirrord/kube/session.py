@@ -19,9 +19,9 @@ from mirrord.kube import manifests as m
 from mirrord.kube.api import KubeApi, KubeSettings, wait_until
 from mirrord.kube.errors import KubeError
 from mirrord.kube.install import InstalledAgent, ensure_agent, find_agent_pod
-from mirrord.kube.portforward import PortForward
 from mirrord.kube.progress import Progress
 from mirrord.kube.targets import ResolvedTarget, resolve_target
+from mirrord.kube.tunnel import PortForward
 from mirrord.target import Target
 
 
@@ -82,8 +82,6 @@ async def kube_agent_session(
             address = await forward.start()
             progress.step(f"opening the agent session through a port-forward to {pod}")
             client = await _connect(forward, address, agent, resolved, deadline, ping_timeout)
-            if resolved is not None:
-                client.target_probes = resolved.probes
         try:
             yield client
         finally:
@@ -130,6 +128,7 @@ async def _connect(
             container_id=resolved.container_id if resolved else None,
             timeout=remaining,
             agent_ping_timeout=ping_timeout,
+            target_probes=resolved.probes if resolved else (),
         )
     except ProtocolMismatch as exc:
         # The DaemonSet's annotation did not reveal it (edited by hand, or mid-rollout).

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from mirrord.supervisor import engine as engines
 from mirrord.supervisor import proctree
-from mirrord.supervisor.handlers import Feature, build_policy
 from mirrord.supervisor.notify_engine import NotifyEngine
+from mirrord.supervisor.policy import Feature, SyscallTable, Trap, build_policy, trapped
 from mirrord.supervisor.ptrace_engine import Tracer
 from mirrord.supervisor.seccomp import Engine, build_filter
 from mirrord.supervisor.signals import SignalForwarder, exit_like
@@ -34,15 +34,18 @@ __all__ = [
     "SpawnError",
     "SupervisedRun",
     "SupervisorOptions",
+    "SyscallTable",
+    "Trap",
     "exit_like",
     "seccomp_trace_available",
+    "trapped",
 ]
 
 
 @dataclass(frozen=True)
 class SupervisorOptions:
     hostname: str | None = None  # uname() nodename to show; None leaves it alone
-    features: tuple[Feature, ...] = ()  # files, network…: rules + handlers
+    features: tuple[Feature, ...] = ()  # files, network…: their syscall tables
     # None: engine.choose() from MIRRORD_ENGINE and the kernel.
     engine: engines.EngineChoice | None = None
 

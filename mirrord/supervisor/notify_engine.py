@@ -50,7 +50,6 @@ from mirrord.supervisor.actions import (
     OpenFile,
     Syscall,
 )
-from mirrord.supervisor.handlers import Policy
 from mirrord.supervisor.inflight import Entry, Inflight
 from mirrord.supervisor.memory import MAX_AGE_S, TraceeMemory
 from mirrord.supervisor.notify import (
@@ -60,6 +59,7 @@ from mirrord.supervisor.notify import (
     install_wake_handler,
     receive_buffer,
 )
+from mirrord.supervisor.policy import Policy
 from mirrord.supervisor.proctree import ProcessTree
 from mirrord.supervisor.spawn import Spawned, SpawnError, read_exec_failure
 from mirrord.supervisor.status import ExitStatus, Stats

@@ -35,8 +35,8 @@ from typing import Any
 
 from mirrord.supervisor import ptrace_ops as pt
 from mirrord.supervisor.actions import Action, Allow, Defer, ExitHook, Fake, Syscall
-from mirrord.supervisor.handlers import Policy
 from mirrord.supervisor.memory import TraceeMemory
+from mirrord.supervisor.policy import Policy
 from mirrord.supervisor.seccomp import FOREIGN_ABI, Kind, Rule, build_filter
 from mirrord.supervisor.spawn import Spawned, SpawnError, read_exec_failure, spawn
 from mirrord.supervisor.status import ExitStatus, Stats

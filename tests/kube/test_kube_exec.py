@@ -149,7 +149,7 @@ async def test_port_forward_carries_bytes_and_reports_errors(
     cluster: FakeCluster, kubeconfig: Path
 ) -> None:
     from mirrord.kube.api import KubeApi, KubeSettings
-    from mirrord.kube.portforward import PortForward
+    from mirrord.kube.tunnel import PortForward
 
     cluster.add_pod("web", "default")  # the default test service: HTTP on 8080 says "pod"
     api = await KubeApi.connect(KubeSettings(kubeconfig=str(kubeconfig)), {})

@@ -28,8 +28,7 @@ from mirrord.supervisor.actions import (
     OpenFile,
     Syscall,
 )
-from mirrord.supervisor.handlers import Feature
-from mirrord.supervisor.seccomp import Rule
+from mirrord.supervisor.policy import Feature, trapped
 from mirrord.supervisor.wakeup import block_sigchld
 
 GETPID, GETPPID, OPENAT, GETPGID, GETSID, CHDIR = 39, 110, 257, 121, 124, 80
@@ -120,17 +119,18 @@ def main() -> int:
     pipe_r, pipe_w = os.pipe()
     os.write(pipe_w, b"from our pipe\n")
     os.close(pipe_w)
-    nrs = (GETPID, GETPPID, OPENAT, GETPGID, GETSID, CHDIR)
     feature = Feature(
         "probe",
-        [Rule(nr) for nr in nrs],
         {
-            GETPID: getpid,
-            GETPPID: getppid,
-            OPENAT: make_openat(target),  # type: ignore[dict-item]
-            GETPGID: getpgid,
-            GETSID: make_getsid(pipe_r),  # type: ignore[dict-item]
-            CHDIR: make_chdir(target_dir),  # type: ignore[dict-item]
+            nr: trapped(nr, handler)  # type: ignore[arg-type]
+            for nr, handler in (
+                (GETPID, getpid),
+                (GETPPID, getppid),
+                (OPENAT, make_openat(target)),
+                (GETPGID, getpgid),
+                (GETSID, make_getsid(pipe_r)),
+                (CHDIR, make_chdir(target_dir)),
+            )
         },
     )
     choice = engines.choose({engines.ENV: os.environ.get("PROBE_ENGINE", "auto")})

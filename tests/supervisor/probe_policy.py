@@ -13,7 +13,7 @@ import struct
 import sys
 
 from mirrord.supervisor.actions import Allow, Defer, Fake, Memory, Syscall
-from mirrord.supervisor.handlers import Policy, utsname_bytes
+from mirrord.supervisor.policy import Policy, utsname_bytes
 from mirrord.supervisor.ptrace_engine import Tracer
 from mirrord.supervisor.seccomp import Rule
 from mirrord.supervisor.wakeup import block_sigchld

@@ -4,7 +4,7 @@ import errno
 import os
 import struct
 
-from mirrord.supervisor.handlers import (
+from mirrord.supervisor.policy import (
     UTS_FIELD,
     Allow,
     Fake,

@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from mirrord.supervisor.handlers import build_policy
+from mirrord.supervisor.policy import build_policy
 from mirrord.supervisor.seccomp import (
     FOREIGN_ABI,
     SECCOMP_RET_ALLOW,
@@ -103,3 +103,35 @@ def test_bad_rules_are_rejected() -> None:
         build_filter([Rule(1), Rule(1, Kind.ERRNO, errno=1)])
     with pytest.raises(ValueError, match="out of range"):
         build_filter([Rule(FOREIGN_ABI)])
+
+
+def test_feature_tables_one_shape_merged_per_engine() -> None:
+    """Every feature is a {syscall: Trap} table; build_policy keeps the rules that apply to
+    the engine, refuses a syscall claimed twice, gathers handlers and fast checks."""
+    from mirrord.supervisor.actions import Allow
+    from mirrord.supervisor.policy import Feature, trapped
+
+    def handler(sc: object, mem: object) -> Allow:
+        return Allow()
+
+    def fast(tid: int, args: tuple[int, ...], mem: object) -> bool:
+        return True
+
+    accept = NR["accept"]
+    table = {
+        NR["openat"]: trapped(NR["openat"], handler, fast=fast),  # type: ignore[arg-type]
+        accept: trapped(
+            accept,
+            handler,  # type: ignore[arg-type]
+            Rule(accept, arg_nonzero=1, engine=Engine.PTRACE),
+            Rule(accept, engine=Engine.NOTIFY),
+        ),
+    }
+    for engine in (Engine.NOTIFY, Engine.PTRACE):
+        policy = build_policy(hostname=None, features=[Feature("f", table)], engine=engine)
+        (rule,) = [r for r in policy.rules if r.nr == accept]
+        assert rule.engine is engine
+        assert policy.handlers[NR["openat"]] is handler and NR["openat"] in policy.fast
+    clash = Feature("g", {NR["uname"]: trapped(NR["uname"], handler)})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="claimed by both core and g"):
+        build_policy(hostname=None, features=[clash])

@@ -1,6 +1,6 @@
 """The target's file system for the supervisor (the `Files` gRPC service).
 
-`register` is what mirrord/agent/features.py lists in FEATURE_SERVICES.
+`register` is what mirrord/agent/services.py lists in FEATURE_SERVICES.
 """
 
 from mirrord.agent.files.service import register

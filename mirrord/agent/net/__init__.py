@@ -1,6 +1,6 @@
 """Outgoing traffic from the target's network namespace (the `Net` gRPC service).
 
-`register` is what mirrord/agent/features.py lists in FEATURE_SERVICES.
+`register` is what mirrord/agent/services.py lists in FEATURE_SERVICES.
 """
 
 from mirrord.agent.net.service import register

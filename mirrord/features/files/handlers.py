@@ -43,8 +43,7 @@ from mirrord.supervisor.actions import (
     RawReader,
     Syscall,
 )
-from mirrord.supervisor.handlers import Feature
-from mirrord.supervisor.seccomp import Rule
+from mirrord.supervisor.policy import Feature, SyscallTable, trapped
 from mirrord.supervisor.syscalls import NR
 
 log = logging.getLogger("mirrord.fs")
@@ -60,46 +59,6 @@ REMOTE_OPEN_FLAGS = (
 _PROC_LINK = re.compile(r"^/proc/(self|thread-self|\d+)(/task/\d+)?/(fd/\d+|cwd)$")
 _PROC_SELF = re.compile(r"^/proc/(?:self|(thread-self))/")
 
-READ_SYSCALLS = [
-    "open",
-    "openat",
-    "openat2",
-    "creat",
-    "stat",
-    "lstat",
-    "newfstatat",
-    "statx",
-    "fstat",
-    "access",
-    "faccessat",
-    "faccessat2",
-    "readlink",
-    "readlinkat",
-    "chdir",
-    "fchdir",
-    "getcwd",
-    "getxattr",
-    "lgetxattr",
-    "listxattr",
-    "llistxattr",
-]
-WRITE_SYSCALLS = [
-    "close",
-    "fsync",
-    "fdatasync",
-    "unlink",
-    "unlinkat",
-    "rmdir",
-    "mkdir",
-    "mkdirat",
-    "rename",
-    "renameat",
-    "renameat2",
-    "truncate",
-    "chmod",
-    "fchmod",
-    "fchmodat",
-]
 MAX_LOCAL_RAW = 65536
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
@@ -820,15 +779,55 @@ class FsFeature:
         }
         return {NR[name]: check for name, check in checks.items()}
 
-    def handlers(self) -> dict[int, Handler]:
-        names = list(READ_SYSCALLS)
-        if self.rules.writes_remote:
-            names += WRITE_SYSCALLS
-        table: dict[int, Handler] = {}
-        for name in names:
-            method = "fsync" if name == "fdatasync" else name
-            table[NR[name]] = getattr(self, method)
-        return table
+    def table(self) -> SyscallTable:
+        """The files feature's syscall table: every call is trapped; the write calls only
+        when something can be written remotely."""
+        reads: dict[str, Handler] = {
+            "open": self.open,
+            "openat": self.openat,
+            "openat2": self.openat2,
+            "creat": self.creat,
+            "stat": self.stat,
+            "lstat": self.lstat,
+            "newfstatat": self.newfstatat,
+            "statx": self.statx,
+            "fstat": self.fstat,
+            "access": self.access,
+            "faccessat": self.faccessat,
+            "faccessat2": self.faccessat2,
+            "readlink": self.readlink,
+            "readlinkat": self.readlinkat,
+            "chdir": self.chdir,
+            "fchdir": self.fchdir,
+            "getcwd": self.getcwd,
+            "getxattr": self.getxattr,
+            "lgetxattr": self.lgetxattr,
+            "listxattr": self.listxattr,
+            "llistxattr": self.llistxattr,
+        }
+        writes: dict[str, Handler] = {
+            "close": self.close,
+            "fsync": self.fsync,
+            "fdatasync": self.fsync,
+            "unlink": self.unlink,
+            "unlinkat": self.unlinkat,
+            "rmdir": self.rmdir,
+            "mkdir": self.mkdir,
+            "mkdirat": self.mkdirat,
+            "rename": self.rename,
+            "renameat": self.renameat,
+            "renameat2": self.renameat2,
+            "truncate": self.truncate,
+            "chmod": self.chmod,
+            "fchmod": self.fchmod,
+            "fchmodat": self.fchmodat,
+        }
+        chosen = reads | writes if self.rules.writes_remote else reads
+        fast = self.fast_checks()
+        return {
+            NR[name]: trapped(NR[name], handler, fast=fast.get(NR[name]))
+            for name, handler in chosen.items()
+        }
 
     async def close_session(self) -> None:
         """End of the run: write back what the program left unclosed, drop the cache."""
@@ -853,14 +852,7 @@ def _fd_writable(tid: int, fd: int) -> bool:
 
 
 def make_fs_feature(rules: FsRules, remote: RemoteFs, *, tmpdir: str | None = None) -> Feature:
-    """The files Feature: its rules, its handlers, and the cleanup for the end of the run."""
+    """The files Feature: its syscall table, and the cleanup for the end of the run."""
     sweep_stale(tmpdir)
     fs = FsFeature(rules, remote, Cache(tmpdir))
-    handlers = fs.handlers()
-    return Feature(
-        name="files",
-        rules=[Rule(nr) for nr in sorted(handlers)],
-        handlers=handlers,
-        close=fs.close_session,
-        fast={nr: check for nr, check in fs.fast_checks().items() if nr in handlers},
-    )
+    return Feature(name="files", table=fs.table(), close=fs.close_session)

@@ -110,7 +110,11 @@ def _text(addr: tuple[bytes, int]) -> tuple[str, int]:
 
 class IncomingProxy:
     def __init__(
-        self, client: IncomingClient, settings: IncomingSettings, direct: bool = False
+        self,
+        client: IncomingClient,
+        settings: IncomingSettings,
+        direct: bool = False,
+        explain: Explainer | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -135,7 +139,7 @@ class IncomingProxy:
         # Deliveries the program has not answered yet (their remote port, by connection).
         self._unanswered: dict[IncomingConnection, int] = {}
         # --explain (None: off): subscriptions and delivered connections.
-        self.explain: Explainer | None = None
+        self.explain = explain
         self._rules: dict[int, tuple[str, str | None, str]] = {}  # remote -> (mode, filter, rule)
 
     def _say_probes(self, port: int, probes: list[ProbeSpec], filtered: bool) -> None:

@@ -20,8 +20,7 @@ from mirrord.features.outgoing.filters import OutgoingRules, Route, parse_entry
 from mirrord.features.outgoing.handlers import NetHandlers
 from mirrord.features.outgoing.redirect import Redirector
 from mirrord.features.sockets.sockaddr import Destination
-from mirrord.supervisor.actions import Handler
-from mirrord.supervisor.handlers import Feature
+from mirrord.supervisor.policy import Feature, SyscallTable, trapped
 from mirrord.supervisor.seccomp import Engine, Rule
 from mirrord.supervisor.syscalls import NR
 
@@ -63,46 +62,45 @@ def network_feature(
     rules: OutgoingRules,
     redirector: Redirector,
     incoming: IncomingHandlers | None = None,
+    *,
     explain: Explainer | None = None,
+    close: Callable[[], Awaitable[None]] | None = None,
 ) -> Feature:
-    h = NetHandlers(rules, redirector)
-    h.explain = explain
-    handlers: dict[int, Handler] = {
-        NR["connect"]: h.connect,
-        NR["getpeername"]: h.getpeername,
-        NR["getsockname"]: h.getsockname,
-        NR["sendto"]: h.sendto,
-        NR["recvfrom"]: h.recvfrom,
-        NR["sendmsg"]: h.sendmsg,
-        NR["recvmsg"]: h.recvmsg,
-        NR["sendmmsg"]: h.sendmmsg,
-        NR["recvmmsg"]: h.recvmmsg,
+    h = NetHandlers(
+        rules,
+        redirector,
+        incoming_peer=incoming.peer_hook if incoming is not None else None,
+        incoming_local=incoming.local_hook if incoming is not None else None,
+        explain=explain,
+    )
+    table: SyscallTable = {
+        NR[name]: trapped(NR[name], handler)
+        for name, handler in (
+            ("connect", h.connect),
+            ("getpeername", h.getpeername),
+            ("getsockname", h.getsockname),
+            ("sendmsg", h.sendmsg),
+            ("recvmsg", h.recvmsg),
+            ("sendmmsg", h.sendmmsg),
+            ("recvmmsg", h.recvmmsg),
+        )
     }
-    seccomp_rules = [
-        Rule(NR["sendto"], arg_nonzero=4),
-        Rule(NR["recvfrom"], arg_nonzero=4),
-        *(Rule(NR[name]) for name in ("connect", "getpeername", "getsockname")),
-        *(Rule(NR[name]) for name in ("sendmsg", "recvmsg", "sendmmsg", "recvmmsg")),
-    ]
+    # Only the calls with an address: a sendto/recvfrom on a connected socket costs nothing.
+    table[NR["sendto"]] = trapped(NR["sendto"], h.sendto, Rule(NR["sendto"], arg_nonzero=4))
+    table[NR["recvfrom"]] = trapped(NR["recvfrom"], h.recvfrom, Rule(NR["recvfrom"], arg_nonzero=4))
     if incoming is not None:
-        # Incoming traffic (supervisor/net/incoming.py): one feature, since it shares
+        # Incoming traffic (features/incoming/handlers.py): one feature, since it shares
         # getpeername/getsockname with outgoing traffic.
-        h.incoming_peer, h.incoming_local = incoming.peer_hook, incoming.local_hook
-        handlers |= {
-            NR["bind"]: incoming.bind,
-            NR["listen"]: incoming.listen,
-            NR["accept"]: incoming.accept,
-            NR["accept4"]: incoming.accept,
-        }
-        seccomp_rules += [
-            Rule(NR["bind"]),
-            Rule(NR["listen"]),
+        table[NR["bind"]] = trapped(NR["bind"], incoming.bind)
+        table[NR["listen"]] = trapped(NR["listen"], incoming.listen)
+        for name in ("accept", "accept4"):
             # ptrace: only when the peer address is asked for (it is rewritten at the exit
             # stop). notify: every accept, since the supervisor performs those on its
             # listeners: no accept of the program's can then race ours.
-            Rule(NR["accept"], arg_nonzero=1, engine=Engine.PTRACE),
-            Rule(NR["accept4"], arg_nonzero=1, engine=Engine.PTRACE),
-            Rule(NR["accept"], engine=Engine.NOTIFY),
-            Rule(NR["accept4"], engine=Engine.NOTIFY),
-        ]
-    return Feature("network", seccomp_rules, handlers)
+            table[NR[name]] = trapped(
+                NR[name],
+                incoming.accept,
+                Rule(NR[name], arg_nonzero=1, engine=Engine.PTRACE),
+                Rule(NR[name], engine=Engine.NOTIFY),
+            )
+    return Feature("network", table, close=close)

@@ -90,16 +90,21 @@ class NetHandlers:
         rules: OutgoingRules,
         redirector: Redirector,
         program_listens: Callable[[int], bool] = program_listens_on,
+        *,
+        incoming_peer: AddressHook | None = None,
+        incoming_local: AddressHook | None = None,
+        explain: Explainer | None = None,
     ) -> None:
+        """incoming_peer/incoming_local: incoming traffic's lookups (features/incoming/
+        handlers.py), tried first. explain: each decision recorded (None: off, one
+        attribute test per route)."""
         self.rules = rules
         self.redirector = redirector
         self.program_listens = program_listens
-        # --explain: each decision recorded (None: off, one attribute test per route).
-        self.explain: Explainer | None = None
+        self.explain = explain
         self._udp_explained: set[tuple[bytes, int]] = set()
-        # Incoming traffic's lookups (supervisor/net/incoming.py), tried first when set.
-        self.incoming_peer: AddressHook | None = None
-        self.incoming_local: AddressHook | None = None
+        self.incoming_peer = incoming_peer
+        self.incoming_local = incoming_local
         # Notify engine: UDP calls with addresses, performed for the program.
         self.udp = UdpCalls(
             route=self._route,

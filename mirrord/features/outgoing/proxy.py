@@ -88,7 +88,18 @@ def _ipv6_loopback_usable() -> bool:
 
 
 class NetProxy:
-    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        metadata: tuple[tuple[str, str], ...],
+        *,
+        udp_sender_ok: Callable[[int], bool] | None = None,
+        dns_local: Callable[[str], bool] | None = None,
+        on_dns: Callable[[str, bool, list[str], str], None] | None = None,
+    ) -> None:
+        """udp_sender_ok: is the UDP socket at this local port the program's? Interceptors
+        take datagrams from no one else. dns_local: dns.filter, the query names answered
+        here. on_dns: --explain, told each DNS reply the program gets."""
         self.stub = net_pb2_grpc.NetStub(channel)
         # Set by use_direct() when the agent shares our loopback (proxy/direct.py), with
         # what direct connections stand for, by the program socket's (kind, local port).
@@ -120,13 +131,9 @@ class NetProxy:
         # can connect to them meanwhile (a SYN to a bound, non-listening port gets a RST).
         self._spare_listeners: dict[str, list[socket.socket]] = {}
         self._closed = False
-        # dns.filter (set by whoever owns the rules): query names answered locally.
-        self.dns_local: Callable[[str], bool] | None = None
-        # --explain: each DNS reply the program gets (UdpInterceptor.on_dns). None: off.
-        self.on_dns: Callable[[str, bool, list[str], str], None] | None = None
-        # Is the UDP socket at this local port the program's? (set by whoever runs it):
-        # interceptors take datagrams from no one else.
-        self.udp_sender_ok: Callable[[int], bool] | None = None
+        self.dns_local = dns_local
+        self.on_dns = on_dns
+        self.udp_sender_ok = udp_sender_ok
         self.refused_peers = 0  # connections to TCP interceptors from others, reset
         self._udp_sweep: asyncio.Task[None] | None = None
         self._unix_dir: str | None = None  # the unix listeners' private directory
@@ -402,9 +409,8 @@ class NetProxy:
                 dest.port,
                 dns_local,
                 self.udp_sender_ok,
+                on_dns=self.on_dns if dest.port == DNS_PORT else None,
             )
-            if dest.port == DNS_PORT:
-                icpt.on_dns = self.on_dns
             self._udp[key] = icpt
             self._peers[(kind, icpt.local_port)] = dest.raw
             if self._udp_sweep is None:

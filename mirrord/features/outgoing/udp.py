@@ -98,6 +98,7 @@ class UdpInterceptor:
         port: int,
         dns_local: Callable[[str], bool] | None = None,
         sender_ok: Callable[[int], bool] | None = None,
+        on_dns: Callable[[str, bool, list[str], str], None] | None = None,
     ) -> None:
         """dns_local: for a nameserver's address, which query names are answered here
         (dns.filter) instead of by the pod's nameserver. sender_ok: is the socket at this
@@ -109,7 +110,7 @@ class UdpInterceptor:
         self.refused = 0  # datagrams from other senders, dropped
         # --explain, for a nameserver's interceptor: told each reply (name, answered here,
         # addresses, rcode). None: off.
-        self.on_dns: Callable[[str, bool, list[str], str], None] | None = None
+        self.on_dns = on_dns
         self._answering: set[asyncio.Task[None]] = set()
         self.metadata = metadata
         self.ip = ip

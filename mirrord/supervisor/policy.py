@@ -152,63 +152,82 @@ class Policy:
         return {r.nr: r for r in self.rules}
 
 
+@dataclass(frozen=True)
+class Trap:
+    """One syscall of a feature: who answers it, and how the filter traps it."""
+
+    handler: Handler | None  # None: trapped only (the engine answers it itself)
+    rules: tuple[Rule, ...]  # its filter rules (an argument test; one per engine at most)
+    fast: FastCheck | None = None  # notify engine: answered before the handler when True
+
+
+def trapped(nr: int, handler: Handler | None, *rules: Rule, fast: FastCheck | None = None) -> Trap:
+    """A syscall table entry; without rules, every call of `nr` is trapped."""
+    return Trap(handler, rules or (Rule(nr),), fast)
+
+
+# {syscall number: Trap}: every feature's share of the policy has this one shape.
+SyscallTable = dict[int, Trap]
+
+
 @dataclass
 class Feature:
-    """A feature's share of the policy (files, network…): its seccomp rules and handlers.
+    """A feature's share of the policy (files, network…): its syscall table.
 
     Two features may not claim the same syscall; one that needs a syscall another also
     needs must be written as one handler that dispatches (build_policy refuses overlap).
     """
 
     name: str
-    rules: list[Rule]
-    handlers: dict[int, Handler]
+    table: SyscallTable
     # Run once when the program's run is over, while the agent session is still open
     # (e.g. write back files, remove a cache directory). Must not raise.
     close: Callable[[], Awaitable[None]] | None = None
-    # Notify engine: checks answered before the handlers (actions.FastCheck).
-    fast: dict[int, FastCheck] = field(default_factory=dict)
 
 
 def build_policy(
     *, hostname: str | None, features: Sequence[Feature] = (), engine: Engine = Engine.NOTIFY
 ) -> Policy:
-    rules = [
-        # io_uring does I/O without syscalls we could see: make programs fall back.
-        Rule(NR["io_uring_setup"], Kind.ERRNO, errno=errno.ENOSYS),
-    ]
-    handlers: dict[int, Handler] = {}
-    if engine is Engine.PTRACE:
-        # Children must stay traced. (The notify engine's filter is inherited by every
-        # child whatever the flags.)
-        rules += [Rule(NR["clone"], arg0_mask=CLONE_UNTRACED), Rule(NR["clone3"])]
-        handlers |= {NR["clone"]: clone_handler, NR["clone3"]: clone3_handler}
-    else:
-        # The notify engine sees exec coming (its cached memory fds: memory.py); it
-        # answers these itself, no handler.
-        rules += [Rule(NR["execve"]), Rule(NR["execveat"])]
     # The run's UTS view: uname shows the target's hostname when the feature is on, and
     # sethostname/setdomainname never reach the machine's (always trapped, with uname so
     # that the program sees what it set).
     uts = UtsView(hostname)
-    rules += [Rule(NR["uname"]), Rule(NR["sethostname"]), Rule(NR["setdomainname"])]
-    handlers |= {
-        NR["uname"]: uts.uname,
-        NR["sethostname"]: uts.sethostname,
-        NR["setdomainname"]: uts.setdomainname,
+    core: SyscallTable = {
+        # io_uring does I/O without syscalls we could see: make programs fall back.
+        NR["io_uring_setup"]: trapped(
+            NR["io_uring_setup"], None, Rule(NR["io_uring_setup"], Kind.ERRNO, errno=errno.ENOSYS)
+        ),
+        NR["uname"]: trapped(NR["uname"], uts.uname),
+        NR["sethostname"]: trapped(NR["sethostname"], uts.sethostname),
+        NR["setdomainname"]: trapped(NR["setdomainname"], uts.setdomainname),
     }
-    owner = {r.nr: "core" for r in rules}
+    if engine is Engine.PTRACE:
+        # Children must stay traced. (The notify engine's filter is inherited by every
+        # child whatever the flags.)
+        core[NR["clone"]] = trapped(
+            NR["clone"], clone_handler, Rule(NR["clone"], arg0_mask=CLONE_UNTRACED)
+        )
+        core[NR["clone3"]] = trapped(NR["clone3"], clone3_handler)
+    else:
+        # The notify engine sees exec coming (its cached memory fds: memory.py); it
+        # answers these itself, no handler.
+        core[NR["execve"]] = trapped(NR["execve"], None)
+        core[NR["execveat"]] = trapped(NR["execveat"], None)
+    rules: list[Rule] = []
+    handlers: dict[int, Handler] = {}
     fast: dict[int, FastCheck] = {}
-    for feature in features:
-        for rule in feature.rules:
-            if rule.engine is not None and rule.engine is not engine:
+    owner: dict[int, str] = {}
+    for name, table in (("core", core), *((f.name, f.table) for f in features)):
+        for nr, trap in table.items():
+            applies = [r for r in trap.rules if r.engine is None or r.engine is engine]
+            if not applies:
                 continue
-            if rule.nr in owner:
-                raise ValueError(
-                    f"syscall {rule.nr} is claimed by both {owner[rule.nr]} and {feature.name}"
-                )
-            owner[rule.nr] = feature.name
-            rules.append(rule)
-        handlers.update(feature.handlers)
-        fast.update(feature.fast)
+            if nr in owner:
+                raise ValueError(f"syscall {nr} is claimed by both {owner[nr]} and {name}")
+            owner[nr] = name
+            rules += applies
+            if trap.handler is not None:
+                handlers[nr] = trap.handler
+            if trap.fast is not None:
+                fast[nr] = trap.fast
     return Policy(rules=rules, handlers=handlers, engine=engine, fast=fast)
