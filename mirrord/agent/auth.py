@@ -9,12 +9,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-AUTH_HEADER = "authorization"
-
-
-def bearer(token: str) -> str:
-    return f"Bearer {token}"
-
+from mirrord.wire.protocol import AUTH_HEADER, bearer
 
 # The stubs make ServerInterceptor generic; the runtime class is not subscriptable.
 if TYPE_CHECKING:

@@ -16,18 +16,20 @@ from mirrord.agent.session import AgentSession, SessionRegistry
 from mirrord.agent.target import ProcessWatch, TargetError, read_environ, resolve_target
 from mirrord.v1 import agent_pb2, agent_pb2_grpc
 from mirrord.wire.loopback import loopback_id
-from mirrord.wire.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, version_string
+from mirrord.wire.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR, SESSION_HEADER, version_string
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER = "mirrord-session"
 
 if TYPE_CHECKING:
     Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    log.warning("refusing call: %s: %s", code.name, message)
+async def abort(
+    context: Context, code: grpc.StatusCode, message: str, *, log_as: logging.Logger | None = None
+) -> NoReturn:
+    """Refuse the call with `code` (every service's refusals go through here, logged)."""
+    (log_as or log).warning("refusing call: %s: %s", code.name, message)
     await context.abort(code, message)
     raise AssertionError("context.abort returned")  # abort always raises
 
@@ -59,7 +61,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         try:
             first = await asyncio.wait_for(anext(requests), self.default_ping_timeout)
         except TimeoutError:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no Hello within {self.default_ping_timeout:g}s of opening the session",
@@ -67,14 +69,14 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         except StopAsyncIteration:
             return
         if first.WhichOneof("msg") != "hello":
-            await _abort(
+            await abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "the first session message must be Hello"
             )
         hello = first.hello
         ours = version_string(PROTOCOL_MAJOR, PROTOCOL_MINOR)
         theirs = version_string(hello.protocol.major, hello.protocol.minor)
         if hello.protocol.major != PROTOCOL_MAJOR:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"protocol mismatch: the client (mirrord {hello.client_version or '?'}) speaks "
@@ -83,7 +85,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             )
 
         if self.one_session and self._admitted:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "this agent serves a single session (--one-session), and it has one",
@@ -107,9 +109,9 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             if watch is not None:
                 watch.close()
             if isinstance(e, TargetError):
-                await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
+                await abort(context, grpc.StatusCode.NOT_FOUND, str(e))
             if isinstance(e, NamespaceError):
-                await _abort(context, grpc.StatusCode.INTERNAL, f"cannot enter the target: {e}")
+                await abort(context, grpc.StatusCode.INTERNAL, f"cannot enter the target: {e}")
             raise
 
         self.registry.add(session)
@@ -197,7 +199,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
         try:
             pairs = read_environ(session.pid)
         except TargetError as e:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(e))
+            await abort(context, grpc.StatusCode.NOT_FOUND, str(e))
         return agent_pb2.GetEnvReply(
             vars=[agent_pb2.EnvVar(name=name, value=value) for name, value in pairs]
         )
@@ -213,14 +215,14 @@ async def session_of(registry: SessionRegistry, context: Context) -> AgentSessio
         if key == SESSION_HEADER:
             session_id = value.decode() if isinstance(value, bytes) else value
     if not session_id:
-        await _abort(
+        await abort(
             context,
             grpc.StatusCode.INVALID_ARGUMENT,
             f"missing '{SESSION_HEADER}' metadata naming the session (from HelloReply)",
         )
     session = registry.get(session_id)
     if session is None or session.ended.is_set():
-        await _abort(
+        await abort(
             context,
             grpc.StatusCode.NOT_FOUND,
             f"no live session {session_id!r} on this agent (it ended, or never existed)",

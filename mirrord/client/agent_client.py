@@ -21,7 +21,13 @@ from mirrord.client.errors import (
 )
 from mirrord.client.probes import ProbeSpec
 from mirrord.v1 import agent_pb2, agent_pb2_grpc
-from mirrord.wire.protocol import PROTOCOL_MAJOR, PROTOCOL_MINOR
+from mirrord.wire.protocol import (
+    AUTH_HEADER,
+    PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
+    SESSION_HEADER,
+    bearer,
+)
 
 if TYPE_CHECKING:
     SessionCall: TypeAlias = grpc.aio.StreamStreamCall[
@@ -30,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER = "mirrord-session"
 _RETRY_DELAY = 0.2
 
 
@@ -127,7 +132,7 @@ class AgentClient:
                 ping_timeout_ms=int((agent_ping_timeout or 0) * 1000),
             )
         )
-        metadata = (("authorization", f"Bearer {token}"),)
+        metadata = ((AUTH_HEADER, bearer(token)),)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_error = "no answer"
@@ -216,7 +221,7 @@ class AgentClient:
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (
-            ("authorization", f"Bearer {self._token}"),
+            (AUTH_HEADER, bearer(self._token)),
             (SESSION_HEADER, self.hello.session_id),
         )
 

@@ -81,8 +81,7 @@ def config_from_dict(
 
 def _extra_warnings(config: MirrordConfig) -> list[str]:
     warnings: list[str] = []
-    network = config.feature.network
-    incoming = network.incoming if isinstance(network, NetworkConfig) else None
+    incoming = config.feature.network_config.incoming
     if (
         isinstance(incoming, IncomingConfig)
         and isinstance(incoming.http_filter, HttpFilterConfig)

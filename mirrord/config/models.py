@@ -723,12 +723,25 @@ class FeatureConfig(Model):
         return "read"
 
     @property
+    def network_config(self) -> NetworkConfig:
+        """The network settings, defaults filled in (for `true` or unset; check `network is
+        False` or the effective values below for "off")."""
+        return self.network if isinstance(self.network, NetworkConfig) else NetworkConfig()
+
+    @property
+    def dns_enabled(self) -> bool:
+        """Whether names are resolved by the target (upstream default: yes)."""
+        if self.network is False:
+            return False
+        dns = self.network_config.dns
+        return dns is not False and not (isinstance(dns, DnsConfig) and dns.enabled is False)
+
+    @property
     def incoming_mode(self) -> IncomingMode:
         """The effective incoming-traffic mode (upstream default: mirror)."""
-        network = self.network
-        if network is False:
+        if self.network is False:
             return "off"
-        incoming = network.incoming if isinstance(network, NetworkConfig) else None
+        incoming = self.network_config.incoming
         if incoming is False:
             return "off"
         if isinstance(incoming, str):

@@ -1,4 +1,5 @@
-"""The agent protocol version, shared by the agent and the client (one place, so they agree).
+"""What the agent and the client must agree on beyond the messages: the protocol version
+and the gRPC metadata of every call (one place, so they agree).
 
 The agent refuses a client whose major version differs; minor versions only add things.
 """
@@ -14,3 +15,12 @@ def version_string(major: int, minor: int) -> str:
 
 
 OURS: Final = version_string(PROTOCOL_MAJOR, PROTOCOL_MINOR)
+
+
+# Every call carries the agent's token, and every call of a session names it.
+AUTH_HEADER: Final = "authorization"
+SESSION_HEADER: Final = "mirrord-session"
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"

@@ -34,7 +34,7 @@ from mirrord.agent.incoming.share import PortShare
 from mirrord.agent.incoming.sockets import make_listener
 from mirrord.agent.incoming.subscription import Announcement, Subscription
 from mirrord.agent.incoming.watchdog import RuleWatchdog
-from mirrord.agent.service import session_of
+from mirrord.agent.service import abort, session_of
 from mirrord.agent.session import AgentSession, SessionRegistry
 from mirrord.v1 import incoming_pb2, incoming_pb2_grpc
 
@@ -61,9 +61,7 @@ async def _abort_on_iptables(e: BaseException, context: Context) -> None:
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    log.warning("incoming: refusing: %s: %s", code.name, message)
-    await context.abort(code, message)
-    raise AssertionError("context.abort returned")
+    await abort(context, code, message, log_as=log)
 
 
 @dataclass

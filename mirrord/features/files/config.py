@@ -7,17 +7,13 @@ import re
 from collections.abc import Mapping
 
 from mirrord.config import ConfigError, MirrordConfig
-from mirrord.config.models import DnsConfig, FsConfig, NetworkConfig, as_list
+from mirrord.config.models import FsConfig, as_list
 from mirrord.features.files.rules import Context, FsRules
 
 
 def dns_remote(config: MirrordConfig) -> bool:
     """Upstream's default: names are resolved by the target (feature.network.dns on)."""
-    network = config.feature.network
-    if network is False:
-        return False
-    dns = network.dns if isinstance(network, NetworkConfig) else None
-    return dns is not False and not (isinstance(dns, DnsConfig) and dns.enabled is False)
+    return config.feature.dns_enabled
 
 
 def fs_rules(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from mirrord.config import ConfigError, MirrordConfig
-from mirrord.config.models import HttpFilterConfig, IncomingConfig, InnerFilter, NetworkConfig
+from mirrord.config.models import HttpFilterConfig, IncomingConfig, InnerFilter
 from mirrord.features.incoming.client import Condition, HttpFilterSpec
 from mirrord.features.incoming.delivery import IncomingSettings
 from mirrord.features.incoming.handlers import IncomingPolicy
@@ -73,8 +73,7 @@ def incoming_config(
     mode = config.feature.incoming_mode
     if mode == "off":
         return None
-    network = config.feature.network
-    incoming = network.incoming if isinstance(network, NetworkConfig) else None
+    incoming = config.feature.network_config.incoming
     inc = incoming if isinstance(incoming, IncomingConfig) else IncomingConfig()
     flt = None
     if isinstance(inc.http_filter, HttpFilterConfig):

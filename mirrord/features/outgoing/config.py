@@ -5,14 +5,8 @@ from __future__ import annotations
 import re
 
 from mirrord.config import ConfigError, MirrordConfig
-from mirrord.config.models import DnsConfig, NetworkConfig, OutgoingConfig
+from mirrord.config.models import DnsConfig, OutgoingConfig, as_list
 from mirrord.features.outgoing.filters import FilterSyntaxError, OutgoingRules, parse_entry
-
-
-def _as_list(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
 
 
 def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
@@ -20,12 +14,12 @@ def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
     network = config.feature.network
     if network is False:
         return None
-    net = network if isinstance(network, NetworkConfig) else NetworkConfig()
+    net = config.feature.network_config
     outgoing = net.outgoing
     out = outgoing if isinstance(outgoing, OutgoingConfig) else OutgoingConfig()
     enabled = outgoing is not False
     dns = net.dns
-    dns_enabled = dns is not False and not (isinstance(dns, DnsConfig) and dns.enabled is False)
+    dns_enabled = config.feature.dns_enabled
     tcp = enabled and out.tcp is not False
     udp = enabled and out.udp is not False
     if not (tcp or udp or dns_enabled):
@@ -34,17 +28,17 @@ def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
     dns_entries: list[str] = []
     if isinstance(dns, DnsConfig) and dns.filter is not None:
         if dns.filter.remote is not None:
-            dns_mode, dns_entries = "remote", _as_list(dns.filter.remote)
+            dns_mode, dns_entries = "remote", as_list(dns.filter.remote)
         else:
-            dns_mode, dns_entries = "local", _as_list(dns.filter.local)
+            dns_mode, dns_entries = "local", as_list(dns.filter.local)
     mode: str | None = None
     entries: list[str] = []
     if out.filter is not None:
         if out.filter.remote is not None:
-            mode, entries = "remote", _as_list(out.filter.remote)
+            mode, entries = "remote", as_list(out.filter.remote)
         else:
-            mode, entries = "local", _as_list(out.filter.local)
-    unix_streams = _as_list(out.unix_streams) if enabled else []
+            mode, entries = "local", as_list(out.filter.local)
+    unix_streams = as_list(out.unix_streams) if enabled else []
     errors = _entry_errors("feature.network.outgoing.filter", mode, entries)
     errors += _entry_errors("feature.network.dns.filter", dns_mode, dns_entries)
     for index, pattern in enumerate(unix_streams):
