@@ -25,6 +25,7 @@ from mirrord.explain import Explainer
 from mirrord.features.build import build_features, close_features
 from mirrord.features.env import env_decisions, env_rules, load_env_file, merge_env
 from mirrord.kube import KubeError, uses_cluster
+from mirrord.say import say as _say
 from mirrord.supervisor import (
     ExitStatus,
     Feature,
@@ -47,10 +48,6 @@ class ExecError(Exception):
         super().__init__(message or "")
         self.message = message
         self.exit_code = exit_code
-
-
-def _say(msg: str) -> None:
-    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
 
 
 def needs_root_message(argv: Sequence[str]) -> str:

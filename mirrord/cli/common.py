@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import typer
 
 from mirrord import user_environ
+from mirrord.say import say
 
 if TYPE_CHECKING:
     from mirrord.config import ExecOverrides, MirrordConfig, ResolvedConfig
@@ -17,8 +17,7 @@ if TYPE_CHECKING:
 ORIGINAL_ENV = user_environ()
 
 
-def err(msg: str) -> None:
-    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
+err = say  # the CLI's name for it
 
 
 def resolve_checked(config_file: str | None, overrides: ExecOverrides) -> ResolvedConfig:

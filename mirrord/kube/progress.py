@@ -12,6 +12,8 @@ from typing import Any
 
 from rich.console import Console
 
+from mirrord.say import say
+
 
 class Progress:
     def __init__(self, enabled: bool | None = None) -> None:
@@ -44,4 +46,4 @@ class Progress:
         if self._status is not None:
             self._console.print(f"mirrord: {text}", markup=False)
         else:
-            print(f"mirrord: {text}", file=sys.stderr, flush=True)
+            say(text)

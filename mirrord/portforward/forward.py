@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import os
 import socket
-import sys
 from collections.abc import Sequence
 
 import grpc.aio
@@ -19,6 +18,7 @@ import grpc.aio
 from mirrord.client import AgentClient
 from mirrord.features.outgoing.proxy import NetProxy, open_stream, relay, reset
 from mirrord.portforward.specs import ForwardSpec, PortForwardError
+from mirrord.say import say
 
 log = logging.getLogger("mirrord.portforward")
 
@@ -76,7 +76,7 @@ async def _handle(proxy: NetProxy, spec: ForwardSpec, conn: socket.socket) -> No
         else:
             why = str(e)
         log.debug("port-forward to %s failed: %s", where, e)
-        print(f"mirrord: -L {spec.local_port}: {where}: {why}", file=sys.stderr, flush=True)
+        say(f"-L {spec.local_port}: {where}: {why}")
         reset(conn)
         return
     await relay(conn, call)

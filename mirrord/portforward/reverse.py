@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,15 +34,12 @@ from mirrord.features.incoming.client import (
 )
 from mirrord.features.incoming.delivery import IncomingSettings, deliver_down, deliver_up
 from mirrord.portforward.specs import PortForwardError, ReverseSpec
+from mirrord.say import say as _say
 
 log = logging.getLogger("mirrord.portforward")
 
 CHUNK = 256 * 1024
 SUBSCRIBE_TIMEOUT_S = 30.0
-
-
-def _say(msg: str) -> None:
-    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
 
 
 def reverse_settings(config: MirrordConfig) -> tuple[IncomingSettings, str | None]:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,14 +24,11 @@ from mirrord.kube import KubeError, uses_cluster
 from mirrord.portforward.forward import bind_listeners, serve_forwards
 from mirrord.portforward.reverse import ReverseForwarder, reverse_settings
 from mirrord.portforward.specs import ForwardSpec, PortForwardError, ReverseSpec
+from mirrord.say import say as _say
 from mirrord.target import Target, TargetError, parse_target
 
 # Exit status after Ctrl-C before the forwards were up (128 + SIGINT, as a shell reports).
 INTERRUPTED_EXIT = 130
-
-
-def _say(msg: str) -> None:
-    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
 
 
 def _origin(target: Target, in_cluster: bool, agent: AgentEndpoint | None) -> str:

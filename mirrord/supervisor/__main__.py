@@ -11,6 +11,7 @@ import asyncio
 import os
 import sys
 
+from mirrord.say import say
 from mirrord.supervisor import (
     SignalForwarder,
     SpawnError,
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         choice = engines.choose(environ, seccomp_available=seccomp_trace_available())
     except engines.EngineError as exc:
-        print(f"mirrord: {exc}", file=sys.stderr)
+        say(str(exc))
         return 2
     opts = SupervisorOptions(hostname=args.hostname, engine=choice)
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code, sig = asyncio.run(go())
     except SpawnError as exc:
-        print(f"mirrord: {exc}", file=sys.stderr)
+        say(str(exc))
         return exc.exit_code
     sys.stdout.flush()
     return exit_like(code, sig)

@@ -22,7 +22,6 @@ import os
 import secrets
 import socket
 import struct
-import sys
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from mirrord.features.incoming.client import (
     PortTaken,
     Subscription,
 )
+from mirrord.say import say as _say
 from mirrord.v1.incoming_pb2 import IncomingDirect
 from mirrord.wire.direct import (
     NOTE_GONE,
@@ -71,10 +71,6 @@ class IncomingSettings:
     # the node to the pod, unless steal_probes (`mirrord exec --steal-probes`).
     probes: tuple[ProbeSpec, ...] = ()
     steal_probes: bool = False
-
-
-def _say(msg: str) -> None:
-    print(f"mirrord: {msg}", file=sys.stderr, flush=True)
 
 
 def _target(family: int, ip: bytes, port: int) -> tuple[int, tuple[str, int]]:
