@@ -16,10 +16,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mirrord import user_environ
+from mirrord import timing, user_environ
 from mirrord.client import AgentClient, start_local_agent
 from mirrord.client.endpoint import AgentEndpoint
 from mirrord.client.errors import AgentError
+from mirrord.client.local_agent import EarlyAgent
 from mirrord.config import ConfigError, EnvConfig, MirrordConfig
 from mirrord.explain import Explainer
 from mirrord.features.build import build_features, close_features
@@ -70,9 +71,11 @@ async def run_exec(
     environ: Mapping[str, str] | None = None,
     steal_probes: bool = False,
     explain: Explainer | None = None,
+    early_agent: EarlyAgent | None = None,
 ) -> ExitStatus:
     """explain: every decision is recorded there (`--explain`); SIGUSR1 prints its summary
-    while the program runs, and the caller prints it at the end."""
+    while the program runs, and the caller prints it at the end. early_agent: a local
+    agent the caller started while the config loaded (used if it fits, else stopped)."""
     local_env = user_environ() if environ is None else dict(environ)
     try:
         target = parse_target(config.target.path_string)
@@ -103,32 +106,45 @@ async def run_exec(
     features: tuple[Feature, ...] = ()
     kube = contextlib.AsyncExitStack()
     try:
+        if early_agent is not None and (agent is not None or in_cluster):
+            await early_agent.discard()  # started in vain: no local agent is needed
+            early_agent = None
         startup = float(config.agent.startup_timeout_s)
         if in_cluster:
             from mirrord.kube.session import kube_agent_session
 
             client = await kube.enter_async_context(kube_agent_session(config, target, local_env))
+            timing.mark("cluster agent session opened")
         else:
             if agent is None:
-                local_agent = await start_local_agent(
-                    ping_timeout=_ping_timeout(config), startup_timeout=startup
-                )
+                if early_agent is not None and early_agent.ping_timeout == _ping_timeout(config):
+                    local_agent, early_agent = await early_agent.ready(startup), None
+                else:
+                    local_agent = await start_local_agent(
+                        ping_timeout=_ping_timeout(config), startup_timeout=startup
+                    )
                 agent = AgentEndpoint(local_agent.address, local_agent.token)
+                timing.mark("local agent started")
             client = await AgentClient.connect(
                 agent.address, agent.token, target.pid, timeout=startup
             )
+            timing.mark("agent session opened")
         env_on = config.feature.env_enabled
         remote_env = await client.get_env() if env_on else {}
         env_cfg = config.feature.env_config if env_on else False
         env = merge_env(local_env, remote_env, env_cfg)
+        timing.mark("environment fetched")
         if explain is not None:
             _explain_env(explain, remote_env, env_cfg, local_env)
         hostname = client.hello.hostname if config.feature.hostname_enabled else None
         features = await build_features(config, client, steal_probes=steal_probes, explain=explain)
+        timing.mark("features built")
         options = SupervisorOptions(hostname=hostname or None, features=features)
         run = SupervisedRun(argv, env, options)
         runs.append(run)
-        return await _wait_program(run, client)
+        status = await _wait_program(run, client)
+        timing.mark("program ran")
+        return status
     except (AgentError, KubeError) as exc:
         raise ExecError(str(exc)) from None
     except ConfigError as exc:  # env_file unreadable or malformed
@@ -144,9 +160,12 @@ async def run_exec(
         await kube.aclose()  # the port-forward and the API connection
         if local_agent is not None:
             await local_agent.stop()
+        if early_agent is not None:
+            await early_agent.discard()
         if explain is not None:
             loop.remove_signal_handler(signal.SIGUSR1)
         forwarder.stop()
+        timing.mark("session closed, agent stopped")
 
 
 def print_summary(explain: Explainer) -> None:

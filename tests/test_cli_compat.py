@@ -241,3 +241,39 @@ def test_agent_address_with_a_kubernetes_target_is_refused() -> None:
     r = run("exec", "--agent-address", "127.0.0.1:1", "-t", "pod/x", "--", "true",
             env={"MIRRORD_AGENT_TOKEN": "t"})  # fmt: skip
     assert r.returncode == 2 and "takes pid/N targets only" in r.stderr, r.stderr
+
+
+@pytest.mark.root
+def test_an_early_agent_is_stopped_when_the_config_names_a_cluster(tmp_path: Path) -> None:
+    """As root, exec starts the local agent while the config loads; a config that names a
+    Kubernetes target needs none: that agent is stopped, not left behind."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a local agent)")
+    cfg = tmp_path / "m.json"
+    cfg.write_text('{"target": "pod/web"}')
+    before = _agents()
+    r = run("exec", "-f", str(cfg), "--", "true")  # KUBECONFIG points nowhere
+    assert r.returncode == 1 and "no Kubernetes configuration" in r.stderr, r.stderr
+    assert _agents() <= before
+
+
+def _agents() -> set[int]:
+    out = subprocess.run(
+        ["pgrep", "-f", "mirrord.agent --one-session"], capture_output=True, text=True
+    ).stdout
+    return {int(pid) for pid in out.split()}
+
+
+@pytest.mark.root
+def test_mirrord_timing_says_where_the_start_up_goes(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a local agent)")
+    r = run("exec", "-t", "targetless", "--", "true", env={"MIRRORD_TIMING": "1"})
+    assert r.returncode == 0, r.stderr
+    steps = [line.split("ms  ", 1)[1].split("  ")[0].strip() for line in r.stderr.splitlines()
+             if line.startswith("mirrord: timing:")]  # fmt: skip
+    assert steps == [
+        "python start-up, CLI imports", "config loaded", "local agent started",
+        "agent session opened", "environment fetched", "features built", "program ran",
+        "session closed, agent stopped",
+    ]  # fmt: skip

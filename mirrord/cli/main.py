@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from mirrord import __version__
+from mirrord import __version__, timing
 from mirrord.cli import options as opt
 from mirrord.cli.argv import COMMANDS as OPTIONAL_VALUE_COMMANDS
 from mirrord.cli.argv import normalize
@@ -160,20 +161,45 @@ def exec_(
         kube_context=context,
         kubeconfig=kubeconfig,
     )
-    config = load_config(config_file, overrides)
-    if not command:
-        err("no program given: mirrord exec [OPTIONS] [--] PROGRAM [ARGS…]")
-        raise typer.Exit(2)
-    endpoint = opt.agent_endpoint(agent_address, agent_token_file)
-    if endpoint is not None and config.target.kind not in (None, "pid"):
-        err(
-            f"--agent-address reaches one agent directly, which takes pid/N targets only; "
-            f"{config.target.path_string} is reached through the cluster: drop --agent-address"
-        )
-        raise typer.Exit(2)
-    explainer = _explainer(explain if explain is not None else os.environ.get(EXPLAIN_ENV))
-    code = _run(command, config, endpoint, steal_probes, explainer)
+    explain_value = explain if explain is not None else os.environ.get(EXPLAIN_ENV)
+
+    def prepare() -> tuple[object, object, object]:
+        """The checks before the session (exit 2 when one fails), on a worker thread while
+        an early local agent starts: the config, the agent endpoint, the explainer."""
+        config = load_config(config_file, overrides)
+        timing.mark("config loaded")
+        if not command:
+            err("no program given: mirrord exec [OPTIONS] [--] PROGRAM [ARGS…]")
+            raise typer.Exit(2)
+        endpoint = opt.agent_endpoint(agent_address, agent_token_file)
+        if endpoint is not None and config.target.kind not in (None, "pid"):
+            err(
+                f"--agent-address reaches one agent directly, which takes pid/N targets only; "
+                f"{config.target.path_string} is reached through the cluster: drop "
+                "--agent-address"
+            )
+            raise typer.Exit(2)
+        return config, endpoint, _explainer(explain_value)
+
+    early = _early_agent_wanted(target, agent_address, kubeconfig, context)
+    code = _run(command or [], prepare, steal_probes, early)
     raise typer.Exit(code)
+
+
+def _early_agent_wanted(
+    target: str | None, agent_address: str | None, kubeconfig: str | None, context: str | None
+) -> bool:
+    """Whether a local agent will most likely be needed: then it starts at once, while the
+    config loads (the config may still name a cluster target: it is stopped unused)."""
+    if os.geteuid() != 0 or agent_address is not None:
+        return False
+    if target is not None:
+        return target == "targetless" or target.startswith("pid/")
+    if kubeconfig or context:
+        return False
+    from mirrord.kube.kubeconfig import has_current_context
+
+    return not has_current_context(ORIGINAL_ENV)
 
 
 EXPLAIN_ENV = "MIRRORD_EXPLAIN"  # --explain's equivalent: 1 (summary) or a file name
@@ -200,23 +226,55 @@ def _explainer(value: str | None) -> Any:
 
 
 def _run(
-    command: list[str], config: object, endpoint: object, steal_probes: bool, explain: Any
+    command: list[str],
+    prepare: Callable[[], tuple[object, object, object]],
+    steal_probes: bool,
+    early: bool,
 ) -> int:
-    from mirrord.run import ExecError, print_summary, run_exec
-    from mirrord.supervisor import exit_like
+    """The session: an early local agent (if `early`) starts while `prepare` checks the
+    flags and loads the config on a thread; then run_exec. The exit code."""
+    explained: list[Any] = []
+
+    async def session() -> Any:
+        early_agent = None
+        if early:
+            from mirrord.client.local_agent import EarlyAgent
+
+            if sys.version_info < (3, 12):
+                # Python 3.11's default child watcher waits for the agent process on a
+                # thread made now, before the session blocks its signals (SignalForwarder,
+                # the signalfd), so that thread would take them: a SIGTERM would end
+                # mirrord, a SIGCHLD would stall the end of the run. A pidfd needs no
+                # thread (and is what 3.12 uses by default).
+                watcher = asyncio.PidfdChildWatcher()
+                watcher.attach_loop(asyncio.get_running_loop())
+                asyncio.get_event_loop_policy().set_child_watcher(watcher)
+            early_agent = EarlyAgent(DEFAULT_PING_TIMEOUT_S)
+        try:
+            config, endpoint, explain = await _off_loop(prepare)
+            explained.append(explain)
+            from mirrord.run import run_exec
+        except BaseException:
+            if early_agent is not None:
+                await early_agent.discard()
+            raise
+        return await run_exec(
+            command,
+            config,  # type: ignore[arg-type]
+            agent=endpoint,  # type: ignore[arg-type]
+            environ=ORIGINAL_ENV,
+            steal_probes=steal_probes,
+            explain=explain,  # type: ignore[arg-type]
+            early_agent=early_agent,
+        )
 
     try:
-        status = asyncio.run(
-            run_exec(
-                command,
-                config,  # type: ignore[arg-type]
-                agent=endpoint,  # type: ignore[arg-type]
-                environ=ORIGINAL_ENV,
-                steal_probes=steal_probes,
-                explain=explain,
-            )
-        )
-    except ExecError as exc:
+        status = asyncio.run(session())
+    except Exception as exc:
+        from mirrord.run import ExecError
+
+        if not isinstance(exc, ExecError):
+            raise  # typer.Exit from the checks, or a bug
         if exc.message is not None:
             err(exc.message)
         return exc.exit_code
@@ -225,11 +283,58 @@ def _run(
         return 130
     finally:
         # Before exit_like: a program killed by a signal ends mirrord by the same signal.
+        explain = explained[0] if explained else None
         if explain is not None:
+            from mirrord.run import print_summary
+
             print_summary(explain)
             explain.close()
+        for line in timing.report():
+            err(line)
+    from mirrord.supervisor import exit_like
+
     sys.stdout.flush()
     return exit_like(status.code, status.signal)
+
+
+T = TypeVar("T")
+SESSION_SIGNALS = {signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGCHLD}
+
+
+async def _off_loop(work: Callable[[], T]) -> T:
+    """`work()` on a thread of its own, which ends with it and blocks the signals the
+    session reads itself (SIGCHLD from a signalfd, the forwarded ones): a lingering pool
+    thread would take them (a SIGTERM would end mirrord instead of reaching the program;
+    a SIGCHLD missed would stall the end of the run)."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def body() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SESSION_SIGNALS)
+        try:
+            result = work()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=body, name="mirrord-prepare", daemon=True).start()
+    return await done
+
+
+# The local agent's ping timeout unless the config says otherwise (agent.communication_timeout;
+# an early agent started with it is replaced when the config differs).
+DEFAULT_PING_TIMEOUT_S = 30.0
 
 
 # What `verify-config --ide` lists as usable with a config (upstream's TargetType names).
@@ -364,6 +469,7 @@ def _takes_value(command: str) -> Callable[[str], bool]:
 
 
 def main() -> None:
+    timing.mark("python start-up, CLI imports")
     # gRPC's fork handlers would complain (and do nothing useful) when the tracer forks
     # the program: the child only execs.
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")

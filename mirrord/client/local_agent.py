@@ -23,6 +23,7 @@ from mirrord.client.errors import AgentStartFailed
 LISTENING_PREFIX = "MIRRORD_AGENT_LISTENING"
 TOKEN_ENV = "MIRRORD_AGENT_TOKEN"
 PARENT_PID_ENV = "MIRRORD_AGENT_PARENT_PID"
+DEFAULT_EARLY_STARTUP = 60.0  # an early agent's own bound; the session's is applied on top
 
 
 def _tail(log: BinaryIO, lines: int = 20) -> str:
@@ -144,3 +145,27 @@ async def _read_address(process: asyncio.subprocess.Process) -> str:
         text = line.decode(errors="replace").strip()
         if text.startswith(LISTENING_PREFIX + " "):
             return text[len(LISTENING_PREFIX) + 1 :]
+
+
+class EarlyAgent:
+    """A local agent started before the session knows it needs one (`mirrord exec` starts
+    it while the config loads): `ready()` waits for it, `discard()` stops it unused."""
+
+    def __init__(self, ping_timeout: float) -> None:
+        self.ping_timeout = ping_timeout
+        # Started on the running loop now; its time overlaps the caller's work.
+        self._task = asyncio.ensure_future(
+            start_local_agent(ping_timeout=ping_timeout, startup_timeout=DEFAULT_EARLY_STARTUP)
+        )
+
+    async def ready(self, startup_timeout: float) -> LocalAgent:
+        return await asyncio.wait_for(asyncio.shield(self._task), startup_timeout)
+
+    async def discard(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        try:
+            agent = await self._task
+        except BaseException:
+            return
+        await agent.stop()
