@@ -173,11 +173,9 @@ def exec_(
             raise typer.Exit(2)
         endpoint = opt.agent_endpoint(agent_address, agent_token_file)
         if endpoint is not None and config.target.kind not in (None, "pid"):
-            err(
-                f"--agent-address reaches one agent directly, which takes pid/N targets only; "
-                f"{config.target.path_string} is reached through the cluster: drop "
-                "--agent-address"
-            )
+            from mirrord.client.endpoint import refuses_kube_target
+
+            err(refuses_kube_target(str(config.target.path_string)))
             raise typer.Exit(2)
         return config, endpoint, _explainer(explain_value)
 
@@ -298,7 +296,6 @@ def _run(
 
 
 T = TypeVar("T")
-SESSION_SIGNALS = {signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGCHLD}
 
 
 async def _off_loop(work: Callable[[], T]) -> T:
@@ -307,6 +304,8 @@ async def _off_loop(work: Callable[[], T]) -> T:
     thread would take them (a SIGTERM would end mirrord instead of reaching the program;
     a SIGCHLD missed would stall the end of the run)."""
     import threading
+
+    from mirrord.supervisor.signals import FORWARDED
 
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
@@ -320,7 +319,7 @@ async def _off_loop(work: Callable[[], T]) -> T:
             done.set_result(result)  # type: ignore[arg-type]
 
     def body() -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, SESSION_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
         try:
             result = work()
         except BaseException as exc:
@@ -458,9 +457,9 @@ def completions(
     print(get_completion_script(prog_name="mirrord", complete_var=COMPLETE_VAR, shell=shell))
 
 
-def _takes_value(command: str) -> Callable[[str], bool]:
+def _takes_value(group: Any, command: str) -> Callable[[str], bool]:
     """Which options of a subcommand consume the next argument (from click's own table)."""
-    sub = getattr(typer.main.get_command(app), "commands", {}).get(command)
+    sub = getattr(group, "commands", {}).get(command)
     valued: set[str] = set()
     for param in sub.params if sub is not None else []:
         if param.param_type_name == "option" and not getattr(param, "is_flag", False):
@@ -478,7 +477,9 @@ def main() -> None:
         from typer._completion_classes import completion_init
 
         completion_init()
+    # The click command is built once: for the option table and to run.
+    cli = typer.main.get_command(app)
     args = sys.argv[1:]
     if args and args[0] in OPTIONAL_VALUE_COMMANDS:
-        args = [args[0], *normalize(args[1:], _takes_value(args[0]))]
-    app(args=args, prog_name="mirrord", complete_var=COMPLETE_VAR)
+        args = [args[0], *normalize(args[1:], _takes_value(cli, args[0]))]
+    cli(args=args, prog_name="mirrord", complete_var=COMPLETE_VAR)

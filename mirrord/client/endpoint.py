@@ -26,3 +26,11 @@ def check_agent_address(address: str) -> str | None:
     except (OSError, UnicodeError) as exc:
         return f"cannot resolve {host!r}: {getattr(exc, 'strerror', None) or exc}"
     return None
+
+
+def refuses_kube_target(target: str) -> str:
+    """Why --agent-address cannot go with a Kubernetes target (exec and port-forward)."""
+    return (
+        "--agent-address reaches one agent directly, which takes pid/N targets only; "
+        f"{target} is reached through the cluster: drop --agent-address"
+    )

@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ConfigError
 from .loader import CONFIG_FILE_ENV, load_config_file, load_config_file_with_warnings
 from .models import (
+    HTTP_FILTER_KINDS,
     AgentConfig,
     EnvConfig,
     FeatureConfig,
@@ -85,10 +86,7 @@ def _extra_warnings(config: MirrordConfig) -> list[str]:
     if (
         isinstance(incoming, IncomingConfig)
         and isinstance(incoming.http_filter, HttpFilterConfig)
-        and any(
-            getattr(incoming.http_filter, kind) is not None
-            for kind in ("header_filter", "path_filter", "method_filter", "all_of", "any_of")
-        )
+        and any(getattr(incoming.http_filter, kind) is not None for kind in HTTP_FILTER_KINDS)
         and config.feature.incoming_mode == "mirror"
     ):
         warnings.append(

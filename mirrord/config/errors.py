@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class ConfigError(Exception):
     """A config file (or the command-line flags) could not be turned into a valid config.
@@ -24,3 +26,13 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return self._render()
+
+
+def bad_regex(key: str, pattern: str, flags: int = 0) -> str | None:
+    """`key: bad regex 'PATTERN': why`, or None when the pattern compiles (the regexes the
+    features compile later are checked with the config, named by their key)."""
+    try:
+        re.compile(pattern, flags)
+    except re.error as e:
+        return f"{key}: bad regex {pattern!r}: {e}"
+    return None

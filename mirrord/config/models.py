@@ -417,6 +417,10 @@ class InnerFilter(Model):
         return self
 
 
+# The kinds of an HTTP filter, one of which a filter sets (upstream's http_filter).
+HTTP_FILTER_KINDS = ("header_filter", "path_filter", "method_filter", "all_of", "any_of")
+
+
 class HttpFilterConfig(Model):
     """Steal only HTTP requests that match."""
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mirrord.explain import Explainer
     from mirrord.features.files.rules import FsRules
     from mirrord.features.incoming.delivery import IncomingProxy
-    from mirrord.features.outgoing import IncomingHandlers, OutgoingRules
+    from mirrord.features.outgoing.feature import IncomingHandlers, OutgoingRules
 
 
 async def build_features(
@@ -41,7 +41,11 @@ async def build_features(
     rules = outgoing_rules(config)
     incoming = _incoming(config, client, steal_probes, explain)
     if rules is not None or incoming is not None:
-        from mirrord.features.outgoing import OutgoingRules, network_feature, resolve_filter_names
+        from mirrord.features.outgoing.feature import (
+            OutgoingRules,
+            network_feature,
+            resolve_filter_names,
+        )
         from mirrord.features.outgoing.proxy import NetProxy
         from mirrord.features.sockets.listeners import program_sends_from
 
@@ -86,7 +90,7 @@ async def build_features(
 
     fs = fs_rules(config)
     if fs is not None:
-        from mirrord.features.files import make_fs_feature
+        from mirrord.features.files.handlers import make_fs_feature
         from mirrord.features.files.remote import GrpcRemoteFs
 
         remote: Any = GrpcRemoteFs(
@@ -157,7 +161,7 @@ def _incoming(
         return None
     from mirrord.features.incoming.client import IncomingClient
     from mirrord.features.incoming.delivery import IncomingProxy
-    from mirrord.features.outgoing import IncomingHandlers
+    from mirrord.features.outgoing.feature import IncomingHandlers
 
     policy, settings = found
     settings = dataclasses.replace(settings, probes=client.target_probes, steal_probes=steal_probes)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mirrord.client import AgentClient, start_local_agent
-from mirrord.client.endpoint import AgentEndpoint
+from mirrord.client.endpoint import AgentEndpoint, refuses_kube_target
 from mirrord.client.errors import AgentError
 from mirrord.config import ConfigError, MirrordConfig
 from mirrord.features.incoming.delivery import IncomingSettings
@@ -66,11 +66,7 @@ def check_session(
 ) -> None:
     """Combinations that cannot work, as usage errors (exit code 2)."""
     if agent is not None and target.is_kube:
-        raise PortForwardError(
-            f"--agent-address reaches one agent directly, which takes pid/N targets only; "
-            f"{target} is reached through the cluster: drop --agent-address",
-            2,
-        )
+        raise PortForwardError(refuses_kube_target(str(target)), 2)
     if reverses and target.pid is None and not target.is_kube:
         raise PortForwardError(
             "-R needs a target whose incoming traffic can be taken (pid/N or a Kubernetes "

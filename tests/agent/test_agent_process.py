@@ -267,3 +267,22 @@ def test_parent_death_kills_local_agent(root: None) -> None:
             parent.wait()
         if agent_pid and not _dead_or_zombie(agent_pid):
             os.kill(agent_pid, signal.SIGKILL)
+
+
+async def test_an_early_agent_is_stopped_when_the_config_names_a_cluster(
+    root: None, tmp_path: Path
+) -> None:
+    """`mirrord exec` (as root) starts the local agent while the config loads; a config
+    that names a Kubernetes target needs none: the session stops it, in this process
+    (whose end would otherwise stop it through --parent-death), before it fails."""
+    from mirrord.client.local_agent import EarlyAgent
+    from mirrord.config import ExecOverrides, resolve_config
+    from mirrord.run import ExecError, run_exec
+
+    early = EarlyAgent(30.0)
+    agent = await early.ready(10)  # up while the config would load
+    config = resolve_config(None, ExecOverrides(target="pod/web"), {}).config
+    environ = {"KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)}
+    with pytest.raises(ExecError, match="no Kubernetes configuration"):
+        await run_exec(["true"], config, environ=environ, early_agent=early)
+    assert agent.process.returncode is not None  # stopped by the session

@@ -6,9 +6,7 @@
 - remote.py: what the handlers ask the agent (a Protocol) and its gRPC implementation.
 - cache.py: the per-session cache directory remote files are materialised into.
 - handlers.py: the syscall handlers and the `Feature`.
+
+Importing the package imports none of its modules: the config check needs `config` and
+`rules`, not the handlers and gRPC.
 """
-
-from mirrord.features.files.handlers import FsFeature, make_fs_feature
-from mirrord.features.files.rules import Access, FsRules
-
-__all__ = ["Access", "FsFeature", "FsRules", "make_fs_feature"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 
 from mirrord.config import ConfigError, MirrordConfig
+from mirrord.config.errors import bad_regex
 from mirrord.config.models import FsConfig, as_list
 from mirrord.features.files.rules import Context, FsRules
 
@@ -36,13 +36,8 @@ def fs_rules(
         "not_found": as_list(cfg.not_found),
     }
     checked = {**lists, "mapping": list(cfg.mapping or {})}
-    errors: list[str] = []
-    for name, patterns in checked.items():
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                errors.append(f"feature.fs.{name}: bad regex {pattern!r}: {e}")
+    found = (bad_regex(f"feature.fs.{name}", p) for name, ps in checked.items() for p in ps)
+    errors = [e for e in found if e is not None]
     if errors:
         raise ConfigError("<config>", errors)
     rules = FsRules.build(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from mirrord.config import ConfigError, MirrordConfig
+from mirrord.config.errors import bad_regex
 from mirrord.config.models import HttpFilterConfig, IncomingConfig, InnerFilter
 from mirrord.features.incoming.client import Condition, HttpFilterSpec
 from mirrord.features.incoming.delivery import IncomingSettings
@@ -23,10 +24,9 @@ FILTER_KEY = "feature.network.incoming.http_filter"
 def _regex(pattern: str, key: str) -> str:
     """The agent matches header and path filters as case-insensitive Python regexes: a
     pattern it cannot compile is the config's error, found before the session starts."""
-    try:
-        re.compile(pattern, re.IGNORECASE)
-    except re.error as e:
-        raise ConfigError("<config>", [f"{FILTER_KEY}.{key}: bad regex {pattern!r}: {e}"]) from None
+    problem = bad_regex(f"{FILTER_KEY}.{key}", pattern, re.IGNORECASE)
+    if problem is not None:
+        raise ConfigError("<config>", [problem])
     return pattern
 
 

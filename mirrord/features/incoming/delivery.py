@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from mirrord.client.errors import AgentError, AgentLost
 from mirrord.client.probes import ProbeSpec
+from mirrord.config.models import HTTP_FILTER_KINDS
 from mirrord.features.incoming.client import (
     HttpFilterSpec,
     IncomingClient,
@@ -382,7 +383,7 @@ class IncomingProxy:
 
 
 def _filter_text(flt: HttpFilterSpec) -> str:
-    for kind in ("header_filter", "path_filter", "method_filter", "all_of", "any_of"):
+    for kind in HTTP_FILTER_KINDS:
         value = getattr(flt, kind)
         if value is not None:
             return f"http_filter.{kind} {value!r}"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from mirrord.config import ConfigError, MirrordConfig
+from mirrord.config.errors import bad_regex
 from mirrord.config.models import DnsConfig, OutgoingConfig, as_list
 from mirrord.features.outgoing.filters import FilterSyntaxError, OutgoingRules, parse_entry
 
@@ -42,10 +41,8 @@ def outgoing_rules(config: MirrordConfig) -> OutgoingRules | None:
     errors = _entry_errors("feature.network.outgoing.filter", mode, entries)
     errors += _entry_errors("feature.network.dns.filter", dns_mode, dns_entries)
     for index, pattern in enumerate(unix_streams):
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            errors.append(f"feature.network.outgoing.unix_streams[{index}]: bad regex: {e}")
+        problem = bad_regex(f"feature.network.outgoing.unix_streams[{index}]", pattern)
+        errors += [problem] if problem else []
     if errors:
         raise ConfigError("<config>", errors)
     return OutgoingRules.build(
