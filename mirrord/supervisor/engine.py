@@ -2,7 +2,7 @@
 
 - notify (the default): every trapped syscall is a seccomp user notification and the
   supervisor is not the program's tracer, so gdb, dlv, strace and IDEs can attach. Needs a
-  listener (5.0), ADDFD (5.9), ADDFD_FLAG_SEND (5.14) and WAIT_KILLABLE_RECV (5.19):
+  listener (5.0), ADDFD (5.9) and WAIT_KILLABLE_RECV (5.19):
   Linux 5.19 or later.
 - ptrace: the fallback, with the same handlers: an older kernel, a listener already in
   place (EBUSY, found only when the child tries: spawn.py), or MIRRORD_ENGINE=ptrace.

@@ -3,9 +3,10 @@
 A trapped syscall does not stop the thread for a tracer: it waits inside the kernel while a
 notification is read from the listener fd, and goes on when we answer with a result
 (faked), "continue" (the kernel runs it unchanged), or an fd of ours installed into the
-program's fd table as the syscall's result (SECCOMP_IOCTL_NOTIF_ADDFD with
-ADDFD_FLAG_SEND, atomically). Registers cannot be changed and the kernel's result is never
-seen: calls that need a rewrite are performed by the supervisor instead (notify_engine.py).
+program's fd table as the syscall's result (SECCOMP_IOCTL_NOTIF_ADDFD, then the answer
+naming the new fd: answer_fd says why not ADDFD_FLAG_SEND). Registers cannot be changed
+and the kernel's result is never seen: calls that need a rewrite are performed by the
+supervisor instead (notify_engine.py).
 
 Why: a ptrace stop costs ~47 us on this kind of VM (signal-stop, SIGCHLD, waitpid,
 GETREGS, CONT, two cross-CPU wake-ups); a notification with SYNC_WAKE_UP ~6 us, because
@@ -46,7 +47,6 @@ NOTIF_ID_VALID = 0x40082102  # _IOW('!', 2, __u64)
 NOTIF_ADDFD = 0x40182103  # _IOW('!', 3, struct seccomp_notif_addfd)
 NOTIF_SET_FLAGS = 0x40082104  # _IOW('!', 4, __u64)
 USER_NOTIF_FLAG_CONTINUE = 1
-ADDFD_FLAG_SEND = 1 << 1
 USER_NOTIF_FD_SYNC_WAKE_UP = 1  # 6.6+: wake-ups on the current CPU
 
 _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data{nr, arch, ip, args[6]}
@@ -205,16 +205,36 @@ class Listener:
 
     def answer_fd(self, nid: int, fd: int, cloexec: bool) -> bool:
         """Install our `fd` as the program's next free fd and return that number as the
-        syscall's result, atomically (our fd stays ours: the caller closes it)."""
+        syscall's result (our fd stays ours: the caller closes it).
+
+        Not with ADDFD_FLAG_SEND: the kernel marks the call answered before the program's
+        thread installs the fd, and when our wait for that is cut short (a signal, or a
+        ptrace stop of mirrord: a profiler, gdb -p, SIGSTOP) before it did, the fd is
+        taken back but the answer stays: the program's call returns 0, a wrong fd. So the
+        fd is added first (an interrupted add installs nothing and is simply made again),
+        then the answer names it. Under the lock, no -ERESTARTSYS from the signal sweep
+        comes in between, and the program's thread waits killably (WAIT_KILLABLE_RECV):
+        only its death can end the call between the two, and the fd goes with it."""
         flags = os.O_CLOEXEC if cloexec else 0
-        try:
-            return self._ioctl(
-                NOTIF_ADDFD, bytearray(_ADDFD.pack(nid, ADDFD_FLAG_SEND, fd, 0, flags))
-            )
-        except OSError as exc:
-            if exc.errno == errno.EMFILE:
-                return self.answer(nid, -errno.EMFILE)  # the program's fd table is full
-            raise
+        add = bytearray(_ADDFD.pack(nid, 0, fd, 0, flags))
+        with self._lock:
+            if self.closed:
+                return False
+            while True:
+                try:
+                    installed = fcntl.ioctl(self.fd, NOTIF_ADDFD, add, True)
+                    break
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EMFILE:  # the program's fd table is full
+                        return self._unlocked_ioctl(
+                            NOTIF_SEND, bytearray(_RESP.pack(nid, 0, -errno.EMFILE, 0))
+                        )
+                    if exc.errno in (errno.ENOENT, errno.EINPROGRESS):
+                        return False  # the call is gone (its thread died) or answered
+                    raise
+            return self._unlocked_ioctl(NOTIF_SEND, bytearray(_RESP.pack(nid, installed, 0, 0)))
 
     def close(self) -> None:
         with self._lock:

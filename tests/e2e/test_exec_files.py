@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mirrord.testpod import Pod, create_pod
+from tests.e2e.interrupts import interrupting
 
 MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 PY = "/usr/bin/python3"
@@ -86,6 +87,28 @@ def test_busybox_ls_and_find_see_the_pods_tree(fpod: Pod) -> None:
     assert sorted(r.stdout.split()) == sorted(
         f"/srv/data/tree{p}" for p in ("", "/a.txt", "/sub", "/sub/b.txt", "/abs-link", "/rel-link")
     ), r.stderr
+
+
+def test_files_stay_right_while_mirrord_itself_is_interrupted(fpod: Pod) -> None:
+    """The notify engine hands an opened copy to the program by adding an fd to its
+    table. When mirrord's wait for that was cut short (here by a signal to its threads;
+    a profiler's or gdb's stop does the same), the kernel used to leave the program's
+    open() returning 0: find then listed stdin (ENOTDIR) or got the previous
+    directory's fd for the next one."""
+    fpod.run(["sh", "-c", "mkdir -p /srv/data/many && cd /srv/data/many && "
+              "for d in $(seq 30); do mkdir d$d; for f in 1 2 3 4 5; do : > d$d/f$f; done; done"],
+             check=True)  # fmt: skip
+    walk = "for i in $(seq 25); do busybox find /srv/data/many | wc -l; done"
+    p = subprocess.Popen(
+        [MIRRORD, "exec", "-t", f"pid/{fpod.main_pid}", "--", "sh", "-c", walk],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    with interrupting(p.pid) as storm:
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert storm.sent > 1000
+    assert out.split() == ["181"] * 25, err  # 1 + 30 directories + 150 files, every time
+    assert "Traceback" not in err
 
 
 PY_READER = r"""

@@ -20,6 +20,7 @@ import pytest
 
 from mirrord.testpod import Network, Pod
 from mirrord.testpod.pod import http_server_argv
+from tests.e2e.interrupts import interrupting
 from tests.features.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules
 from tests.features.outgoing.net_world import UDP_ECHO
 
@@ -311,6 +312,26 @@ def test_a_burst_of_stolen_connections_under_signals_loses_none(world: World) ->
     code, out, err = _finish(p)
     assert code == 0, err
     assert out.split() == ["served", str(n), "peers", world.client.address, "signals", "True"]
+
+
+def test_a_burst_of_stolen_connections_while_mirrord_is_interrupted_loses_none(
+    world: World,
+) -> None:
+    """Each stolen connection is handed to the program's accept() by adding an fd to its
+    table; mirrord's own threads are hit by signals meanwhile (interrupts.py): no accept
+    returns a wrong fd, none is lost."""
+    n = 200
+    p = world.start([PY, "-c", PY_BURST_SERVER, str(n)])
+    _ready(p)
+    world.wait_stolen(p)
+    with interrupting(p.pid) as storm:
+        answers = world.burst(n, 10)
+    assert answers == ["local"] * n
+    code, out, err = _finish(p)
+    assert code == 0, err
+    assert storm.sent > 1000
+    assert out.split()[:2] == ["served", str(n)]
+    assert "Traceback" not in err
 
 
 PY_UDP_BURST = """
