@@ -73,7 +73,9 @@ EXECS = frozenset({NR["execve"], NR["execveat"]})
 # How often calls that may block are checked for a signal (and dead threads).
 SWEEP_S = 0.01
 STOP_S = 5.0  # how long the end of the run waits for the serving thread
-RECEIVERS = 2  # threads waiting in RECV (_serve_forever says why more than one)
+# The program's first connect() that we serve (a pod connect: Defer) starts a second
+# receiving thread (_serve_forever says why).
+STANDBY_AFTER = NR["connect"]
 
 Then = Callable[[Any, Memory], Action]
 
@@ -107,6 +109,8 @@ class NotifyEngine:
         self._chdirs: collections.deque[tuple[Entry, str, Any]] = collections.deque()
         self._stopping = False
         self._servers: set[int] = set()  # the receiving threads' idents
+        self._receivers: list[threading.Thread] = []
+        self._standby = False  # the second receiving thread was started
         self._serve_lock = threading.Lock()
         self._foreign_warned = False
         self._chdir_warned = False
@@ -119,19 +123,10 @@ class NotifyEngine:
         self._wakeup = Wakeup()
         self.main_pid = spawned.pid
         self.tree.add(spawned.pid)
-        servers: list[threading.Thread] = []
         if spawned.listener is not None:
             self._listener = Listener(spawned.listener)
             install_wake_handler()
-            for i in range(RECEIVERS):
-                server = threading.Thread(
-                    target=self._serve_forever,
-                    args=(self._listener,),
-                    name=f"mirrord-notify-{i}",
-                )
-                server.daemon = True
-                server.start()
-                servers.append(server)
+            self._add_receiver(self._listener)
         if self.on_started:
             self.on_started(spawned.pid)
         try:
@@ -140,7 +135,7 @@ class NotifyEngine:
             if failure is not None:
                 raise SpawnError(f"{argv0}: {failure[0]}", failure[1])
         finally:
-            stopped = self._stop_serving(servers)
+            stopped = self._stop_serving()
             if self._listener is not None and stopped:
                 self._listener.close()
             self._wakeup.close()
@@ -150,18 +145,31 @@ class NotifyEngine:
         assert self.main_status is not None
         return self.main_status
 
+    def _add_receiver(self, listener: Listener) -> None:
+        server = threading.Thread(
+            target=self._serve_forever,
+            args=(listener,),
+            name=f"mirrord-notify-{len(self._receivers)}",
+            daemon=True,
+        )
+        self._receivers.append(server)  # before it runs: the stop must see it
+        server.start()
+
     def _serve_forever(self, listener: Listener) -> None:
         """A receiving thread: wait for a notification, answer it (one at a time, under
         the serve lock), again. Two syscalls per call (RECV, SEND) and no sleep in
         between: the program, woken on our CPU by the answer (SYNC_WAKE_UP), makes its
         next call while we wait in the next RECV.
 
-        Why more than one: until a notification is received, a signal to its thread
-        ends the wait and the call fails EINTR without having run (the kernel gives
-        WAIT_KILLABLE_RECV only after RECV). For most calls that is a harmless EINTR,
-        but a connect() "interrupted" natively goes on connecting, and programs (CPython)
-        then wait for it and find an unconnected socket. While one thread serves,
-        another already waits in RECV, so that window stays a few microseconds."""
+        A second one starts at the program's first connect() we serve: until a notification is
+        received, a signal to its thread ends the wait and the call fails EINTR without
+        having run (the kernel gives WAIT_KILLABLE_RECV only after RECV). For most calls
+        that is a harmless EINTR, but a connect() "interrupted" natively goes on
+        connecting, and programs (CPython) then wait for it and find an unconnected
+        socket. While one thread serves, the other already waits in RECV, so that window
+        stays a few microseconds. Not from the start: the kernel hands notifications to
+        the waiting threads in turn, and each hand-over between them (a wake-up and the
+        GIL) doubled the cost of every trapped call (ls -lR: 150 -> 310 ms)."""
         self._servers.add(threading.get_ident())
         buf = receive_buffer()
         receive = listener.wait_receive
@@ -176,12 +184,15 @@ class NotifyEngine:
                     except Exception:
                         log.exception("serving syscall %d failed", n.nr)
 
-    def _stop_serving(self, servers: list[threading.Thread]) -> bool:
+    def _stop_serving(self) -> bool:
         """Stop the receiving threads; False if one would not stop (then what they use is
         left open: they are daemon threads, gone with the process)."""
+        locked = self._serve_lock.acquire(timeout=STOP_S)  # no receiver starts after this
         self._stopping = True
+        if locked:
+            self._serve_lock.release()
         deadline = time.monotonic() + STOP_S
-        for server in servers:
+        for server in self._receivers:
             while server.is_alive():
                 if time.monotonic() > deadline:
                     log.error("the notify engine's serving thread did not stop")
@@ -267,6 +278,9 @@ class NotifyEngine:
         if type(action) is Allow and not action.set_args and action.on_exit is None:
             listener.proceed_serving(nid)  # the common answer, first
         elif isinstance(action, Defer):
+            if nr == STANDBY_AFTER and not self._standby and not self._stopping:
+                self._standby = True  # under the serve lock, as _stop_serving's flag
+                self._add_receiver(listener)
             entry = self.inflight.start((tid, nr, args), nid, action.cancel_if_gone)
             self._continue(entry, action, None)
         elif isinstance(action, Chdir):
