@@ -232,6 +232,8 @@ class OpenRequest(_message.Message):
     KNOWN_FIELD_NUMBER: _builtins.int
     RESOLVE_FIELD_NUMBER: _builtins.int
     BASE_FIELD_NUMBER: _builtins.int
+    PREFETCH_FIELD_NUMBER: _builtins.int
+    ALSO_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     flags: _builtins.int
     """O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_DIRECTORY, O_NOFOLLOW"""
@@ -243,10 +245,18 @@ class OpenRequest(_message.Message):
     directory), which those flags then mean. An older agent ignores both.
     """
     base: _builtins.str
+    prefetch: _builtins.int
+    """Protocol 1.4: for a directory, also list the directories below it, then those
+    named in `also` and what is below them, breadth first (real directories only, never
+    through a symlink), about `prefetch` entries in all; they follow the first message
+    as `below`. 0: none. An older agent ignores both.
+    """
     @_builtins.property
     def known(self) -> Global___FileStat:
         """the copy the client has (ino, size, mtime_ns compared)"""
 
+    @_builtins.property
+    def also(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -256,10 +266,12 @@ class OpenRequest(_message.Message):
         known: Global___FileStat | None = ...,
         resolve: _builtins.int = ...,
         base: _builtins.str = ...,
+        prefetch: _builtins.int = ...,
+        also: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["known", b"known"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "flags", b"flags", "known", b"known", "mode", b"mode", "path", b"path", "resolve", b"resolve"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also", b"also", "base", b"base", "flags", b"flags", "known", b"known", "mode", b"mode", "path", b"path", "prefetch", b"prefetch", "resolve", b"resolve"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +307,37 @@ class DirEntry(_message.Message):
 Global___DirEntry: _TypeAlias = DirEntry  # noqa: Y015
 
 @_typing.final
+class DirListing(_message.Message):
+    """A directory below an opened one (OpenRequest.prefetch): its path (the opened path
+    plus entry names), its own stat and its entries, as a plain Open of it would give.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    STAT_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    @_builtins.property
+    def stat(self) -> Global___FileStat: ...
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DirEntry]: ...
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        stat: Global___FileStat | None = ...,
+        entries: _abc.Iterable[Global___DirEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stat", b"stat"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "path", b"path", "stat", b"stat"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DirListing: _TypeAlias = DirListing  # noqa: Y015
+
+@_typing.final
 class OpenChunk(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -303,6 +346,7 @@ class OpenChunk(_message.Message):
     UNCHANGED_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    BELOW_FIELD_NUMBER: _builtins.int
     errno: _builtins.int
     """First message: errno (0 = opened), the opened file's stat, whether the client's
     known copy is current (no data follows), and for a directory its entries.
@@ -314,6 +358,10 @@ class OpenChunk(_message.Message):
     def stat(self) -> Global___FileStat: ...
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DirEntry]: ...
+    @_builtins.property
+    def below(self) -> _containers.RepeatedCompositeFieldContainer[Global___DirListing]:
+        """directories below (prefetch), after the first message"""
+
     def __init__(
         self,
         *,
@@ -322,10 +370,11 @@ class OpenChunk(_message.Message):
         unchanged: _builtins.bool = ...,
         entries: _abc.Iterable[Global___DirEntry] | None = ...,
         data: _builtins.bytes = ...,
+        below: _abc.Iterable[Global___DirListing] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stat", b"stat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "entries", b"entries", "errno", b"errno", "stat", b"stat", "unchanged", b"unchanged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below", b"below", "data", b"data", "entries", b"entries", "errno", b"errno", "stat", b"stat", "unchanged", b"unchanged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

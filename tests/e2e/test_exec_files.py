@@ -111,6 +111,41 @@ def test_files_stay_right_while_mirrord_itself_is_interrupted(fpod: Pod) -> None
     assert "Traceback" not in err
 
 
+WALKER = r"""
+import os, sys, time
+def walk():
+    return sorted((d, sorted(ds), sorted(fs)) for d, ds, fs in os.walk("/srv/data/walk"))
+print(repr(walk()), flush=True)
+sys.stdin.readline()  # the pod changes meanwhile
+time.sleep(2.2)  # past the cache's bound (STAT_TTL_S)
+print(repr(walk()), flush=True)
+"""
+
+
+def test_a_walk_sees_the_pods_tree_and_its_changes_after_the_bound(fpod: Pod) -> None:
+    """Listings sent ahead by the agent (the walk is one round trip per batch) show what
+    the pod has; a change in the pod is seen once the cache's bound (2 s) has passed."""
+    fpod.run(["sh", "-c", "mkdir -p /srv/data/walk && cd /srv/data/walk && "
+              "for d in 1 2 3 4 5; do mkdir -p d$d/sub; for f in 1 2 3; do : > d$d/f$f; done; "
+              "done; ln -s /srv/data/tree d2/link"], check=True)  # fmt: skip
+    native = WALKER.split("print(")[0] + "print(repr(walk()))"
+    p = subprocess.Popen(
+        [MIRRORD, "exec", "-t", f"pid/{fpod.main_pid}", "--", PY, "-c", WALKER],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert p.stdout is not None and p.stdin is not None
+    first = p.stdout.readline()
+    assert first.strip() == fpod.run([PY, "-c", native], check=True).stdout.decode().strip()
+    fpod.run(["sh", "-c", "touch /srv/data/walk/d3/sub/new && rmdir /srv/data/walk/d4/sub"],
+             check=True)  # fmt: skip
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert out.strip() == fpod.run([PY, "-c", native], check=True).stdout.decode().strip()
+    assert "new" in out and "'/srv/data/walk/d4', []" in out
+
+
 PY_READER = r"""
 import hashlib, json, mmap, os, pathlib, stat
 big = os.environ["BIG"]

@@ -41,6 +41,22 @@ def to_pb(st: os.stat_result) -> files_pb2.FileStat:
     )
 
 
+def entries_of(dfd: int) -> Iterator[files_pb2.DirEntry]:
+    """A directory's entries with their lstat (and a symlink's target)."""
+    # os.listdir(fd) reads a dup of the fd, so dfd stays usable for the lstat calls.
+    for name in os.listdir(dfd):
+        raw = os.fsencode(name)
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except OSError:
+            continue  # removed while we listed
+        entry = files_pb2.DirEntry(name=raw, stat=to_pb(st))
+        if statmod.S_ISLNK(st.st_mode):
+            with contextlib.suppress(OSError):
+                entry.link_target = os.readlink(raw, dir_fd=dfd)
+        yield entry
+
+
 def _errno(exc: OSError) -> int:
     return exc.errno or errno.EIO
 
@@ -135,7 +151,7 @@ class FileOps:
                 fd = rfd
             first = files_pb2.OpenChunk(stat=to_pb(st))
             if statmod.S_ISDIR(st.st_mode):
-                first.entries.extend(self._entries(fd))
+                first.entries.extend(entries_of(fd))
                 os.close(fd)
                 return first, None
             if not statmod.S_ISREG(st.st_mode):
@@ -157,20 +173,6 @@ class FileOps:
         except OSError as e:
             os.close(fd)
             return files_pb2.OpenChunk(errno=_errno(e)), None
-
-    def _entries(self, dfd: int) -> Iterator[files_pb2.DirEntry]:
-        # os.listdir(fd) reads a dup of the fd, so dfd stays usable for the lstat calls.
-        for name in os.listdir(dfd):
-            raw = os.fsencode(name)
-            try:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            except OSError:
-                continue  # removed while we listed
-            entry = files_pb2.DirEntry(name=raw, stat=to_pb(st))
-            if statmod.S_ISLNK(st.st_mode):
-                with contextlib.suppress(OSError):
-                    entry.link_target = os.readlink(raw, dir_fd=dfd)
-            yield entry
 
     @staticmethod
     def read_chunk(fd: int) -> bytes:

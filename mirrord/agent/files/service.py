@@ -13,12 +13,14 @@ import concurrent.futures
 import errno
 import logging
 import os
+import stat as statmod
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
 
+from mirrord.agent.files.below import Below, subdirs
 from mirrord.agent.files.ops import FileOps, to_pb
 from mirrord.agent.service import session_of
 from mirrord.agent.session import AgentSession, SessionRegistry
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WORKERS = 4
+MAX_PREFETCH = 16384  # entries one Open lists below its directory, whatever is asked
 
 
 class _SessionFiles:
@@ -95,6 +98,12 @@ class FilesService(files_pb2_grpc.FilesServicer):
         first, fd = await files.run(files.ops.open, request)
         if fd is None:
             yield first
+            if request.prefetch and statmod.S_ISDIR(first.stat.mode) and not request.resolve:
+                budget = min(request.prefetch, MAX_PREFETCH)
+                start = [*subdirs(request.path, first.entries), *request.also[:budget]]
+                below = Below(files.ops.root, start, budget, files.ops.creds)
+                while batch := await files.run(below.next_batch):
+                    yield files_pb2.OpenChunk(below=batch)
             return
         try:
             first.data = await files.run(files.ops.read_chunk, fd)

@@ -19,6 +19,7 @@ of mirrord processes that died without cleaning up (SIGKILL).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -31,8 +32,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from mirrord.features.files.remote import Entry, RemoteFs, failure_text
+from mirrord.features.files.remote import Entry, Listing, Opened, RemoteFs, failure_text
 from mirrord.features.files.structs import RemoteStat
+from mirrord.features.files.walks import PREFETCH_ENTRIES, Walk, Walks
 
 log = logging.getLogger("mirrord.fs")
 PREFIX = "mirrord-fs-"
@@ -95,6 +97,9 @@ class Cache:
         self._clock = clock
         # (remote path, follow) -> (expiry, stat): the short-lived stat cache.
         self._stats: dict[tuple[str, bool], tuple[float, RemoteStat]] = {}
+        self.walks = Walks(clock, STAT_TTL_S)
+        self._making: asyncio.Future[None] | None = None  # copies of arrived listings
+        self._closed = False
 
     # --- the mapping ----------------------------------------------------------------------
 
@@ -129,10 +134,11 @@ class Cache:
             local.st_size, local.st_blocks, local.st_mtime_ns, local.st_ctime_ns
         )
 
-    def remember(self, path: str, follow: bool, st: RemoteStat) -> None:
-        """Keep a remote stat of `path` for STAT_TTL_S (follow: stat, else lstat). An
-        lstat of anything but a symlink is also its stat."""
-        expiry = self._clock() + STAT_TTL_S
+    def remember(self, path: str, follow: bool, st: RemoteStat, since: float | None = None) -> None:
+        """Keep a remote stat of `path` for STAT_TTL_S (follow: stat, else lstat) from
+        `since` (when it was read; default now). An lstat of anything but a symlink is
+        also its stat."""
+        expiry = (self._clock() if since is None else since) + STAT_TTL_S
         self._stats[(path, follow)] = (expiry, st)
         if not follow and not statmod.S_ISLNK(st.mode):
             self._stats[(path, True)] = (expiry, st)
@@ -159,6 +165,7 @@ class Cache:
         below = path.rstrip("/") + "/"
         for key in [k for k in self._stats if k[0] in (path, parent) or k[0].startswith(below)]:
             self._stats.pop(key, None)
+        self.walks.invalidate(path)
 
     def dirty(self, cache_path: str) -> bool:
         meta = self.meta.get(cache_path)
@@ -271,6 +278,19 @@ class Cache:
         `resolve`: openat2's (RESOLVE_* flags, base directory, path relative to it),
         applied by the agent in the pod's tree; the copy is kept at `path`."""
         cp = self.to_cache(path)
+        plain = resolve is None and not flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC)
+        if plain:
+            if self.walks.take_ready(path) and cp in self.meta:
+                return 0, cp  # its copy was made ahead from a listing moments old
+            await self.walks.wait_for(path)
+            listing = self.walks.take(path)
+            if listing is not None:
+                self._ensure_dir(os.path.dirname(cp))
+                self.remember(path, True, listing.stat)
+                self._adopt_dir(path, cp, listing.stat, listing.load())
+                return 0, cp
+            if self.walks.take_ready(path) and cp in self.meta:
+                return 0, cp  # made meanwhile
         known = None
         meta = self.meta.get(cp)
         if meta is not None and not self.dirty(cp):
@@ -279,7 +299,9 @@ class Cache:
         fd, tmp = tempfile.mkstemp(dir=self._staging)
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
-                if resolve is None:
+                if plain:
+                    opened = await self._open_walking(remote, path, flags, mode, known, out.write)
+                elif resolve is None:
                     opened = await remote.open(path, flags, mode, known, out.write)
                 else:
                     flags_, base, rel = resolve
@@ -294,12 +316,7 @@ class Cache:
                 self.invalidate(path)  # created or truncated remotely: the parent moved
             self.remember(path, True, st)
             if statmod.S_ISDIR(st.mode):
-                self._ensure_dir(cp)
-                self._sync_dir(cp, opened.entries)
-                self.meta[cp] = Meta(st, os.lstat(cp).st_mtime_ns)
-                base = path.rstrip("/")
-                for e in opened.entries:
-                    self.remember(f"{base}/{os.fsdecode(e.name)}", False, e.stat)
+                self._adopt_dir(path, cp, st, opened.entries)
                 return 0, cp
             if opened.unchanged and meta is not None:
                 meta.writable = meta.writable or writable
@@ -317,6 +334,76 @@ class Cache:
             if tmp:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+    async def _open_walking(
+        self,
+        remote: RemoteFs,
+        path: str,
+        flags: int,
+        mode: int,
+        known: RemoteStat | None,
+        sink: Callable[[bytes], object],
+    ) -> Opened:
+        """A plain open; for a directory, the agent lists more after it (walks.py)."""
+        st = self.cached_stat(path, False)
+        also = self.walks.siblings(path) if st is not None and statmod.S_ISDIR(st.mode) else []
+        walk = self.walks.begin()
+        walk_ends = True
+        try:
+            opened = await remote.open(
+                path, flags, mode, known, sink, prefetch=PREFETCH_ENTRIES, also=also,
+                below=lambda listings: self._arrived(walk, listings),
+                below_end=lambda: self.walks.end(walk),
+            )  # fmt: skip
+            if opened.below_follows:
+                walk_ends = False  # below_end ends it
+                base = path.rstrip("/")
+                subdirs = [f"{base}/{os.fsdecode(e.name)}" for e in opened.entries
+                           if statmod.S_ISDIR(e.stat.mode)]  # fmt: skip
+                self.walks.expect(walk, [*subdirs, *also])
+            return opened
+        finally:
+            if walk_ends:
+                self.walks.end(walk)
+
+    def _arrived(self, walk: Walk, listings: list[Listing]) -> None:
+        self.walks.arrive(walk, listings)
+        if self._closed:
+            return
+        if self._making is None or self._making.done():
+            self._making = asyncio.ensure_future(self._make_arrived())
+
+    async def _make_arrived(self) -> None:
+        """Copies of the arrived listings, in the background, one directory per loop turn:
+        the program's open of one then finds it ready."""
+        while not self._closed and (got := self.walks.next_arrived()) is not None:
+            path, since, listing = got
+            cp = self.to_cache(path)
+            try:
+                self._ensure_dir(os.path.dirname(cp))
+                self._adopt_dir(path, cp, listing.stat, listing.load(), since)
+            except OSError as e:
+                log.debug("a prefetched copy of %s failed: %s", path, e)
+                continue
+            self.walks.made_ahead(path, since)
+            await asyncio.sleep(0)
+
+    def _adopt_dir(
+        self, path: str, cp: str, st: RemoteStat, entries: list[Entry], since: float | None = None
+    ) -> None:
+        """Make a remote directory's copy: its placeholders, and its entries' stats
+        (`since`: when they were listed, if not just now)."""
+        self._ensure_dir(cp)
+        self._sync_dir(cp, entries)
+        self.meta[cp] = Meta(st, os.lstat(cp).st_mtime_ns)
+        base = path.rstrip("/")
+        subdirs = []
+        for e in entries:
+            child = f"{base}/{os.fsdecode(e.name)}"
+            self.remember(child, False, e.stat, since)
+            if statmod.S_ISDIR(e.stat.mode):
+                subdirs.append(child)
+        self.walks.listed(path, self._clock() if since is None else since, subdirs)
 
     async def write_back(self, remote: RemoteFs, cache_path: str) -> int:
         """Send the local copy to the remote file. Returns an errno (0: done)."""
@@ -361,6 +448,9 @@ class Cache:
         return failed
 
     def close(self) -> None:
+        self._closed = True  # copies being made ahead stop here (they would remake the dir)
+        if self._making is not None:
+            self._making.cancel()
         shutil.rmtree(self.base, ignore_errors=True)
 
 

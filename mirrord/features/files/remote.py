@@ -7,15 +7,22 @@ session's channel.
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import AsyncIterator, Callable, Sequence
+import functools
+import logging
+import stat as statmod
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc.aio
 
 from mirrord.features.files.structs import RemoteStat
 from mirrord.v1 import files_pb2, files_pb2_grpc
+
+log = logging.getLogger("mirrord.fs")
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # (not in grpc's stubs)
 
 
 class PathOp(enum.IntEnum):
@@ -34,12 +41,23 @@ class Entry:
     link_target: bytes = b""
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A directory listed after an opened one (Open's prefetch): its path, its stat, and
+    its entries, converted only if the program opens it."""
+
+    path: str
+    stat: RemoteStat
+    load: Callable[[], list[Entry]]
+
+
 @dataclass
 class Opened:
     errno: int = 0
     stat: RemoteStat | None = None
     unchanged: bool = False
     entries: list[Entry] = field(default_factory=list)
+    below_follows: bool = False  # listings are coming (`below`), then `below_end`
 
 
 class RemoteFs(Protocol):
@@ -55,9 +73,16 @@ class RemoteFs(Protocol):
         sink: Callable[[bytes], object],
         resolve: int = 0,
         base: str = "",
+        prefetch: int = 0,
+        also: Sequence[str] = (),
+        below: Callable[[list[Listing]], None] | None = None,
+        below_end: Callable[[], None] | None = None,
     ) -> Opened:
         """Open remotely; a regular file's content is handed to `sink` in order.
-        `resolve`/`base`: openat2's resolve flags, applied in the pod (OpenRequest)."""
+        `resolve`/`base`: openat2's resolve flags, applied in the pod (OpenRequest).
+        For a directory, `prefetch` entries of the directories below it and of those in
+        `also` are listed too, handed to `below` as they come after open() returned
+        (`Opened.below_follows`), then `below_end` is called."""
         ...
 
     async def store(
@@ -119,6 +144,34 @@ def to_pb(st: RemoteStat) -> files_pb2.FileStat:
     )
 
 
+def _entries(entries: Iterable[files_pb2.DirEntry]) -> list[Entry]:
+    return [Entry(e.name, from_pb(e.stat), e.link_target) for e in entries]
+
+
+async def _listings(
+    call: Any, below: Callable[[list[Listing]], None], end: Callable[[], None] | None
+) -> None:
+    """The rest of a directory's Open: the prefetched listings, handed on as they come.
+    Best effort: a failure ends them quietly (the program's opens then ask themselves)."""
+    try:
+        while (chunk := await call.read()) is not _EOF:
+            assert isinstance(chunk, files_pb2.OpenChunk)
+            below(
+                [
+                    Listing(d.path, from_pb(d.stat), functools.partial(_entries, d.entries))
+                    for d in chunk.below
+                ]
+            )
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    except Exception as e:
+        log.debug("prefetched listings ended: %s", failure_text(e))
+    finally:
+        if end is not None:
+            end()
+
+
 class GrpcRemoteFs:
     def __init__(
         self, channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]], timeout: float
@@ -126,6 +179,7 @@ class GrpcRemoteFs:
         self._stub = files_pb2_grpc.FilesStub(channel)
         self._md = tuple(metadata)
         self._timeout = timeout
+        self._prefetching: set[asyncio.Future[None]] = set()
 
     async def stat(self, path: str, follow: bool) -> tuple[int, RemoteStat | None]:
         r = await self._stub.Stat(
@@ -158,27 +212,52 @@ class GrpcRemoteFs:
         sink: Callable[[bytes], object],
         resolve: int = 0,
         base: str = "",
+        prefetch: int = 0,
+        also: Sequence[str] = (),
+        below: Callable[[list[Listing]], None] | None = None,
+        below_end: Callable[[], None] | None = None,
     ) -> Opened:
-        req = files_pb2.OpenRequest(path=path, flags=flags, mode=mode, resolve=resolve, base=base)
+        req = files_pb2.OpenRequest(
+            path=path,
+            flags=flags,
+            mode=mode,
+            resolve=resolve,
+            base=base,
+            prefetch=prefetch if below is not None else 0,
+            also=also,
+        )
         if known is not None:
             req.known.CopyFrom(to_pb(known))
         # No deadline on the whole stream: a large file takes as long as it takes; the
         # session's pings notice a dead agent.
         call = self._stub.Open(req, metadata=self._md)
-        opened: Opened | None = None
-        async for chunk in call:
-            if opened is None:
-                opened = Opened(
-                    errno=chunk.errno,
-                    stat=from_pb(chunk.stat) if chunk.errno == 0 else None,
-                    unchanged=chunk.unchanged,
-                    entries=[Entry(e.name, from_pb(e.stat), e.link_target) for e in chunk.entries],
-                )
+        first = await call.read()
+        if first is _EOF:
+            raise ConnectionError("the agent answered Open with no message")
+        assert isinstance(first, files_pb2.OpenChunk)
+        opened = Opened(
+            errno=first.errno,
+            stat=from_pb(first.stat) if first.errno == 0 else None,
+            unchanged=first.unchanged,
+            entries=_entries(first.entries),
+        )
+        if first.data:
+            sink(first.data)
+        directory = opened.stat is not None and statmod.S_ISDIR(opened.stat.mode)
+        if req.prefetch and below is not None and directory:
+            # The program goes on; the listings below come in meanwhile.
+            task = asyncio.ensure_future(_listings(call, below, below_end))
+            self._prefetching.add(task)
+            task.add_done_callback(self._prefetching.discard)
+            opened.below_follows = True
+            return opened
+        while True:
+            chunk = await call.read()
+            if chunk is _EOF:
+                return opened
+            assert isinstance(chunk, files_pb2.OpenChunk)
             if chunk.data:
                 sink(chunk.data)
-        if opened is None:
-            raise ConnectionError("the agent answered Open with no message")
-        return opened
 
     async def store(self, path: str, chunks: AsyncIterator[bytes]) -> tuple[int, RemoteStat | None]:
         async def messages() -> AsyncIterator[files_pb2.StoreChunk]:

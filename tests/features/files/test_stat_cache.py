@@ -8,7 +8,7 @@ import asyncio
 import errno
 import os
 import stat as statmod
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 from mirrord.features.files.cache import STAT_TTL_S, Cache
 from mirrord.features.files.handlers import AT_SYMLINK_NOFOLLOW, FsFeature
 from mirrord.features.files.paths import AT_FDCWD
-from mirrord.features.files.remote import Entry, Opened, PathOp
+from mirrord.features.files.remote import Entry, Listing, Opened, PathOp
 from mirrord.features.files.rules import Context, FsRules
 from mirrord.features.files.structs import STAT_SIZE, RemoteStat, unpack_stat
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
@@ -32,6 +32,11 @@ class FakeRemote:
     def __init__(self) -> None:
         self.files: dict[str, RemoteStat] = {"/srv/d": DIR, "/srv/d/a": A, "/srv/d/l": LINK}
         self.calls: list[str] = []
+        self.also: list[list[str]] = []  # each open's `also`
+        self.release = asyncio.Event()
+        self.release.set()
+        self.walks: list[asyncio.Future[None]] = []
+        self.ahead = True  # answer prefetch (as a 1.4 agent)
 
     async def stat(self, path: str, follow: bool) -> tuple[int, RemoteStat | None]:
         self.calls.append(f"stat {path}")
@@ -51,15 +56,56 @@ class FakeRemote:
         mode: int,
         known: RemoteStat | None,
         sink: Callable[[bytes], object],
+        resolve: int = 0,
+        base: str = "",
+        prefetch: int = 0,
+        also: Sequence[str] = (),
+        below: Callable[[list[Listing]], None] | None = None,
+        below_end: Callable[[], None] | None = None,
     ) -> Opened:
+        """As the agent: for a directory, the listings below it (then `also`), breadth
+        first within `prefetch` entries, come after open() returned, once `release` is
+        set (at once by default)."""
         self.calls.append(f"open {path}")
+        self.also.append(list(also))
         st = self.files[path]
-        entries = [
+        opened = Opened(stat=st, entries=self._entries(path))
+        if self.ahead and prefetch and below is not None and statmod.S_ISDIR(st.mode):
+            opened.below_follows = True
+            start = [*self._subdirs(path), *also]
+            self.walks.append(asyncio.ensure_future(self._walk(start, prefetch, below, below_end)))
+        return opened
+
+    def _entries(self, path: str) -> list[Entry]:
+        return [
             Entry(os.fsencode(p.rsplit("/", 1)[1]), s)
             for p, s in self.files.items()
             if p.startswith(path + "/") and "/" not in p[len(path) + 1 :]
         ]
-        return Opened(stat=st, entries=entries)
+
+    def _subdirs(self, path: str) -> list[str]:
+        return [f"{path}/{os.fsdecode(e.name)}" for e in self._entries(path)
+                if statmod.S_ISDIR(e.stat.mode)]  # fmt: skip
+
+    async def _walk(
+        self,
+        queue: list[str],
+        left: int,
+        below: Callable[[list[Listing]], None],
+        end: Callable[[], None] | None,
+    ) -> None:
+        await self.release.wait()
+        while queue:
+            path = queue.pop(0)
+            entries = self._entries(path)
+            if len(entries) > left:
+                break
+            left -= len(entries)
+            below([Listing(path, self.files[path], lambda e=entries: e)])
+            queue.extend(self._subdirs(path))
+            await asyncio.sleep(0)
+        if end is not None:
+            end()
 
     async def store(self, path: str, chunks: AsyncIterator[bytes]) -> tuple[int, RemoteStat | None]:
         return 0, None
@@ -282,3 +328,121 @@ def test_placeholders_are_shared_links_of_the_right_type(
         assert os.path.isdir(f"{d}/f1") and not os.path.islink(f"{d}/f1")
     finally:
         cache.close()
+
+
+# --- walks: listings sent ahead (walks.py) ---------------------------------------------------
+
+TREE_DIR = RemoteStat(ino=20, mode=statmod.S_IFDIR | 0o755)
+
+
+def tree(remote: FakeRemote, dirs: int = 3, files: int = 4) -> None:
+    """/srv/w/s{i}/f{j} and /srv/w/s{i}/n/deep."""
+    remote.files["/srv/w"] = TREE_DIR
+    for i in range(dirs):
+        remote.files[f"/srv/w/s{i}"] = TREE_DIR
+        remote.files[f"/srv/w/s{i}/n"] = TREE_DIR
+        remote.files[f"/srv/w/s{i}/n/deep"] = A
+        for j in range(files):
+            remote.files[f"/srv/w/s{i}/f{j}"] = RemoteStat(ino=100 * i + j, mode=A.mode, size=j)
+
+
+async def settle(remote: FakeRemote) -> None:
+    for walk in remote.walks:
+        await walk
+    for _ in range(50):  # the copies are made one directory per loop turn
+        await asyncio.sleep(0)
+
+
+async def test_a_walk_costs_one_round_trip(setup: tuple[FsFeature, FakeRemote, Clock]) -> None:
+    fs, remote, _clock = setup
+    tree(remote)
+    await opendir(fs, "/srv/w")
+    await settle(remote)
+    for i in range(3):
+        await opendir(fs, f"/srv/w/s{i}")
+        action, mem = await lstat(fs, f"/srv/w/s{i}/f2")
+        assert action == Fake(0) and stat_written(mem).ino == 100 * i + 2
+        await opendir(fs, f"/srv/w/s{i}/n")
+        action, mem = await lstat(fs, f"/srv/w/s{i}/n/deep")
+        assert action == Fake(0) and stat_written(mem) == A
+    assert remote.calls == ["open /srv/w"]  # everything below came with it
+    # The copies are the listings': names and types as in the pod.
+    copy = fs.cache.to_cache("/srv/w/s1")
+    assert sorted(os.listdir(copy)) == ["f0", "f1", "f2", "f3", "n"]
+    # A second open of a directory asks again (a prefetched listing is used once).
+    await opendir(fs, "/srv/w/s1")
+    assert remote.calls == ["open /srv/w", "open /srv/w/s1"]
+
+
+async def test_a_listing_sent_ahead_goes_stale_after_the_ttl(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    fs, remote, clock = setup
+    tree(remote)
+    await opendir(fs, "/srv/w")
+    await settle(remote)
+    remote.files["/srv/w/s0/new"] = A  # changed in the pod meanwhile
+    clock.now += STAT_TTL_S + 0.1
+    await opendir(fs, "/srv/w/s0")
+    assert remote.calls == ["open /srv/w", "open /srv/w/s0"]
+    assert "new" in os.listdir(fs.cache.to_cache("/srv/w/s0"))
+
+
+async def test_an_open_waits_for_the_walk_that_will_list_it(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    fs, remote, _clock = setup
+    tree(remote)
+    remote.release.clear()  # the listings are late
+    await opendir(fs, "/srv/w")
+    waiting = asyncio.ensure_future(opendir(fs, "/srv/w/s2"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    remote.release.set()
+    await waiting
+    assert remote.calls == ["open /srv/w"]
+
+
+async def test_a_walk_that_ends_short_leaves_the_rest_to_their_opens(
+    setup: tuple[FsFeature, FakeRemote, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mirrord.features.files.cache.PREFETCH_ENTRIES", 12)
+    fs, remote, _clock = setup
+    tree(remote)  # each s{i} has 5 entries: two fit in 12 (with /srv/w's own 3)
+    await opendir(fs, "/srv/w")
+    await settle(remote)
+    await opendir(fs, "/srv/w/s0")
+    await opendir(fs, "/srv/w/s1")
+    await opendir(fs, "/srv/w/s2")  # not listed ahead: asked, with no wait
+    assert remote.calls == ["open /srv/w", "open /srv/w/s2"]
+
+
+async def test_siblings_are_asked_for_while_the_program_walks_their_parent(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    fs, remote, _clock = setup
+    tree(remote)
+    remote.ahead = False  # an agent that sends nothing ahead: every open asks
+    await opendir(fs, "/srv/w")
+    await opendir(fs, "/srv/w/s1")
+    assert remote.also[-1] == ["/srv/w/s0", "/srv/w/s2"]  # s1's siblings, with it
+    assert remote.also[0] == []  # nobody walks /srv's listing
+
+
+async def test_our_change_drops_listings_asked_for_before_it(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    fs, remote, _clock = setup
+    tree(remote)
+    remote.release.clear()
+    await opendir(fs, "/srv/w")
+    mem = FakeMem()
+    mem.put(NAME_AT, b"/srv/w/s0/f1\0")
+    action = await run(fs.unlink(Syscall(1, 87, (NAME_AT, 0, 0, 0, 0, 0)), mem), mem)
+    assert action == Fake(0)
+    remote.release.set()  # listed before our unlink: stale
+    await settle(remote)
+    await opendir(fs, "/srv/w/s0")
+    assert remote.calls == ["open /srv/w", "unlink /srv/w/s0/f1", "open /srv/w/s0"]
+    assert "f1" not in os.listdir(fs.cache.to_cache("/srv/w/s0"))
