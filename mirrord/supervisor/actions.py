@@ -114,9 +114,12 @@ Handler = Callable[[Syscall, Memory], Action]
 
 class RawReader(Protocol):
     def read_some(self, tid: int, addr: int, size: int) -> bytes: ...
+    def write(self, tid: int, addr: int, data: bytes) -> None: ...
 
 
-# Notify engine: a feature's check that the call may run as it is, answered before its
-# handler (no Syscall, no Memory): (tid, args, memory) -> True to continue. Must agree
-# with the handler, which still runs when it says False.
-FastCheck = Callable[[int, tuple[int, int, int, int, int, int], RawReader], bool]
+# Notify engine: a feature's check before its handler, on the serving thread with no
+# Syscall and no Memory built: (tid, args, memory) -> True: the call runs as it is;
+# False: on to the handler; any other int: the call's result, answered at once (>= 0, or
+# -errno; what it returns in memory written already). Must agree with the handler, which
+# still runs when it says False.
+FastCheck = Callable[[int, tuple[int, int, int, int, int, int], RawReader], int]

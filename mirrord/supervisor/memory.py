@@ -120,6 +120,10 @@ class MemFiles:
                 break
         raise OSError(errno.ESRCH, "the thread's memory is gone")
 
+    @staticmethod
+    def write(tid: int, addr: int, data: bytes) -> None:
+        write_mem(tid, addr, data)
+
     def read(self, tid: int, addr: int, size: int) -> bytes:
         """Exactly `size` bytes; OSError(EFAULT) when the range is not all mapped."""
         data = self.read_some(tid, addr, size)
@@ -128,16 +132,43 @@ class MemFiles:
         return data
 
 
+class _Writer:
+    """process_vm_writev with its arguments built once per thread: building them for
+    each write cost 4.2 us of ctypes, more than the rest of a stat answer."""
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.buf = ctypes.create_string_buffer(self.SIZE)
+        self.local = _IoVec(ctypes.addressof(self.buf), 0)
+        self.remote = _IoVec(0, 0)
+        self.local_p = ctypes.byref(self.local)
+        self.remote_p = ctypes.byref(self.remote)
+
+
+_writers = threading.local()
+
+
 def write_mem(tid: int, addr: int, data: bytes) -> None:
     """Write tracee memory (even read-only pages are not writable this way: EFAULT)."""
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
-    remote = _IoVec(addr, len(data))
-    n = _libc.process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    size = len(data)
+    w: _Writer | None = getattr(_writers, "w", None)
+    if w is None:
+        w = _writers.w = _Writer()
+    if size <= _Writer.SIZE:
+        ctypes.memmove(w.buf, data, size)
+        w.local.iov_len = w.remote.iov_len = size
+        w.remote.iov_base = addr
+        n = _libc.process_vm_writev(tid, w.local_p, 1, w.remote_p, 1, 0)
+    else:
+        buf = ctypes.create_string_buffer(data, size)
+        local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), size)
+        remote = _IoVec(addr, size)
+        n = _libc.process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
     if n < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    if n != len(data):
+    if n != size:
         raise OSError(14, "short write of tracee memory")
 
 

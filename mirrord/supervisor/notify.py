@@ -199,6 +199,14 @@ class Listener:
         _RESP.pack_into(self._pbuf, 0, nid, 0, 0, USER_NOTIF_FLAG_CONTINUE)
         return self._unlocked_ioctl(NOTIF_SEND, self._pbuf)
 
+    def answer_serving(self, nid: int, ret: int) -> bool:
+        """answer() for the serving thread (as proceed_serving)."""
+        if ret < 0:
+            _RESP.pack_into(self._pbuf, 0, nid, 0, ret, 0)
+        else:
+            _RESP.pack_into(self._pbuf, 0, nid, ret, 0, 0)
+        return self._unlocked_ioctl(NOTIF_SEND, self._pbuf)
+
     def proceed(self, nid: int) -> bool:
         """The kernel runs the syscall as the program made it."""
         return self._ioctl(NOTIF_SEND, bytearray(_RESP.pack(nid, 0, 0, USER_NOTIF_FLAG_CONTINUE)))

@@ -256,9 +256,14 @@ class NotifyEngine:
         self.stats.notifications += 1
         self.tree.seen(tid)
         fast = self.fast.get(nr)
-        if fast is not None and arch == AUDIT_ARCH_X86_64 and fast(tid, args, self.mem):
-            listener.proceed_serving(nid)  # e.g. a path already decided local: no handler
-            return
+        if fast is not None and arch == AUDIT_ARCH_X86_64:
+            verdict = fast(tid, args, self.mem)
+            if verdict is True:
+                listener.proceed_serving(nid)  # e.g. a path already decided local
+                return
+            if verdict is not False:
+                listener.answer_serving(nid, verdict)  # e.g. a stat the cache knows
+                return
         handler = self.handlers.get(nr)
         if handler is None or arch != AUDIT_ARCH_X86_64:
             self._unhandled(listener, n)

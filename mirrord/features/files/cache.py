@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from mirrord.features.files.remote import Entry, Listing, Opened, RemoteFs, failure_text
 from mirrord.features.files.structs import RemoteStat
-from mirrord.features.files.walks import PREFETCH_ENTRIES, Walk, Walks
+from mirrord.features.files.walks import PREFETCH_ENTRIES, WAIT_S, Walk, Walks
 
 log = logging.getLogger("mirrord.fs")
 PREFIX = "mirrord-fs-"
@@ -100,6 +100,8 @@ class Cache:
         self.walks = Walks(clock, STAT_TTL_S)
         self._making: asyncio.Future[None] | None = None  # copies of arrived listings
         self._closed = False
+        # Told the entries of each listing made into a copy ahead (FsFeature: the rules).
+        self.on_listed_ahead: Callable[[list[str]], None] | None = None
 
     # --- the mapping ----------------------------------------------------------------------
 
@@ -279,10 +281,11 @@ class Cache:
         applied by the agent in the pod's tree; the copy is kept at `path`."""
         cp = self.to_cache(path)
         plain = resolve is None and not flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC)
+        walk = plain
         if plain:
             if self.walks.take_ready(path) and cp in self.meta:
                 return 0, cp  # its copy was made ahead from a listing moments old
-            await self.walks.wait_for(path)
+            walk = await self.walks.wait_for(path, WAIT_S)  # else coming: ask for it alone
             listing = self.walks.take(path)
             if listing is not None:
                 self._ensure_dir(os.path.dirname(cp))
@@ -299,7 +302,7 @@ class Cache:
         fd, tmp = tempfile.mkstemp(dir=self._staging)
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
-                if plain:
+                if plain and walk:
                     opened = await self._open_walking(remote, path, flags, mode, known, out.write)
                 elif resolve is None:
                     opened = await remote.open(path, flags, mode, known, out.write)
@@ -381,7 +384,11 @@ class Cache:
             cp = self.to_cache(path)
             try:
                 self._ensure_dir(os.path.dirname(cp))
-                self._adopt_dir(path, cp, listing.stat, listing.load(), since)
+                entries = listing.load()
+                self._adopt_dir(path, cp, listing.stat, entries, since)
+                if self.on_listed_ahead is not None:
+                    base = path.rstrip("/")
+                    self.on_listed_ahead([f"{base}/{os.fsdecode(e.name)}" for e in entries])
             except OSError as e:
                 log.debug("a prefetched copy of %s failed: %s", path, e)
                 continue

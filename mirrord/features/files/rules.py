@@ -275,6 +275,14 @@ class FsRules:
             self.on_every(path, access)
         return access
 
+    def prewarm(self, paths: Iterable[str]) -> None:
+        """Decide these paths ahead (a walk's entries, while the program works), into the
+        memo its own calls read. Not with --explain's hooks: they record the program's
+        own decisions only."""
+        if self.on_decide is None and self.on_every is None:
+            for path in paths:
+                self.decide(path)
+
     def user_rules(self) -> list[str]:
         """The user's entries as `rule_for` names them (--explain: never-matched ones)."""
         return [

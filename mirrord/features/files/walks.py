@@ -6,7 +6,7 @@ below it (and the opened one's siblings, when the program opened their parent mo
 ago: it is walking it), about PREFETCH_ENTRIES entries, breadth first. Those listings
 arrive while the program works on the first one; the cache makes their copies in the
 background, so the program's open of one of them finds it ready. An open of a directory
-that a walk in flight will list waits for it rather than asking again.
+that a walk in flight will list waits a moment for it (WAIT_S), then asks for it alone.
 
 Freshness is the stat cache's (STAT_TTL_S): a listing is used within that time of its
 arrival, or asked for again; our own changes drop what they touch (invalidate), and
@@ -16,6 +16,7 @@ listings asked for before a change are dropped when they come.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from mirrord.features.files.remote import Listing
 
 PREFETCH_ENTRIES = 4096
+# How long an open waits for a listing a walk in flight will bring, before asking for it
+# itself (about a round trip): the walk's order is the pod's, the program's its own.
+WAIT_S = 0.002
 MAX_REMEMBERED = 65536  # listings, walked and ready directories kept at most (each)
 
 
@@ -88,12 +92,20 @@ class Walks:
     def pending(self, path: str) -> bool:
         return any(path in w.pending for w in self._walks)
 
-    async def wait_for(self, path: str) -> None:
-        """Until a walk in flight has listed `path`, or ended without it."""
+    async def wait_for(self, path: str, timeout: float) -> bool:
+        """Until a walk in flight has listed `path`, or ended without it: True. False
+        after `timeout` with the listing still coming (asking for it then is quicker)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while path not in self.arrived and self.pending(path):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
             if self._progress is None:
                 self._progress = asyncio.Event()
-            await self._progress.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
+        return True
 
     def take(self, path: str) -> Listing | None:
         """The fresh listing of `path` that arrived, if any (it is used once)."""

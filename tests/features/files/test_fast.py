@@ -3,14 +3,16 @@ run is one the handler would have let run. Pure: fake memory, no tracee, no agen
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 from mirrord.features.files.cache import Cache
-from mirrord.features.files.handlers import AT_EMPTY_PATH, FsFeature
+from mirrord.features.files.handlers import AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, FsFeature
 from mirrord.features.files.paths import AT_FDCWD
 from mirrord.features.files.rules import Context, FsRules
-from mirrord.supervisor.actions import Allow, Syscall
+from mirrord.features.files.structs import RemoteStat, pack_stat, pack_statx
+from mirrord.supervisor.actions import Allow, Fake, Syscall
 from mirrord.supervisor.syscalls import NR
 
 PATH_AT = 0x1000
@@ -81,3 +83,46 @@ def test_fstat_like_calls_are_fast_only_while_no_copy_was_handed_out(tmp_path: P
     assert fs.fast_checks()[NR["getcwd"]](1, (0,) * 6, Mem(b""))  # type: ignore[arg-type]
     fs.remote_cwd = True
     assert not fs.fast_checks()[NR["getcwd"]](1, (0,) * 6, Mem(b""))  # type: ignore[arg-type]
+
+
+class RawMem(Mem):
+    """Memory as the fast checks see it (with a thread id), recording writes."""
+
+    def __init__(self, path: bytes) -> None:
+        super().__init__(path)
+        self.written: dict[int, bytes] = {}
+
+    def write(self, *args: object) -> None:  # (tid, addr, data) or a handler's (addr, data)
+        addr, data = args[-2:]
+        assert isinstance(addr, int) and isinstance(data, bytes)
+        self.written[addr] = data
+
+
+def test_a_remote_stat_the_cache_knows_is_answered_by_the_fast_check(tmp_path: Path) -> None:
+    """A walk's lstat of an entry it listed: answered on the serving thread, with what
+    the handler would have written."""
+    fs = feature(tmp_path, not_found=["^/srv/gone"])
+    st = RemoteStat(ino=7, mode=0o100640, uid=1000, size=42, mtime_ns=5_000_000_123)
+    fs.cache.remember("/srv/app/config.yaml", False, st)
+    nofollow = AT_SYMLINK_NOFOLLOW
+    args = (AT_FDCWD & 0xFFFFFFFF, PATH_AT, 0x8000, nofollow, 0, 0)
+    mem = RawMem(b"/srv/app/config.yaml")
+    checks = fs.fast_checks()
+    assert checks[NR["newfstatat"]](1, args, mem) == 0
+    assert mem.written == {0x8000: pack_stat(st)}
+    assert fs.newfstatat(Syscall(1, NR["newfstatat"], args, 0, True), mem) == Fake(0)
+    statx_args = (AT_FDCWD & 0xFFFFFFFF, PATH_AT, nofollow, 0x7FF, 0x9000, 0)
+    assert checks[NR["statx"]](1, statx_args, mem) == 0
+    assert mem.written[0x9000] == pack_statx(st)
+    # Rules still apply: a not_found path is ENOENT, as from the handler.
+    gone = RawMem(b"/srv/gone/x")
+    assert checks[NR["newfstatat"]](1, args, gone) == -errno.ENOENT
+    assert fs.newfstatat(Syscall(1, NR["newfstatat"], args, 0, True), gone) == Fake(-errno.ENOENT)
+    # Not known (a symlink's lstat says nothing of its target), or not in normal form:
+    # the handler's.
+    fs.cache.remember("/srv/app/link", False, RemoteStat(ino=8, mode=0o120777))
+    link = RawMem(b"/srv/app/link")
+    assert checks[NR["newfstatat"]](1, args, link) == 0
+    assert checks[NR["newfstatat"]](1, (*args[:3], 0, 0, 0), link) is False
+    for odd in (b"/srv/app//config.yaml", b"/srv/app/./config.yaml", b"srv/app/config.yaml"):
+        assert checks[NR["newfstatat"]](1, args, RawMem(odd)) is False

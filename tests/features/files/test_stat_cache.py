@@ -20,6 +20,7 @@ from mirrord.features.files.paths import AT_FDCWD
 from mirrord.features.files.remote import Entry, Listing, Opened, PathOp
 from mirrord.features.files.rules import Context, FsRules
 from mirrord.features.files.structs import STAT_SIZE, RemoteStat, unpack_stat
+from mirrord.features.files.walks import PREFETCH_ENTRIES
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
 
 DIR = RemoteStat(ino=10, mode=statmod.S_IFDIR | 0o755, uid=1000, gid=1000, mtime_ns=7)
@@ -33,6 +34,7 @@ class FakeRemote:
         self.files: dict[str, RemoteStat] = {"/srv/d": DIR, "/srv/d/a": A, "/srv/d/l": LINK}
         self.calls: list[str] = []
         self.also: list[list[str]] = []  # each open's `also`
+        self.prefetch: list[int] = []  # and its `prefetch`
         self.release = asyncio.Event()
         self.release.set()
         self.walks: list[asyncio.Future[None]] = []
@@ -68,6 +70,7 @@ class FakeRemote:
         set (at once by default)."""
         self.calls.append(f"open {path}")
         self.also.append(list(also))
+        self.prefetch.append(prefetch)
         st = self.files[path]
         opened = Opened(stat=st, entries=self._entries(path))
         if self.ahead and prefetch and below is not None and statmod.S_ISDIR(st.mode):
@@ -388,20 +391,29 @@ async def test_a_listing_sent_ahead_goes_stale_after_the_ttl(
     assert "new" in os.listdir(fs.cache.to_cache("/srv/w/s0"))
 
 
-async def test_an_open_waits_for_the_walk_that_will_list_it(
-    setup: tuple[FsFeature, FakeRemote, Clock],
+async def test_an_open_waits_a_moment_for_the_walk_that_will_list_it(
+    setup: tuple[FsFeature, FakeRemote, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fs, remote, _clock = setup
+    fs, remote, clock = setup
+    monkeypatch.setattr("mirrord.features.files.cache.WAIT_S", 5.0)  # a busy machine
     tree(remote)
     remote.release.clear()  # the listings are late
     await opendir(fs, "/srv/w")
     waiting = asyncio.ensure_future(opendir(fs, "/srv/w/s2"))
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await asyncio.sleep(0)
     assert not waiting.done()
     remote.release.set()
     await waiting
     assert remote.calls == ["open /srv/w"]
+    clock.now += STAT_TTL_S + 0.1  # all stale: the walk starts over, and is slow
+    monkeypatch.setattr("mirrord.features.files.cache.WAIT_S", 0.01)
+    remote.release.clear()
+    await opendir(fs, "/srv/w")
+    await opendir(fs, "/srv/w/s0")  # not come within WAIT_S: asked for alone, no walk
+    assert remote.calls == ["open /srv/w", "open /srv/w", "open /srv/w/s0"]
+    assert remote.prefetch == [PREFETCH_ENTRIES, PREFETCH_ENTRIES, 0]
+    remote.release.set()
+    await settle(remote)
 
 
 async def test_a_walk_that_ends_short_leaves_the_rest_to_their_opens(

@@ -54,17 +54,20 @@ def test_waiting_ends_when_the_listing_comes_or_the_walk_ends() -> None:
         walks = Walks(Clock(), TTL)
         walk = walks.begin()
         walks.expect(walk, ["/a", "/b"])
-        a = asyncio.ensure_future(walks.wait_for("/a"))
-        b = asyncio.ensure_future(walks.wait_for("/b"))
-        other = asyncio.ensure_future(walks.wait_for("/c"))  # not coming: no wait
+        a = asyncio.ensure_future(walks.wait_for("/a", 10))
+        b = asyncio.ensure_future(walks.wait_for("/b", 10))
+        other = asyncio.ensure_future(walks.wait_for("/c", 10))  # not coming: no wait
         await asyncio.sleep(0)
         assert other.done() and not a.done() and not b.done()
         walks.arrive(walk, [listing("/a")])
-        await asyncio.sleep(0)
-        assert a.done() and not b.done()
+        await asyncio.sleep(0.01)
+        assert a.done() and a.result() is True and not b.done()
         walks.end(walk)  # /b never came
-        await asyncio.sleep(0)
-        assert b.done() and walks.take("/b") is None
+        await asyncio.sleep(0.01)
+        assert b.done() and b.result() is True and walks.take("/b") is None
+        late = walks.begin()
+        walks.expect(late, ["/slow"])
+        assert await walks.wait_for("/slow", 0.01) is False  # still coming: ask alone
 
     asyncio.run(main())
 
