@@ -280,6 +280,7 @@ async def test_an_early_agent_is_stopped_when_the_config_names_a_cluster(
     from mirrord.run import ExecError, run_exec
 
     early = EarlyAgent(30.0)
+    await early.start()
     agent = await early.ready(10)  # up while the config would load
     config = resolve_config(None, ExecOverrides(target="pod/web"), {}).config
     environ = {"KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)}
