@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def _load_build_module():  # type: ignore[no-untyped-def]
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Run as a background job of a non-interactive shell (`./.ci/run &`) or under nohup,
+    the suite inherits SIGINT/SIGQUIT (or SIGHUP) ignored, and so would every program it
+    starts: the Ctrl-C tests would then test that setting, not mirrord. The suite starts
+    from the dispositions of a terminal's foreground job."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGQUIT, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
