@@ -14,7 +14,7 @@ import logging
 import stat as statmod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc.aio
 
@@ -34,8 +34,9 @@ class PathOp(enum.IntEnum):
     CHMOD = files_pb2.PathOpRequest.CHMOD
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One per listed entry: a tuple, cheap to make."""
+
     name: bytes
     stat: RemoteStat
     link_target: bytes = b""
@@ -109,21 +110,11 @@ def failure_text(error: BaseException) -> str:
 
 
 def from_pb(st: files_pb2.FileStat) -> RemoteStat:
+    # Positional: one is made per listed entry.
     return RemoteStat(
-        dev=st.dev,
-        ino=st.ino,
-        nlink=st.nlink,
-        mode=st.mode,
-        uid=st.uid,
-        gid=st.gid,
-        rdev=st.rdev,
-        size=st.size,
-        blksize=st.blksize,
-        blocks=st.blocks,
-        atime_ns=st.atime_ns,
-        mtime_ns=st.mtime_ns,
-        ctime_ns=st.ctime_ns,
-    )
+        st.dev, st.ino, st.nlink, st.mode, st.uid, st.gid, st.rdev, st.size, st.blksize,
+        st.blocks, st.atime_ns, st.mtime_ns, st.ctime_ns,
+    )  # fmt: skip
 
 
 def to_pb(st: RemoteStat) -> files_pb2.FileStat:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 # struct stat (x86_64, 144 bytes): dev ino nlink (u64) mode uid gid pad (u32) rdev (u64)
 # size blksize blocks (s64) atime atime_ns mtime mtime_ns ctime ctime_ns (s64) unused[3].
@@ -13,8 +13,10 @@ STATX_SIZE = 256
 STATX_BASIC_STATS = 0x7FF  # TYPE MODE NLINK UID GID ATIME MTIME CTIME INO SIZE BLOCKS
 
 
-@dataclass(frozen=True)
-class RemoteStat:
+class RemoteStat(NamedTuple):
+    """A NamedTuple: one is made per entry of every remote listing (a frozen dataclass
+    of 13 fields cost ~2.5 us to make, a tuple ~0.5)."""
+
     dev: int = 0
     ino: int = 0
     nlink: int = 1
@@ -32,7 +34,7 @@ class RemoteStat:
     def with_local(self, size: int, blocks: int, mtime_ns: int, ctime_ns: int) -> RemoteStat:
         """This identity with the content facts of the local copy (written by the program
         in write mode, not yet written back)."""
-        return replace(self, size=size, blocks=blocks, mtime_ns=mtime_ns, ctime_ns=ctime_ns)
+        return self._replace(size=size, blocks=blocks, mtime_ns=mtime_ns, ctime_ns=ctime_ns)
 
 
 def _split_ns(ns: int) -> tuple[int, int]:
