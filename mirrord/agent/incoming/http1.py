@@ -174,7 +174,12 @@ class FilteredConnection:
                     method=event.method, target=event.target, headers=event.headers.raw_items()
                 )
             )
-            await asyncio.gather(self._request_body(side, head or b""), self._response(side))
+            sent, whole = self._parsed_request(side, head or b"")
+            if whole:  # most requests: all parsed already, no task per direction
+                await side.write(sent)
+                await self._response(side)
+            else:  # a body still coming: read the answer meanwhile (it may come first)
+                await asyncio.gather(self._request_body(side, sent), self._response(side))
             if (
                 self.inbound.our_state is h11.MUST_CLOSE
                 or self.inbound.their_state is h11.MUST_CLOSE
@@ -193,6 +198,18 @@ class FilteredConnection:
 
     # Both directions gather what h11 has parsed already (a head, its body, the end) into
     # one write: a GET and its answer then cost one send each way, not three.
+
+    def _parsed_request(self, side: Side, head: bytes) -> tuple[bytes, bool]:
+        """The request as far as h11 has parsed it, re-serialised for `side`, and whether
+        that is all of it (its end included)."""
+        pending = bytearray(head)
+        while True:
+            event = self.inbound.next_event()
+            if not isinstance(event, h11.Event):  # NEED_DATA
+                return bytes(pending), False
+            pending += side.conn.send(event) or b""
+            if isinstance(event, h11.EndOfMessage):
+                return bytes(pending), True
 
     async def _request_body(self, side: Side, head: bytes) -> None:
         pending = bytearray(head)
