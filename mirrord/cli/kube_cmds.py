@@ -189,8 +189,12 @@ def status(
         for pod in st.pods:
             print(f"  {pod['name']:<32} {pod['node']:<24} {pod['state']}")
         if not st.pods:
-            print("  no agent pods (yet)")
-    raise typer.Exit(0 if st.installed else 1)
+            from mirrord.kube.manifests import no_agent_pods
+
+            print(f"  no agent pods: {no_agent_pods(st.namespace)}")
+    if not st.installed:
+        raise typer.Exit(1)
+    raise typer.Exit(0 if st.pods else 3)
 
 
 RICH_OUTPUT_ENV = "MIRRORD_LS_RICH_OUTPUT"  # upstream's: an object with more than the paths

@@ -55,11 +55,29 @@ async def install(api: KubeApi, agent: AgentConfig, users_group: str = m.USERS_G
         await api.create(k.NAMESPACES, m.namespace_manifest(ns))
         done = [f"created Namespace {ns}"]
     except KubeConflict:
-        done = [f"kept Namespace {ns}"]
+        done = [await _pod_security(api, ns)]
     token = await read_token(api, ns) or m.new_token()
     for obj in m.install_manifests(agent, token, users_group)[1:]:
         done.append(await _apply(api, obj))
     return done
+
+
+async def _pod_security(api: KubeApi, ns: str) -> str:
+    """An existing agent namespace gets the Pod Security labels the agent needs."""
+    current = await api.get(k.NAMESPACES, ns)
+    labels = current["metadata"].get("labels") or {}
+    if all(labels.get(key) == value for key, value in m.POD_SECURITY.items()):
+        return f"kept Namespace {ns}"
+    meta = {**current["metadata"], "labels": {**labels, **m.POD_SECURITY}}
+    try:
+        await api.replace(k.NAMESPACES, {**current, "metadata": meta})
+    except KubeForbidden:
+        return (
+            f"kept Namespace {ns}, but could not label it for Pod Security (forbidden): if "
+            f"no agent pod starts, run `kubectl label ns {ns} "
+            "pod-security.kubernetes.io/enforce=privileged --overwrite`"
+        )
+    return f"labelled Namespace {ns} for Pod Security (privileged)"
 
 
 async def uninstall(api: KubeApi, agent: AgentConfig) -> list[str]:
@@ -192,6 +210,9 @@ async def ensure_agent(api: KubeApi, agent: AgentConfig, say: Any) -> InstalledA
     return InstalledAgent(ns, token, version, protocol)
 
 
+NONE_YET = "none yet"
+
+
 async def find_agent_pod(api: KubeApi, ns: str, node: str | None) -> tuple[str | None, str]:
     """(name of a ready agent pod on `node` (any node if None), or None; a description of
     the agent pods seen, for a timeout message)."""
@@ -200,5 +221,5 @@ async def find_agent_pod(api: KubeApi, ns: str, node: str | None) -> tuple[str |
     ready = sorted(p["metadata"]["name"] for p in pods if is_ready(p))
     if ready:
         return ready[0], ""
-    seen = "; ".join(f"{p['metadata']['name']}: {pod_state(p)}" for p in pods) or "none yet"
+    seen = "; ".join(f"{p['metadata']['name']}: {pod_state(p)}" for p in pods) or NONE_YET
     return None, seen

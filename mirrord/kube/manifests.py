@@ -62,8 +62,29 @@ def _meta(name: str, namespace: str | None = None, **extra: Any) -> dict[str, An
     return meta
 
 
+# The agent's pods need hostPID, host paths and added capabilities, which Pod Security's
+# "baseline" and "restricted" levels refuse: a cluster whose default is one of those admits
+# the DaemonSet and creates no pod. Its namespace allows them (and says so).
+POD_SECURITY = {
+    f"pod-security.kubernetes.io/{mode}": "privileged" for mode in ("enforce", "audit", "warn")
+}
+
+
 def namespace_manifest(ns: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(ns)}
+    meta = _meta(ns)
+    meta["labels"].update(POD_SECURITY)
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
+def no_agent_pods(ns: str) -> str:
+    """Why a DaemonSet may have created no agent pod, and where to look."""
+    return (
+        f"the DaemonSet {ns}/{AGENT_NAME} has created no agent pod. Usual causes: the "
+        f"namespace's Pod Security level (the agent needs privileged: `kubectl label ns {ns} "
+        "pod-security.kubernetes.io/enforce=privileged --overwrite`), another admission "
+        "policy (OpenShift SCC, GKE Autopilot), or no node it may run on; its events say "
+        f"which: `kubectl -n {ns} describe daemonset {AGENT_NAME}`"
+    )
 
 
 def service_account_manifest(ns: str) -> dict[str, Any]:

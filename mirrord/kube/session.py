@@ -18,7 +18,8 @@ from mirrord.config import MirrordConfig
 from mirrord.kube import manifests as m
 from mirrord.kube.api import KubeApi, KubeSettings, wait_until
 from mirrord.kube.errors import KubeError
-from mirrord.kube.install import InstalledAgent, ensure_agent, find_agent_pod
+from mirrord.kube.install import NONE_YET, InstalledAgent, ensure_agent, find_agent_pod
+from mirrord.kube.manifests import no_agent_pods
 from mirrord.kube.progress import Progress
 from mirrord.kube.targets import ResolvedTarget, resolve_target
 from mirrord.kube.tunnel import PortForward
@@ -45,6 +46,8 @@ async def _wait_agent_pod(
         if pod is not None:
             return pod
         if loop.time() >= deadline:
+            if seen == NONE_YET:
+                raise KubeError(f"no mirrord agent {where}: {no_agent_pods(ns)}")
             raise KubeError(
                 f"no ready mirrord agent {where} in namespace {ns} (agent pods: {seen}); "
                 "check `mirrord agent status` (image pull errors show there)"

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from mirrord import __version__
+from mirrord.config.models import AgentConfig
+from mirrord.kube import manifests as m
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.kube.fake_cluster import FakeCluster
 
@@ -88,9 +90,6 @@ def test_exec_says_who_must_install_when_rbac_forbids_it(
 def test_version_skew_is_explained(
     cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
 ) -> None:
-    from mirrord.config.models import AgentConfig
-    from mirrord.kube import manifests as m
-
     cluster.namespace("shop")
     cluster.add_pod("solo", "shop", backed=False)
     for doc in m.install_manifests(AgentConfig(), "tok")[:3]:
@@ -108,6 +107,32 @@ def test_version_skew_is_explained(
     assert "`mirrord agent install`" in r.stderr
     st = mirrord(kubeconfig, "agent", "status")
     assert "version skew" in st.stdout
+
+
+def test_pod_security_and_a_daemonset_without_pods_are_explained(
+    cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
+) -> None:
+    # The namespace exists already, made without the Pod Security labels.
+    apiserver.put({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": "mirrord", "labels": {"team": "dev"}}})  # fmt: skip
+    for doc in m.install_manifests(AgentConfig(), "tok")[1:]:
+        apiserver.put(doc)  # put() fires no hooks: the DaemonSet gets no pod
+    st = mirrord(kubeconfig, "agent", "status")
+    assert st.returncode == 3
+    assert "has created no agent pod" in st.stdout
+    assert "kubectl label ns mirrord pod-security.kubernetes.io/enforce=privileged" in st.stdout
+    cluster.add_pod("solo", "shop", backed=False)
+    r = mirrord(kubeconfig, "exec", "-n", "shop", "-t", "pod/solo", "--agent-startup-timeout",
+                "1", "--", "true")  # fmt: skip
+    assert r.returncode != 0 and "has created no agent pod" in r.stderr, r.stderr
+    r = mirrord(kubeconfig, "agent", "install")
+    assert r.returncode == 0, r.stderr
+    assert "labelled Namespace mirrord for Pod Security (privileged)" in r.stdout
+    labels = apiserver.get("Namespace", "mirrord")["metadata"]["labels"]
+    assert labels["team"] == "dev"  # the namespace's own labels stay
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    r = mirrord(kubeconfig, "agent", "install")
+    assert "kept Namespace mirrord" in r.stdout  # labelled already: left alone
 
 
 def test_agent_install_status_uninstall(

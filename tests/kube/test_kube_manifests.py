@@ -76,6 +76,16 @@ def test_the_daemonset_has_what_the_agent_needs() -> None:
     assert cs["containers"][0]["resources"]["requests"] == {"cpu": "50m", "memory": "128"}
 
 
+def test_the_agent_namespace_allows_privileged_pods() -> None:
+    """A cluster whose Pod Security default is baseline (or restricted) admits the
+    DaemonSet and creates no pod: the agent's namespace says privileged."""
+    ns = m.install_manifests(AgentConfig(), "tok")[0]
+    assert ns["kind"] == "Namespace"
+    labels = ns["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "privileged"
+
+
 def test_an_invalid_manifest_is_caught() -> None:
     # The validation itself can fail: a DaemonSet without a selector is rejected.
     ds = m.daemonset_manifest(AgentConfig())
