@@ -211,15 +211,42 @@ async def ensure_agent(api: KubeApi, agent: AgentConfig, say: Any) -> InstalledA
 
 
 NONE_YET = "none yet"
+# Waiting reasons that will not pass by themselves: the image cannot be had.
+IMAGE_ERRORS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
 
 
 async def find_agent_pod(api: KubeApi, ns: str, node: str | None) -> tuple[str | None, str]:
     """(name of a ready agent pod on `node` (any node if None), or None; a description of
-    the agent pods seen, for a timeout message)."""
+    the agent pods seen, for a timeout message). KubeError at once when an agent pod
+    cannot get its image (waiting for it would only take the whole timeout)."""
     field = f"spec.nodeName={node}" if node else None
     pods = await api.list(k.PODS, ns, label_selector=_selector(), field_selector=field)
     ready = sorted(p["metadata"]["name"] for p in pods if is_ready(p))
     if ready:
         return ready[0], ""
+    for pod in pods:
+        problem = _image_problem(pod)
+        if problem is not None:
+            raise KubeError(problem)
     seen = "; ".join(f"{p['metadata']['name']}: {pod_state(p)}" for p in pods) or NONE_YET
     return None, seen
+
+
+def _image_problem(pod: dict[str, Any]) -> str | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in IMAGE_ERRORS:
+            containers = (pod.get("spec") or {}).get("containers") or [{}]
+            image = cs.get("image") or containers[0].get("image") or "?"
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return (
+                f"the mirrord agent's image {image} cannot be pulled on node "
+                f"{(pod.get('spec') or {}).get('nodeName', '?')} ({reason}{detail}). Set "
+                "agent.image in mirrord.json (or --agent-image) to an image your nodes can "
+                "pull, then run `mirrord agent install`; docs/kubernetes.md says how to "
+                "build it and load it into kind or minikube, or push it to a registry"
+            )
+    return None

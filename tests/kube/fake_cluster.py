@@ -96,6 +96,8 @@ class FakeCluster:
         self.backing: dict[tuple[str, str], Pod] = {}  # (namespace, pod name) → test pod
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        # Images the node cannot pull: their pods wait in ErrImagePull, as a kubelet's do.
+        self.unpullable: set[str] = set()
         api.connect_pod_port = self._connect_pod_port
         api.hooks.append(self._on_event)
         api.put({"kind": "Node", "metadata": {"name": NODE}})
@@ -219,10 +221,17 @@ class FakeCluster:
         labels = {**template["metadata"].get("labels", {}), "fake/daemonset": ds_name}
         meta = {"name": name, "namespace": ns, "labels": labels}
         spec = {**template["spec"], "nodeName": NODE}
+        image = container.get("image", "")
+        waiting = {"reason": "ContainerCreating"}
+        if image in self.unpullable:
+            waiting = {"reason": "ErrImagePull", "message": f'failed to pull and unpack image '
+                       f'"docker.io/library/{image}": not found'}  # fmt: skip
         self.api.put({"kind": "Pod", "metadata": meta, "spec": spec,
                       "status": {"phase": "Pending", "containerStatuses": [
-                          {"name": container["name"], "ready": False,
-                           "state": {"waiting": {"reason": "ContainerCreating"}}}]}})  # fmt: skip
+                          {"name": container["name"], "ready": False, "image": image,
+                           "state": {"waiting": waiting}}]}})  # fmt: skip
+        if image in self.unpullable:
+            return
         argv = [*image_entrypoint(), *container.get("args", [])]
         listen = argv[argv.index("--listen") + 1] if "--listen" in argv else "127.0.0.1:0"
         cid = secrets.token_hex(32)

@@ -135,6 +135,22 @@ def test_pod_security_and_a_daemonset_without_pods_are_explained(
     assert "kept Namespace mirrord" in r.stdout  # labelled already: left alone
 
 
+def test_an_agent_image_the_node_cannot_pull_fails_at_once_with_the_fix(
+    cluster: FakeCluster, kubeconfig: Path
+) -> None:
+    """ErrImagePull does not pass by itself: exec says so at the first look, naming the
+    image and agent.image, instead of waiting out the start-up timeout (600 s here; the
+    run's own bound is 60 s)."""
+    cluster.unpullable.add(m.agent_image(AgentConfig()))
+    cluster.add_pod("solo", "shop", backed=False)
+    r = mirrord(kubeconfig, "exec", "-n", "shop", "-t", "pod/solo", "--agent-startup-timeout",
+                "600", "--", "true")  # fmt: skip
+    assert r.returncode != 0
+    assert f"image {m.agent_image(AgentConfig())} cannot be pulled" in r.stderr, r.stderr
+    assert "ErrImagePull" in r.stderr and "agent.image" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_agent_install_status_uninstall(
     cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
 ) -> None:
