@@ -14,6 +14,7 @@ from typing import Any
 from mirrord.kube import api as k
 from mirrord.kube.api import KubeApi, Resource
 from mirrord.kube.errors import KubeForbidden, KubeNotFound
+from mirrord.kube.targets import MESH_SIDECARS
 
 LISTED: tuple[tuple[str, Resource], ...] = (
     ("deployment", k.DEPLOYMENTS),
@@ -34,11 +35,13 @@ class Listing:
 
 
 def pod_targets(pod: dict[str, Any]) -> list[str]:
-    """`pod/NAME` when it has one container, else one `pod/NAME/container/C` per container."""
+    """`pod/NAME` when it has one container, else one `pod/NAME/container/C` per container;
+    injected sidecars (a mesh's proxy…) are not offered."""
     if (pod.get("status") or {}).get("phase") != "Running":
         return []
     name = pod["metadata"]["name"]
     containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
+    containers = [c for c in containers if c not in MESH_SIDECARS] or containers
     if len(containers) == 1:
         return [f"pod/{name}"]
     return [f"pod/{name}/container/{c}" for c in containers]

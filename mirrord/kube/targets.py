@@ -17,8 +17,14 @@ from mirrord.kube.errors import KubeError, KubeNotFound
 from mirrord.kube.probes import probes_of
 from mirrord.target import Target
 
-# Sidecars injected by service meshes: never the container a user means.
-MESH_SIDECARS = frozenset({"istio-proxy", "linkerd-proxy", "istio-init", "linkerd-init"})
+# Containers injected beside the app (service meshes, Vault, Knative, Telepresence): never
+# the one a user means (upstream's list). `exec` skips them, `ls` does not offer them.
+MESH_SIDECARS = frozenset(
+    {
+        "istio-proxy", "istio-init", "linkerd-proxy", "linkerd-init", "kuma-sidecar",
+        "kuma-init", "vault-agent", "vault-agent-init", "queue-proxy", "traffic-agent",
+    }
+)  # fmt: skip
 
 WORKLOADS: dict[str, Resource] = {
     "deployment": k.DEPLOYMENTS,

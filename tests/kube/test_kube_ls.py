@@ -27,6 +27,8 @@ def test_ls_lists_every_kind_and_container(apiserver: FakeApiServer, kubeconfig:
     apiserver.put({"kind": "Namespace", "metadata": {"name": NS}})
     apiserver.put(pod("single", {}))
     apiserver.put(pod("multi", {}, containers=("app", "sidecar")))
+    # A mesh's proxy is not offered (exec would skip it too): the app is the pod's target.
+    apiserver.put(pod("meshed", {}, containers=("web", "istio-proxy")))
     apiserver.put(pod("pending", {}, phase="Pending", ready=False))
     apiserver.put(workload("Deployment", "checkout", {"app": "checkout"}))
     apiserver.put(workload("StatefulSet", "db", {"app": "db"}))
@@ -34,7 +36,7 @@ def test_ls_lists_every_kind_and_container(apiserver: FakeApiServer, kubeconfig:
     r = mirrord(kubeconfig, "ls", "-n", NS, "-o", "text")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
-        "pod/multi/container/app", "pod/multi/container/sidecar", "pod/single",
+        "pod/meshed", "pod/multi/container/app", "pod/multi/container/sidecar", "pod/single",
         "deployment/checkout", "statefulset/db",
     ]  # fmt: skip
     assert "note: skipped cronjobs: you may not list them in namespace shop" in r.stderr
