@@ -8,6 +8,7 @@ ping timeout and API requests use `agent.communication_timeout`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -123,8 +124,8 @@ async def _connect(
     ping_timeout: float,
 ) -> AgentClient:
     remaining = max(1.0, deadline - asyncio.get_running_loop().time())
-    try:
-        return await AgentClient.connect(
+    connecting = asyncio.ensure_future(
+        AgentClient.connect(
             address,
             agent.token,
             None,
@@ -133,6 +134,16 @@ async def _connect(
             agent_ping_timeout=ping_timeout,
             target_probes=resolved.probes if resolved else (),
         )
+    )
+    refused = asyncio.ensure_future(forward.refused.wait())
+    try:
+        await asyncio.wait((connecting, refused), return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():  # the API server said no for good: no retry will do
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            raise KubeError(forward.last_error() or "the API server refused the port-forward")
+        return connecting.result()
     except ProtocolMismatch as exc:
         # The DaemonSet's annotation did not reveal it (edited by hand, or mid-rollout).
         raise KubeError(
@@ -149,3 +160,7 @@ async def _connect(
     except AgentUnreachable as exc:
         why = forward.last_error()
         raise KubeError(f"{exc}" + (f" ({why})" if why else "")) from None
+    finally:
+        refused.cancel()
+        if not connecting.done():
+            connecting.cancel()

@@ -39,6 +39,9 @@ class PortForward:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.errors: list[str] = []  # what the API server or kubelet reported, newest last
+        # Set when the API server refused a port-forward for good (403: RBAC, 404: no
+        # such pod): retrying cannot help, so the session fails at once.
+        self.refused = asyncio.Event()
 
     async def start(self) -> str:
         """Listen on 127.0.0.1:0; returns HOST:PORT."""
@@ -67,6 +70,8 @@ class PortForward:
                 f"the API server refused the port-forward to {where}: {exc.status} {exc.message}"
                 + (" (forbidden: you need `create pods/portforward`)" if exc.status == 403 else "")
             )
+            if exc.status in (403, 404):
+                self.refused.set()
         except (aiohttp.ClientError, OSError) as exc:
             self.errors.append(f"port-forward to {where} failed: {exc}")
         finally:

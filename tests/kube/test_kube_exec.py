@@ -71,6 +71,20 @@ def test_exec_on_a_deployment_sees_the_pods_env_and_installs_the_agent(
     assert apiserver.get("DaemonSet", "mirrord-agent", "mirrord") is not None
 
 
+def test_a_forbidden_port_forward_is_said_at_once(
+    cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
+) -> None:
+    """A 403 on pods/portforward will not change by retrying: exec says so at once instead
+    of retrying until its timeout (600 s here; the run's own bound is 60 s)."""
+    add_deployment(cluster, "checkout")
+    apiserver.forbidden.add(("create", "pods/portforward"))
+    r = mirrord(kubeconfig, "exec", "-n", "shop", "--target", "deployment/checkout",
+                "--agent-startup-timeout", "600", "--", "true")  # fmt: skip
+    assert r.returncode != 0
+    assert "forbidden: you need `create pods/portforward`" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_exec_says_who_must_install_when_rbac_forbids_it(
     cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
 ) -> None:
