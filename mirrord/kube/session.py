@@ -14,7 +14,12 @@ from contextlib import asynccontextmanager
 
 import mirrord
 from mirrord.client import AgentClient
-from mirrord.client.errors import AgentUnreachable, ProtocolMismatch, TargetNotFound
+from mirrord.client.errors import (
+    AgentAuthFailed,
+    AgentUnreachable,
+    ProtocolMismatch,
+    TargetNotFound,
+)
 from mirrord.config import MirrordConfig
 from mirrord.kube import manifests as m
 from mirrord.kube.api import KubeApi, KubeSettings, wait_until
@@ -150,6 +155,15 @@ async def _connect(
             f"version skew: {exc}. The agent installed in namespace {agent.namespace} is "
             f"mirrord {agent.version}, this CLI is mirrord {mirrord.__version__}; update the "
             "agent with `mirrord agent install`, or use the matching mirrord"
+        ) from None
+    except AgentAuthFailed:
+        # In a cluster the token is the Secret's; kube users never set it themselves.
+        raise KubeError(
+            f"the agent refused the token of the Secret {agent.namespace}/{m.TOKEN_SECRET}: "
+            "the agent pods run with another one (the Secret was re-created, e.g. by "
+            "applying `mirrord agent install --dry-run` output again). Restart them to take "
+            f"the current one: `kubectl -n {agent.namespace} rollout restart daemonset "
+            f"{m.AGENT_NAME}`"
         ) from None
     except TargetNotFound as exc:
         assert resolved is not None

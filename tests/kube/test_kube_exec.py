@@ -85,6 +85,22 @@ def test_a_forbidden_port_forward_is_said_at_once(
     assert "Traceback" not in r.stderr
 
 
+def test_a_token_the_agent_pods_do_not_have_is_explained_in_kube_words(
+    cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
+) -> None:
+    add_deployment(cluster, "checkout")
+    target = ["exec", "-n", "shop", "--target", "deployment/checkout", "--", "true"]
+    r = mirrord(kubeconfig, *target)
+    assert r.returncode == 0, r.stderr  # installed; its pod runs with the Secret's token
+    secret = next(d for d in m.install_manifests(AgentConfig(), "rotated") if d["kind"] == "Secret")
+    apiserver.put(secret)  # re-created with another token; the running pod keeps the old one
+    r = mirrord(kubeconfig, *target)
+    assert r.returncode != 0
+    assert "refused the token of the Secret mirrord/mirrord-agent-token" in r.stderr, r.stderr
+    assert "kubectl -n mirrord rollout restart daemonset mirrord-agent" in r.stderr
+    assert "MIRRORD_AGENT_TOKEN" not in r.stderr
+
+
 def test_exec_says_who_must_install_when_rbac_forbids_it(
     cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
 ) -> None:
