@@ -115,6 +115,9 @@ def _quantities(values: dict[str, int | str] | None) -> dict[str, str]:
     return {k: str(v) for k, v in (values or {}).items()}
 
 
+SCRATCH_DIR = "/run/mirrord"
+
+
 def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
     ns = agent_namespace(agent)
     if agent.privileged:
@@ -158,9 +161,13 @@ def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
             # The node's address: where kubelet's probes come from when the agent does not
             # share the node's network namespace (agent/incoming/node.py).
             {"name": "MIRRORD_NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+            # iptables-legacy takes a lock file, /run/xtables.lock by default: on the
+            # read-only root it could not be made (iptables-legacy-restore -w: exit 4).
+            {"name": "XTABLES_LOCKFILE", "value": f"{SCRATCH_DIR}/xtables.lock"},
         ],
         "securityContext": security,
         "resources": resources,
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_DIR}],
     }
     pod_labels = _labels(dict(agent.labels or {}))
     pod_spec: dict[str, Any] = {
@@ -177,6 +184,8 @@ def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
         if agent.tolerations is not None
         else [{"operator": "Exists"}],
         "containers": [container],
+        # The agent's only writable place (its root file system is read-only).
+        "volumes": [{"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
     }
     if agent.priority_class:
         pod_spec["priorityClassName"] = agent.priority_class

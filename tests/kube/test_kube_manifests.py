@@ -67,6 +67,13 @@ def test_the_daemonset_has_what_the_agent_needs() -> None:
     docs = m.install_manifests(AgentConfig(), "S3CRET-value")
     assert [d["kind"] for d in docs if "S3CRET" in json.dumps(d)] == []  # base64 in the Secret
     assert spec["tolerations"] == [{"operator": "Exists"}]
+    # iptables-legacy's lock file where the read-only root lets it be made.
+    lock = next(e for e in c["env"] if e["name"] == "XTABLES_LOCKFILE")["value"]
+    mount = next(v for v in c["volumeMounts"] if v["name"] == "scratch")["mountPath"]
+    assert lock.startswith(mount + "/")
+    assert {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}} in spec[
+        "volumes"
+    ]
     custom = m.daemonset_manifest(CONFIGS["custom"])
     cs = custom["spec"]["template"]["spec"]
     assert cs["containers"][0]["securityContext"]["privileged"] is True
