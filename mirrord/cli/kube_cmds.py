@@ -134,7 +134,20 @@ def install(
             print(yaml.safe_dump_all(docs, sort_keys=False), end="")
         return
     from mirrord.kube.install import install as do_install
+    from mirrord.kube.manifests import agent_image
 
+    if config.agent.image is None:
+        # The default name is in no registry: a cluster-wide DaemonSet whose every pod
+        # waits in ErrImagePull helps nobody. Naming it with --image says it is there.
+        default = agent_image(config.agent)
+        err(
+            f"agent install: the default agent image {default} is in no registry, so a "
+            "node can pull it only if it was loaded into it (kind, minikube). Build and "
+            "push it (docs/kubernetes.md), then `mirrord agent install --image "
+            f"REGISTRY/{default}` (or agent.image in mirrord.json); if your nodes have it "
+            f"already, say so: `--image {default}`"
+        )
+        raise typer.Exit(2)
     done = _with_api(config, lambda api: do_install(api, config.agent, users_group))
     if output == "json":
         print(json.dumps({"actions": done}))

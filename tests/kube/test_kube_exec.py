@@ -30,6 +30,7 @@ PRINT_ENV = [
     "print('HOST=' + socket.gethostname())",
 ]
 POD_ENV = {"APP_MODE": "kube", "DB_URL": "postgres://db:5432/shop"}
+DEFAULT_IMAGE = m.agent_image(AgentConfig())  # the fake kubelet "has" it
 
 
 def mirrord(kubeconfig: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -155,13 +156,13 @@ def test_pod_security_and_a_daemonset_without_pods_are_explained(
     r = mirrord(kubeconfig, "exec", "-n", "shop", "-t", "pod/solo", "--agent-startup-timeout",
                 "1", "--", "true")  # fmt: skip
     assert r.returncode != 0 and "has created no agent pod" in r.stderr, r.stderr
-    r = mirrord(kubeconfig, "agent", "install")
+    r = mirrord(kubeconfig, "agent", "install", "--image", DEFAULT_IMAGE)
     assert r.returncode == 0, r.stderr
     assert "labelled Namespace mirrord for Pod Security (privileged)" in r.stdout
     labels = apiserver.get("Namespace", "mirrord")["metadata"]["labels"]
     assert labels["team"] == "dev"  # the namespace's own labels stay
     assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
-    r = mirrord(kubeconfig, "agent", "install")
+    r = mirrord(kubeconfig, "agent", "install", "--image", DEFAULT_IMAGE)
     assert "kept Namespace mirrord" in r.stdout  # labelled already: left alone
 
 
@@ -181,17 +182,31 @@ def test_an_agent_image_the_node_cannot_pull_fails_at_once_with_the_fix(
     assert "Traceback" not in r.stderr
 
 
+def test_agent_install_wants_the_image_named(
+    cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
+) -> None:
+    r = mirrord(kubeconfig, "agent", "install")
+    assert r.returncode == 2
+    assert f"the default agent image {DEFAULT_IMAGE} is in no registry" in r.stderr
+    assert f"--image REGISTRY/{DEFAULT_IMAGE}" in r.stderr
+    assert apiserver.get("DaemonSet", "mirrord-agent", "mirrord") is None  # nothing made
+    r = mirrord(kubeconfig, "agent", "install", "--image", "reg.example/mirrord-agent:1")
+    assert r.returncode == 0, r.stderr
+    ds = apiserver.get("DaemonSet", "mirrord-agent", "mirrord")
+    assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "reg.example/mirrord-agent:1"
+
+
 def test_agent_install_status_uninstall(
     cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
 ) -> None:
     r = mirrord(kubeconfig, "agent", "status", "-o", "json")
     assert r.returncode == 1 and json.loads(r.stdout)["installed"] is False
-    r = mirrord(kubeconfig, "agent", "install")
+    r = mirrord(kubeconfig, "agent", "install", "--image", DEFAULT_IMAGE)
     assert r.returncode == 0, r.stderr
     assert "created DaemonSet mirrord/mirrord-agent" in r.stdout
     token = apiserver.get("Secret", "mirrord-agent-token", "mirrord")
     # Installing again keeps the token (running agents keep accepting their clients).
-    r = mirrord(kubeconfig, "agent", "install")
+    r = mirrord(kubeconfig, "agent", "install", "--image", DEFAULT_IMAGE)
     assert "kept Secret mirrord/mirrord-agent-token" in r.stdout
     assert "updated DaemonSet mirrord/mirrord-agent" in r.stdout
     assert apiserver.get("Secret", "mirrord-agent-token", "mirrord") == token
