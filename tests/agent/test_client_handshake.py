@@ -7,7 +7,14 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from mirrord.client.agent_client import AgentClient, _map_handshake_error, _Refused
+from mirrord.client.agent_client import (
+    CORE_RACE,
+    CORE_RACE_RETRIES,
+    AgentClient,
+    _lost_race,
+    _map_handshake_error,
+    _Refused,
+)
 from mirrord.client.errors import AgentAuthFailed
 from mirrord.v1 import agent_pb2
 
@@ -32,3 +39,13 @@ async def test_a_refusal_racing_the_hello_is_reported_as_the_refusal() -> None:
     assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     error = _map_handshake_error(refused.value.code, refused.value.details)
     assert isinstance(error, AgentAuthFailed)
+
+
+def test_grpcs_own_internal_error_is_asked_again_a_few_times() -> None:
+    """A wrong token's refusal can reach us as grpc's INTERNAL (our write lost the race):
+    asked again, the agent's UNAUTHENTICATED comes; a real INTERNAL is not retried."""
+    internal = grpc.StatusCode.INTERNAL
+    assert _lost_race(internal, CORE_RACE, 0)
+    assert not _lost_race(internal, CORE_RACE, CORE_RACE_RETRIES)  # bounded
+    assert not _lost_race(internal, "agent bug: KeyError", 0)
+    assert not _lost_race(grpc.StatusCode.UNAUTHENTICATED, CORE_RACE, 0)
