@@ -102,6 +102,7 @@ def test_files_stay_right_while_mirrord_itself_is_interrupted(fpod: Pod) -> None
     p = subprocess.Popen(
         [MIRRORD, "exec", "-t", f"pid/{fpod.main_pid}", "--", "sh", "-c", walk],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MIRRORD_ENGINE": "notify"},  # its fd answers are the subject
     )  # fmt: skip
     with interrupting(p.pid) as storm:
         out, err = p.communicate(timeout=120)

@@ -321,7 +321,8 @@ def test_a_burst_of_stolen_connections_while_mirrord_is_interrupted_loses_none(
     table; mirrord's own threads are hit by signals meanwhile (interrupts.py): no accept
     returns a wrong fd, none is lost."""
     n = 200
-    p = world.start([PY, "-c", PY_BURST_SERVER, str(n)])
+    p = world.start([PY, "-c", PY_BURST_SERVER, str(n)],
+                    env={**os.environ, "MIRRORD_ENGINE": "notify"})  # fmt: skip
     _ready(p)
     world.wait_stolen(p)
     with interrupting(p.pid) as storm:
