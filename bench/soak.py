@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,6 +187,16 @@ def main() -> int:
     )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mirrord-soak-"))
+    try:
+        code = soak(args, tmp)
+    except BaseException:
+        print(f"soak: its logs are kept in {tmp}", file=sys.stderr)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)  # a run that went well leaves nothing behind
+    return code
+
+
+def soak(args: argparse.Namespace, tmp: Path) -> int:
     token = secrets.token_urlsafe(24)
     steal = tmp / "steal.json"
     steal.write_text(json.dumps({"feature": {"network": {"incoming": "steal"}}}))
