@@ -106,7 +106,8 @@ def test_an_agent_spawned_for_exec_is_gone_when_exec_fails_early(
     args: list[str], spawned: bool | None
 ) -> None:
     """As root, `exec` spawns its local agent before click has read the line; a run that
-    ends before the session (or needs no local agent) leaves none behind."""
+    ends before the session (or needs no local agent) leaves none behind. (This checks the
+    end state: mirrord kills the agent itself, and --parent-death would end it too.)"""
     if os.geteuid() != 0:
         pytest.skip("the early agent is spawned as root only")
     env = {**os.environ, "KUBECONFIG": "/nonexistent", "MIRRORD_TIMING": "1"}

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -25,6 +25,9 @@ from mirrord.cli.argv import normalize, option_values
 from mirrord.cli.common import ORIGINAL_ENV, err, load_config
 from mirrord.cli.kube_cmds import register as register_kube_commands
 from mirrord.cli.portforward_cmd import register as register_port_forward
+
+if TYPE_CHECKING:
+    from mirrord.client.local_agent import Spawned
 
 app = typer.Typer(
     name="mirrord",
@@ -502,7 +505,7 @@ def main() -> None:
 
 
 # The local agent `mirrord exec` spawned before click parsed its command line.
-_SPAWNED: list[Any] = []
+_SPAWNED: list[Spawned] = []
 
 
 def _spawn_early_agent(cli: Any, args: list[str]) -> None:
@@ -530,5 +533,5 @@ def _spawn_early_agent(cli: Any, args: list[str]) -> None:
             timing.mark("local agent spawned")
 
 
-def _take_spawned() -> Any:
+def _take_spawned() -> Spawned | None:
     return _SPAWNED.pop() if _SPAWNED else None

@@ -384,11 +384,9 @@ class Cache:
             cp = self.to_cache(path)
             try:
                 self._ensure_dir(os.path.dirname(cp))
-                entries = listing.load()
-                self._adopt_dir(path, cp, listing.stat, entries, since)
+                children = self._adopt_dir(path, cp, listing.stat, listing.load(), since)
                 if self.on_listed_ahead is not None:
-                    base = path.rstrip("/")
-                    self.on_listed_ahead([f"{base}/{os.fsdecode(e.name)}" for e in entries])
+                    self.on_listed_ahead(children)
             except OSError as e:
                 log.debug("a prefetched copy of %s failed: %s", path, e)
                 continue
@@ -397,20 +395,23 @@ class Cache:
 
     def _adopt_dir(
         self, path: str, cp: str, st: RemoteStat, entries: list[Entry], since: float | None = None
-    ) -> None:
+    ) -> list[str]:
         """Make a remote directory's copy: its placeholders, and its entries' stats
-        (`since`: when they were listed, if not just now)."""
+        (`since`: when they were listed, if not just now). Returns the entries' paths."""
         self._ensure_dir(cp)
         self._sync_dir(cp, entries)
         self.meta[cp] = Meta(st, os.lstat(cp).st_mtime_ns)
         base = path.rstrip("/")
+        children = []
         subdirs = []
         for e in entries:
             child = f"{base}/{os.fsdecode(e.name)}"
+            children.append(child)
             self.remember(child, False, e.stat, since)
             if statmod.S_ISDIR(e.stat.mode):
                 subdirs.append(child)
         self.walks.listed(path, self._clock() if since is None else since, subdirs)
+        return children
 
     async def write_back(self, remote: RemoteFs, cache_path: str) -> int:
         """Send the local copy to the remote file. Returns an errno (0: done)."""

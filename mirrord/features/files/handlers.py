@@ -734,9 +734,10 @@ class FsFeature:
 
     # --- the feature ----------------------------------------------------------------------------
 
-    def _fast_path(self, tid: int, ptr: int, mem: RawReader, empty_ok: bool) -> bool:
-        """The path at ptr is one the handler would let run as it is: an absolute path
-        already decided local, or "" (fstat-like while the program holds no copy)."""
+    def _fast_raw(self, tid: int, ptr: int, mem: RawReader, empty_ok: bool) -> bytes | bool:
+        """The path at ptr, or the verdict when that settles the call: True, it runs as it
+        is (an absolute path already decided local, or "" for an fstat-like call while the
+        program holds no copy); False, to the handler."""
         try:
             data = mem.read_some(tid, ptr, 256)
         except OSError:
@@ -746,7 +747,11 @@ class FsFeature:
             return False
         if nul == 0:
             return not empty_ok or not self.remote_fds
-        return data[:nul] in self.local_raw
+        raw = data[:nul]
+        return True if raw in self.local_raw else raw
+
+    def _fast_path(self, tid: int, ptr: int, mem: RawReader, empty_ok: bool) -> bool:
+        return self._fast_raw(tid, ptr, mem, empty_ok) is True
 
     def _fast_stat(
         self,
@@ -761,20 +766,11 @@ class FsFeature:
         """As _fast_path, and a stat of a plain absolute remote path the stat cache knows
         (a walk's lstat of every entry it listed) is answered here: the handler's
         decisions (the same rules, hooks included) without its objects."""
-        try:
-            data = mem.read_some(tid, ptr, 256)
-        except OSError:
-            return False
-        nul = data.find(b"\0")
-        if nul < 0:
-            return False
-        if nul == 0:
-            return not empty_ok or not self.remote_fds
-        raw = data[:nul]
-        if raw in self.local_raw:
-            return True
+        raw = self._fast_raw(tid, ptr, mem, empty_ok)
+        if isinstance(raw, bool):
+            return raw
         # Absolute and already normal (what _norm would leave as it is), not ours.
-        if raw[0] != 0x2F or b"//" in raw or b"/." in raw or (nul > 1 and raw[-1] == 0x2F):
+        if raw[0] != 0x2F or b"//" in raw or b"/." in raw or (len(raw) > 1 and raw[-1] == 0x2F):
             return False
         path = os.fsdecode(raw)
         if self.cache.owns(path):
@@ -812,9 +808,13 @@ class FsFeature:
 
         fast_stat = self._fast_stat
 
-        def stat_at(i: int, buf_at: int, flags_at: int | None, follow: bool | None) -> FastCheck:
-            packer = pack_statx if buf_at == 4 else pack_stat
-
+        def stat_at(
+            i: int,
+            buf_at: int,
+            flags_at: int | None,
+            follow: bool | None,
+            packer: Callable[[RemoteStat], bytes],
+        ) -> FastCheck:
             def check(tid: int, args: tuple[int, ...], mem: RawReader) -> int:
                 flags = 0 if flags_at is None else args[flags_at]
                 return fast_stat(
@@ -832,10 +832,10 @@ class FsFeature:
         checks: dict[str, FastCheck] = {
             "open": path_at(0),
             "openat": path_at(1),
-            "stat": stat_at(0, 1, None, True),
-            "lstat": stat_at(0, 1, None, False),
-            "newfstatat": stat_at(1, 2, 3, None),
-            "statx": stat_at(1, 4, 2, None),
+            "stat": stat_at(0, 1, None, True, pack_stat),
+            "lstat": stat_at(0, 1, None, False, pack_stat),
+            "newfstatat": stat_at(1, 2, 3, None, pack_stat),
+            "statx": stat_at(1, 4, 2, None, pack_statx),
             "access": path_at(0),
             "faccessat": path_at(1),
             "faccessat2": path_at(1),

@@ -44,7 +44,7 @@ from mirrord.features.sockets.sockaddr import (
     Destination,
     build_sockaddr,
     parse_sockaddr,
-    rewrite_sockaddr,
+    rewrite_at_exit,
 )
 from mirrord.features.sockets.sockinfo import borrowed_socket, try_borrow
 from mirrord.features.sockets.waits import retry_when_ready
@@ -234,20 +234,9 @@ class IncomingHandlers:
         """accept and accept4 (same first three arguments)."""
         if sc.notified:
             return self._accept_notified(sc, mem)
-        ptr, lenptr = sc.args[1], sc.args[2]
-        if not ptr or not lenptr or not self.subscribed:
+        if not self.subscribed:
             return Allow()
-        try:
-            (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
-        except OSError:
-            return Allow()
-
-        def on_exit(ret: int, m: Memory) -> int | None:
-            if ret >= 0:
-                rewrite_sockaddr(m, ptr, lenptr, cap, self._remote_of)
-            return None
-
-        return Allow(on_exit=on_exit)
+        return rewrite_at_exit(mem, sc.args[1], sc.args[2], self._remote_of)
 
     def _accept_notified(self, sc: Syscall, mem: Memory) -> Action:
         if not self.subscribed:

@@ -42,6 +42,7 @@ from mirrord.features.sockets.sockaddr import (
     build_sockaddr,
     loopback_kind,
     parse_sockaddr,
+    rewrite_at_exit,
     rewrite_sockaddr,
 )
 from mirrord.features.sockets.sockinfo import (
@@ -404,20 +405,7 @@ class NetHandlers:
     def recvfrom(self, sc: Syscall, mem: Memory) -> Action:
         if sc.notified:
             return self.udp.recvfrom(sc, mem)
-        ptr, lenptr = sc.args[4], sc.args[5]
-        if not ptr or not lenptr:
-            return Allow()
-        try:
-            (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
-        except OSError:
-            return Allow()
-
-        def on_exit(ret: int, m: Memory) -> int | None:
-            if ret >= 0:
-                rewrite_sockaddr(m, ptr, lenptr, cap, self._peer_of)
-            return None
-
-        return Allow(on_exit=on_exit)
+        return rewrite_at_exit(mem, sc.args[4], sc.args[5], self._peer_of)
 
     def _fix_msghdr(self, m: Memory, hdr_addr: int, cap: int) -> None:
         name, _namelen, *_ = MSGHDR.unpack(m.read(hdr_addr, MSGHDR.size))

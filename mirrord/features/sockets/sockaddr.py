@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mirrord.supervisor.actions import Allow
+
 if TYPE_CHECKING:
     from mirrord.supervisor.actions import Memory
 
@@ -91,3 +93,23 @@ def rewrite_sockaddr(
         return
     m.write(ptr, new[:cap])
     m.write(lenptr, struct.pack("<I", len(new)))
+
+
+def rewrite_at_exit(
+    mem: Memory, ptr: int, lenptr: int, look: Callable[[Destination], bytes | None]
+) -> Allow:
+    """Ptrace engine: let a call that returns a sockaddr (accept, recvfrom) run, and
+    rewrite that address at its exit when `look` knows a replacement."""
+    if not ptr or not lenptr:
+        return Allow()
+    try:
+        (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
+    except OSError:
+        return Allow()  # EFAULT from the kernel
+
+    def on_exit(ret: int, m: Memory) -> int | None:
+        if ret >= 0:
+            rewrite_sockaddr(m, ptr, lenptr, cap, look)
+        return None
+
+    return Allow(on_exit=on_exit)
