@@ -200,6 +200,8 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             pairs = read_environ(session.pid)
         except TargetError as e:
             await abort(context, grpc.StatusCode.NOT_FOUND, str(e))
+        except PermissionError as e:
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, e.strerror or str(e))
         return agent_pb2.GetEnvReply(
             vars=[agent_pb2.EnvVar(name=name, value=value) for name, value in pairs]
         )

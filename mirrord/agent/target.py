@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable
 
 from mirrord.agent.cgroup import find_container_pid, normalize_container_id
+from mirrord.agent.creds import acting_as, target_creds
 from mirrord.v1 import agent_pb2
 
 
@@ -79,10 +80,16 @@ def read_environ(pid: int | None) -> list[tuple[str, str]]:
         raw = b"\0".join(k + b"=" + v for k, v in os.environb.items())
     else:
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
+            # As the target's user: the file is 0400 and its own, and the agent has no
+            # CAP_DAC_OVERRIDE (creds.py).
+            with acting_as(target_creds(pid)), open(f"/proc/{pid}/environ", "rb") as f:
                 raw = f.read()
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ProcessLookupError) as e:
             raise TargetError(f"target process {pid} is gone") from e
+        except PermissionError as e:  # CredentialsError says which capability is missing
+            raise PermissionError(
+                e.errno, f"cannot read the environment of target process {pid}: {e.strerror}"
+            ) from e
     pairs: list[tuple[str, str]] = []
     for entry in raw.split(b"\0"):
         name, sep, value = entry.partition(b"=")

@@ -4,7 +4,15 @@ See docs/testpods.md. Needs root.
 """
 
 from ._state import sweep_stale
-from .pod import DEFAULT_PORT, Network, Pod, TestPodError, create_pod, http_server_argv
+from .pod import (
+    DEFAULT_PORT,
+    Network,
+    Pod,
+    TestPodError,
+    create_pod,
+    effective_capabilities,
+    http_server_argv,
+)
 
 __all__ = [
     "DEFAULT_PORT",
@@ -12,6 +20,7 @@ __all__ = [
     "Pod",
     "TestPodError",
     "create_pod",
+    "effective_capabilities",
     "http_server_argv",
     "sweep_stale",
 ]

@@ -22,6 +22,53 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_SLAVE = 1 << 19
 MNT_DETACH = 2
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# Capability numbers (linux/capability.h), by the names a securityContext uses.
+CAPS = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -79,6 +126,11 @@ def _setup(spec: dict[str, object]) -> None:
         with open(dest, "wb") as f:
             f.write(bytes.fromhex(content_hex))
         os.chmod(dest, 0o644)
+    owners = spec.get("owners") or {}
+    assert isinstance(owners, dict)
+    for path, (uid, gid, mode) in owners.items():
+        os.chown(tree + path, uid, gid)
+        os.chmod(tree + path, mode)
     overlays = spec["overlays"]
     assert isinstance(overlays, list)
     for i, root in enumerate(overlays):
@@ -120,6 +172,20 @@ def _start_holder(status_fd: int) -> None:
     os.waitpid(child, 0)
 
 
+def _limit_capabilities(keep: list[str]) -> None:
+    """Drop every capability not named from the bounding set (and the ambient set): a root
+    program then execs with exactly these, as a container runtime starts one."""
+    unknown = set(keep) - set(CAPS)
+    if unknown:
+        raise ValueError(f"unknown capabilities: {sorted(unknown)}")
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient caps")
+    for number in range(last + 1):
+        if number >= len(CAPS) or CAPS[number] not in keep:
+            _check(_libc.prctl(PR_CAPBSET_DROP, number, 0, 0, 0), f"drop capability {number}")
+
+
 def main() -> None:
     status_fd = int(sys.argv[2])
     # Close-on-exec from the start: neither the holder nor the main program may keep it open.
@@ -133,6 +199,9 @@ def main() -> None:
         argv = [str(a) for a in spec["argv"]]
         os.chdir(str(spec["cwd"]))
         prog = _resolve(argv[0], env)
+        caps = spec.get("capabilities")
+        if caps is not None:  # the bounding set only limits what execve gives: setuid still works
+            _limit_capabilities([str(c) for c in caps])
         user = spec.get("user")
         if user:
             # Last, after every privileged step (mounts, holder): drop to the pod's user.

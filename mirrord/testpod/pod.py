@@ -29,6 +29,7 @@ from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
 from . import _state
+from ._enter import CAPS
 
 SUBNET_PREFIX = "10.213"
 DEFAULT_PORT = 8080
@@ -60,6 +61,13 @@ class TestPodError(RuntimeError):
     """A pod or network could not be created."""
 
     __test__ = False  # not a pytest test class, despite the name
+
+
+def effective_capabilities(pid: int) -> set[str]:
+    """A process's effective capabilities, by the names a securityContext uses."""
+    with open(f"/proc/{pid}/status") as f:
+        eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    return {name for number, name in enumerate(CAPS) if eff >> number & 1}
 
 
 def http_server_argv(port: int = DEFAULT_PORT, body: str = "pod") -> list[str]:
@@ -215,6 +223,8 @@ class Network:
         stdin: int | IO[Any] | None = subprocess.DEVNULL,
         container_id: str | None = None,
         user: tuple[int, int] | None = None,
+        capabilities: Sequence[str] | None = None,
+        owners: Mapping[str, tuple[int, int, int]] | None = None,
     ) -> Pod:
         """Create a pod on this network; see `Pod` for the arguments."""
         if self._closed:
@@ -235,6 +245,8 @@ class Network:
             stdin=stdin,
             container_id=container_id,
             user=user,
+            capabilities=capabilities,
+            owners=owners,
         )
         self._pods.append(pod)
         return pod
@@ -288,7 +300,13 @@ class Pod:
       wait_port     TCP port to wait for (LISTEN in the pod) before returning; defaults to
                     `port` for the default service, none for a custom argv.
       user          (uid, gid) the main program runs as (no supplementary groups); default
-                    root. The pod's files stay root's; run()/spawn() still run as root.
+                    root. The pod's files stay root's (see `owners`); run()/spawn() still
+                    run as root.
+      capabilities  the main program's capability bounding set, by name ("NET_ADMIN", as a
+                    container's securityContext says them); as root it then has exactly
+                    these. Default: all, as root has.
+      owners        ``{path: (uid, gid, mode)}`` for paths of `files` (or their
+                    directories), applied inside the pod.
       container_id  64 hex digits: the main process is moved into a real cgroup v2
                     `.../cri-containerd-<id>.scope`, so /proc/PID/cgroup names the container
                     as on a Kubernetes node (the agent finds the PID by it).
@@ -313,6 +331,8 @@ class Pod:
         own_network: bool = False,
         container_id: str | None = None,
         user: tuple[int, int] | None = None,
+        capabilities: Sequence[str] | None = None,
+        owners: Mapping[str, tuple[int, int, int]] | None = None,
     ) -> None:
         _require_root()
         self._owner_pid = os.getpid()
@@ -375,7 +395,9 @@ class Pod:
             self._dir.mkdir(mode=0o700)
             (self._dir / "stage").mkdir()
             self._setup_network(all_files)
-            self._start_main(cwd, stdin, overlays, binds, all_files, user)
+            self._start_main(
+                cwd, stdin, overlays, binds, all_files, user, capabilities, dict(owners or {})
+            )
             if cgroups:
                 self._enter_cgroup(cgroups)
             if wait_port is not None:
@@ -458,9 +480,16 @@ class Pod:
         binds: list[str],
         files: Mapping[str, bytes],
         user: tuple[int, int] | None = None,
+        capabilities: Sequence[str] | None = None,
+        owners: Mapping[str, tuple[int, int, int]] | None = None,
     ) -> None:
+        for path in owners or {}:
+            if not any(f == path or f.startswith(path.rstrip("/") + "/") for f in files):
+                raise TestPodError(f"owners: {path} is not one of the pod's files or their dirs")
         spec = {
             "user": list(user) if user is not None else None,
+            "capabilities": [c.upper() for c in capabilities] if capabilities is not None else None,
+            "owners": {p: list(o) for p, o in (owners or {}).items()},
             "netns_path": f"/run/netns/{self.netns}",
             "hostname": self.hostname,
             "staging": str(self._dir / "stage"),
@@ -754,5 +783,6 @@ __all__ = [
     "Pod",
     "TestPodError",
     "create_pod",
+    "effective_capabilities",
     "http_server_argv",
 ]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mirrord.agent.creds import Creds
 from mirrord.agent.files.below import Below, subdirs
-from mirrord.agent.files.creds import Creds
 from mirrord.agent.files.ops import FileOps
 from mirrord.v1 import files_pb2
 

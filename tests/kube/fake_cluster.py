@@ -7,6 +7,10 @@
   command of the image (ENTRYPOINT parsed from agent_image/Dockerfile, `python` being this
   venv's interpreter) with the DaemonSet's args and env (the token from its Secret). It sees
   the host's /proc, like a `hostPID: true` pod, and listens on its own loopback.
+- The kubelet applies a container's securityContext: runAsUser/runAsGroup (the pod's or
+  the container's) and its capabilities: containerd's default set, less `drop`, plus
+  `add`; `privileged` keeps them all. So the agent really runs with only what its
+  manifest gives it, and a target as the user its pod says.
 - Port-forward connects to 127.0.0.1:PORT inside the pod's network namespace, as the
   kubelet does.
 """
@@ -75,6 +79,45 @@ def connect_in_netns(netns: str, host: str, port: int) -> socket.socket:
     return result[0]
 
 
+# What containerd gives a container that asks for no change (its default spec).
+RUNTIME_DEFAULT_CAPS = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+]
+
+
+def container_capabilities(security: dict[str, Any]) -> list[str] | None:
+    """The capability set a container starts with (None: all of them, privileged)."""
+    if security.get("privileged"):
+        return None
+    caps = security.get("capabilities") or {}
+    drop = {c.upper() for c in caps.get("drop", [])}
+    kept = [] if "ALL" in drop else [c for c in RUNTIME_DEFAULT_CAPS if c not in drop]
+    return kept + [c.upper() for c in caps.get("add", []) if c.upper() not in kept]
+
+
+def container_user(pod_spec: dict[str, Any], container: dict[str, Any]) -> tuple[int, int] | None:
+    """(uid, gid) from the container's securityContext, else the pod's; None: the image's
+    (root here)."""
+    merged = {**(pod_spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
+    uid = merged.get("runAsUser")
+    if uid is None or uid == 0:
+        return None
+    return int(uid), int(merged.get("runAsGroup", 0))
+
+
 def _ready_status(pod: Pod, containers: list[str], ids: dict[str, str]) -> dict[str, Any]:
     return {
         "phase": "Running",
@@ -122,15 +165,26 @@ class FakeCluster:
         backed: bool = True,
         files: dict[str, bytes] | None = None,
         container_spec: dict[str, Any] | None = None,
+        security: dict[str, Any] | None = None,
+        owners: dict[str, tuple[int, int, int]] | None = None,
     ) -> Pod | None:
         """A running pod; its first container is a real process (unless backed=False).
-        container_spec: more of the first container's spec (ports, probes)."""
+        container_spec: more of the first container's spec (ports, probes, securityContext);
+        security: the pod's securityContext; owners: (uid, gid, mode) of `files` paths."""
         containers = containers or ["app"]
         ids = {c: secrets.token_hex(32) for c in containers}
         pod = None
+        pod_spec = {"securityContext": security or {}}
+        first = container_spec or {}
         if backed:
             pod = self.network.add_pod(
-                name, env=env or {}, files=files, container_id=ids[containers[0]]
+                name,
+                env=env or {},
+                files=files,
+                owners=owners,
+                container_id=ids[containers[0]],
+                user=container_user(pod_spec, first),
+                capabilities=container_capabilities(first.get("securityContext") or {}),
             )
             self.backing[(namespace, name)] = pod
         meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels or {}}
@@ -139,6 +193,7 @@ class FakeCluster:
                                         "uid": "x", **owner}]  # fmt: skip
         spec = {
             "nodeName": NODE,
+            **({"securityContext": security} if security else {}),
             "containers": [
                 {"name": c, "image": "example/app",
                  "env": [{"name": k, "value": v} for k, v in (env or {}).items()]}
@@ -242,6 +297,8 @@ class FakeCluster:
                 env=self._resolve_env(ns, container.get("env", [])),
                 wait_port=int(listen.rsplit(":", 1)[1]),
                 container_id=cid,
+                user=container_user(template["spec"], container),
+                capabilities=container_capabilities(container.get("securityContext") or {}),
             )
         except Exception as exc:
             self.api.update_status("Pod", name, ns, {"phase": "Failed", "message": str(exc)})

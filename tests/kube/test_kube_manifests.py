@@ -58,8 +58,9 @@ def test_the_daemonset_has_what_the_agent_needs() -> None:
     c = spec["containers"][0]
     assert spec["hostPID"] is True
     assert sorted(c["securityContext"]["capabilities"]["add"]) == sorted(
-        ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "NET_RAW"]
+        ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "NET_RAW", "SETUID", "SETGID"]
     )
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert "privileged" not in c["securityContext"]
     assert c["args"][:2] == ["--listen", f"127.0.0.1:{m.AGENT_PORT}"]  # loopback only
     token_env = next(e for e in c["env"] if e["name"] == "MIRRORD_AGENT_TOKEN")

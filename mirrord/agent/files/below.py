@@ -18,7 +18,7 @@ import os
 import stat as statmod
 from collections.abc import Callable, Iterable
 
-from mirrord.agent.files.creds import Creds, acting_as
+from mirrord.agent.creds import Creds, acting_as
 from mirrord.agent.files.ops import entries_of, to_pb
 from mirrord.agent.files.resolve import PodRoot
 from mirrord.v1 import files_pb2

@@ -13,7 +13,7 @@ import os
 import stat as statmod
 from collections.abc import Iterator
 
-from mirrord.agent.files.creds import Creds, acting_as, target_creds
+from mirrord.agent.creds import Creds, acting_as, target_creds
 from mirrord.agent.files.resolve import PodRoot
 from mirrord.v1 import files_pb2
 

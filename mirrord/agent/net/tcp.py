@@ -21,6 +21,7 @@ import select
 import socket
 from collections.abc import AsyncIterator
 
+from mirrord.agent.creds import acting_as, target_creds
 from mirrord.agent.net.sockets import NetSessionState, from_sockaddr, to_sockaddr
 from mirrord.agent.session import AgentSession
 from mirrord.v1 import net_pb2
@@ -212,11 +213,14 @@ def _connect_unix(pid: int | None, path: str) -> socket.socket:
                 raise OSError(errno.EINVAL, "unix_path must be absolute")
             root = f"/proc/{pid}/root" if pid is not None else ""
             directory, _, base = path.rpartition("/")
-            dfd = os.open(root + (directory or "/"), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                sock.connect(f"/proc/self/fd/{dfd}/{base}")
-            finally:
-                os.close(dfd)
+            # As the target's user: a socket's permissions are its, and the agent has no
+            # CAP_DAC_OVERRIDE (creds.py).
+            with acting_as(target_creds(pid) if pid is not None else None):
+                dfd = os.open(root + (directory or "/"), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    sock.connect(f"/proc/self/fd/{dfd}/{base}")
+                finally:
+                    os.close(dfd)
     except BlockingIOError:
         sock.close()
         raise OSError(errno.EAGAIN, "the target's socket has a full backlog") from None

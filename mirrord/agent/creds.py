@@ -1,0 +1,118 @@
+"""Acting as the target process: its fs uid/gid and groups, on the calling thread only.
+
+The agent is root, but a Kubernetes agent has no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH
+(its manifest drops them): it reaches a non-root target's files, /proc/PID/environ and unix
+sockets as that target's user, which is also what makes a file the pod's user cannot read
+fail with EACCES. Linux credentials are per thread (glibc broadcasts setuid() to every
+thread, but the raw syscalls do not), so a worker thread switches fsuid/fsgid/groups around
+each operation (CAP_SETUID, CAP_SETGID). When the fsuid leaves 0 the kernel drops that
+thread's file capabilities (CAP_DAC_OVERRIDE…), and gives them back when it returns to 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+SYS_SETGROUPS = 116
+SYS_SETFSUID = 122
+SYS_SETFSGID = 123
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+@dataclass(frozen=True)
+class Creds:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def target_creds(pid: int) -> Creds:
+    """The fs uid/gid and supplementary groups of a process, from /proc/PID/status."""
+    uid = gid = 0
+    groups: tuple[int, ...] = ()
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == "Uid":
+                uid = int(value.split()[3])  # real, effective, saved, fs
+            elif key == "Gid":
+                gid = int(value.split()[3])
+            elif key == "Groups":
+                groups = tuple(int(g) for g in value.split())
+    return Creds(uid, gid, groups)
+
+
+class CredentialsError(PermissionError):
+    """The agent could not take the target's credentials (a capability is missing)."""
+
+
+def _set_groups(groups: tuple[int, ...]) -> None:
+    arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
+    if _libc.syscall(ctypes.c_long(SYS_SETGROUPS), ctypes.c_size_t(len(groups)), arr) != 0:
+        err = ctypes.get_errno()
+        hint = " (the agent needs CAP_SETGID; see docs/kubernetes.md)" if err == errno.EPERM else ""
+        raise CredentialsError(err, f"setgroups: {os.strerror(err)}{hint}")
+
+
+log = logging.getLogger(__name__)
+_said: list[str] = []
+_verified = False  # the capabilities do not change: one checked switch says it for all
+
+
+def _set_fs_id(number: int, value: int, what: str) -> None:
+    _libc.syscall(ctypes.c_long(number), ctypes.c_uint(value))
+    if _verified:
+        return
+    # setfsuid/setfsgid return the previous value and never fail loudly: an invalid id
+    # (-1) changes nothing and returns the current one, which says whether it took.
+    now = _libc.syscall(ctypes.c_long(number), ctypes.c_uint(0xFFFFFFFF)) & 0xFFFFFFFF
+    if now != value:
+        raise CredentialsError(
+            errno.EPERM,
+            f"the agent could not act as the target's {what} {value} (it needs "
+            f"CAP_SET{what[-3:].upper()}; see docs/kubernetes.md)",
+        )
+
+
+def _set_fs(uid: int, gid: int) -> None:
+    global _verified
+    _set_fs_id(SYS_SETFSGID, gid, "fs gid")
+    _set_fs_id(SYS_SETFSUID, uid, "fs uid")
+    if uid != os.geteuid() and gid != os.getegid():
+        _verified = True
+
+
+@contextlib.contextmanager
+def acting_as(creds: Creds | None) -> Iterator[None]:
+    """Run the body with the target's file credentials on this thread (None: as we are)."""
+    if creds is None or (creds.uid == os.geteuid() and creds.gid == os.getegid()):
+        yield
+        return
+    own_groups = tuple(os.getgroups())
+    try:
+        _set_groups(creds.groups)
+        try:
+            _set_fs(creds.uid, creds.gid)
+        except BaseException:
+            _set_fs(os.geteuid(), os.getegid())
+            _set_groups(own_groups)
+            raise
+    except CredentialsError as e:
+        # Said once in the agent's log: the file calls that fail on it answer EPERM.
+        if not _said:
+            _said.append(str(e.strerror))
+            log.warning("%s", e.strerror)
+        raise
+    try:
+        yield
+    finally:
+        _set_fs(os.geteuid(), os.getegid())
+        _set_groups(own_groups)
