@@ -148,7 +148,9 @@ def install(
             f"already, say so: `--image {default}`"
         )
         raise typer.Exit(2)
-    done = _with_api(config, lambda api: do_install(api, config.agent, users_group))
+    from mirrord.say import say
+
+    done = _with_api(config, lambda api: do_install(api, config.agent, users_group, say=say))
     if output == "json":
         print(json.dumps({"actions": done}))
     else:

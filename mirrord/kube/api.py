@@ -26,7 +26,9 @@ from mirrord.kube.errors import (
     KubeConflict,
     KubeError,
     KubeForbidden,
+    KubeNamespaceTerminating,
     KubeNotFound,
+    is_namespace_terminating,
     status_message,
 )
 from mirrord.kube.kubeconfig import KubeSettings as KubeSettings
@@ -208,6 +210,8 @@ class KubeApi:
                 f"{detail}); refresh them (e.g. your cloud CLI's get-credentials) or check "
                 f"the user of context {self.context}"
             )
+        if status == 403 and is_namespace_terminating(data):
+            raise KubeNamespaceTerminating(namespace, detail)
         if status == 403:
             raise KubeForbidden(verb, resource, namespace, detail)
         if status == 404:

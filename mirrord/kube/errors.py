@@ -20,6 +20,25 @@ class KubeForbidden(KubeError):
         )
 
 
+class KubeNamespaceTerminating(KubeError):
+    """403 from the NamespaceLifecycle admission plugin: the namespace is being deleted (not
+    an RBAC denial: it passes once the namespace is gone)."""
+
+    def __init__(self, namespace: str | None, detail: str) -> None:
+        self.namespace = namespace
+        super().__init__(detail)
+
+
+def is_namespace_terminating(body: bytes) -> bool:
+    """Whether a 403 Status body is the namespace-is-terminating refusal."""
+    try:
+        data = json.loads(body)
+        causes = (data.get("details") or {}).get("causes") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
+
+
 class KubeNotFound(KubeError):
     pass
 

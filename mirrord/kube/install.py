@@ -6,7 +6,9 @@ the token Secret (kept, so agents already running keep accepting their clients).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,13 @@ from mirrord.config.models import AgentConfig
 from mirrord.kube import api as k
 from mirrord.kube import manifests as m
 from mirrord.kube.api import KubeApi
-from mirrord.kube.errors import KubeConflict, KubeError, KubeForbidden, KubeNotFound
+from mirrord.kube.errors import (
+    KubeConflict,
+    KubeError,
+    KubeForbidden,
+    KubeNamespaceTerminating,
+    KubeNotFound,
+)
 from mirrord.kube.targets import is_ready, pod_state
 from mirrord.wire.protocol import OURS as PROTOCOL
 from mirrord.wire.protocol import PROTOCOL_MAJOR
@@ -49,7 +57,33 @@ async def read_token(api: KubeApi, ns: str) -> str | None:
     return base64.b64decode(raw).decode() if raw else None
 
 
-async def install(api: KubeApi, agent: AgentConfig, users_group: str = m.USERS_GROUP) -> list[str]:
+# How long `agent install` waits for a Terminating agent namespace to go (exec: its own
+# start-up timeout bounds it). Emptying a namespace takes seconds; longer, a finalizer holds it.
+TERMINATING_WAIT_S = 120.0
+
+
+async def install(
+    api: KubeApi,
+    agent: AgentConfig,
+    users_group: str = m.USERS_GROUP,
+    say: Callable[[str], None] | None = None,
+    terminating_wait_s: float = TERMINATING_WAIT_S,
+    step: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Install (or update) the agent. A namespace still Terminating from an uninstall is
+    waited for (it refuses new content until it is gone), then made again."""
+    ns = m.agent_namespace(agent)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + terminating_wait_s
+    while True:
+        await _until_not_terminating(api, ns, deadline, say, step)
+        try:
+            return await _install_once(api, agent, users_group)
+        except KubeNamespaceTerminating:
+            continue  # deleted under us (another user's uninstall): wait for it again
+
+
+async def _install_once(api: KubeApi, agent: AgentConfig, users_group: str) -> list[str]:
     ns = m.agent_namespace(agent)
     try:
         await api.create(k.NAMESPACES, m.namespace_manifest(ns))
@@ -60,6 +94,42 @@ async def install(api: KubeApi, agent: AgentConfig, users_group: str = m.USERS_G
     for obj in m.install_manifests(agent, token, users_group)[1:]:
         done.append(await _apply(api, obj))
     return done
+
+
+async def _until_not_terminating(
+    api: KubeApi,
+    ns: str,
+    deadline: float,
+    say: Callable[[str], None] | None,
+    step: Callable[[str], None] | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    waited = False
+    while True:
+        try:
+            current = await api.get(k.NAMESPACES, ns)
+        except (KubeNotFound, KubeForbidden):  # gone, or not ours to read: create will say
+            return
+        if (current.get("status") or {}).get("phase") != "Terminating":
+            return
+        if not waited and say is not None:
+            say(
+                f"namespace {ns} is being deleted (Terminating, e.g. after `mirrord agent "
+                "uninstall`); waiting for it to go before installing the agent again"
+            )
+        if not waited and step is not None:
+            step(
+                f"waiting for namespace {ns} to finish terminating (`kubectl get ns {ns} -o yaml`)"
+            )
+        waited = True
+        if loop.time() >= deadline:
+            raise KubeError(
+                f"namespace {ns} is still Terminating: something holds it (a finalizer, or "
+                f"content that cannot be deleted); `kubectl get ns {ns} -o yaml` shows its "
+                "conditions. Install the agent once it is gone, or into another namespace "
+                "(agent.namespace)"
+            )
+        await k.wait_until(deadline, 0.5)
 
 
 async def _pod_security(api: KubeApi, ns: str) -> str:
@@ -90,7 +160,10 @@ async def uninstall(api: KubeApi, agent: AgentConfig) -> list[str]:
     if await api.delete(k.DAEMONSETS, m.AGENT_NAME, ns):
         done.append(f"deleted DaemonSet {ns}/{m.AGENT_NAME}")
     if await api.delete(k.NAMESPACES, ns):
-        done.append(f"deleted Namespace {ns} (and everything in it)")
+        done.append(
+            f"deleted Namespace {ns} (and everything in it; it is Terminating until its "
+            "contents are gone, and an install meanwhile waits for that)"
+        )
     return done
 
 
@@ -168,7 +241,9 @@ class InstalledAgent:
     protocol: str | None
 
 
-async def ensure_agent(api: KubeApi, agent: AgentConfig, say: Any) -> InstalledAgent:
+async def ensure_agent(
+    api: KubeApi, agent: AgentConfig, say: Any, step: Callable[[str], None] | None = None
+) -> InstalledAgent:
     """The installed agent and its token; installs it first when missing and RBAC allows."""
     ns = m.agent_namespace(agent)
     try:
@@ -176,7 +251,7 @@ async def ensure_agent(api: KubeApi, agent: AgentConfig, say: Any) -> InstalledA
     except KubeNotFound:
         say(f"the mirrord agent is not installed in namespace {ns}; installing it")
         try:
-            await install(api, agent)
+            await install(api, agent, say=say, step=step)
         except KubeForbidden as exc:
             raise KubeError(
                 f"the mirrord agent is not installed in namespace {ns}, and you may not "

@@ -113,7 +113,7 @@ async def _prepare(
             f"target {resolved.description}, container {resolved.container} on node {resolved.node}"
         )
     progress.step("looking for the mirrord agent")
-    agent = await ensure_agent(api, config.agent, progress.say)
+    agent = await ensure_agent(api, config.agent, progress.say, progress.step)
     pod = await _wait_agent_pod(
         api, agent.namespace, resolved.node if resolved else None, deadline, progress
     )

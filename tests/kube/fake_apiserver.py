@@ -166,6 +166,9 @@ class FakeApiServer:
         self._lock = threading.RLock()
         self._rv = 1000
         self.forbidden: set[tuple[str, str]] = set()  # (verb, resource) → 403
+        # A deleted namespace stays Terminating this long (its controller emptying it); a
+        # finalizer that never finishes: float("inf").
+        self.terminating_s = 0.5
         self.requests: list[tuple[str, str]] = []  # (method, path?query), for assertions
         self.hooks: list[Hook] = []
         self.connect_pod_port: PortConnector | None = None
@@ -433,6 +436,14 @@ class FakeApiServer:
             if ns and ("namespaces", "", ns) not in self._objects:
                 return _error(404, "NotFound", f'namespaces "{ns}" not found', name=ns,
                               kind="namespaces")  # fmt: skip
+            if ns and self._terminating(ns):  # the NamespaceLifecycle admission plugin
+                return _error(
+                    403, "Forbidden", f"{kind.plural} \"{name}\" is forbidden: unable to create "
+                    f"new content in namespace {ns} because it is being terminated",
+                    name=name, kind=kind.plural,
+                    causes=[{"reason": "NamespaceTerminating", "field": "metadata.namespace",
+                             "message": f"namespace {ns} is being terminated"}],
+                )  # fmt: skip
             if (kind.plural, ns, name) in self._objects:
                 return _error(409, "AlreadyExists",
                               f'{kind.plural} "{name}" already exists', name=name,
@@ -468,18 +479,45 @@ class FakeApiServer:
         self._fire("updated", stored)
         return web.json_response(stored)
 
+    def _terminating(self, ns: str) -> bool:
+        obj = self._objects.get(("namespaces", "", ns))
+        return obj is not None and (obj.get("status") or {}).get("phase") == "Terminating"
+
     def _delete(self, kind: Kind, ns: str, name: str) -> web.Response:
         with self._lock:
+            if kind.plural == "namespaces":
+                return self._delete_namespace(name)
             obj = self._objects.pop((kind.plural, ns, name), None)
             if obj is None:
                 return self._not_found(kind, name)
-            gone = [obj]
-            if kind.plural == "namespaces":  # cascade (a real one is Terminating for a while)
-                for key in [k for k in self._objects if k[1] == name]:
-                    gone.append(self._objects.pop(key))
-        for o in gone:
-            self._fire("deleted", o)
+        self._fire("deleted", obj)
         return web.json_response(obj)
+
+    def _delete_namespace(self, name: str) -> web.Response:
+        """As kube-apiserver: the namespace turns Terminating at once, its contents go, and
+        the namespace itself goes when its controller is done (`terminating_s` later)."""
+        obj = self._objects.get(("namespaces", "", name))
+        if obj is None:
+            return self._not_found(self.kinds[("v1", "namespaces")], name)
+        if not self._terminating(name):
+            obj["status"] = {"phase": "Terminating"}
+            obj["metadata"]["deletionTimestamp"] = datetime.datetime.now(datetime.UTC).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+            self._stamp(obj["metadata"], new=False)
+            gone = [self._objects.pop(key) for key in [k for k in self._objects if k[1] == name]]
+            for o in gone:
+                self._fire("deleted", o)
+            if self.terminating_s != float("inf"):
+                assert self._loop is not None
+                self._loop.call_later(self.terminating_s, self._finalize_namespace, name)
+        return web.json_response(copy.deepcopy(obj))
+
+    def _finalize_namespace(self, name: str) -> None:
+        with self._lock:
+            if self._terminating(name):
+                obj = self._objects.pop(("namespaces", "", name))
+                self._fire("deleted", obj)
 
     # -- port-forward (websocket, v4.channel.k8s.io)
 

@@ -231,6 +231,37 @@ def test_agent_install_status_uninstall(
     assert agent_pods[0].closed  # the fake kubelet stopped the agent pod
 
 
+def test_a_terminating_agent_namespace_is_waited_for_then_installed_again(
+    cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
+) -> None:
+    """#18: right after an uninstall the namespace is Terminating and refuses new content
+    (403, NamespaceTerminating): not an RBAC problem. Exec waits for it to go, then
+    installs; a namespace that never goes is said, with where to look."""
+    add_deployment(cluster, "checkout")
+    target = ["exec", "-n", "shop", "--target", "deployment/checkout", "--", "true"]
+    assert mirrord(kubeconfig, *target).returncode == 0
+    apiserver.terminating_s = 2.0
+    r = mirrord(kubeconfig, "agent", "uninstall")
+    assert r.returncode == 0, r.stderr
+    assert apiserver.get("Namespace", "mirrord", "")["status"]["phase"] == "Terminating"  # type: ignore[index]
+    r = mirrord(kubeconfig, *target)
+    assert r.returncode == 0, r.stderr
+    assert "namespace mirrord is being deleted (Terminating" in r.stderr
+    assert "may not" not in r.stderr  # no RBAC advice
+    assert apiserver.get("DaemonSet", "mirrord-agent", "mirrord") is not None
+    # A finalizer that never finishes: `agent install` gives up with the way to look.
+    apiserver.terminating_s = float("inf")
+    assert mirrord(kubeconfig, "agent", "uninstall").returncode == 0
+    r = mirrord(kubeconfig, *target[:-2], "--agent-startup-timeout", "3", "--", "true")
+    assert r.returncode != 0
+    assert "namespace mirrord is being deleted (Terminating" in r.stderr, r.stderr
+    assert (
+        "gave up after agent.startup_timeout (3s) while waiting for namespace mirrord to "
+        "finish terminating (`kubectl get ns mirrord -o yaml`)" in r.stderr
+    )
+    assert "Traceback" not in r.stderr
+
+
 async def test_port_forward_carries_bytes_and_reports_errors(
     cluster: FakeCluster, kubeconfig: Path
 ) -> None:

@@ -100,8 +100,8 @@ def test_a_non_root_target_with_the_agents_least_privilege(
     err = tmp_path / "err"
     with err.open("wb") as sink:
         proc = subprocess.Popen(
-            [MIRRORD, "exec", "-n", "shop", "--target", "pod/app-1", "--steal", "-f", str(config), "--",
-             PY, "-c", PROGRAM],
+            [MIRRORD, "exec", "-n", "shop", "--target", "pod/app-1", "--steal",
+             "-f", str(config), "--", PY, "-c", PROGRAM],
             stdout=subprocess.PIPE, stderr=sink, env=env, text=True, start_new_session=True,
         )  # fmt: skip
     try:
