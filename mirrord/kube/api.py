@@ -98,6 +98,11 @@ class KubeApi:
         self.context = context
         self.timeout = timeout
         self.host: str = api_client.configuration.host
+        # The kubeconfig loader when the user's credentials come from an exec plugin (EKS,
+        # GKE, OIDC helpers): short-lived tokens that must be fetched again.
+        self._exec_loader: Any = None
+        self._reauth_lock = asyncio.Lock()
+        self._credentials_generation = 0
 
     @classmethod
     async def connect(cls, settings: KubeSettings, environ: Mapping[str, str]) -> KubeApi:
@@ -143,11 +148,12 @@ class KubeApi:
                     f"(contexts: {', '.join(names) or 'none'})"
                 )
             namespace = (chosen.get("context") or {}).get("namespace") or namespace
-            await k8s_config.load_kube_config(
+            loader = await k8s_config.load_kube_config(
                 config_file=merged, context=context, client_configuration=cfg, persist_config=False
             )
             if settings.insecure:
                 cfg.verify_ssl = False
+            exec_loader = loader if "exec" in (loader._user or {}) else None
         except ConfigException as exc:
             raise KubeError(f"kubeconfig {merged}: {exc}") from None
         except KubeError:
@@ -158,7 +164,50 @@ class KubeApi:
                 f"kubeconfig {merged}: not a usable kubeconfig ({type(exc).__name__}: {exc}); "
                 "check it with `kubectl config view`"
             ) from None
-        return cls(k8s_client.ApiClient(cfg), namespace, context, settings.request_timeout)
+        api = cls(k8s_client.ApiClient(cfg), namespace, context, settings.request_timeout)
+        if exec_loader is not None:
+            api._exec_loader = exec_loader
+            cfg.refresh_api_key_hook = api._refresh_if_expiring
+        return api
+
+    # -- exec-plugin credentials
+
+    async def _refresh_if_expiring(self, cfg: Any) -> None:
+        """Before each request (REST and port-forward): a plugin token that said when it
+        expires is fetched again from 5 minutes before that (kubernetes-asyncio's skew).
+        One without an expiry is kept until the API server refuses it (reauthenticate)."""
+        loader = self._exec_loader
+        if getattr(loader, "exec_plugin_expiry", None) is None:
+            return
+        async with self._reauth_lock:
+            await loader.load_from_exec_plugin()  # runs the plugin only if expiring
+            cfg.api_key["BearerToken"] = loader.token
+
+    async def reauthenticate(self, generation: int) -> bool:
+        """After a 401: run the exec plugin again, as kubectl does. `generation` is
+        `credentials_generation` as it was when the refused request was sent, so that
+        concurrent refusals run the plugin once. False: no plugin, nothing to refresh."""
+        loader = self._exec_loader
+        if loader is None:
+            return False
+        async with self._reauth_lock:
+            if generation == self._credentials_generation:
+                with contextlib.suppress(AttributeError):
+                    del loader.exec_plugin_expiry  # else it would keep the refused token
+                try:
+                    await loader.load_from_exec_plugin()
+                except Exception as exc:
+                    raise KubeError(
+                        f"the API server refused our credentials (401) and running the "
+                        f"kubeconfig's exec plugin again failed: {exc}"
+                    ) from None
+                self.client.configuration.api_key["BearerToken"] = loader.token
+                self._credentials_generation += 1
+            return True
+
+    @property
+    def credentials_generation(self) -> int:
+        return self._credentials_generation
 
     async def close(self) -> None:
         await self.client.close()
@@ -176,6 +225,34 @@ class KubeApi:
     ) -> dict[str, Any]:
         """One call; the parsed JSON body. `what` = (verb, resource, namespace) for errors;
         404 raises KubeNotFound (callers that expect it say what was missing)."""
+        generation = self._credentials_generation
+        status, data = await self._call(method, path, query, body)
+        if status == 401 and await self.reauthenticate(generation):
+            status, data = await self._call(method, path, query, body)
+        if 200 <= status < 300:
+            return json.loads(data) if data else {}
+        verb, resource, namespace = what or (method.lower(), path, None)
+        detail = status_message(data)
+        if status == 401:
+            plugin = " (the exec plugin's new token too)" if self._exec_loader else ""
+            raise KubeError(
+                f"the API server at {self.host} rejected our credentials{plugin} (401 "
+                f"Unauthorized: {detail}); refresh them (e.g. your cloud CLI's "
+                f"get-credentials) or check the user of context {self.context}"
+            )
+        if status == 403 and is_namespace_terminating(data):
+            raise KubeNamespaceTerminating(namespace, detail)
+        if status == 403:
+            raise KubeForbidden(verb, resource, namespace, detail)
+        if status == 404:
+            raise KubeNotFound(detail)
+        if status == 409:
+            raise KubeConflict(detail)
+        raise KubeError(f"{verb} {resource}: the API server answered {status}: {detail}")
+
+    async def _call(
+        self, method: str, path: str, query: list[tuple[str, str]] | None, body: Any
+    ) -> tuple[int, bytes]:
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         try:
             resp = await self.client.call_api(
@@ -199,26 +276,7 @@ class KubeApi:
                 f"the Kubernetes API server at {self.host} did not answer {method} {path} "
                 f"within {self.timeout:g}s"
             ) from None
-        status = resp.status
-        if 200 <= status < 300:
-            return json.loads(data) if data else {}
-        verb, resource, namespace = what or (method.lower(), path, None)
-        detail = status_message(data)
-        if status == 401:
-            raise KubeError(
-                f"the API server at {self.host} rejected our credentials (401 Unauthorized: "
-                f"{detail}); refresh them (e.g. your cloud CLI's get-credentials) or check "
-                f"the user of context {self.context}"
-            )
-        if status == 403 and is_namespace_terminating(data):
-            raise KubeNamespaceTerminating(namespace, detail)
-        if status == 403:
-            raise KubeForbidden(verb, resource, namespace, detail)
-        if status == 404:
-            raise KubeNotFound(detail)
-        if status == 409:
-            raise KubeConflict(detail)
-        raise KubeError(f"{verb} {resource}: the API server answered {status}: {detail}")
+        return int(resp.status), data
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
         return await self.request(

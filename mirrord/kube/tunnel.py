@@ -22,6 +22,7 @@ from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.stream import WsApiClient
 
 from mirrord.kube.api import KubeApi
+from mirrord.kube.errors import KubeError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ _CHUNK = 64 * 1024
 class PortForward:
     def __init__(self, api: KubeApi, namespace: str, pod: str, port: int) -> None:
         self.namespace, self.pod, self.port = namespace, pod, port
+        self._api = api
         self._ws_client = WsApiClient(configuration=api.client.configuration)
         # Typed for its REST use; with a WsApiClient it returns a websocket context.
         self._core: Any = CoreV1Api(self._ws_client)
@@ -60,11 +62,21 @@ class PortForward:
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         where = f"port {self.port} of pod {self.namespace}/{self.pod}"
         try:
-            ctx = await self._core.connect_get_namespaced_pod_portforward(
-                self.pod, self.namespace, ports=str(self.port), _preload_content=False
-            )
-            async with ctx as ws:
-                await self._pump(ws, reader, writer, where)
+            for attempt in (1, 2):
+                generation = self._api.credentials_generation
+                try:
+                    ctx = await self._core.connect_get_namespaced_pod_portforward(
+                        self.pod, self.namespace, ports=str(self.port), _preload_content=False
+                    )
+                    async with ctx as ws:
+                        await self._pump(ws, reader, writer, where)
+                    return
+                except aiohttp.WSServerHandshakeError as exc:
+                    # An exec plugin's token that expired: fetch a new one, as kubectl does.
+                    retry = exc.status == 401 and attempt == 1
+                    if retry and await self._api.reauthenticate(generation):
+                        continue
+                    raise
         except aiohttp.WSServerHandshakeError as exc:
             self.errors.append(
                 f"the API server refused the port-forward to {where}: {exc.status} {exc.message}"
@@ -74,6 +86,9 @@ class PortForward:
                 self.refused.set()
         except (aiohttp.ClientError, OSError) as exc:
             self.errors.append(f"port-forward to {where} failed: {exc}")
+        except KubeError as exc:  # the exec plugin failed
+            self.errors.append(f"port-forward to {where}: {exc}")
+            self.refused.set()
         finally:
             writer.close()
             with contextlib.suppress(Exception):
