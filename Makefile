@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Debian packages: what the demo needs, and what the test suite's real programs need.
 APT_DEMO := python3 python3-venv python3-dev gcc iproute2 util-linux procps iptables
 APT_TEST := $(APT_DEMO) libc6-dev golang-go busybox-static strace curl iptables nftables \
-            dnsmasq-base redis-server redis-tools nodejs default-jdk-headless gdb delve
+            dnsmasq-base redis-server redis-tools nodejs default-jdk-headless gdb delve openssl
 
 .PHONY: all demo test lint proto proto-check unit bench clean apt-demo apt-test venv
 

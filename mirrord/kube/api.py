@@ -266,6 +266,13 @@ class KubeApi:
                 _request_timeout=self.timeout,
             )
             data: bytes = await resp.read()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise KubeError(
+                f"the Kubernetes API server at {self.host} has a certificate we do not trust "
+                f"({exc.certificate_error}). The kubeconfig's cluster needs its CA "
+                "(certificate-authority or certificate-authority-data); to skip the check "
+                "(not on a network you do not trust): -c / accept_invalid_certificates"
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise KubeError(
                 f"cannot reach the Kubernetes API server at {self.host}: {exc}. Is the cluster "

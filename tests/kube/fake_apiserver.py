@@ -1,12 +1,16 @@
 """A FAKE Kubernetes API server for tests: real protocol, toy storage.
 
-It speaks the REST API the way kube-apiserver does for what mirrord uses — get, list with
-`labelSelector`/`fieldSelector` and `limit`/`continue` pagination, create (409
-AlreadyExists), update (409 on a stale resourceVersion), delete (namespaces cascade),
-Status bodies for errors, bearer-token authentication (401) and per-verb RBAC denials
-(403) — and the websocket port-forward subprotocol `v4.channel.k8s.io`: channel byte
-prefix, data channel 2i and error channel 2i+1 per port, each opened by the port number
-(uint16 little endian), errors written as text on the error channel.
+It speaks the REST API the way kube-apiserver does for what mirrord and kubectl use — over
+TLS (its own CA; bearer tokens or client certificates, 401 otherwise), discovery (/version,
+/api, /apis, APIResourceLists, the OpenAPI v3 index), get, list with
+`labelSelector`/`fieldSelector` and `limit`/`continue` pagination, watch, server-side
+printing (Table), create (409 AlreadyExists, 422 from the Kubernetes OpenAPI schemas and
+the selector/label rules), update (409 on a stale resourceVersion), PATCH (merge, JSON,
+strategic merge, server-side apply: fake_patch.py), `dryRun=All`, delete (namespaces stay
+Terminating, then cascade), Status bodies for errors, per-verb RBAC denials (403) — and the
+websocket port-forward subprotocol `v4.channel.k8s.io`: channel byte prefix, data channel
+2i and error channel 2i+1 per port, each opened by the port number (uint16 little endian),
+errors written as text on the error channel.
 
 It is not a cluster: objects are dicts, nothing is scheduled. Behaviour that needs
 something real (pods backed by processes, the DaemonSet's agent pods, connecting to a pod's
@@ -20,6 +24,7 @@ import base64
 import copy
 import datetime
 import json
+import re
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,8 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import yaml
 from aiohttp import WSMsgType, web
+
+from tests.kube import fake_discovery as disco
+from tests.kube.fake_patch import CONTENT_TYPES, PatchError, apply_patch
+from tests.kube.fake_tls import ca, peer_identity
 
 PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
 
@@ -61,6 +71,7 @@ KINDS = [
     ),
     Kind("Role", "rbac.authorization.k8s.io/v1", "roles"),
     Kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings"),
+    Kind("Event", "v1", "events"),
 ]  # fmt: skip
 ROLLOUT = Kind("Rollout", "argoproj.io/v1alpha1", "rollouts")
 
@@ -76,6 +87,10 @@ def status_body(code: int, reason: str, message: str, **details: Any) -> dict[st
         "details": details,
         "code": code,
     }
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _error(code: int, reason: str, message: str, **details: Any) -> web.Response:
@@ -130,6 +145,10 @@ def label_matcher(selector: str) -> Callable[[dict[str, str]], bool]:
 
 
 FIELDS = {
+    "involvedObject.name": lambda o: (o.get("involvedObject") or {}).get("name"),
+    "involvedObject.namespace": lambda o: (o.get("involvedObject") or {}).get("namespace"),
+    "involvedObject.kind": lambda o: (o.get("involvedObject") or {}).get("kind"),
+    "involvedObject.uid": lambda o: (o.get("involvedObject") or {}).get("uid"),
     "metadata.name": lambda o: o["metadata"].get("name"),
     "metadata.namespace": lambda o: o["metadata"].get("namespace"),
     "spec.nodeName": lambda o: (o.get("spec") or {}).get("nodeName"),
@@ -149,6 +168,13 @@ def field_matcher(selector: str) -> Callable[[dict[str, Any]], bool] | str:
     return lambda o: all((get(o) != v) if neg else (get(o) == v) for get, v, neg in checks)
 
 
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
+
+
+def _selected(obj: dict[str, Any], labels: Any, fields: Any) -> bool:
+    return bool(labels(obj["metadata"].get("labels") or {}) and fields(obj))
+
+
 PortConnector = Callable[
     [str, str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
 ]
@@ -158,9 +184,11 @@ Hook = Callable[[str, dict[str, Any]], None]  # (event, object); runs on the ser
 class FakeApiServer:
     """Run with `with FakeApiServer() as api:`; `api.url`, `api.write_kubeconfig(path)`."""
 
-    def __init__(self, token: str = "fake-user-token", user: str = "dev") -> None:
+    def __init__(self, token: str = "fake-user-token", user: str = "dev", tls: bool = True) -> None:
         self.token = token
         self.user = user
+        self.tls = tls
+        self._watches: set[tuple[Kind, str, Any, Any, asyncio.Queue[tuple[str, Any]]]] = set()
         self.kinds: dict[tuple[str, str], Kind] = {(k.group_version, k.plural): k for k in KINDS}
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, ns, name)
         self._lock = threading.RLock()
@@ -209,10 +237,11 @@ class FakeApiServer:
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        ssl_context = ca().server_context() if self.tls else None
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
 
     async def _stop_app(self) -> None:
         if self._runner is not None:
@@ -230,14 +259,33 @@ class FakeApiServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def cluster_entry(self, *, ca_data: bool = True) -> dict[str, Any]:
+        """A kubeconfig `cluster` for this server (with its CA unless told otherwise)."""
+        entry: dict[str, Any] = {"server": self.url}
+        if self.tls and ca_data:
+            entry["certificate-authority-data"] = ca().data()
+        return entry
+
     def write_kubeconfig(
-        self, path: Path, *, namespace: str = "default", token: str | None = None
+        self,
+        path: Path,
+        *,
+        namespace: str = "default",
+        token: str | None = None,
+        client_cert: str | None = None,
+        ca_data: bool = True,
     ) -> Path:
+        """client_cert: authenticate with a client certificate for that user (CN) instead
+        of the token; ca_data=False leaves the server's CA out (verification fails)."""
+        user: dict[str, Any] = {"token": token or self.token}
+        if client_cert is not None:
+            cert, key = ca().client(client_cert, ("mirrord:users",)).data()
+            user = {"client-certificate-data": cert, "client-key-data": key}
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": self.user, "user": {"token": token or self.token}}],
+            "clusters": [{"name": "fake", "cluster": self.cluster_entry(ca_data=ca_data)}],
+            "users": [{"name": self.user, "user": user}],
             "contexts": [
                 {"name": "fake", "context": {"cluster": "fake", "user": self.user,
                                              "namespace": namespace}},
@@ -268,7 +316,9 @@ class FakeApiServer:
             meta["namespace"] = ns
         with self._lock:
             self._stamp(meta)
+            existed = (k.plural, ns, meta["name"]) in self._objects
             self._objects[(k.plural, ns, meta["name"])] = obj
+            self._notify("MODIFIED" if existed else "ADDED", obj)
         return obj
 
     def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
@@ -284,6 +334,7 @@ class FakeApiServer:
             if obj is not None:
                 obj["status"] = status
                 self._stamp(obj["metadata"], new=False)
+                self._notify("MODIFIED", obj)
 
     def objects(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         k = self._kind_of(kind)
@@ -299,6 +350,7 @@ class FakeApiServer:
         with self._lock:
             obj = self._objects.pop((k.plural, namespace if k.namespaced else "", name), None)
         if obj is not None:
+            self._notify("DELETED", obj)
             self._fire("deleted", obj)
 
     def _stamp(self, meta: dict[str, Any], new: bool = True) -> None:
@@ -314,6 +366,18 @@ class FakeApiServer:
     def _fire(self, event: str, obj: dict[str, Any]) -> None:
         for hook in list(self.hooks):
             hook(event, copy.deepcopy(obj))
+
+    def _notify(self, event: str, obj: dict[str, Any]) -> None:
+        """Tell the watches this change concerns (any thread)."""
+        loop = self._loop
+        if loop is None or not self._watches:
+            return
+        k = self._kind_of(obj["kind"])
+        ns = obj["metadata"].get("namespace", "")
+        for kind, wns, labels, fields, queue in list(self._watches):
+            if kind is k and (not wns or wns == ns) and _selected(obj, labels, fields):
+                item = (event, copy.deepcopy(obj))
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
     # -- HTTP
 
@@ -338,43 +402,143 @@ class FakeApiServer:
         sub = rest[2] if len(rest) > 2 else None
         return kind, ns, name, sub
 
+    def _authenticate(self, request: web.Request) -> str | None:
+        """The user a request is from: a bearer token, or a client certificate our CA
+        signed (CN = user); None: 401."""
+        if request.headers.get("Authorization") == f"Bearer {self.token}":
+            return self.user
+        transport = request.transport
+        peer = peer_identity(transport.get_extra_info("peercert") if transport else None)
+        return peer[0] if peer else None
+
+    def _discovery(self, request: web.Request) -> web.StreamResponse | None:
+        """/version, /api, /apis, /api/v1, /apis/G/V and the OpenAPI v3 index; None: not one."""
+        path = request.path.rstrip("/")
+        if request.method != "GET":
+            return None
+        if path == "/version":
+            return web.json_response(disco.VERSION)
+        if path == "/api":
+            return web.json_response(disco.api_versions(self.url.split("//", 1)[1]))
+        if path == "/apis":
+            return web.json_response(disco.api_group_list(self.kinds.values()))
+        seg = [x for x in path.split("/") if x]
+        gv = None
+        if seg == ["api", "v1"]:
+            gv = "v1"
+        elif len(seg) == 3 and seg[0] == "apis":
+            gv = f"{seg[1]}/{seg[2]}"
+        if gv is not None:
+            listing = disco.api_resource_list(gv, self.kinds.values())
+            if listing is None:
+                return _error(404, "NotFound", "the server could not find the requested resource")
+            return web.json_response(listing)
+        if path == "/openapi/v3":
+            return web.json_response(disco.openapi_v3_index(self.kinds.values()))
+        if path.startswith("/openapi/v3/"):
+            rest = path.removeprefix("/openapi/v3/")
+            gv = "v1" if rest == "api/v1" else rest.removeprefix("apis/")
+            doc = disco.openapi_v3_doc(gv, self.kinds.values())
+            if doc is not None:
+                return web.json_response(doc)
+        if path.startswith("/openapi/"):  # v2 is served as protobuf only: not here
+            return _error(404, "NotFound", "the server could not find the requested resource")
+        return None
+
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        user = self._authenticate(request)
+        if user is None:
             return _error(401, "Unauthorized", "Unauthorized")
+        found = self._discovery(request)
+        if found is not None:
+            return found
         parsed = self._parse(request.path)
         if isinstance(parsed, str):
             return _error(404, "NotFound", parsed)
         kind, ns, name, sub = parsed
         group = kind.group_version.rpartition("/")[0]
-        verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update",
-                "DELETE": "delete", "PATCH": "patch"}.get(request.method, "?")  # fmt: skip
+        watching = request.query.get("watch") in ("1", "true")
+        get = "get" if name else ("watch" if watching else "list")
+        verb = {"GET": get, "POST": "create", "PUT": "update", "DELETE": "delete",
+                "PATCH": "patch"}.get(request.method, "?")  # fmt: skip
         resource = kind.plural + (f"/{sub}" if sub else "")
         if sub == "portforward":
             verb = "create"  # what RBAC checks for the websocket upgrade (GET)
-        if (verb, resource) in self.forbidden:
+        if (verb, resource) in self.forbidden or user != self.user:  # others have no roles
             where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
             return _error(
                 403, "Forbidden",
-                f'{resource} is forbidden: User "{self.user}" cannot {verb} resource '
+                f'{resource} is forbidden: User "{user}" cannot {verb} resource '
                 f'"{resource}" in API group "{group}"{where}',
                 kind=kind.plural, name=name or "",
             )  # fmt: skip
         if sub == "portforward" and kind.plural == "pods" and name:
             return await self._portforward(request, ns, name)
-        if sub is not None:
+        if sub is not None and not (sub == "status" and kind.plural in disco.SUBRESOURCES):
             return _error(404, "NotFound", "the server could not find the requested resource")
+        dry_run = request.query.get("dryRun") == "All"
+        table = disco.wants_table(request.headers.get("Accept", ""))
+        include = request.query.get("includeObject", "Metadata")
         if request.method == "GET" and name:
-            return self._get(kind, ns, name)
+            return self._get(kind, ns, name, include if table else None)
+        if request.method == "GET" and watching:
+            return await self._watch(request, kind, ns)
         if request.method == "GET":
-            return self._list(kind, ns, request.query)
+            return self._list(kind, ns, request.query, include if table else None)
         if request.method == "POST" and not name:
-            return self._create(kind, ns, await request.json())
+            return self._create(kind, ns, await request.json(), dry_run)
         if request.method == "PUT" and name:
-            return self._update(kind, ns, name, await request.json())
+            return self._update(kind, ns, name, await request.json(), dry_run)
+        if request.method == "PATCH" and name:
+            return await self._patch(request, kind, ns, name, dry_run)
         if request.method == "DELETE" and name:
-            return self._delete(kind, ns, name)
+            options = await request.json() if request.can_read_body else {}
+            dry_run = dry_run or "All" in ((options or {}).get("dryRun") or [])
+            return self._delete(kind, ns, name, dry_run)
         return _error(405, "MethodNotAllowed", f"{request.method} is not supported here")
+
+    def _invalid(self, kind: Kind, obj: dict[str, Any]) -> web.Response | None:
+        """422 for what kube-apiserver's validation refuses: the OpenAPI schema (unknown
+        fields too, as `fieldValidation=Strict`), label syntax, a selector that does not
+        select its own template."""
+        name = (obj.get("metadata") or {}).get("name", "")
+        problems: list[tuple[str, str]] = []  # (field, what is wrong with it)
+        try:
+            kubernetes_validate.validate(obj, disco.SCHEMA_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path) or "<root>"
+            problems.append((where, f"Invalid value: {exc.message}"))
+        except kubernetes_validate.SchemaNotFoundError:
+            pass
+        labels = dict((obj.get("metadata") or {}).get("labels") or {})
+        template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        template_labels = template.get("labels") or {}
+        for field, values in (
+            ("metadata.labels", labels),
+            ("spec.template.metadata.labels", template_labels),
+        ):
+            for value in values.values():
+                if not _LABEL_VALUE.fullmatch(str(value)):
+                    problems.append((field, (
+                        f'Invalid value: "{value}": a valid label must be 63 characters or '
+                        "less, alphanumeric, '-', '_' or '.', starting and ending with an "
+                        "alphanumeric character"
+                    )))  # fmt: skip
+        selector = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels")
+        workload = kind.kind in ("DaemonSet", "Deployment", "StatefulSet", "ReplicaSet")
+        if workload and selector and any(template_labels.get(k) != v for k, v in selector.items()):
+            problems.append(("spec.template.metadata.labels", (
+                    f"Invalid value: {json.dumps(template_labels)}: `selector` does not match "
+                    "template `labels`"
+                )))  # fmt: skip
+        if not problems:
+            return None
+        text = ", ".join(f"{field}: {what}" for field, what in problems)
+        return _error(422, "Invalid", f'{kind.kind}.{kind.group_version.split("/")[0]} "{name}" '
+                      f"is invalid: {text}", name=name, kind=kind.kind,
+                      causes=[{"reason": "FieldValueInvalid", "message": what, "field": field}
+                              for field, what in problems])  # fmt: skip
 
     def _not_found(self, kind: Kind, name: str) -> web.Response:
         group = kind.group_version.rpartition("/")[0]
@@ -382,14 +546,54 @@ class FakeApiServer:
         return _error(404, "NotFound", f'{res} "{name}" not found', name=name, group=group,
                       kind=kind.plural)  # fmt: skip
 
-    def _get(self, kind: Kind, ns: str, name: str) -> web.Response:
+    def _get(self, kind: Kind, ns: str, name: str, table: str | None) -> web.Response:
         with self._lock:
             obj = self._objects.get((kind.plural, ns, name))
             if obj is None:
                 return self._not_found(kind, name)
+            if table is not None:
+                meta = {"resourceVersion": obj["metadata"]["resourceVersion"]}
+                return web.json_response(disco.table(kind.plural, [obj], meta, table, _now()))
             return web.json_response(obj)
 
-    def _list(self, kind: Kind, ns: str, query: Any) -> web.Response:
+    async def _watch(self, request: web.Request, kind: Kind, ns: str) -> web.StreamResponse:
+        """Newline-delimited watch events: ADDED for what exists (unless a resourceVersion
+        says the client has it), then every change, until the client goes or
+        `timeoutSeconds` pass."""
+        labels = label_matcher(request.query.get("labelSelector", ""))
+        fields = field_matcher(request.query.get("fieldSelector", ""))
+        if isinstance(fields, str):
+            return _error(400, "BadRequest", fields)
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        entry = (kind, ns, labels, fields, queue)
+        with self._lock:
+            self._watches.add(entry)
+            if request.query.get("resourceVersion", "0") in ("", "0"):
+                for (plural, ons, _), obj in sorted(self._objects.items()):
+                    mine = plural == kind.plural and (not ns or ons == ns)
+                    if mine and _selected(obj, labels, fields):
+                        queue.put_nowait(("ADDED", copy.deepcopy(obj)))
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        timeout = float(request.query.get("timeoutSeconds", "1800"))
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    event, obj = await asyncio.wait_for(queue.get(), left)
+                except TimeoutError:
+                    break
+                await response.write(json.dumps({"type": event, "object": obj}).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._watches.discard(entry)
+        return response
+
+    def _list(self, kind: Kind, ns: str, query: Any, table: str | None = None) -> web.Response:
         labels = label_matcher(query.get("labelSelector", ""))
         fields = field_matcher(query.get("fieldSelector", ""))
         if isinstance(fields, str):
@@ -424,14 +628,23 @@ class FakeApiServer:
                 meta["remainingItemCount"] = len(matching) - limit
             body = {"kind": f"{kind.kind}List", "apiVersion": kind.group_version,
                     "metadata": meta, "items": page}  # fmt: skip
+            if table is not None:
+                body = disco.table(kind.plural, page, meta, table, _now())
             text = json.dumps(body)
         return web.Response(text=text, content_type="application/json")
 
-    def _create(self, kind: Kind, ns: str, obj: dict[str, Any]) -> web.Response:
+    def _create(
+        self, kind: Kind, ns: str, obj: dict[str, Any], dry_run: bool = False
+    ) -> web.Response:
         meta = obj.setdefault("metadata", {})
         name = meta.get("name")
         if not name:
             return _error(422, "Invalid", f"{kind.kind} is invalid: metadata.name: Required value")
+        obj.setdefault("apiVersion", kind.group_version)
+        obj.setdefault("kind", kind.kind)
+        invalid = self._invalid(kind, obj)
+        if invalid is not None:
+            return invalid
         with self._lock:
             if ns and ("namespaces", "", ns) not in self._objects:
                 return _error(404, "NotFound", f'namespaces "{ns}" not found', name=ns,
@@ -450,15 +663,24 @@ class FakeApiServer:
                               kind=kind.plural)  # fmt: skip
             if ns:
                 meta["namespace"] = ns
-            obj.setdefault("apiVersion", kind.group_version)
-            obj.setdefault("kind", kind.kind)
+            meta["generation"] = 1
             self._stamp(meta)
+            if dry_run:
+                return web.json_response(obj, status=201)
             self._objects[(kind.plural, ns, name)] = obj
             stored = copy.deepcopy(obj)
+            self._notify("ADDED", stored)
         self._fire("created", stored)
         return web.json_response(stored, status=201)
 
-    def _update(self, kind: Kind, ns: str, name: str, obj: dict[str, Any]) -> web.Response:
+    def _update(
+        self, kind: Kind, ns: str, name: str, obj: dict[str, Any], dry_run: bool = False
+    ) -> web.Response:
+        obj.setdefault("apiVersion", kind.group_version)
+        obj.setdefault("kind", kind.kind)
+        invalid = self._invalid(kind, obj)
+        if invalid is not None:
+            return invalid
         with self._lock:
             current = self._objects.get((kind.plural, ns, name))
             if current is None:
@@ -468,28 +690,71 @@ class FakeApiServer:
                 return _error(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural} '
                               f'"{name}": the object has been modified', name=name)  # fmt: skip
             meta = obj.setdefault("metadata", {})
-            for key in ("uid", "creationTimestamp"):
-                meta[key] = current["metadata"].get(key)
+            for key in ("uid", "creationTimestamp", "deletionTimestamp"):
+                if current["metadata"].get(key):
+                    meta[key] = current["metadata"][key]
             if ns:
                 meta["namespace"] = ns
             obj.setdefault("status", current.get("status"))
+            # metadata.generation counts spec changes (what `rollout status` compares).
+            generation = int(current["metadata"].get("generation", 1))
+            changed = obj.get("spec") != current.get("spec")
+            meta["generation"] = generation + 1 if changed else generation
+            if obj == current:
+                return web.json_response(copy.deepcopy(current))  # a no-op: nothing changes
             self._stamp(meta, new=False)
+            if dry_run:
+                return web.json_response(obj)
             self._objects[(kind.plural, ns, name)] = obj
             stored = copy.deepcopy(obj)
+            self._notify("MODIFIED", stored)
         self._fire("updated", stored)
         return web.json_response(stored)
+
+    async def _patch(
+        self, request: web.Request, kind: Kind, ns: str, name: str, dry_run: bool
+    ) -> web.Response:
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        how = CONTENT_TYPES.get(content_type)
+        if how is None:
+            return _error(415, "UnsupportedMediaType",
+                          f"the body of the request was in an unknown format - accepted media "
+                          f"types include: {', '.join(CONTENT_TYPES)}")  # fmt: skip
+        raw = await request.read()
+        try:
+            body = yaml.safe_load(raw) if how == "apply" else json.loads(raw)
+        except (ValueError, yaml.YAMLError) as exc:
+            return _error(400, "BadRequest", f"the patch is not valid: {exc}")
+        with self._lock:
+            current = copy.deepcopy(self._objects.get((kind.plural, ns, name)))
+        if current is None and how != "apply":
+            return self._not_found(kind, name)
+        try:
+            patched = apply_patch(how, current, body)
+        except PatchError as exc:
+            return _error(422, "Invalid", str(exc))
+        if current is None:  # server-side apply of something new: create it
+            patched.setdefault("metadata", {})["name"] = name
+            return self._create(kind, ns, patched, dry_run)
+        patched["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        return self._update(kind, ns, name, patched, dry_run)
 
     def _terminating(self, ns: str) -> bool:
         obj = self._objects.get(("namespaces", "", ns))
         return obj is not None and (obj.get("status") or {}).get("phase") == "Terminating"
 
-    def _delete(self, kind: Kind, ns: str, name: str) -> web.Response:
+    def _delete(self, kind: Kind, ns: str, name: str, dry_run: bool = False) -> web.Response:
         with self._lock:
+            if dry_run:
+                obj = self._objects.get((kind.plural, ns, name))
+                return (self._not_found(kind, name) if obj is None
+                        else web.json_response(copy.deepcopy(obj)))  # fmt: skip
             if kind.plural == "namespaces":
                 return self._delete_namespace(name)
             obj = self._objects.pop((kind.plural, ns, name), None)
             if obj is None:
                 return self._not_found(kind, name)
+            self._notify("DELETED", obj)
         self._fire("deleted", obj)
         return web.json_response(obj)
 
@@ -505,8 +770,10 @@ class FakeApiServer:
                 "%Y-%m-%dT%H:%M:%SZ"
             )
             self._stamp(obj["metadata"], new=False)
+            self._notify("MODIFIED", obj)
             gone = [self._objects.pop(key) for key in [k for k in self._objects if k[1] == name]]
             for o in gone:
+                self._notify("DELETED", o)
                 self._fire("deleted", o)
             if self.terminating_s != float("inf"):
                 assert self._loop is not None
@@ -517,6 +784,7 @@ class FakeApiServer:
         with self._lock:
             if self._terminating(name):
                 obj = self._objects.pop(("namespaces", "", name))
+                self._notify("DELETED", obj)
                 self._fire("deleted", obj)
 
     # -- port-forward (websocket, v4.channel.k8s.io)

@@ -285,6 +285,7 @@ class FakeCluster:
                       "status": {"phase": "Pending", "containerStatuses": [
                           {"name": container["name"], "ready": False, "image": image,
                            "state": {"waiting": waiting}}]}})  # fmt: skip
+        self._daemonset_status(ds, ready=False)
         if image in self.unpullable:
             return
         argv = [*image_entrypoint(), *container.get("args", [])]
@@ -309,6 +310,22 @@ class FakeCluster:
         self.backing[(ns, name)] = pod
         status = _ready_status(pod, [container["name"]], {container["name"]: cid})
         self.api.update_status("Pod", name, ns, status)
+        self._daemonset_status(ds, ready=True)
+
+    def _daemonset_status(self, ds: dict[str, Any], ready: bool) -> None:
+        """What the DaemonSet controller reports for this one-node cluster (what
+        `kubectl rollout status` and `get ds` read)."""
+        ns, name = ds["metadata"]["namespace"], ds["metadata"]["name"]
+        current = self.api.get("DaemonSet", name, ns)
+        if current is None:
+            return
+        n = int(ready)
+        self.api.update_status("DaemonSet", name, ns, {
+            "observedGeneration": current["metadata"].get("generation", 1),
+            "desiredNumberScheduled": 1, "currentNumberScheduled": 1, "updatedNumberScheduled": 1,
+            "numberReady": n, "numberAvailable": n, "numberUnavailable": 1 - n,
+            "numberMisscheduled": 0,
+        })  # fmt: skip
 
     def close(self) -> None:
         for t in list(self._threads):

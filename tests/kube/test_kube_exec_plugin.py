@@ -65,7 +65,7 @@ class Plugin:
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.apiserver.url}}],
+            "clusters": [{"name": "fake", "cluster": self.apiserver.cluster_entry()}],
             "users": [{"name": "dev", "user": {"exec": {
                 "apiVersion": "client.authentication.k8s.io/v1beta1",
                 "command": sys.executable,
