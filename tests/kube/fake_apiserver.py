@@ -41,6 +41,7 @@ from tests.kube.fake_patch import CONTENT_TYPES, PatchError, apply_patch
 from tests.kube.fake_tls import ca, peer_identity
 
 PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
+_STOP = "stop"  # ends a watch
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,8 @@ class FakeApiServer:
         self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
 
     async def _stop_app(self) -> None:
+        for *_, queue in list(self._watches):  # watches end as the server stops
+            queue.put_nowait((_STOP, None))
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -585,6 +588,8 @@ class FakeApiServer:
                 try:
                     event, obj = await asyncio.wait_for(queue.get(), left)
                 except TimeoutError:
+                    break
+                if event == _STOP:
                     break
                 await response.write(json.dumps({"type": event, "object": obj}).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
