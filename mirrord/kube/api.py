@@ -62,6 +62,7 @@ def _r(kind: str, plural: str, group: str = "", version: str = "v1", ns: bool = 
 PODS = _r("Pod", "pods")
 SERVICES = _r("Service", "services")
 SECRETS = _r("Secret", "secrets")
+EVENTS = _r("Event", "events")
 SERVICE_ACCOUNTS = _r("ServiceAccount", "serviceaccounts")
 NAMESPACES = _r("Namespace", "namespaces", ns=False)
 DEPLOYMENTS = _r("Deployment", "deployments", "apps")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -175,6 +177,7 @@ class AgentStatus:
     protocol: str | None = None
     image: str | None = None
     pods: tuple[dict[str, str], ...] = ()
+    warnings: tuple[str, ...] = ()  # the DaemonSet controller's, when it has no pod
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -186,6 +189,7 @@ class AgentStatus:
             "cli_version": mirrord.__version__,
             "cli_protocol": PROTOCOL,
             "pods": list(self.pods),
+            "warnings": list(self.warnings),
         }
 
 
@@ -206,6 +210,7 @@ async def status(api: KubeApi, agent: AgentConfig) -> AgentStatus:
     pods = await api.list(k.PODS, ns, label_selector=_selector())
     meta = ds["metadata"]
     containers = ds["spec"]["template"]["spec"].get("containers") or [{}]
+    warnings = () if pods else await daemonset_warnings(api, ns)
     return AgentStatus(
         ns,
         True,
@@ -213,7 +218,42 @@ async def status(api: KubeApi, agent: AgentConfig) -> AgentStatus:
         protocol=(meta.get("annotations") or {}).get(m.PROTOCOL_ANNOTATION),
         image=containers[0].get("image"),
         pods=tuple(_agent_pod_info(p) for p in sorted(pods, key=lambda p: p["metadata"]["name"])),
+        warnings=warnings,
     )
+
+
+def _event_time(event: dict[str, Any]) -> datetime.datetime | None:
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        value = event.get(key) or (event.get("metadata") or {}).get("creationTimestamp")
+        if not value:
+            continue
+        with contextlib.suppress(ValueError):
+            return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return None
+
+
+async def daemonset_warnings(
+    api: KubeApi, ns: str, since: datetime.datetime | None = None
+) -> tuple[str, ...]:
+    """The agent DaemonSet's Warning events ("Reason: message"), newest first, without
+    repeats; only those since `since` if given. Empty if we may not list events."""
+    field = f"involvedObject.kind=DaemonSet,involvedObject.name={m.AGENT_NAME}"
+    try:
+        events = await api.list(k.EVENTS, ns, field_selector=field)
+    except (KubeForbidden, KubeNotFound):
+        return ()
+    dated = []
+    for event in events:
+        when = _event_time(event)
+        if event.get("type") != "Warning" or (since and (when is None or when < since)):
+            continue
+        dated.append((when or datetime.datetime.min.replace(tzinfo=datetime.UTC), event))
+    said: list[str] = []
+    for _, event in sorted(dated, key=lambda d: d[0], reverse=True):
+        text = f"{event.get('reason') or 'Warning'}: {event.get('message') or ''}".strip()
+        if text not in said:
+            said.append(text)
+    return tuple(said)
 
 
 def _selector() -> str:

@@ -81,14 +81,29 @@ def namespace_manifest(ns: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
 
 
-def no_agent_pods(ns: str) -> str:
-    """Why a DaemonSet may have created no agent pod, and where to look."""
+def no_agent_pods(ns: str, warnings: tuple[str, ...] = ()) -> str:
+    """Why a DaemonSet may have created no agent pod, and where to look. `warnings`: its
+    controller's recent Warning events ("Reason: message"), newest first."""
+    describe = f"`kubectl -n {ns} describe daemonset {AGENT_NAME}`"
+    label = f"`kubectl label ns {ns} pod-security.kubernetes.io/enforce=privileged --overwrite`"
+    if warnings:
+        said = warnings[0]
+        if "PodSecurity" in said:
+            fix = (f"the namespace's Pod Security level refuses the agent's pod: {label} "
+                   "(a cluster admin may have to)")  # fmt: skip
+        elif "forbidden" in said or "denied" in said:
+            fix = ("an admission policy refuses the agent's pod (OpenShift SCC, GKE Autopilot, "
+                   "Kyverno/Gatekeeper): it must allow its hostPID, host paths and "
+                   "capabilities (docs/kubernetes.md)")  # fmt: skip
+        else:
+            fix = f"see {describe}"
+        return (f"the DaemonSet {ns}/{AGENT_NAME} has created no agent pod; its controller "
+                f"says: {said}. Fix: {fix}")  # fmt: skip
     return (
         f"the DaemonSet {ns}/{AGENT_NAME} has created no agent pod. Usual causes: the "
-        f"namespace's Pod Security level (the agent needs privileged: `kubectl label ns {ns} "
-        "pod-security.kubernetes.io/enforce=privileged --overwrite`), another admission "
-        "policy (OpenShift SCC, GKE Autopilot), or no node it may run on; its events say "
-        f"which: `kubectl -n {ns} describe daemonset {AGENT_NAME}`"
+        f"namespace's Pod Security level (the agent needs privileged: {label}), another "
+        "admission policy (OpenShift SCC, GKE Autopilot), or no node it may run on; its "
+        f"events say which: {describe}"
     )
 
 
@@ -233,6 +248,8 @@ AGENT_ACCESS_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["create", "get"]},
+    # Why the DaemonSet has no pod: its controller's FailedCreate events.
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
     {
         "apiGroups": [""],
         "resources": ["secrets"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -24,7 +25,13 @@ from mirrord.config import MirrordConfig
 from mirrord.kube import manifests as m
 from mirrord.kube.api import KubeApi, KubeSettings, wait_until
 from mirrord.kube.errors import KubeError
-from mirrord.kube.install import NONE_YET, InstalledAgent, ensure_agent, find_agent_pod
+from mirrord.kube.install import (
+    NONE_YET,
+    InstalledAgent,
+    daemonset_warnings,
+    ensure_agent,
+    find_agent_pod,
+)
 from mirrord.kube.manifests import no_agent_pods
 from mirrord.kube.progress import Progress
 from mirrord.kube.targets import ResolvedTarget, resolve_target
@@ -41,16 +48,30 @@ def settings_from(config: MirrordConfig) -> KubeSettings:
     )
 
 
+REFUSAL_GRACE_S = 3.0
+
+
 async def _wait_agent_pod(
     api: KubeApi, ns: str, node: str | None, deadline: float, progress: Progress
 ) -> str:
     where = f"on node {node}" if node else "on any node"
     progress.step(f"waiting for the mirrord agent {where}")
     loop = asyncio.get_running_loop()
+    # The DaemonSet controller retries a refused pod every few seconds, each time with a
+    # FailedCreate event: one from the last minute says why no pod is coming.
+    # After a fix (the namespace labelled) the controller needs a moment to try again, so
+    # the events are looked at only after a grace period without any pod.
+    recent = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=60)
+    next_look = loop.time() + REFUSAL_GRACE_S
     while True:
         pod, seen = await find_agent_pod(api, ns, node)
         if pod is not None:
             return pod
+        if seen == NONE_YET and loop.time() >= next_look:
+            next_look = loop.time() + 1.0
+            warnings = await daemonset_warnings(api, ns, since=recent)
+            if warnings:
+                raise KubeError(f"no mirrord agent {where}: {no_agent_pods(ns, warnings)}")
         if loop.time() >= deadline:
             if seen == NONE_YET:
                 raise KubeError(f"no mirrord agent {where}: {no_agent_pods(ns)}")

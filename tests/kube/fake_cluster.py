@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ctypes
+import datetime
 import json
 import os
 import secrets
@@ -79,6 +80,24 @@ def connect_in_netns(netns: str, host: str, port: int) -> socket.socket:
     return result[0]
 
 
+# Capabilities Pod Security's baseline level allows to be added.
+BASELINE_CAPS = frozenset(
+    [
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    ]
+)
 # What containerd gives a container that asks for no change (its default spec).
 RUNTIME_DEFAULT_CAPS = [
     "CHOWN",
@@ -141,6 +160,9 @@ class FakeCluster:
         self._threads: list[threading.Thread] = []
         # Images the node cannot pull: their pods wait in ErrImagePull, as a kubelet's do.
         self.unpullable: set[str] = set()
+        # Pod Security Admission's level for namespaces without an enforce label (the
+        # cluster's AdmissionConfiguration default; "privileged" lets everything in).
+        self.pod_security_default = "privileged"
         api.connect_pod_port = self._connect_pod_port
         api.hooks.append(self._on_event)
         api.put({"kind": "Node", "metadata": {"name": NODE}})
@@ -232,6 +254,12 @@ class FakeCluster:
         kind, meta = obj.get("kind"), obj["metadata"]
         if kind == "DaemonSet" and event in ("created", "updated"):
             self._start_thread(self._run_daemon_pod, obj)
+        elif kind == "Namespace" and event == "updated":
+            # The DaemonSet controller retries a refused pod: a relabelled namespace may
+            # admit it now.
+            for ds in self.api.objects("DaemonSet", meta["name"]):
+                if not self._daemon_pods(meta["name"], ds["metadata"]["name"]):
+                    self._start_thread(self._run_daemon_pod, ds)
         elif kind == "DaemonSet" and event == "deleted":
             self._stop_daemon_pods(meta["namespace"], meta["name"])
         elif kind == "Pod" and event == "deleted":
@@ -245,10 +273,13 @@ class FakeCluster:
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
         t.start()
 
+    def _daemon_pods(self, namespace: str, ds_name: str) -> list[dict[str, Any]]:
+        return [pod for pod in self.api.objects("Pod", namespace)
+                if pod["metadata"].get("labels", {}).get("fake/daemonset") == ds_name]  # fmt: skip
+
     def _stop_daemon_pods(self, namespace: str, ds_name: str) -> None:
-        for pod in self.api.objects("Pod", namespace):
-            if pod["metadata"].get("labels", {}).get("fake/daemonset") == ds_name:
-                self.api.remove("Pod", pod["metadata"]["name"], namespace)
+        for pod in self._daemon_pods(namespace, ds_name):
+            self.api.remove("Pod", pod["metadata"]["name"], namespace)
 
     def _resolve_env(self, namespace: str, env: list[dict[str, Any]]) -> dict[str, str]:
         # What a container runtime gives a container whose image sets no PATH (sbin too:
@@ -273,6 +304,12 @@ class FakeCluster:
         template = ds["spec"]["template"]
         container = template["spec"]["containers"][0]
         name = f"{ds_name}-{secrets.token_hex(3)}"
+        refusal = self._pod_security_refusal(ns, template["spec"])
+        if refusal is not None:  # the DaemonSet controller's create is refused: no pod
+            self._event(ds, "FailedCreate", f'Error creating: pods "{name}" is forbidden: '
+                        f"{refusal}")  # fmt: skip
+            self._daemonset_status(ds, ready=False, scheduled=0)
+            return
         labels = {**template["metadata"].get("labels", {}), "fake/daemonset": ds_name}
         meta = {"name": name, "namespace": ns, "labels": labels}
         spec = {**template["spec"], "nodeName": NODE}
@@ -312,7 +349,45 @@ class FakeCluster:
         self.api.update_status("Pod", name, ns, status)
         self._daemonset_status(ds, ready=True)
 
-    def _daemonset_status(self, ds: dict[str, Any], ready: bool) -> None:
+    def _pod_security_refusal(self, ns: str, spec: dict[str, Any]) -> str | None:
+        """What Pod Security Admission says of a pod with this spec in namespace `ns`
+        (the checks of the baseline level that the agent's pod meets), or None."""
+        labels = ((self.api.get("Namespace", ns, "") or {}).get("metadata") or {}).get(
+            "labels"
+        ) or {}
+        level = labels.get("pod-security.kubernetes.io/enforce", self.pod_security_default)
+        if level not in ("baseline", "restricted"):
+            return None
+        found = []
+        if spec.get("hostPID"):
+            found.append("host namespaces (hostPID=true)")
+        added = sorted({c for ct in spec.get("containers", [])
+                        for c in ((ct.get("securityContext") or {}).get("capabilities") or {})
+                        .get("add", []) if c not in BASELINE_CAPS})  # fmt: skip
+        if added:
+            found.append("non-default capabilities (container \"agent\" must not include "
+                         + ", ".join(f'"{c}"' for c in added) + " in securityContext"
+                         ".capabilities.add)")  # fmt: skip
+        if not found:
+            return None
+        return f'violates PodSecurity "{level}:latest": ' + ", ".join(found)
+
+    def _event(self, obj: dict[str, Any], reason: str, message: str) -> None:
+        """A Warning event about `obj`, as its controller records it."""
+        meta = obj["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.api.put({
+            "kind": "Event", "apiVersion": "v1",
+            "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}",
+                         "namespace": meta["namespace"]},
+            "involvedObject": {"kind": obj["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": reason, "message": message, "type": "Warning", "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "daemonset-controller"},
+        })  # fmt: skip
+
+    def _daemonset_status(self, ds: dict[str, Any], ready: bool, scheduled: int = 1) -> None:
         """What the DaemonSet controller reports for this one-node cluster (what
         `kubectl rollout status` and `get ds` read)."""
         ns, name = ds["metadata"]["namespace"], ds["metadata"]["name"]
@@ -322,9 +397,9 @@ class FakeCluster:
         n = int(ready)
         self.api.update_status("DaemonSet", name, ns, {
             "observedGeneration": current["metadata"].get("generation", 1),
-            "desiredNumberScheduled": 1, "currentNumberScheduled": 1, "updatedNumberScheduled": 1,
-            "numberReady": n, "numberAvailable": n, "numberUnavailable": 1 - n,
-            "numberMisscheduled": 0,
+            "desiredNumberScheduled": 1, "currentNumberScheduled": scheduled,
+            "updatedNumberScheduled": scheduled, "numberReady": n, "numberAvailable": n,
+            "numberUnavailable": 1 - n, "numberMisscheduled": 0,
         })  # fmt: skip
 
     def close(self) -> None:

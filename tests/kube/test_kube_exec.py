@@ -166,6 +166,35 @@ def test_pod_security_and_a_daemonset_without_pods_are_explained(
     assert "kept Namespace mirrord" in r.stdout  # labelled already: left alone
 
 
+def test_a_daemonset_that_pod_security_refuses_is_explained_from_its_events(
+    cluster: FakeCluster, apiserver: FakeApiServer, kubeconfig: Path
+) -> None:
+    """#18: a cluster whose Pod Security default is "baseline", an agent namespace we may
+    not label: the DaemonSet controller's pods are refused, which only its FailedCreate
+    events say. Exec says it at once (600 s start-up timeout; the run's own bound is 60 s),
+    agent status with exit 3; once labelled, the agent runs."""
+    cluster.pod_security_default = "baseline"
+    apiserver.put({"kind": "Namespace", "metadata": {"name": "mirrord"}})
+    apiserver.forbidden.add(("update", "namespaces"))
+    cluster.add_pod("solo", "shop")
+    r = mirrord(kubeconfig, "exec", "-n", "shop", "-t", "pod/solo", "--agent-startup-timeout",
+                "600", "--", "true")  # fmt: skip
+    assert r.returncode != 0
+    refused = 'its controller says: FailedCreate: Error creating: pods "mirrord-agent-'
+    assert refused in r.stderr, r.stderr
+    assert 'violates PodSecurity "baseline:latest": host namespaces (hostPID=true)' in r.stderr
+    label = "kubectl label ns mirrord pod-security.kubernetes.io/enforce=privileged --overwrite"
+    assert label in r.stderr
+    st = mirrord(kubeconfig, "agent", "status")
+    assert st.returncode == 3
+    assert refused in st.stdout and label in st.stdout
+    apiserver.forbidden.clear()
+    r = mirrord(kubeconfig, "agent", "install", "--image", DEFAULT_IMAGE)
+    assert "labelled Namespace mirrord for Pod Security (privileged)" in r.stdout, r.stderr
+    r = mirrord(kubeconfig, "exec", "-n", "shop", "-t", "pod/solo", "--", "true")
+    assert r.returncode == 0, r.stderr
+
+
 def test_an_agent_image_the_node_cannot_pull_fails_at_once_with_the_fix(
     cluster: FakeCluster, kubeconfig: Path
 ) -> None:
