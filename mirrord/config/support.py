@@ -56,6 +56,7 @@ IMPLEMENTED: frozenset[str] = frozenset(
         "agent.annotations",
         "agent.priority_class",
         "agent.log_level",
+        "agent.disable_mesh_sidecar_injection",
     }
 )
 
@@ -95,6 +96,10 @@ NO_EFFECT: Mapping[str, str] = {
     "experimental": "upstream's experimental switches target its LD_PRELOAD layer",
     "agent.ttl": "the agent is a DaemonSet (or a local process) that outlives sessions",
     "agent.ephemeral": "the agent runs as a DaemonSet, not in an ephemeral container",
+    "agent.exclude_from_mesh": (
+        "the agent runs as a DaemonSet, not in the target's pod: it has no port there for a "
+        "mesh's sidecar to capture (steal and mirror take the sidecar's plaintext hop)"
+    ),
     "feature.env.load_from_process": "the environment is always fetched before start",
     "feature.fs.readonly_file_buffer": "remote files are read from a local copy at native speed",
 }

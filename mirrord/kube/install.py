@@ -43,11 +43,23 @@ async def _apply(api: KubeApi, obj: dict[str, Any]) -> str:
         pass
     if obj["kind"] in ("Namespace", "Secret"):
         return f"kept {label}"
-    current = await api.get(res, name, ns)
-    version = current["metadata"].get("resourceVersion")
-    obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
-    await api.replace(res, obj)
+    # A replace names the resourceVersion it read; the DaemonSet controller bumps it with
+    # every status update, so a conflict means "read again", not "someone else's change".
+    for attempt in range(REPLACE_ATTEMPTS):
+        current = await api.get(res, name, ns)
+        version = current["metadata"].get("resourceVersion")
+        try:
+            await api.replace(res, {**obj, "metadata": {**obj["metadata"],
+                                                        "resourceVersion": version}})  # fmt: skip
+        except KubeConflict:
+            if attempt == REPLACE_ATTEMPTS - 1:
+                raise
+            continue
+        break
     return f"updated {label}"
+
+
+REPLACE_ATTEMPTS = 5
 
 
 async def read_token(api: KubeApi, ns: str) -> str | None:

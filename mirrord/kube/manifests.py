@@ -136,6 +136,13 @@ def _quantities(values: dict[str, int | str] | None) -> dict[str, str]:
 
 
 SCRATCH_DIR = "/run/mirrord"
+# agent.disable_mesh_sidecar_injection: what Istio, Linkerd and Kuma read to skip a pod.
+NO_MESH_LABELS = {"sidecar.istio.io/inject": "false", "kuma.io/sidecar-injection": "disabled"}
+NO_MESH_ANNOTATIONS = {
+    "sidecar.istio.io/inject": "false",
+    "linkerd.io/inject": "disabled",
+    "kuma.io/sidecar-injection": "disabled",
+}
 
 
 def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
@@ -190,6 +197,13 @@ def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_DIR}],
     }
     pod_labels = _labels(dict(agent.labels or {}))
+    pod_annotations = {PROTOCOL_ANNOTATION: PROTOCOL}
+    if agent.disable_mesh_sidecar_injection is not False:  # upstream's default: true
+        # A mesh that injects into the agent's namespace would put a proxy beside it.
+        pod_labels.update(NO_MESH_LABELS)
+        pod_annotations.update(NO_MESH_ANNOTATIONS)
+    pod_labels.update(agent.labels or {})
+    pod_annotations.update(agent.annotations or {})
     pod_spec: dict[str, Any] = {
         "hostPID": True,  # the agent finds targets' PIDs in /proc/*/cgroup of the node
         "serviceAccountName": AGENT_NAME,
@@ -225,7 +239,7 @@ def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {PROTOCOL_ANNOTATION: PROTOCOL, **(agent.annotations or {})},
+                    "annotations": pod_annotations,
                 },
                 "spec": pod_spec,
             },

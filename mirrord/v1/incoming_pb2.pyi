@@ -342,6 +342,7 @@ class IncomingSubscribed(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
     DIRECT_FIELD_NUMBER: _builtins.int
+    MESH_FIELD_NUMBER: _builtins.int
     port: _builtins.int
     backend: _builtins.str
     """"iptables-legacy" or "iptables-nft", for logs"""
@@ -353,6 +354,10 @@ class IncomingSubscribed(_message.Message):
     """The agent delivers this port's connections directly (IncomingSubscribeRequest.direct);
     none are announced or carried by streams.
     """
+    mesh: _builtins.str
+    """A service mesh in the target's netns and how this port's traffic is taken there
+    (1.5; empty: no mesh), for the user: "Istio sidecar: port 8080 is taken on ...".
+    """
     def __init__(
         self,
         *,
@@ -360,10 +365,11 @@ class IncomingSubscribed(_message.Message):
         backend: _builtins.str = ...,
         subscription_id: _builtins.str = ...,
         direct: _builtins.bool = ...,
+        mesh: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "direct", b"direct", "port", b"port", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "direct", b"direct", "mesh", b"mesh", "port", b"port", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,8 +7,8 @@ The agent refuses a client whose major version differs; minor versions only add 
 from typing import Final
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 4  # 1.2: OpenRequest.resolve/base; 1.3: IncomingProbe;
-# 1.4: OpenRequest.prefetch, OpenChunk.below
+PROTOCOL_MINOR: Final = 5  # 1.2: OpenRequest.resolve/base; 1.3: IncomingProbe;
+# 1.4: OpenRequest.prefetch, OpenChunk.below; 1.5: IncomingSubscribed.mesh
 
 
 def version_string(major: int, minor: int) -> str:

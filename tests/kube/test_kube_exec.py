@@ -464,3 +464,32 @@ def test_a_steal_leaves_the_pods_probes_to_it(
         else:
             assert f"left to the pod: its {probe}" in said, said
     assert mirrord_rules(pod) == []
+
+
+async def test_install_reads_again_when_the_controller_updated_the_daemonset(
+    apiserver: FakeApiServer, kubeconfig: Path
+) -> None:
+    """The DaemonSet controller bumps the resourceVersion with each status update: a
+    replace that meets one (409) reads the object again instead of failing the install."""
+    from mirrord.kube import install as inst
+    from mirrord.kube.api import KubeApi, KubeSettings
+
+    api = await KubeApi.connect(KubeSettings(kubeconfig=str(kubeconfig)), {})
+    try:
+        await inst.install(api, AgentConfig())
+        real_get = api.get
+        bumps = []
+
+        async def get_then_controller_writes(res, name, ns=None):  # type: ignore[no-untyped-def]
+            got = await real_get(res, name, ns)
+            if res.kind == "DaemonSet" and len(bumps) < 2:
+                bumps.append(name)  # between our read and our write, twice
+                apiserver.update_status("DaemonSet", name, ns, {"numberReady": len(bumps)})
+            return got
+
+        api.get = get_then_controller_writes  # type: ignore[method-assign]
+        done = await inst.install(api, AgentConfig())
+        assert "updated DaemonSet mirrord/mirrord-agent" in done
+        assert len(bumps) == 2
+    finally:
+        await api.close()

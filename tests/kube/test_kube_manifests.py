@@ -164,3 +164,20 @@ def test_the_dockerfile_builds_the_agent_from_the_same_entry_point() -> None:
         assert f'"{pin}"' in runs, f"the image installs {pin}"
     # The fake cluster starts its agent pods with this same entry point and the DaemonSet's
     # args (tests/kube/fake_cluster.py); test_kube_exec.py runs them.
+
+
+def test_agent_pods_are_kept_out_of_service_meshes_unless_told() -> None:
+    """agent.disable_mesh_sidecar_injection (upstream's default: true): the labels and
+    annotations Istio, Linkerd and Kuma read to skip a pod."""
+    meta = m.daemonset_manifest(AgentConfig())["spec"]["template"]["metadata"]
+    assert meta["labels"]["sidecar.istio.io/inject"] == "false"
+    assert meta["annotations"]["linkerd.io/inject"] == "disabled"
+    assert meta["annotations"]["kuma.io/sidecar-injection"] == "disabled"
+    allowed = AgentConfig.model_validate({"disable_mesh_sidecar_injection": False})
+    meta = m.daemonset_manifest(allowed)["spec"]["template"]["metadata"]
+    assert "sidecar.istio.io/inject" not in meta["labels"]
+    assert not any("inject" in key for key in meta["annotations"])
+    # The user's own labels and annotations still win.
+    own = AgentConfig.model_validate({"labels": {"sidecar.istio.io/inject": "true"}})
+    meta = m.daemonset_manifest(own)["spec"]["template"]["metadata"]
+    assert meta["labels"]["sidecar.istio.io/inject"] == "true"

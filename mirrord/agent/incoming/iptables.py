@@ -88,6 +88,9 @@ class NetnsIptables:
     async def dump_nat(self) -> str:
         return await self._run([f"{self.backend}-save", "-t", "nat"])
 
+    async def dump(self, table: str) -> str:
+        return await self._run([f"{self.backend}-save", "-t", table])
+
     async def restore(self, script: str) -> None:
         await self._run([f"{self.backend}-restore", "-w", "5", "--noflush"], script)
 

@@ -69,6 +69,9 @@ class PortRules:
     mode: str  # "steal" or "mirror"
     skip_sources: tuple[str, ...]  # node addresses whose traffic keeps reaching the pod
     include_localhost: bool
+    # A sidecar mesh's proxy uid when this port's traffic reaches the app through the
+    # proxy's plaintext loopback hop (mesh.py): taken there, not in PREROUTING.
+    mesh_uid: int | None = None
 
     def claim(self) -> str:
         return f"mirrord:{self.mode}:{self.port}"
@@ -83,6 +86,11 @@ class PortRules:
         redirect = (
             f"-m comment --comment {self.claim()} -j REDIRECT --to-ports {self.listener_port}"
         )
+        if self.mesh_uid is not None:
+            # Before the mesh's own OUTPUT rules (our jump is first): the proxy's connection
+            # to the app. With include_localhost every loopback connection is taken anyway.
+            owner = "" if self.include_localhost else f"-m owner --uid-owner {self.mesh_uid} "
+            return [f"{chains.outbound} -o lo {owner}{tcp} {redirect}"]
         specs = [
             f"{chains.inbound} -s {source}/32 {tcp} -m comment --comment mirrord:node -j RETURN"
             for source in self.skip_sources

@@ -20,6 +20,7 @@ from mirrord.agent.incoming import iptables
 from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
 from mirrord.agent.incoming.direct import DirectTarget
 from mirrord.agent.incoming.http_filter import HttpFilter, HttpFilterError, build_filter
+from mirrord.agent.incoming.mesh import Mesh, detect_mesh
 from mirrord.agent.incoming.node import node_addresses
 from mirrord.agent.incoming.probes import Probe, ProbeSet, probe_set
 from mirrord.agent.incoming.rules import (
@@ -73,6 +74,7 @@ class SessionIncoming:
     tables: iptables.NetnsIptables
     chains: SessionChains
     lock: asyncio.Lock
+    mesh: Mesh | None = None
     deliveries: DeliveryTable = field(default_factory=DeliveryTable)
     subscriptions: dict[int, Subscription] = field(default_factory=dict)
 
@@ -203,6 +205,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     # first moment it acts on this target's netns.
                     await iptables.remove_leftovers(pid, list(counts))
                     tables = iptables.NetnsIptables(pid, backend)
+                    mesh = detect_mesh(await tables.dump_nat(), await tables.dump("mangle"))
                     chains = SessionChains.for_session(session.id)
                     await self._watchdog.watch(pid, backend)  # before anything can be left
                     try:
@@ -212,7 +215,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                         raise
                 except iptables.IptablesError as e:
                     await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
-            state = SessionIncoming(session, pid, tables, chains, self._netns_lock(session))
+            state = SessionIncoming(session, pid, tables, chains, self._netns_lock(session), mesh)
             self._state[session.id] = state
 
             async def cleanup() -> None:
@@ -222,7 +225,12 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 self._watchdog.release()  # not if a removal failed: the watchdog sweeps then
 
             session.on_close(cleanup, "incoming traffic rules")
-            log.info("session %s: incoming traffic via %s", session.id, backend)
+            log.info(
+                "session %s: incoming traffic via %s%s",
+                session.id,
+                backend,
+                f"; mesh: {mesh}" if mesh is not None else "",
+            )
             return state
 
     async def Subscribe(
@@ -262,6 +270,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     backend=state.tables.backend,
                     subscription_id=sub.id if self.idle_streams and not sub.direct else "",
                     direct=sub.direct is not None,
+                    mesh=state.mesh.describe(port) if state.mesh is not None else "",
                 )
             )
             while True:
@@ -304,13 +313,15 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             # Before 1.3 clients left the node's traffic to the pod; now only the probes'.
             keep_node = not request.include_node_traffic or (mode == "steal" and probes.tcp)
             skip = node if keep_node else ()
+            mesh = state.mesh
+            mesh_uid = mesh.proxy_uid if mesh is not None and mesh.plaintext_hop(port) else None
             share: PortShare | None = None
             listener: socket.socket | None = None
             if shareable:
                 share = self._shares.get(key) or await self._open_share(
                     state,
                     key,
-                    PortRules(port, 0, mode, skip, not request.ignore_localhost),
+                    PortRules(port, 0, mode, skip, not request.ignore_localhost, mesh_uid),
                     context,
                 )
                 rules = dataclasses.replace(
@@ -319,7 +330,12 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             else:
                 listener = await session.worker.run(make_listener)
                 rules = PortRules(
-                    port, listener.getsockname()[1], mode, skip, not request.ignore_localhost
+                    port,
+                    listener.getsockname()[1],
+                    mode,
+                    skip,
+                    not request.ignore_localhost,
+                    mesh_uid,
                 )
             sub = Subscription(
                 session.worker,

@@ -28,6 +28,7 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stub
 from mirrord.client.agent_client import AgentClient
 from mirrord.client.errors import AgentError, AgentLost
 from mirrord.client.probes import ProbeSpec
+from mirrord.say import say
 from mirrord.v1 import incoming_pb2, incoming_pb2_grpc
 
 if TYPE_CHECKING:
@@ -474,6 +475,7 @@ class Subscription:
 class IncomingClient:
     def __init__(self, agent: AgentClient, *, idle_streams: int = IDLE_STREAMS) -> None:
         self._agent = agent
+        self._mesh_said: set[str] = set()
         # 0: announce + open every connection (what clients before idle streams did).
         self.idle_streams = idle_streams
         self._stub = incoming_pb2_grpc.IncomingStub(agent.channel)
@@ -530,6 +532,10 @@ class IncomingClient:
             self, call, port, mode, first.subscribed.backend, first.subscribed.subscription_id
         )
         sub.direct = first.subscribed.direct
+        mesh = first.subscribed.mesh
+        if mesh and mesh not in self._mesh_said:  # once per port and mesh
+            self._mesh_said.add(mesh)
+            say(f"service mesh in the target: {mesh}")
         return sub
 
     def _connection_call(self) -> ConnCall:

@@ -178,3 +178,62 @@ def test_probes_keep_their_own_requests_only() -> None:
         probe_set([Probe("exec")])
     with pytest.raises(ValueError, match="must start with '/'"):
         probe_set([Probe("http", "healthz")])
+
+
+# -- service meshes (mesh.py), from rulesets as the meshes' init containers write them
+
+LINKERD_NAT = """*nat
+:PROXY_INIT_OUTPUT - [0:0]
+:PROXY_INIT_REDIRECT - [0:0]
+-A PREROUTING -m comment --comment "proxy-init/install-proxy-init-prerouting" -j PROXY_INIT_REDIRECT
+-A OUTPUT -m comment --comment "proxy-init/install-proxy-init-output" -j PROXY_INIT_OUTPUT
+-A PROXY_INIT_OUTPUT -m owner --uid-owner 2102 -m comment --comment "proxy-init/ignore-proxy-user-id" -j RETURN
+-A PROXY_INIT_OUTPUT -o lo -m comment --comment "proxy-init/ignore-loopback" -j RETURN
+-A PROXY_INIT_OUTPUT -p tcp -m comment --comment "proxy-init/redirect-all-outgoing-to-proxy-port" -j REDIRECT --to-ports 4140
+-A PROXY_INIT_REDIRECT -p tcp -m multiport --dports 4190,4191,4567:4568 -m comment --comment "proxy-init/ignore-port" -j RETURN
+-A PROXY_INIT_REDIRECT -p tcp -m comment --comment "proxy-init/redirect-all-incoming-to-proxy-port" -j REDIRECT --to-ports 4143
+COMMIT
+"""  # noqa: E501
+
+
+def test_linkerd_is_detected_with_its_proxy_uid_and_skipped_ports() -> None:
+    from mirrord.agent.incoming.mesh import detect_mesh
+
+    mesh = detect_mesh(LINKERD_NAT)
+    assert mesh is not None
+    assert (mesh.vendor, mesh.proxy_uid) == ("linkerd", 2102)
+    assert mesh.skip_ports == {4190, 4191, 4567, 4568}
+    assert mesh.plaintext_hop(8080) and not mesh.plaintext_hop(4191)
+
+
+def test_istio_ambient_kuma_and_no_mesh() -> None:
+    from mirrord.agent.incoming.mesh import detect_mesh
+
+    istio = (
+        "-A OUTPUT -p tcp -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN\n"
+    )
+    ambient = detect_mesh(istio, mangle_dump="-A OUTPUT -j ISTIO_OUTPUT\n")
+    assert ambient is not None and ambient.vendor == "istio-ambient" and not ambient.sidecar
+    assert not ambient.plaintext_hop(8080)
+    assert "HBONE" in ambient.describe(8080)
+    kuma = detect_mesh("-A OUTPUT -p tcp -j KUMA_MESH_OUTBOUND\n")
+    assert kuma is not None and (kuma.vendor, kuma.proxy_uid) == ("kuma", 5678)
+    assert detect_mesh("-A OUTPUT -j KUBE-SERVICES\n-A PREROUTING -j DOCKER\n") is None
+    # A negated owner match is not the proxy's uid.
+    odd = detect_mesh("-A OUTPUT -j ISTIO_OUTPUT\n"
+                      "-A ISTIO_OUTPUT -o lo -m owner ! --uid-owner 7 -j RETURN\n")  # fmt: skip
+    assert odd is not None and odd.proxy_uid == 1337
+
+
+def test_a_meshed_port_is_redirected_in_output_only() -> None:
+    from mirrord.agent.incoming.rules import PortRules, SessionChains
+
+    chains = SessionChains.for_session("0123456789abcdef")
+    tcp = "-p tcp -m tcp --dport 8080 --tcp-flags FIN,SYN,RST,ACK SYN"
+    redirect = "-m comment --comment mirrord:steal:8080 -j REDIRECT --to-ports 4000"
+    rules = PortRules(8080, 4000, "steal", ("10.0.0.1",), False, mesh_uid=1337)
+    assert rules.specs(chains) == [
+        f"{chains.outbound} -o lo -m owner --uid-owner 1337 {tcp} {redirect}"
+    ]
+    with_localhost = PortRules(8080, 4000, "steal", (), True, mesh_uid=1337)
+    assert with_localhost.specs(chains) == [f"{chains.outbound} -o lo {tcp} {redirect}"]
