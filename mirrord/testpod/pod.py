@@ -136,9 +136,12 @@ def _unregister(obj: Network | Pod) -> None:
 
 
 class Network:
-    """A bridge with a /24 from 10.213.0.0/16; the host holds .1, pods get .2, .3, ..."""
+    """A bridge with a /24 from 10.213.0.0/16; the host holds .1, pods get .2, .3, ...
+    With `ipv6`, also a ULA /64 (fd6d:72:<subnet>::/64): the host ::1, pods ::2, ... as
+    `address6` (dual-stack pods)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ipv6: bool = False) -> None:
+        self.ipv6 = ipv6
         _require_root()
         self._owner_pid = os.getpid()
         self.id = secrets.token_hex(3)
@@ -163,12 +166,15 @@ class Network:
                 )
             self.host_address = f"{SUBNET_PREFIX}.{self.subnet_index}.1"
             self.prefix_len = 24
+            self.host_address6 = self.address6_of(1) if ipv6 else None
+            v6 = f"addr add {self.host_address6}/64 dev {self.bridge} nodad\n" if ipv6 else ""
             _state.run_ip(
                 "-batch",
                 "-",
                 stdin=(
                     f"link add {self.bridge} type bridge\n"
                     f"addr add {self.host_address}/24 dev {self.bridge}\n"
+                    f"{v6}"
                     f"link set {self.bridge} up\n"
                 ),
             )
@@ -179,6 +185,9 @@ class Network:
         except BaseException:
             self.close()
             raise
+
+    def address6_of(self, host: int) -> str:
+        return f"fd6d:72:{self.subnet_index}::{host:x}"
 
     @staticmethod
     def _free_subnet() -> int:
@@ -355,6 +364,10 @@ class Pod:
         # The pod's "pause" process: holds its namespaces for run()/spawn() (see _enter.py).
         self.holder_pid = 0
         self.address = network._allocate_address()
+        # nodad: usable at once (duplicate address detection would hold it ~1 s)
+        self.address6 = (
+            network.address6_of(int(self.address.rsplit(".", 1)[1])) if network.ipv6 else None
+        )
         self.container_id = container_id
         self.cgroup: str | None = None
 
@@ -467,8 +480,9 @@ class Pod:
             "-",
             stdin=(
                 f"addr add {self.address}/{self.network.prefix_len} dev eth0\n"
-                "link set lo up\n"
-                "link set eth0 up\n"
+                + (f"addr add {self.address6}/64 dev eth0 nodad\n" if self.address6 else "")
+                + "link set lo up\n"
+                + "link set eth0 up\n"
             ),
         )
 

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mirrord.agent.incoming.rules import (
     MirrordChain,
     Owner,
     count_rules,
+    for_family,
     parse_nat_dump,
     remove_chains_script,
 )
@@ -75,15 +77,36 @@ def default_backend() -> str:
     return LEGACY if "legacy" in os.path.basename(target) else NFT
 
 
+def ip6(backend: str) -> str:
+    """The IPv6 twin of a backend: iptables-nft → ip6tables-nft."""
+    return backend.replace("iptables", "ip6tables", 1)
+
+
+def has_global_ipv6(pid: int) -> bool:
+    """Whether the netns of `pid` has an IPv6 address beyond loopback and link-local (an
+    IPv6 or dual-stack pod): its traffic needs the same rules in ip6tables."""
+    try:
+        with open(f"/proc/{pid}/net/if_inet6") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False  # no IPv6 in this kernel or netns
+    return any(len(w) >= 4 and w[3] == "00" for w in (line.split() for line in lines))
+
+
 @dataclass
 class NetnsIptables:
-    """iptables in one target's netns with one backend."""
+    """iptables in one target's netns with one backend; with `v6`, every script goes to
+    ip6tables too (the same chains; rules naming IPv4 sources stay IPv4's)."""
 
     pid: int
     backend: str
+    v6: bool = False
 
     async def _run(self, argv: list[str], stdin: str | None = None) -> str:
         return await run_in_netns(self.pid, argv, stdin)
+
+    def _families(self) -> list[tuple[str, bool]]:
+        return [(self.backend, False)] + ([(ip6(self.backend), True)] if self.v6 else [])
 
     async def dump_nat(self) -> str:
         return await self._run([f"{self.backend}-save", "-t", "nat"])
@@ -92,10 +115,31 @@ class NetnsIptables:
         return await self._run([f"{self.backend}-save", "-t", table])
 
     async def restore(self, script: str) -> None:
-        await self._run([f"{self.backend}-restore", "-w", "5", "--noflush"], script)
+        for binary, v6 in self._families():
+            await self._run([f"{binary}-restore", "-w", "5", "--noflush"], for_family(script, v6))
 
     async def chains(self) -> list[MirrordChain]:
         return parse_nat_dump(await self.dump_nat())
+
+    async def remove_chains(self, match: Callable[[MirrordChain], bool]) -> list[str]:
+        """Remove the mirrord chains `match` selects, IPv4's and IPv6's (these whenever
+        ip6tables is there: leftovers of a dual-stack pod too); their names."""
+        removed: list[str] = []
+        for binary, v6 in [(self.backend, False), (ip6(self.backend), True)]:
+            if v6 and shutil.which(f"{binary}-save") is None:
+                continue
+            try:
+                found = [c for c in parse_nat_dump(await self._run([f"{binary}-save", "-t", "nat"]))
+                         if match(c)]  # fmt: skip
+            except IptablesError:
+                if v6:
+                    continue  # no IPv6 nat table here: nothing of ours in it
+                raise
+            if found:
+                await self._run([f"{binary}-restore", "-w", "5", "--noflush"],
+                                remove_chains_script(found))  # fmt: skip
+                removed += [f"{c.name}{' (IPv6)' if v6 else ''}" for c in found]
+        return removed
 
 
 async def run_in_netns(pid: int, argv: list[str], stdin: str | None = None) -> str:
@@ -133,14 +177,10 @@ async def remove_leftovers(pid: int, backends: list[str]) -> list[str]:
 
     removed: list[str] = []
     for backend in backends:
-        tables = NetnsIptables(pid, backend)
-        dead = [c for c in await tables.chains() if not owner_alive(c.owner)]
-        if dead:
+        gone = await NetnsIptables(pid, backend).remove_chains(lambda c: not owner_alive(c.owner))
+        if gone:
             log.warning(
-                "removing leftover chains of a dead agent (%s): %s",
-                backend,
-                ", ".join(c.name for c in dead),
+                "removed leftover chains of a dead agent (%s): %s", backend, ", ".join(gone)
             )
-            await tables.restore(remove_chains_script(dead))
-            removed += [c.name for c in dead]
+            removed += gone
     return removed

@@ -92,13 +92,26 @@ class PortRules:
             owner = "" if self.include_localhost else f"-m owner --uid-owner {self.mesh_uid} "
             return [f"{chains.outbound} -o lo {owner}{tcp} {redirect}"]
         specs = [
-            f"{chains.inbound} -s {source}/32 {tcp} -m comment --comment mirrord:node -j RETURN"
+            f"{chains.inbound} -s {source}/{128 if ':' in source else 32} {tcp} "
+            "-m comment --comment mirrord:node -j RETURN"
             for source in self.skip_sources
         ]
         specs.append(f"{chains.inbound} {tcp} {redirect}")
         if self.include_localhost:
             specs.append(f"{chains.outbound} -o lo {tcp} {redirect}")
         return specs
+
+
+def for_family(script: str, v6: bool) -> str:
+    """The script for iptables (v6 False) or ip6tables: rules naming a source address of
+    the other family are left out (the same chains and redirects serve both)."""
+    kept = []
+    for line in script.splitlines(keepends=True):
+        words = line.split()
+        source = words[words.index("-s") + 1] if "-s" in words[:-1] else None
+        if source is None or (":" in source) == v6:
+            kept.append(line)
+    return "".join(kept)
 
 
 def _script(lines: Iterable[str]) -> str:

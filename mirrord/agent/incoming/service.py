@@ -28,7 +28,6 @@ from mirrord.agent.incoming.rules import (
     SessionChains,
     add_port_script,
     create_chains_script,
-    remove_chains_script,
     remove_port_script,
 )
 from mirrord.agent.incoming.share import PortShare
@@ -84,11 +83,8 @@ class SessionIncoming:
         self.subscriptions.clear()
         self.deliveries.close_all()
         async with self.lock:
-            ours = [
-                c for c in await self.tables.chains() if c.name in self.chains.__dict__.values()
-            ]
-            if ours:
-                await self.tables.restore(remove_chains_script(ours))
+            names = set(self.chains.__dict__.values())
+            await self.tables.remove_chains(lambda c: c.name in names)
         log.info("session %s: incoming rules removed", self.session.id)
 
 
@@ -204,7 +200,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     # "At start" for this agent = the first subscription of a session: the
                     # first moment it acts on this target's netns.
                     await iptables.remove_leftovers(pid, list(counts))
-                    tables = iptables.NetnsIptables(pid, backend)
+                    tables = iptables.NetnsIptables(pid, backend, iptables.has_global_ipv6(pid))
                     mesh = detect_mesh(await tables.dump_nat(), await tables.dump("mangle"))
                     chains = SessionChains.for_session(session.id)
                     await self._watchdog.watch(pid, backend)  # before anything can be left
@@ -226,9 +222,10 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
 
             session.on_close(cleanup, "incoming traffic rules")
             log.info(
-                "session %s: incoming traffic via %s%s",
+                "session %s: incoming traffic via %s%s%s",
                 session.id,
                 backend,
+                " (and IPv6)" if tables.v6 else "",
                 f"; mesh: {mesh}" if mesh is not None else "",
             )
             return state
@@ -447,9 +444,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             if self._shares.get(share.key) is share:
                 del self._shares[share.key]
             names = {share.chains.inbound, share.chains.outbound}
-            ours = [c for c in await tables.chains() if c.name in names]
-            if ours:
-                await tables.restore(remove_chains_script(ours))
+            await tables.remove_chains(lambda c: c.name in names)
 
         return remove
 

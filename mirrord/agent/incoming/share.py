@@ -171,7 +171,7 @@ class PortShare:
         relayed(sock)
         original = original_destination(sock)
         host, port = writer.get_extra_info("peername")[:2]
-        remote = (str(host), int(port))
+        remote = (unmapped(str(host)), int(port))
         opened: list[tuple[Subscription, Delivery]] = []
         drains: list[asyncio.Task[None]] = []
         copies: dict[Delivery, Subscription] = {}

@@ -3,21 +3,32 @@ namespace worker thread), and SO_ORIGINAL_DST."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
 from mirrord.agent.incoming.rules import AGENT_MARK
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, at level SOL_IP
+IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h, at level SOL_IPV6
 
 
 def make_listener() -> socket.socket:
-    """A TCP listener on a free port of every address of the current netns: REDIRECT sends
-    PREROUTING traffic to the incoming interface's address and OUTPUT traffic to 127.0.0.1."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A TCP listener on a free port of every address of the current netns, IPv4 and IPv6
+    (dual stack: an IPv4 peer shows as ::ffff:a.b.c.d; subscription.unmapped): REDIRECT
+    sends PREROUTING traffic to the incoming interface's address and OUTPUT traffic to
+    127.0.0.1 or ::1. IPv4 only where the kernel has no IPv6."""
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", 0))
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+        else:
+            sock.bind(("0.0.0.0", 0))
         sock.listen(512)
         sock.setblocking(False)
     except BaseException:
@@ -34,10 +45,10 @@ def relayed(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def make_marked_socket() -> socket.socket:
+def make_marked_socket(family: int = socket.AF_INET) -> socket.socket:
     """A TCP socket whose packets carry AGENT_MARK, which our OUTPUT chain lets through: the
     agent's pass-through connections to the pod's server are never redirected to us again."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, AGENT_MARK)
         relayed(sock)
@@ -62,7 +73,15 @@ def make_marked_sockets(count: int) -> list[socket.socket]:
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int]:
-    """Where the peer meant to connect before REDIRECT rewrote it (a sockaddr_in)."""
-    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    """Where the peer meant to connect before REDIRECT rewrote it: IPv4 conntrack's answer
+    (also for an IPv4 peer of a dual-stack listener), else IPv6's (a sockaddr_in6)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError as e:
+        if e.errno != errno.ENOENT or sock.family != socket.AF_INET6:
+            raise
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+        port, packed6 = struct.unpack_from("!2xH4x16s", raw)
+        return socket.inet_ntop(socket.AF_INET6, packed6), port
     port, packed = struct.unpack_from("!2xH4s", raw)
     return socket.inet_ntoa(packed), port

@@ -207,7 +207,10 @@ class Subscription:
             await self.share.leave(self)
 
     async def _open_pod(self, address: tuple[str, int]) -> relay.Streams:
-        sock = await self._marked_socket()
+        if ":" in address[0]:  # an IPv6 pod address: the spares are IPv4
+            sock = await self.worker.run(make_marked_socket, socket.AF_INET6)
+        else:
+            sock = await self._marked_socket()
         try:
             await asyncio.get_running_loop().sock_connect(sock, address)
         except BaseException:
@@ -269,7 +272,7 @@ class Subscription:
             log.info("port %d: connection ended: %s", self.rules.port, e)
             peer.abort()
             return
-        remote = (str(host), int(port))
+        remote = (unmapped(str(host)), int(port))
         log.debug("port %d: connection from %s to %s", self.rules.port, remote, original)
         self._spawn(self._steal_direct(self.direct, peer, first, remote, original))
 
@@ -312,7 +315,7 @@ class Subscription:
             relayed(sock)
             original = original_destination(sock)
             host, port = writer.get_extra_info("peername")[:2]
-            remote = (str(host), int(port))
+            remote = (unmapped(str(host)), int(port))
             flt: RequestFilter | None = self.filter
             if self.node_filter is not None and unmapped(remote[0]) in self.node:
                 flt = self.node_filter

@@ -21,7 +21,7 @@ import os
 import sys
 
 from mirrord.agent.incoming import iptables
-from mirrord.agent.incoming.rules import Owner, remove_chains_script
+from mirrord.agent.incoming.rules import Owner
 from mirrord.agent.namespaces import net_ns_inode
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,7 @@ async def sweep(owner: Owner, watched: list[tuple[int, int, str]]) -> list[str]:
             continue
         tables = iptables.NetnsIptables(pid, backend)
         try:
-            ours = [c for c in await tables.chains() if c.owner == owner]
-            if ours:
-                await tables.restore(remove_chains_script(ours))
-                removed += [c.name for c in ours]
+            removed += await tables.remove_chains(lambda c: c.owner == owner)
         except iptables.IptablesError as e:
             log.error("mirrord rules watchdog: %s", e)
     return removed
