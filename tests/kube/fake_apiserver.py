@@ -73,6 +73,10 @@ KINDS = [
     Kind("Role", "rbac.authorization.k8s.io/v1", "roles"),
     Kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings"),
     Kind("Event", "v1", "events"),
+    Kind(
+        "SelfSubjectAccessReview", "authorization.k8s.io/v1", "selfsubjectaccessreviews",
+        namespaced=False,
+    ),
 ]  # fmt: skip
 ROLLOUT = Kind("Rollout", "argoproj.io/v1alpha1", "rollouts")
 
@@ -172,6 +176,54 @@ def field_matcher(selector: str) -> Callable[[dict[str, Any]], bool] | str:
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
 
 
+def _protobuf_fields(data: bytes) -> dict[int, list[bytes | int]]:
+    """A protobuf message's fields by number (varints as ints, the rest as bytes)."""
+    fields: dict[int, list[bytes | int]] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            fields.setdefault(number, []).append(varint())
+        elif wire == 2:
+            size = varint()
+            fields.setdefault(number, []).append(data[i : i + size])
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+    return fields
+
+
+def access_review_from_protobuf(raw: bytes) -> dict[str, Any]:
+    """The JSON form of a SelfSubjectAccessReview that kubectl sent as Kubernetes protobuf
+    (magic "k8s\\0", a runtime.Unknown whose field 2 is the object; the object's spec is
+    field 2, its resourceAttributes field 1: namespace, verb, group, version, resource,
+    subresource, name)."""
+    if not raw.startswith(b"k8s\x00"):
+        raise ValueError("not a Kubernetes protobuf body")
+    obj = _protobuf_fields(raw[4:])[2][0]
+    spec = _protobuf_fields(obj)[2][0]  # type: ignore[arg-type]
+    attrs = _protobuf_fields(_protobuf_fields(spec)[1][0])  # type: ignore[arg-type]
+    names = ["namespace", "verb", "group", "version", "resource", "subresource", "name"]
+    resource = {n: attrs[k][0].decode() for k, n in enumerate(names, 1) if k in attrs}  # type: ignore[union-attr]
+    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "metadata": {}, "spec": {"resourceAttributes": resource}}  # fmt: skip
+
+
 def _selected(obj: dict[str, Any], labels: Any, fields: Any) -> bool:
     return bool(labels(obj["metadata"].get("labels") or {}) and fields(obj))
 
@@ -201,6 +253,8 @@ class FakeApiServer:
         self.requests: list[tuple[str, str]] = []  # (method, path?query), for assertions
         self.hooks: list[Hook] = []
         self.connect_pod_port: PortConnector | None = None
+        # (namespace, pod) → its container's log, or None (the kubelet's side: fake_cluster)
+        self.pod_log: Callable[[str, str], str | None] | None = None
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -456,6 +510,7 @@ class FakeApiServer:
         found = self._discovery(request)
         if found is not None:
             return found
+        protobuf = "protobuf" in request.headers.get("Content-Type", "")
         parsed = self._parse(request.path)
         if isinstance(parsed, str):
             return _error(404, "NotFound", parsed)
@@ -478,6 +533,16 @@ class FakeApiServer:
             )  # fmt: skip
         if sub == "portforward" and kind.plural == "pods" and name:
             return await self._portforward(request, ns, name)
+        if sub == "log" and kind.plural == "pods" and name and request.method == "GET":
+            return self._log(kind, ns, name)
+        if kind.plural == "selfsubjectaccessreviews" and request.method == "POST":
+            raw = await request.read()
+            review = access_review_from_protobuf(raw) if protobuf else json.loads(raw)
+            return self._access_review(user, review)
+        if protobuf:  # only kubectl's typed authorization calls send protobuf to us
+            return _error(415, "UnsupportedMediaType", "the body of the request was in an "
+                          "unknown format - accepted media types include: application/json, "
+                          "application/yaml")  # fmt: skip
         if sub is not None and not (sub == "status" and kind.plural in disco.SUBRESOURCES):
             return _error(404, "NotFound", "the server could not find the requested resource")
         dry_run = request.query.get("dryRun") == "All"
@@ -542,6 +607,28 @@ class FakeApiServer:
                       f"is invalid: {text}", name=name, kind=kind.kind,
                       causes=[{"reason": "FieldValueInvalid", "message": what, "field": field}
                               for field, what in problems])  # fmt: skip
+
+    def _log(self, kind: Kind, ns: str, name: str) -> web.Response:
+        with self._lock:
+            if (kind.plural, ns, name) not in self._objects:
+                return self._not_found(kind, name)
+        text = self.pod_log(ns, name) if self.pod_log is not None else None
+        if text is None:
+            return _error(400, "BadRequest", f'container in pod "{name}" is waiting to start')
+        return web.Response(text=text, content_type="text/plain")
+
+    def _access_review(self, user: str, review: dict[str, Any]) -> web.Response:
+        """`kubectl auth can-i`: what this server's RBAC (`forbidden`) says for the user."""
+        attrs = (review.get("spec") or {}).get("resourceAttributes") or {}
+        resource = attrs.get("resource", "") + (
+            f"/{attrs['subresource']}" if attrs.get("subresource") else ""
+        )
+        allowed = user == self.user and (attrs.get("verb"), resource) not in self.forbidden
+        return web.json_response(
+            {**review, "status": {"allowed": allowed,
+                                  **({} if allowed else {"reason": "forbidden by RBAC"})}},
+            status=201,
+        )  # fmt: skip
 
     def _not_found(self, kind: Kind, name: str) -> web.Response:
         group = kind.group_version.rpartition("/")[0]

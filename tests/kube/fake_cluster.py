@@ -164,6 +164,7 @@ class FakeCluster:
         # cluster's AdmissionConfiguration default; "privileged" lets everything in).
         self.pod_security_default = "privileged"
         api.connect_pod_port = self._connect_pod_port
+        api.pod_log = self._pod_log
         api.hooks.append(self._on_event)
         api.put({"kind": "Node", "metadata": {"name": NODE}})
         for ns in ("default",):
@@ -238,6 +239,10 @@ class FakeCluster:
         return pod
 
     # -- the kubelet side
+
+    def _pod_log(self, namespace: str, name: str) -> str | None:
+        pod = self.backing.get((namespace, name))
+        return pod.read_log() if pod is not None else None
 
     async def _connect_pod_port(
         self, namespace: str, name: str, port: int

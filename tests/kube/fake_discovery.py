@@ -31,7 +31,7 @@ SHORT_NAMES = {
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 # Subresources the server serves, by resource: (name, kind, verbs).
 SUBRESOURCES = {
-    "pods": [("portforward", "PodPortForwardOptions", ["create", "get"])],
+    "pods": [("portforward", "PodPortForwardOptions", ["create", "get"]), ("log", "Pod", ["get"])],
     "daemonsets": [("status", "DaemonSet", ["get", "patch", "update"])],
 }
 

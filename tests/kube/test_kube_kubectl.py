@@ -1,7 +1,8 @@
 """#18: the fake API server driven by the real `kubectl`, so it cannot drift from
 kube-apiserver unnoticed: TLS with a token or a client certificate, discovery, Table output,
 apply twice (client-side and server-side), label, 422 validation, server dry-run, watch,
-rollout restart and status of the agent DaemonSet, a Terminating namespace.
+rollout restart and status of the agent DaemonSet, its logs, `auth can-i`, a Terminating
+namespace.
 
 Not here: `kubectl port-forward`. kubectl 1.32 tunnels SPDY inside a websocket
 (`SPDY/3.1+portforward.k8s.io`), which the fake does not speak; mirrord's own client uses
@@ -166,6 +167,19 @@ def test_kubectl_rolls_the_agent_daemonset_and_mirrord_follows(
     add_deployment(cluster, "checkout")
     r = mirrord(kubeconfig, "exec", "-n", "shop", "--target", "deployment/checkout", "--", "true")
     assert r.returncode == 0, r.stderr
+    # The agent's log, as a user debugging it reads it.
+    logs = kubectl("-n", "mirrord", "logs", "-l", "app.kubernetes.io/name=mirrord-agent").stdout
+    assert "session" in logs, logs
+    # What mirrord needs, as `kubectl auth can-i` says it (SelfSubjectAccessReview).
+    can = kubectl(
+        "auth", "can-i", "create", "pods", "--subresource=portforward", "-n", "mirrord", check=False
+    )
+    assert can.stdout.strip() == "yes"
+    apiserver.forbidden.add(("create", "pods/portforward"))
+    cannot = kubectl(
+        "auth", "can-i", "create", "pods", "--subresource=portforward", "-n", "mirrord", check=False
+    )
+    assert cannot.stdout.strip() == "no - forbidden by RBAC" and cannot.returncode == 1
 
 
 def test_client_certificates_and_the_servers_ca(
