@@ -46,7 +46,7 @@ test: apt-test venv lint
 	$(VENV)/bin/pytest -q -rs -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: apt-test venv
-	for b in overhead files network incoming kube_ls; do $(PY) bench/$$b.py || exit 1; done
+	for b in overhead files network network_kube incoming kube_ls; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
