@@ -33,12 +33,28 @@ POD_ENV = {"APP_MODE": "kube", "DB_URL": "postgres://db:5432/shop"}
 DEFAULT_IMAGE = m.agent_image(AgentConfig())  # the fake kubelet "has" it
 
 
-def mirrord(kubeconfig: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def kube_env(kubeconfig: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     env["KUBECONFIG"] = str(kubeconfig)
+    return env
+
+
+def mirrord(kubeconfig: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [MIRRORD, *args], capture_output=True, text=True, timeout=timeout, env=env
+        [MIRRORD, *args], capture_output=True, text=True, timeout=timeout, env=kube_env(kubeconfig)
     )
+
+
+def start_mirrord(
+    kubeconfig: Path, *args: str, stderr: Path, stdout: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """`mirrord ARGS` running in its own session (stop it with os.killpg), its stderr in a
+    file; stdout text (subprocess.PIPE to read it)."""
+    with stderr.open("wb") as sink:
+        return subprocess.Popen(
+            [MIRRORD, *args], stdout=stdout, stderr=sink, env=kube_env(kubeconfig), text=True,
+            start_new_session=True,
+        )  # fmt: skip
 
 
 def parse(out: str) -> dict[str, str]:
@@ -355,14 +371,18 @@ s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(16)
 while True:
     c, _ = s.accept(); c.sendall(sys.argv[2].encode() + b"\\n"); c.close()
 """
-LOCAL_HTTP = """
-import http.server
+# The local program's HTTP handler: answers "local" (needs `import http.server`).
+LOCAL_HANDLER = """
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.send_header("Content-Length", "5"); self.end_headers()
         self.wfile.write(b"local")
     def log_message(self, *a):
         pass
+"""
+LOCAL_HTTP = f"""
+import http.server
+{LOCAL_HANDLER}
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 """
 
@@ -413,15 +433,11 @@ def test_a_steal_leaves_the_pods_probes_to_it(
         f"cd {tmp_path}\n{PY} web.py &\n{PY} hello.py 8081 local &\n"
         f"exec {sys.executable} rpc.py 9090 local\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env["KUBECONFIG"] = str(kubeconfig)
     err = tmp_path / "err"
-    with err.open("wb") as sink:
-        proc = subprocess.Popen(
-            [MIRRORD, "exec", "-n", "shop", "--target", "pod/web-1", "--steal",
-             *(["--steal-probes"] if steal_probes else []), "--", "/bin/sh", str(local)],
-            stdout=subprocess.DEVNULL, stderr=sink, env=env, start_new_session=True,
-        )  # fmt: skip
+    proc = start_mirrord(
+        kubeconfig, "exec", "-n", "shop", "--target", "pod/web-1", "--steal",
+        *(["--steal-probes"] if steal_probes else []), "--", "/bin/sh", str(local), stderr=err,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not all(  # each of the three ports redirected

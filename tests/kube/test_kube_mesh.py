@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from tests.features.incoming.incoming_helpers import mirrord_rules, request
 from tests.features.incoming.test_incoming_mesh import ISTIO_NAT, SIDECAR, TLS_CLIENT
 from tests.kube.fake_cluster import FakeCluster
 from tests.kube.fake_tls import ca
-from tests.kube.test_kube_exec import LOCAL_HTTP, MIRRORD, PY
+from tests.kube.test_kube_exec import LOCAL_HTTP, PY, start_mirrord
 
 
 def test_a_filtered_steal_of_a_meshed_pod_gets_plaintext(
@@ -37,15 +36,11 @@ def test_a_filtered_steal_of_a_meshed_pod_gets_plaintext(
     config = tmp_path / "mirrord.json"
     config.write_text(json.dumps({"feature": {"network": {"incoming": {
         "mode": "steal", "http_filter": {"header_filter": "x-dev: me"}}}}}))  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env["KUBECONFIG"] = str(kubeconfig)
     err = tmp_path / "err"
-    with err.open("wb") as sink:
-        proc = subprocess.Popen(
-            [MIRRORD, "exec", "-n", "shop", "--target", "pod/web-1", "-f", str(config), "--",
-             PY, str(tmp_path / "web.py")],
-            stdout=subprocess.DEVNULL, stderr=sink, env=env, start_new_session=True,
-        )  # fmt: skip
+    proc = start_mirrord(
+        kubeconfig, "exec", "-n", "shop", "--target", "pod/web-1", "-f", str(config), "--",
+        PY, str(tmp_path / "web.py"), stderr=err,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while not any("mirrord:steal:8080" in r for r in mirrord_rules(pod)):

@@ -18,7 +18,7 @@ from mirrord.kube import manifests as m
 from mirrord.testpod import effective_capabilities
 from tests.features.incoming.incoming_helpers import mirrord_rules
 from tests.kube.fake_cluster import FakeCluster
-from tests.kube.test_kube_exec import MIRRORD, POD_ENV, PY
+from tests.kube.test_kube_exec import LOCAL_HANDLER, POD_ENV, PY, start_mirrord
 
 # The pod's unix socket server, run as the pod's user: its socket is 0600 in a 0700 dir.
 UNIX_SERVER = """
@@ -31,7 +31,8 @@ while True:
 
 # The local program: the pod's env and files as its user sees them, an outgoing connection
 # to the pod's own loopback, then one stolen request.
-PROGRAM = """
+PROGRAM = (
+    """
 import http.server, os, urllib.request
 print("APP_MODE=" + os.environ.get("APP_MODE", "-"))
 print("secret=" + open("/srv/app/secret.txt").read())
@@ -45,16 +46,14 @@ import socket
 u = socket.socket(socket.AF_UNIX)
 u.connect("/srv/app/app.sock")
 print("unix=" + u.recv(100).decode())
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.send_header("Content-Length", "5"); self.end_headers()
-        self.wfile.write(b"local")
-    def log_message(self, *a):
-        pass
+"""
+    + LOCAL_HANDLER
+    + """
 server = http.server.HTTPServer(("0.0.0.0", 8080), H)
 print("ready", flush=True)
 server.handle_request()
 """
+)
 
 
 @pytest.mark.parametrize(
@@ -95,15 +94,11 @@ def test_a_non_root_target_with_the_agents_least_privilege(
     status = Path(f"/proc/{pod.main_pid}/status").read_text()
     assert re.search(rf"^Uid:\s+{uid}\s", status, re.M), status  # the kubelet ran it as uid
     other = cluster.network.add_pod("other", argv=["/bin/sleep", "600"])
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env["KUBECONFIG"] = str(kubeconfig)
     err = tmp_path / "err"
-    with err.open("wb") as sink:
-        proc = subprocess.Popen(
-            [MIRRORD, "exec", "-n", "shop", "--target", "pod/app-1", "--steal",
-             "-f", str(config), "--", PY, "-c", PROGRAM],
-            stdout=subprocess.PIPE, stderr=sink, env=env, text=True, start_new_session=True,
-        )  # fmt: skip
+    proc = start_mirrord(
+        kubeconfig, "exec", "-n", "shop", "--target", "pod/app-1", "--steal", "-f", str(config),
+        "--", PY, "-c", PROGRAM, stderr=err, stdout=subprocess.PIPE,
+    )  # fmt: skip
     try:
         assert proc.stdout is not None
         lines = []
