@@ -116,7 +116,17 @@ class NetnsIptables:
 
     async def restore(self, script: str) -> None:
         for binary, v6 in self._families():
-            await self._run([f"{binary}-restore", "-w", "5", "--noflush"], for_family(script, v6))
+            try:
+                await self._run(
+                    [f"{binary}-restore", "-w", "5", "--noflush"], for_family(script, v6)
+                )
+            except (IptablesError, OSError) as e:
+                if not v6:
+                    raise
+                # No ip6tables (binary, or nat support in the kernel): IPv4 still works,
+                # IPv6 clients reach the pod itself. Said once; removal still covers IPv6.
+                self.v6 = False
+                log.warning("IPv6 traffic of target %d will not be redirected: %s", self.pid, e)
 
     async def chains(self) -> list[MirrordChain]:
         return parse_nat_dump(await self.dump_nat())

@@ -103,3 +103,24 @@ def test_an_unfiltered_steal_and_a_mirror_over_ipv6(
         finally:
             run.stop()
         assert rules6(target) == [] and mirrord_rules(target) == []
+
+
+async def test_without_ip6tables_ipv4_still_works(
+    world6: ExecWorld, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node image without ip6tables (or a kernel without IPv6 nat): the session's rules
+    go to iptables, IPv6 is said once in the agent's log, nothing fails."""
+    from mirrord.agent.incoming import iptables
+    from mirrord.agent.incoming.rules import Owner, SessionChains, create_chains_script
+
+    target = world6.target
+    monkeypatch.setattr(iptables, "ip6", lambda backend: "ip6tables-not-installed")
+    counts = await iptables.available_rule_counts(target.main_pid)
+    tables = iptables.NetnsIptables(target.main_pid, iptables.choose_backend(counts, None), v6=True)
+    chains = SessionChains.for_session("feedfacefeedface")
+    await tables.restore(create_chains_script(chains, Owner(1, 1)))
+    assert tables.v6 is False
+    assert "IPv6 traffic of target" in caplog.text
+    assert any(c.name == chains.inbound for c in await tables.chains())
+    await tables.remove_chains(lambda c: c.name in (chains.inbound, chains.outbound))
+    assert mirrord_rules(target) == []
