@@ -206,7 +206,8 @@ def status(
         if not st.pods:
             from mirrord.kube.manifests import no_agent_pods
 
-            print(f"  no agent pods: {no_agent_pods(st.namespace, st.warnings)}")
+            why = st.unscheduled or no_agent_pods(st.namespace, st.warnings)
+            print(f"  no agent pods: {why}")
     if not st.installed:
         raise typer.Exit(1)
     raise typer.Exit(0 if st.pods else 3)

@@ -190,6 +190,7 @@ class AgentStatus:
     image: str | None = None
     pods: tuple[dict[str, str], ...] = ()
     warnings: tuple[str, ...] = ()  # the DaemonSet controller's, when it has no pod
+    unscheduled: str | None = None  # why no node may run an agent pod (unscheduled())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +203,7 @@ class AgentStatus:
             "cli_protocol": PROTOCOL,
             "pods": list(self.pods),
             "warnings": list(self.warnings),
+            "unscheduled": self.unscheduled,
         }
 
 
@@ -231,6 +233,26 @@ async def status(api: KubeApi, agent: AgentConfig) -> AgentStatus:
         image=containers[0].get("image"),
         pods=tuple(_agent_pod_info(p) for p in sorted(pods, key=lambda p: p["metadata"]["name"])),
         warnings=warnings,
+        unscheduled=None if pods else unscheduled(ds),
+    )
+
+
+def unscheduled(ds: dict[str, Any]) -> str | None:
+    """Why the DaemonSet runs no pod anywhere: its controller, having seen its current spec,
+    found no node its nodeSelector and tolerations allow (desiredNumberScheduled 0)."""
+    status = ds.get("status") or {}
+    meta = ds.get("metadata") or {}
+    if status.get("desiredNumberScheduled", -1) != 0:
+        return None
+    if int(status.get("observedGeneration", 0)) < int(meta.get("generation", 1)):
+        return None  # not looked at yet
+    spec = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
+    selector = ", ".join(f"{k}={v}" for k, v in (spec.get("nodeSelector") or {}).items())
+    return (
+        f"the DaemonSet {meta.get('namespace')}/{meta.get('name')} may run on no node: none "
+        f"matches its node selector ({selector or 'none'}; agent.node_selector) and "
+        "tolerations (agent.tolerations). `kubectl get nodes --show-labels` shows the "
+        "nodes' labels; fix agent.node_selector, then `mirrord agent install`"
     )
 
 

@@ -23,7 +23,7 @@ from mirrord.client.errors import (
 )
 from mirrord.config import MirrordConfig
 from mirrord.kube import manifests as m
-from mirrord.kube.api import KubeApi, KubeSettings, wait_until
+from mirrord.kube.api import DAEMONSETS, KubeApi, KubeSettings, wait_until
 from mirrord.kube.errors import KubeError
 from mirrord.kube.install import (
     NONE_YET,
@@ -31,6 +31,7 @@ from mirrord.kube.install import (
     daemonset_warnings,
     ensure_agent,
     find_agent_pod,
+    unscheduled,
 )
 from mirrord.kube.manifests import no_agent_pods
 from mirrord.kube.progress import Progress
@@ -72,6 +73,9 @@ async def _wait_agent_pod(
             warnings = await daemonset_warnings(api, ns, since=recent)
             if warnings:
                 raise KubeError(f"no mirrord agent {where}: {no_agent_pods(ns, warnings)}")
+            no_node = unscheduled(await api.get(DAEMONSETS, m.AGENT_NAME, ns))
+            if no_node is not None:
+                raise KubeError(f"no mirrord agent {where}: {no_node}")
         if loop.time() >= deadline:
             if seen == NONE_YET:
                 raise KubeError(f"no mirrord agent {where}: {no_agent_pods(ns)}")

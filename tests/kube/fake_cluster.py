@@ -166,7 +166,8 @@ class FakeCluster:
         api.connect_pod_port = self._connect_pod_port
         api.pod_log = self._pod_log
         api.hooks.append(self._on_event)
-        api.put({"kind": "Node", "metadata": {"name": NODE}})
+        api.put({"kind": "Node", "metadata": {"name": NODE, "labels": {
+            "kubernetes.io/os": "linux", "kubernetes.io/hostname": NODE}}})  # fmt: skip
         for ns in ("default",):
             api.put({"kind": "Namespace", "metadata": {"name": ns}})
 
@@ -309,6 +310,11 @@ class FakeCluster:
         template = ds["spec"]["template"]
         container = template["spec"]["containers"][0]
         name = f"{ds_name}-{secrets.token_hex(3)}"
+        node_labels = (self.api.get("Node", NODE, "") or {}).get("metadata", {}).get("labels", {})
+        selector = template["spec"].get("nodeSelector") or {}
+        if any(node_labels.get(k) != v for k, v in selector.items()):  # no node for it
+            self._daemonset_status(ds, ready=False, scheduled=0, desired=0)
+            return
         refusal = self._pod_security_refusal(ns, template["spec"])
         if refusal is not None:  # the DaemonSet controller's create is refused: no pod
             self._event(ds, "FailedCreate", f'Error creating: pods "{name}" is forbidden: '
@@ -392,7 +398,9 @@ class FakeCluster:
             "source": {"component": "daemonset-controller"},
         })  # fmt: skip
 
-    def _daemonset_status(self, ds: dict[str, Any], ready: bool, scheduled: int = 1) -> None:
+    def _daemonset_status(
+        self, ds: dict[str, Any], ready: bool, scheduled: int = 1, desired: int = 1
+    ) -> None:
         """What the DaemonSet controller reports for this one-node cluster (what
         `kubectl rollout status` and `get ds` read)."""
         ns, name = ds["metadata"]["namespace"], ds["metadata"]["name"]
@@ -402,9 +410,9 @@ class FakeCluster:
         n = int(ready)
         self.api.update_status("DaemonSet", name, ns, {
             "observedGeneration": current["metadata"].get("generation", 1),
-            "desiredNumberScheduled": 1, "currentNumberScheduled": scheduled,
+            "desiredNumberScheduled": desired, "currentNumberScheduled": scheduled,
             "updatedNumberScheduled": scheduled, "numberReady": n, "numberAvailable": n,
-            "numberUnavailable": 1 - n, "numberMisscheduled": 0,
+            "numberUnavailable": desired - n, "numberMisscheduled": 0,
         })  # fmt: skip
 
     def close(self) -> None:

@@ -509,3 +509,18 @@ async def test_install_reads_again_when_the_controller_updated_the_daemonset(
         assert len(bumps) == 2
     finally:
         await api.close()
+
+
+def test_a_node_selector_no_node_matches_is_said(cluster: FakeCluster, kubeconfig: Path) -> None:
+    """#18: agent.node_selector that matches no node: the DaemonSet controller schedules
+    nothing and records no event; exec and agent status say so, with the selector."""
+    cluster.add_pod("solo", "shop")
+    config = kubeconfig.parent / "mirrord.json"
+    config.write_text(json.dumps({"agent": {"node_selector": {"pool": "gpu"}}}))
+    r = mirrord(kubeconfig, "exec", "-f", str(config), "-n", "shop", "-t", "pod/solo",
+                "--agent-startup-timeout", "600", "--", "true")  # fmt: skip
+    assert r.returncode != 0
+    said = "may run on no node: none matches its node selector (kubernetes.io/os=linux, pool=gpu"
+    assert said in r.stderr, r.stderr
+    st = mirrord(kubeconfig, "agent", "status", "-f", str(config))
+    assert st.returncode == 3 and said in st.stdout, st.stdout
