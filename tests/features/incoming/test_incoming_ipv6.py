@@ -124,3 +124,29 @@ async def test_without_ip6tables_ipv4_still_works(
     assert any(c.name == chains.inbound for c in await tables.chains())
     await tables.remove_chains(lambda c: c.name in (chains.inbound, chains.outbound))
     assert mirrord_rules(target) == []
+
+
+async def test_a_dead_agents_chains_are_removed_from_both_families(world6: ExecWorld) -> None:
+    """Leftovers of an agent that died (SIGKILL, node reboot of its pod) on a dual-stack
+    target: the next agent's first subscription removes them from ip6tables too."""
+    from mirrord.agent.incoming import iptables
+    from mirrord.agent.incoming.rules import (
+        Owner,
+        PortRules,
+        SessionChains,
+        add_port_script,
+        create_chains_script,
+    )
+
+    target = world6.target
+    counts = await iptables.available_rule_counts(target.main_pid)
+    backend = iptables.choose_backend(counts, None)
+    tables = iptables.NetnsIptables(target.main_pid, backend, v6=True)
+    chains = SessionChains.for_session("deadbeefdeadbeef")
+    dead = Owner(2**22 + 7, 1)  # a pid beyond pid_max: that agent is gone
+    rules = PortRules(PORT, 40000, "steal", ("10.213.0.1", "fd6d:72:0::1"), True)
+    await tables.restore(create_chains_script(chains, dead) + add_port_script(rules, chains))
+    assert tables.v6 and rules6(target), "the IPv6 rules were installed"
+    removed = await iptables.remove_leftovers(target.main_pid, list(counts))
+    assert f"{chains.inbound} (IPv6)" in removed and chains.inbound in removed
+    assert rules6(target) == [] and mirrord_rules(target) == []
