@@ -60,6 +60,16 @@ async def _abort_on_iptables(e: BaseException, context: Context) -> None:
         await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
 
 
+async def _mangle(tables: iptables.NetnsIptables) -> str:
+    """The mangle table's rules (only Istio ambient's detection reads them): empty where
+    the table cannot be read, which must not stop a steal."""
+    try:
+        return await tables.dump("mangle")
+    except iptables.IptablesError as e:
+        log.debug("no mangle table in the netns of %d: %s", tables.pid, e)
+        return ""
+
+
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
     await abort(context, code, message, log_as=log)
 
@@ -201,7 +211,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     # first moment it acts on this target's netns.
                     await iptables.remove_leftovers(pid, list(counts))
                     tables = iptables.NetnsIptables(pid, backend, iptables.has_global_ipv6(pid))
-                    mesh = detect_mesh(await tables.dump_nat(), await tables.dump("mangle"))
+                    mesh = detect_mesh(await tables.dump_nat(), await _mangle(tables))
                     chains = SessionChains.for_session(session.id)
                     await self._watchdog.watch(pid, backend)  # before anything can be left
                     try:
