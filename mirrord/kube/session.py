@@ -24,7 +24,7 @@ from mirrord.client.errors import (
 from mirrord.config import MirrordConfig
 from mirrord.kube import manifests as m
 from mirrord.kube.api import DAEMONSETS, KubeApi, KubeSettings, wait_until
-from mirrord.kube.errors import KubeError
+from mirrord.kube.errors import KubeError, KubeForbidden, KubeNotFound
 from mirrord.kube.install import (
     NONE_YET,
     InstalledAgent,
@@ -73,9 +73,10 @@ async def _wait_agent_pod(
             warnings = await daemonset_warnings(api, ns, since=recent)
             if warnings:
                 raise KubeError(f"no mirrord agent {where}: {no_agent_pods(ns, warnings)}")
-            no_node = unscheduled(await api.get(DAEMONSETS, m.AGENT_NAME, ns))
-            if no_node is not None:
-                raise KubeError(f"no mirrord agent {where}: {no_node}")
+            with contextlib.suppress(KubeForbidden, KubeNotFound):  # then only the timeout says
+                no_node = unscheduled(await api.get(DAEMONSETS, m.AGENT_NAME, ns))
+                if no_node is not None:
+                    raise KubeError(f"no mirrord agent {where}: {no_node}")
         if loop.time() >= deadline:
             if seen == NONE_YET:
                 raise KubeError(f"no mirrord agent {where}: {no_agent_pods(ns)}")
