@@ -50,6 +50,10 @@ def target_creds(pid: int) -> Creds:
     return Creds(uid, gid, groups)
 
 
+# An agent DaemonSet from before these capabilities were added lacks them: reinstalling fixes.
+FIX = "; `mirrord agent install` gives its DaemonSet that, see docs/kubernetes.md"
+
+
 class CredentialsError(PermissionError):
     """The agent could not take the target's credentials (a capability is missing)."""
 
@@ -58,7 +62,7 @@ def _set_groups(groups: tuple[int, ...]) -> None:
     arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
     if _libc.syscall(ctypes.c_long(SYS_SETGROUPS), ctypes.c_size_t(len(groups)), arr) != 0:
         err = ctypes.get_errno()
-        hint = " (the agent needs CAP_SETGID; see docs/kubernetes.md)" if err == errno.EPERM else ""
+        hint = f" (the agent needs CAP_SETGID{FIX})" if err == errno.EPERM else ""
         raise CredentialsError(err, f"setgroups: {os.strerror(err)}{hint}")
 
 
@@ -78,7 +82,7 @@ def _set_fs_id(number: int, value: int, what: str) -> None:
         raise CredentialsError(
             errno.EPERM,
             f"the agent could not act as the target's {what} {value} (it needs "
-            f"CAP_SET{what[-3:].upper()}; see docs/kubernetes.md)",
+            f"CAP_SET{what[-3:].upper()}{FIX})",
         )
 
 

@@ -82,8 +82,8 @@ def test_without_setuid_setgid_the_switch_fails_loudly(home: Path) -> None:
         lines[1]
         == lines[2]
         == (
-            "credentials: setgroups: Operation not permitted (the agent needs CAP_SETGID; see "
-            "docs/kubernetes.md)"
+            "credentials: setgroups: Operation not permitted (the agent needs CAP_SETGID; "
+            "`mirrord agent install` gives its DaemonSet that, see docs/kubernetes.md)"
         )
     )
 
@@ -92,5 +92,5 @@ def test_without_setuid_only(home: Path) -> None:
     lines = run(home, "-all,+sys_admin,+sys_ptrace,+setgid")
     assert lines[1] == (
         "credentials: the agent could not act as the target's fs uid 1000 (it needs "
-        "CAP_SETUID; see docs/kubernetes.md)"
+        "CAP_SETUID; `mirrord agent install` gives its DaemonSet that, see docs/kubernetes.md)"
     )
