@@ -67,56 +67,54 @@ def _set_groups(groups: tuple[int, ...]) -> None:
 
 
 log = logging.getLogger(__name__)
-_said: list[str] = []
+_warned = False  # the first failed switch is said in the agent's log, once
 _verified = False  # the capabilities do not change: one checked switch says it for all
-
-
-def _set_fs_id(number: int, value: int, what: str) -> None:
-    _libc.syscall(ctypes.c_long(number), ctypes.c_uint(value))
-    if _verified:
-        return
-    # setfsuid/setfsgid return the previous value and never fail loudly: an invalid id
-    # (-1) changes nothing and returns the current one, which says whether it took.
-    now = _libc.syscall(ctypes.c_long(number), ctypes.c_uint(0xFFFFFFFF)) & 0xFFFFFFFF
-    if now != value:
-        raise CredentialsError(
-            errno.EPERM,
-            f"the agent could not act as the target's {what} {value} (it needs "
-            f"CAP_SET{what[-3:].upper()}{FIX})",
-        )
 
 
 def _set_fs(uid: int, gid: int) -> None:
     global _verified
-    _set_fs_id(SYS_SETFSGID, gid, "fs gid")
-    _set_fs_id(SYS_SETFSUID, uid, "fs uid")
-    if uid != os.geteuid() and gid != os.getegid():
-        _verified = True
+    # setgroups() before this needed CAP_SETGID, which setfsgid needs too; setfsuid needs
+    # CAP_SETUID and, like setfsgid, returns the previous id and never fails loudly: an
+    # invalid id (-1) changes nothing and returns the current one, which says if it took.
+    _libc.syscall(ctypes.c_long(SYS_SETFSGID), ctypes.c_uint(gid))
+    _libc.syscall(ctypes.c_long(SYS_SETFSUID), ctypes.c_uint(uid))
+    if _verified or uid == os.geteuid():
+        return
+    now = _libc.syscall(ctypes.c_long(SYS_SETFSUID), ctypes.c_uint(0xFFFFFFFF)) & 0xFFFFFFFF
+    if now != uid:
+        raise CredentialsError(
+            errno.EPERM,
+            f"the agent could not act as the target's fs uid {uid} (it needs CAP_SETUID{FIX})",
+        )
+    _verified = True
+
+
+def _as_we_are(groups: tuple[int, ...]) -> None:
+    _set_fs(os.geteuid(), os.getegid())
+    _set_groups(groups)
 
 
 @contextlib.contextmanager
 def acting_as(creds: Creds | None) -> Iterator[None]:
     """Run the body with the target's file credentials on this thread (None: as we are)."""
+    global _warned
     if creds is None or (creds.uid == os.geteuid() and creds.gid == os.getegid()):
         yield
         return
     own_groups = tuple(os.getgroups())
     try:
-        _set_groups(creds.groups)
+        _set_groups(creds.groups)  # nothing changed yet if this fails
         try:
             _set_fs(creds.uid, creds.gid)
         except BaseException:
-            _set_fs(os.geteuid(), os.getegid())
-            _set_groups(own_groups)
+            _as_we_are(own_groups)
             raise
     except CredentialsError as e:
-        # Said once in the agent's log: the file calls that fail on it answer EPERM.
-        if not _said:
-            _said.append(str(e.strerror))
+        if not _warned:  # the file calls that fail on it answer EPERM: say why once
+            _warned = True
             log.warning("%s", e.strerror)
         raise
     try:
         yield
     finally:
-        _set_fs(os.geteuid(), os.getegid())
-        _set_groups(own_groups)
+        _as_we_are(own_groups)

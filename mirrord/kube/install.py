@@ -30,6 +30,8 @@ from mirrord.kube.targets import is_ready, pod_state
 from mirrord.wire.protocol import OURS as PROTOCOL
 from mirrord.wire.protocol import PROTOCOL_MAJOR
 
+REPLACE_ATTEMPTS = 5
+
 
 async def _apply(api: KubeApi, obj: dict[str, Any]) -> str:
     res = k.BY_KIND[obj["kind"]]
@@ -45,21 +47,19 @@ async def _apply(api: KubeApi, obj: dict[str, Any]) -> str:
         return f"kept {label}"
     # A replace names the resourceVersion it read; the DaemonSet controller bumps it with
     # every status update, so a conflict means "read again", not "someone else's change".
-    for attempt in range(REPLACE_ATTEMPTS):
-        current = await api.get(res, name, ns)
-        version = current["metadata"].get("resourceVersion")
-        try:
-            await api.replace(res, {**obj, "metadata": {**obj["metadata"],
-                                                        "resourceVersion": version}})  # fmt: skip
-        except KubeConflict:
-            if attempt == REPLACE_ATTEMPTS - 1:
-                raise
-            continue
-        break
+    for _ in range(REPLACE_ATTEMPTS - 1):
+        with contextlib.suppress(KubeConflict):
+            await _replace_current(api, res, obj)
+            return f"updated {label}"
+    await _replace_current(api, res, obj)  # a conflict that persists is said
     return f"updated {label}"
 
 
-REPLACE_ATTEMPTS = 5
+async def _replace_current(api: KubeApi, res: k.Resource, obj: dict[str, Any]) -> None:
+    meta = obj["metadata"]
+    current = await api.get(res, meta["name"], meta.get("namespace"))
+    version = current["metadata"].get("resourceVersion")
+    await api.replace(res, {**obj, "metadata": {**meta, "resourceVersion": version}})
 
 
 async def read_token(api: KubeApi, ns: str) -> str | None:
@@ -126,16 +126,16 @@ async def _until_not_terminating(
             return
         if (current.get("status") or {}).get("phase") != "Terminating":
             return
-        if not waited and say is not None:
-            say(
-                f"namespace {ns} is being deleted (Terminating, e.g. after `mirrord agent "
-                "uninstall`); waiting for it to go before installing the agent again"
-            )
-        if not waited and step is not None:
-            step(
-                f"waiting for namespace {ns} to finish terminating (`kubectl get ns {ns} -o yaml`)"
-            )
-        waited = True
+        if not waited:
+            waited = True
+            if say is not None:
+                say(
+                    f"namespace {ns} is being deleted (Terminating, e.g. after `mirrord agent "
+                    "uninstall`); waiting for it to go before installing the agent again"
+                )
+            if step is not None:
+                step(f"waiting for namespace {ns} to finish terminating "
+                     f"(`kubectl get ns {ns} -o yaml`)")  # fmt: skip
         if loop.time() >= deadline:
             raise KubeError(
                 f"namespace {ns} is still Terminating: something holds it (a finalizer, or "
@@ -257,12 +257,12 @@ def unscheduled(ds: dict[str, Any]) -> str | None:
 
 
 def _event_time(event: dict[str, Any]) -> datetime.datetime | None:
-    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
-        value = event.get(key) or (event.get("metadata") or {}).get("creationTimestamp")
-        if not value:
-            continue
-        with contextlib.suppress(ValueError):
-            return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    """When an event last happened (core/v1 events fill one of these, newest first)."""
+    created = (event.get("metadata") or {}).get("creationTimestamp")
+    for value in (event.get("lastTimestamp"), event.get("eventTime"), created):
+        if value:
+            with contextlib.suppress(ValueError):
+                return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     return None
 
 

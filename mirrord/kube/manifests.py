@@ -196,13 +196,13 @@ def daemonset_manifest(agent: AgentConfig) -> dict[str, Any]:
         "resources": resources,
         "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_DIR}],
     }
-    pod_labels = _labels(dict(agent.labels or {}))
+    pod_labels = _labels()
     pod_annotations = {PROTOCOL_ANNOTATION: PROTOCOL}
     if agent.disable_mesh_sidecar_injection is not False:  # upstream's default: true
         # A mesh that injects into the agent's namespace would put a proxy beside it.
         pod_labels.update(NO_MESH_LABELS)
         pod_annotations.update(NO_MESH_ANNOTATIONS)
-    pod_labels.update(agent.labels or {})
+    pod_labels.update(agent.labels or {})  # the user's own win
     pod_annotations.update(agent.annotations or {})
     pod_spec: dict[str, Any] = {
         "hostPID": True,  # the agent finds targets' PIDs in /proc/*/cgroup of the node

@@ -34,7 +34,8 @@ DEFAULT_IMAGE = m.agent_image(AgentConfig())  # the fake kubelet "has" it
 
 
 def kube_env(kubeconfig: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    """Ours, with this kubeconfig and no config file of the caller's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "MIRRORD_CONFIG_FILE")}
     env["KUBECONFIG"] = str(kubeconfig)
     return env
 

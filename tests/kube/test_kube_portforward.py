@@ -5,7 +5,6 @@ machine, the agent's rules go with Ctrl-C, and losing the agent's pod ends the s
 
 from __future__ import annotations
 
-import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from mirrord.testpod import Pod
 from tests.features.incoming.incoming_helpers import mirrord_rules, request, wait_until
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.kube.fake_cluster import FakeCluster
+from tests.kube.test_kube_exec import kube_env
 from tests.portforward.test_cli import PortForward, free_port
 from tests.portforward.test_reverse import LocalServer, body
 
@@ -33,12 +33,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
-
-
-def kube_env(kubeconfig: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "MIRRORD_CONFIG_FILE")}
-    env["KUBECONFIG"] = str(kubeconfig)
-    return env
 
 
 def get(port: int, path: str = "/") -> bytes:

@@ -109,7 +109,7 @@ class NetnsIptables:
         return [(self.backend, False)] + ([(ip6(self.backend), True)] if self.v6 else [])
 
     async def dump_nat(self) -> str:
-        return await self._run([f"{self.backend}-save", "-t", "nat"])
+        return await self.dump("nat")
 
     async def dump(self, table: str) -> str:
         return await self._run([f"{self.backend}-save", "-t", table])
