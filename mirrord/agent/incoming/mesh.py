@@ -10,9 +10,13 @@ skips (its RETURN rules: Istio's 15008/15020/15021/15090, excludeInboundPorts an
 Linkerd's skip-inbound-ports) keep the PREROUTING redirect: no proxy is in their way.
 
 Istio ambient (the mangle table's OUTPUT jumps to ISTIO_OUTPUT too) has no sidecar:
-ztunnel, a node agent, carries mesh traffic to the pod in an HBONE tunnel (15008) and its
-plaintext end is not a loopback hop from a proxy uid. It is detected and said; plaintext
-traffic from outside the mesh is taken as without a mesh.
+ztunnel, a node agent, terminates the HBONE tunnel (mTLS, port 15008) and the plaintext
+inbound that ISTIO_PRERT redirects to 15006 inside the pod's netns, and opens the hop to the
+app from there: a socket marked 0x539/0xfff, transparently bound to the client's address,
+to the pod's own address. That hop is taken in OUTPUT by its mark (PortRules.mesh_mark);
+plaintext clients are still taken in PREROUTING, before ztunnel's redirect, as without a
+mesh. Kubelet's probes reach an ambient pod SNATed to 169.254.7.127 (ISTIO_PRERT accepts
+them before the redirect): that address counts as the node's (probe_sources).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ VENDORS = {
     "kuma": ("KUMA_MESH_OUTBOUND", "KUMA_MESH_INBOUND", 5678),
 }
 NAMES = {"istio": "Istio", "linkerd": "Linkerd", "kuma": "Kuma", "istio-ambient": "Istio ambient"}
+AMBIENT_MARK = "0x539/0xfff"  # ztunnel's socket mark (istio-cni's in-pod rules)
+AMBIENT_PORTS = frozenset({15001, 15006, 15008})  # ztunnel's own listeners in the pod
 MAX_RANGE = 4096  # a skip range wider than this is not expanded (nobody skips that many)
 
 
@@ -36,24 +42,31 @@ class Mesh:
     vendor: str  # "istio", "linkerd", "kuma" or "istio-ambient"
     proxy_uid: int | None  # None: no sidecar (ambient)
     skip_ports: frozenset[int]  # inbound ports the mesh does not redirect to its proxy
+    proxy_mark: str | None = None  # ambient: the mark (value/mask) on ztunnel's sockets
+    probe_sources: tuple[str, ...] = ()  # ambient: where kubelet's probes come from
 
     @property
     def sidecar(self) -> bool:
         return self.proxy_uid is not None
 
     def plaintext_hop(self, port: int) -> bool:
-        """Whether this port's traffic reaches the app through the proxy's loopback hop."""
+        """Whether this port's traffic reaches the app through the proxy's hop."""
+        if self.proxy_mark is not None:
+            return port not in AMBIENT_PORTS
         return self.sidecar and port not in self.skip_ports
 
     def describe(self, port: int) -> str:
         name = NAMES[self.vendor]
-        if self.plaintext_hop(port):
+        if self.sidecar and self.plaintext_hop(port):
             return (f"{name} sidecar: port {port} is taken on the sidecar's plaintext hop to the "
                     f"app (uid {self.proxy_uid}, over loopback), after its mTLS")  # fmt: skip
         if self.sidecar:
             return f"{name} sidecar: port {port} is not redirected to the sidecar, taken as is"
-        return (f"{name}: ztunnel's HBONE traffic (mTLS from mesh clients, port 15008) cannot "
-                f"be taken; plaintext traffic to port {port} is")  # fmt: skip
+        if self.plaintext_hop(port):
+            return (f"{name}: port {port} is taken on ztunnel's plaintext hop to the app (its "
+                    f"sockets marked {self.proxy_mark}), after its HBONE mTLS; plaintext "
+                    "clients are taken before ztunnel")  # fmt: skip
+        return f"{name}: port {port} is ztunnel's own, taken as is"
 
 
 def _rules(dump: str, chain: str) -> list[list[str]]:
@@ -90,6 +103,20 @@ def _jumps_to(dump: str, chain: str, target: str) -> bool:
     return any(_after(words, "-j") == target for words in _rules(dump, chain))
 
 
+def _ambient(nat_dump: str, skip: frozenset[int]) -> Mesh:
+    """ztunnel's mark is the one its inbound redirect leaves alone (`-m mark ! --mark M -j
+    REDIRECT --to-ports 15006`); the probes' source is the one ISTIO_PRERT accepts."""
+    mark, sources = AMBIENT_MARK, []
+    for words in _rules(nat_dump, "ISTIO_PRERT"):
+        target = _after(words, "-j")
+        if target == "REDIRECT" and "--mark" in words[:-1]:
+            mark = words[words.index("--mark") + 1]
+        source = _after(words, "-s")
+        if target == "ACCEPT" and source:
+            sources.append(source.removesuffix("/32").removesuffix("/128"))
+    return Mesh("istio-ambient", None, skip, mark, tuple(sources))
+
+
 def detect_mesh(nat_dump: str, mangle_dump: str = "") -> Mesh | None:
     """The mesh whose rules are in this netns (`iptables-save -t nat` / `-t mangle`)."""
     for vendor, (output_chain, inbound_chain, default_uid) in VENDORS.items():
@@ -103,7 +130,7 @@ def detect_mesh(nat_dump: str, mangle_dump: str = "") -> Mesh | None:
             if spec:
                 skip |= _ports(spec)
         if vendor == "istio" and _jumps_to(mangle_dump, "OUTPUT", output_chain):
-            return Mesh("istio-ambient", None, frozenset(skip))
+            return _ambient(nat_dump, frozenset(skip))
         uid = default_uid
         for words in _rules(nat_dump, output_chain):
             owner = _after(words, "--uid-owner")

@@ -72,6 +72,8 @@ class PortRules:
     # A sidecar mesh's proxy uid when this port's traffic reaches the app through the
     # proxy's plaintext loopback hop (mesh.py): taken there, not in PREROUTING.
     mesh_uid: int | None = None
+    # Istio ambient: the mark on ztunnel's hop to the app (mesh.py), taken in OUTPUT too.
+    mesh_mark: str | None = None
 
     def claim(self) -> str:
         return f"mirrord:{self.mode}:{self.port}"
@@ -97,6 +99,17 @@ class PortRules:
             for source in self.skip_sources
         ]
         specs.append(f"{chains.inbound} {tcp} {redirect}")
+        if self.mesh_mark is not None:
+            # ztunnel's hop comes from the client's address (transparent socket) to the
+            # pod's: REDIRECT would make it 127.0.0.1, which cannot answer a non-loopback
+            # peer. DNAT to the port alone keeps the pod's address, so the reply routes back
+            # to ztunnel by its connmark like the app's would. Before the loopback rule,
+            # which would take the hop too.
+            dnat = f"-j DNAT --to-destination :{self.listener_port}"
+            specs.append(
+                f"{chains.outbound} -o lo -m mark --mark {self.mesh_mark} {tcp} "
+                f"-m comment --comment {self.claim()} {dnat}"
+            )
         if self.include_localhost:
             specs.append(f"{chains.outbound} -o lo {tcp} {redirect}")
         return specs

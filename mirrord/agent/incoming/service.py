@@ -316,19 +316,23 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     f"port {port} is already subscribed in this session",
                 )
             await self._refuse_conflicts(state, key, shareable, mode, context)
-            node = tuple(node_addresses(state.pid))
+            mesh = state.mesh
+            node = tuple(node_addresses(state.pid)) + (mesh.probe_sources if mesh else ())
             # Before 1.3 clients left the node's traffic to the pod; now only the probes'.
             keep_node = not request.include_node_traffic or (mode == "steal" and probes.tcp)
             skip = node if keep_node else ()
-            mesh = state.mesh
-            mesh_uid = mesh.proxy_uid if mesh is not None and mesh.plaintext_hop(port) else None
+            hop = mesh is not None and mesh.plaintext_hop(port)
+            mesh_uid = mesh.proxy_uid if mesh is not None and hop else None
+            mesh_mark = mesh.proxy_mark if mesh is not None and hop else None
             share: PortShare | None = None
             listener: socket.socket | None = None
             if shareable:
                 share = self._shares.get(key) or await self._open_share(
                     state,
                     key,
-                    PortRules(port, 0, mode, skip, not request.ignore_localhost, mesh_uid),
+                    PortRules(
+                        port, 0, mode, skip, not request.ignore_localhost, mesh_uid, mesh_mark
+                    ),
                     context,
                 )
                 rules = dataclasses.replace(
@@ -343,6 +347,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     skip,
                     not request.ignore_localhost,
                     mesh_uid,
+                    mesh_mark,
                 )
             sub = Subscription(
                 session.worker,

@@ -46,8 +46,9 @@ ISTIO_NAT = """*nat
 COMMIT
 """  # noqa: E501  (istio-iptables' own lines)
 
-# The sidecar: binds as root, then runs as uid 1337 (its sockets are owned by that uid).
-SIDECAR = r"""
+# What a mesh proxy does in these tests: TLS with the test CA's certificate (argv 1-2),
+# listeners, the original destination of a redirected connection, a two-way relay.
+PROXY_LIB = r"""
 import os, select, socket, ssl, struct, sys, threading
 cert, key, pod_ip = sys.argv[1:4]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -55,8 +56,6 @@ ctx.load_cert_chain(cert, key)
 def listener(port):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port)); s.listen(64); return s
-inbound, outbound = listener(15006), listener(15001)
-os.setgroups([]); os.setgid(1337); os.setuid(1337)
 def original_dst(c):
     raw = c.getsockopt(socket.SOL_IP, 80, 16)  # SO_ORIGINAL_DST
     return socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0]
@@ -75,6 +74,18 @@ def relay(a, b):
         pass
     finally:
         a.close(); b.close()
+def accept_loop(s, serve, kind):
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c, kind), daemon=True).start()
+"""
+
+# The sidecar: binds as root, then runs as uid 1337 (its sockets are owned by that uid).
+SIDECAR = (
+    PROXY_LIB
+    + r"""
+inbound, outbound = listener(15006), listener(15001)
+os.setgroups([]); os.setgid(1337); os.setuid(1337)
 def serve(c, tls):
     try:
         ip, port = original_dst(c)
@@ -89,23 +100,28 @@ def serve(c, tls):
         print("SIDECAR-ERROR", e, flush=True); c.close(); return
     print("SIDECAR", "in" if tls else "out", port, flush=True)
     relay(c, up)
-def accept_loop(s, tls):
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c, tls), daemon=True).start()
-threading.Thread(target=accept_loop, args=(outbound, False), daemon=True).start()
+threading.Thread(target=accept_loop, args=(outbound, serve, False), daemon=True).start()
 print("READY", flush=True)
-accept_loop(inbound, True)
+accept_loop(inbound, serve, True)
 """
+)
 
-# Run in the client pod: TLS to the pod (a mesh peer), one request per connection.
+# Run in the client pod: TLS to the pod (a mesh peer), one request per connection; with a
+# fourth argument HOST:PORT, first a CONNECT to it in the TLS (HBONE's shape, on HTTP/1.1).
 TLS_CLIENT = r"""
 import json, socket, ssl, sys
 host, port, requests = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+tunnel = sys.argv[4] if len(sys.argv) > 4 else None
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 out = []
 for req in requests:
     with ctx.wrap_socket(socket.create_connection((host, port), timeout=20)) as s:
+        if tunnel:
+            s.sendall(f"CONNECT {tunnel} HTTP/1.1\r\nHost: {tunnel}\r\n\r\n".encode())
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += s.recv(1)
+            assert head.startswith(b"HTTP/1.1 200"), head
         s.sendall(req.encode())
         data = b""
         while b"\r\n\r\n" not in data or not data.split(b"\r\n\r\n", 1)[1]:
@@ -118,11 +134,27 @@ print(json.dumps(out))
 """
 
 
-SIDECAR_LOGS: dict[str, Path] = {}
+PROXY_LOGS: dict[str, Path] = {}
 
 
-def sidecar_log(pod: Pod) -> str:
-    return SIDECAR_LOGS[pod.name].read_text()
+def proxy_log(pod: Pod) -> str:
+    return PROXY_LOGS[pod.name].read_text()
+
+
+def start_proxy(pod: Pod, tmp_path: Path, script: str, ports: list[int], rules: str) -> None:
+    """Start the pod's mesh proxy, then install the mesh's rules in its netns."""
+    pem = ca().issue("mesh-app", "/CN=app", [f"subjectAltName=IP:{pod.address}"])
+    PROXY_LOGS[pod.name] = tmp_path / "proxy.log"
+    # The proxy reads them as root (the sidecar then drops to uid 1337).
+    with PROXY_LOGS[pod.name].open("wb") as log:
+        proxy = pod.spawn(
+            [PY, "-c", script, str(pem.cert), str(pem.key), pod.address], stdout=log, stderr=log
+        )
+    for port in ports:
+        pod.wait_listening(port)
+    done = pod.run(["iptables-restore", "--noflush"], input=rules.encode())
+    assert done.returncode == 0, done.stderr
+    assert proxy.poll() is None
 
 
 @pytest.fixture
@@ -130,26 +162,17 @@ def meshed(xworld: ExecWorld, tmp_path: Path) -> Iterator[Pod]:
     """A target pod with the Istio sidecar ruleset and a TLS-terminating sidecar."""
     pod = xworld.net.add_pod("meshed", argv=[PY, "-c", LOGGING_SERVER, str(PORT)], wait_port=PORT)
     try:
-        pem = ca().issue("mesh-app", "/CN=app", [f"subjectAltName=IP:{pod.address}"])
-        SIDECAR_LOGS[pod.name] = tmp_path / "sidecar.log"
-        # The sidecar reads them as root before it drops to uid 1337.
-        with SIDECAR_LOGS[pod.name].open("wb") as log:
-            sidecar = pod.spawn(
-                [PY, "-c", SIDECAR, str(pem.cert), str(pem.key), pod.address],
-                stdout=log, stderr=log,
-            )  # fmt: skip
-        pod.wait_listening(15006)
-        pod.wait_listening(15001)
-        done = pod.run(["iptables-restore", "--noflush"], input=ISTIO_NAT.encode())
-        assert done.returncode == 0, done.stderr
-        assert sidecar.poll() is None
+        start_proxy(pod, tmp_path, SIDECAR, [15006, 15001], ISTIO_NAT)
         yield pod
     finally:
         pod.close()
 
 
-def ask(world: ExecWorld, pod: Pod, requests: list[str]) -> list[str]:
-    done = world.client.run([PY, "-c", TLS_CLIENT, pod.address, str(PORT), json.dumps(requests)])
+def ask(
+    world: ExecWorld, pod: Pod, requests: list[str], port: int = PORT, tunnel: str = ""
+) -> list[str]:
+    argv = [PY, "-c", TLS_CLIENT, pod.address, str(port), json.dumps(requests)]
+    done = world.client.run(argv + ([tunnel] if tunnel else []))
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout))
 
@@ -198,7 +221,7 @@ def test_steal_and_mirror_take_the_sidecars_plaintext_hop(
         assert pod_requests(meshed) == ["REQ GET /a -", "REQ GET /b me", "REQ GET /c -"]
         assert re.findall(r"REQ GET (/\w)", log) == ["/a", "/b", "/c"]
     # The sidecar carried every request: nothing was taken before its TLS.
-    assert sidecar_log(meshed).count("SIDECAR in 8080") >= 3
+    assert proxy_log(meshed).count("SIDECAR in 8080") >= 3
     assert mirrord_rules(meshed) == []
     assert "ISTIO_INBOUND" in meshed.run(["iptables-save", "-t", "nat"]).stdout.decode()
 

@@ -214,8 +214,21 @@ def test_istio_ambient_kuma_and_no_mesh() -> None:
     )
     ambient = detect_mesh(istio, mangle_dump="-A OUTPUT -j ISTIO_OUTPUT\n")
     assert ambient is not None and ambient.vendor == "istio-ambient" and not ambient.sidecar
-    assert not ambient.plaintext_hop(8080)
+    # Without istio-cni's ISTIO_PRERT rules to read: ztunnel's default mark, no probe source.
+    assert (ambient.proxy_mark, ambient.probe_sources) == ("0x539/0xfff", ())
+    assert ambient.plaintext_hop(8080) and not ambient.plaintext_hop(15008)
     assert "HBONE" in ambient.describe(8080)
+    assert ambient.describe(15006) == "Istio ambient: port 15006 is ztunnel's own, taken as is"
+    # Another mark and probe address, read from the rules.
+    odd_nat = (
+        "-A OUTPUT -j ISTIO_OUTPUT\n-A PREROUTING -j ISTIO_PRERT\n"
+        "-A ISTIO_PRERT -s 169.254.9.9/32 -p tcp -m tcp -j ACCEPT\n"
+        "-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m mark ! --mark 0x77/0xff "
+        "-j REDIRECT --to-ports 15006\n"
+    )
+    odd_ambient = detect_mesh(odd_nat, mangle_dump="-A OUTPUT -j ISTIO_OUTPUT\n")
+    assert odd_ambient is not None
+    assert (odd_ambient.proxy_mark, odd_ambient.probe_sources) == ("0x77/0xff", ("169.254.9.9",))
     kuma = detect_mesh("-A OUTPUT -p tcp -j KUMA_MESH_OUTBOUND\n")
     assert kuma is not None and (kuma.vendor, kuma.proxy_uid) == ("kuma", 5678)
     assert detect_mesh("-A OUTPUT -j KUBE-SERVICES\n-A PREROUTING -j DOCKER\n") is None
@@ -237,3 +250,21 @@ def test_a_meshed_port_is_redirected_in_output_only() -> None:
     ]
     with_localhost = PortRules(8080, 4000, "steal", (), True, mesh_uid=1337)
     assert with_localhost.specs(chains) == [f"{chains.outbound} -o lo {tcp} {redirect}"]
+
+
+def test_an_ambient_port_is_also_taken_on_ztunnels_hop_by_its_mark() -> None:
+    """PREROUTING as without a mesh (plaintext clients), plus ztunnel's marked hop in OUTPUT
+    by a port-only DNAT (REDIRECT would answer its transparent peer from 127.0.0.1), before
+    the loopback rule."""
+    from mirrord.agent.incoming.rules import PortRules, SessionChains
+
+    chains = SessionChains.for_session("0123456789abcdef")
+    tcp = "-p tcp -m tcp --dport 8080 --tcp-flags FIN,SYN,RST,ACK SYN"
+    claim = "-m comment --comment mirrord:mirror:8080"
+    rules = PortRules(8080, 4000, "mirror", (), True, mesh_mark="0x539/0xfff")
+    assert rules.specs(chains) == [
+        f"{chains.inbound} {tcp} {claim} -j REDIRECT --to-ports 4000",
+        f"{chains.outbound} -o lo -m mark --mark 0x539/0xfff {tcp} {claim} "
+        "-j DNAT --to-destination :4000",
+        f"{chains.outbound} -o lo {tcp} {claim} -j REDIRECT --to-ports 4000",
+    ]
