@@ -16,18 +16,16 @@ Leniency, decided on purpose (see docs/config.md):
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
 import select
 import stat
 import time
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .errors import ConfigError
 from .templates import TemplateError, render
@@ -280,29 +278,33 @@ def _strip_jsonc(text: str) -> tuple[str, list[str]]:
 
 # --- YAML ----------------------------------------------------------------------------------
 
-_YamlBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+@functools.cache
+def _yaml() -> tuple[Any, Any]:
+    """PyYAML and a safe loader where only true/false (any case) are booleans, as in YAML
+    1.2. Imported on the first YAML config: ~10 ms of every start-up otherwise."""
+    import yaml
 
-class _YamlLoader(_YamlBase):  # type: ignore[misc]
-    """Safe loader where only true/false (any case) are booleans, as in YAML 1.2."""
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for _first in "tTfF":
-    _YamlLoader.add_implicit_resolver(
-        "tag:yaml.org,2002:bool",
-        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-        list(_first),
-    )
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    loader: Any = type("YamlLoader", (base,), {})
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for first in "tTfF":
+        loader.add_implicit_resolver(
+            "tag:yaml.org,2002:bool",
+            re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+            list(first),
+        )
+    return yaml, loader
 
 
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML; an empty document is an empty config."""
+    yaml, loader = _yaml()
     try:
-        data = yaml.load(text, Loader=_YamlLoader)
+        data = yaml.load(text, Loader=loader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -320,6 +322,8 @@ def parse_yaml(text: str, source: str) -> Any:
 
 def parse_toml(text: str, source: str) -> Any:
     """Parse TOML (its error text already names line and column)."""
+    import tomllib  # on the first TOML config only
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
