@@ -90,8 +90,10 @@ async def run_exec(
     runs: list[SupervisedRun] = []
 
     def interrupted(sig: int) -> None:
-        # A signal before the program exists: abandon the start-up, cleanly.
-        if main_task is not None:
+        # A signal before the program exists: abandon the start-up, cleanly. Once it has
+        # ended, the cleanup under way (bounded by its own timeouts) is let finish: cut
+        # short, mirrord exited while the agent was still removing the session's rules.
+        if main_task is not None and not runs:
             loop.call_soon_threadsafe(main_task.cancel)
 
     forwarder = SignalForwarder(

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mirrord/v1/incoming.proto\x12\nmirrord.v1\"L\n\tHttpMatch\x12\x10\n\x06header\x18\x01 \x01(\tH\x00\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x12\x10\n\x06method\x18\x03 \x01(\tH\x00\x42\x0b\n\tcondition\"7\n\rHttpMatchList\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.mirrord.v1.HttpMatch\"\xc6\x01\n\nHttpFilter\x12\x17\n\rheader_filter\x18\x01 \x01(\tH\x00\x12\x15\n\x0bpath_filter\x18\x02 \x01(\tH\x00\x12\x17\n\rmethod_filter\x18\x03 \x01(\tH\x00\x12+\n\x06\x61ll_of\x18\x04 \x01(\x0b\x32\x19.mirrord.v1.HttpMatchListH\x00\x12+\n\x06\x61ny_of\x18\x05 \x01(\x0b\x32\x19.mirrord.v1.HttpMatchListH\x00\x12\r\n\x05ports\x18\x06 \x03(\rB\x06\n\x04kind\"\xba\x02\n\x18IncomingSubscribeRequest\x12\x0c\n\x04port\x18\x01 \x01(\r\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.mirrord.v1.IncomingMode\x12+\n\x0bhttp_filter\x18\x03 \x01(\x0b\x32\x16.mirrord.v1.HttpFilter\x12,\n\x07\x62\x61\x63kend\x18\x04 \x01(\x0e\x32\x1b.mirrord.v1.IptablesBackend\x12\x1c\n\x14include_node_traffic\x18\x05 \x01(\x08\x12\x18\n\x10ignore_localhost\x18\x06 \x01(\x08\x12*\n\x06\x64irect\x18\x07 \x01(\x0b\x32\x1a.mirrord.v1.IncomingDirect\x12)\n\x06probes\x18\x08 \x03(\x0b\x32\x19.mirrord.v1.IncomingProbe\"X\n\rIncomingProbe\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.mirrord.v1.IncomingProbeKind\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"A\n\x0eIncomingDirect\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x13\n\x0bnotify_path\x18\x03 \x01(\t\"+\n\x0fIncomingAddress\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"j\n\x12IncomingSubscribed\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64irect\x18\x04 \x01(\x08\x12\x0c\n\x04mesh\x18\x05 \x01(\t\"\xd5\x01\n\x15IncomingNewConnection\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12+\n\x06remote\x18\x02 \x01(\x0b\x32\x1b.mirrord.v1.IncomingAddress\x12\x39\n\x14original_destination\x18\x03 \x01(\x0b\x32\x1b.mirrord.v1.IncomingAddress\x12&\n\x04mode\x18\x04 \x01(\x0e\x32\x18.mirrord.v1.IncomingMode\x12\x15\n\rhttp_filtered\x18\x05 \x01(\x08\"\x90\x01\n\x16IncomingSubscribeEvent\x12\x34\n\nsubscribed\x18\x01 \x01(\x0b\x32\x1e.mirrord.v1.IncomingSubscribedH\x00\x12\x37\n\nconnection\x18\x02 \x01(\x0b\x32!.mirrord.v1.IncomingNewConnectionH\x00\x42\x07\n\x05\x65vent\"/\n\x16IncomingConnectionOpen\x12\x15\n\rconnection_id\x18\x01 \x01(\t\"@\n\x16IncomingConnectionIdle\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\r\n\x05reuse\x18\x02 \x01(\x08\"\xaf\x01\n\x1fIncomingConnectionClientMessage\x12\x32\n\x04open\x18\x01 \x01(\x0b\x32\".mirrord.v1.IncomingConnectionOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x03 \x01(\x08H\x00\x12\x32\n\x04idle\x18\x04 \x01(\x0b\x32\".mirrord.v1.IncomingConnectionIdleH\x00\x42\x05\n\x03msg\"n\n\x1aIncomingConnectionAssigned\x12\x35\n\nconnection\x18\x01 \x01(\x0b\x32!.mirrord.v1.IncomingNewConnection\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x03 \x01(\x08\"\x92\x01\n\x1eIncomingConnectionAgentMessage\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x02 \x01(\x08H\x00\x12:\n\x08\x61ssigned\x18\x03 \x01(\x0b\x32&.mirrord.v1.IncomingConnectionAssignedH\x00\x12\x0e\n\x04\x64one\x18\x04 \x01(\x08H\x00\x42\x05\n\x03msg*`\n\x0cIncomingMode\x12\x1d\n\x19INCOMING_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14INCOMING_MODE_MIRROR\x10\x01\x12\x17\n\x13INCOMING_MODE_STEAL\x10\x02*c\n\x0fIptablesBackend\x12\x19\n\x15IPTABLES_BACKEND_AUTO\x10\x00\x12\x1b\n\x17IPTABLES_BACKEND_LEGACY\x10\x01\x12\x18\n\x14IPTABLES_BACKEND_NFT\x10\x02*\x91\x01\n\x11IncomingProbeKind\x12#\n\x1fINCOMING_PROBE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17INCOMING_PROBE_KIND_TCP\x10\x01\x12\x1c\n\x18INCOMING_PROBE_KIND_HTTP\x10\x02\x12\x1c\n\x18INCOMING_PROBE_KIND_GRPC\x10\x03\x32\xce\x01\n\x08Incoming\x12W\n\tSubscribe\x12$.mirrord.v1.IncomingSubscribeRequest\x1a\".mirrord.v1.IncomingSubscribeEvent0\x01\x12i\n\nConnection\x12+.mirrord.v1.IncomingConnectionClientMessage\x1a*.mirrord.v1.IncomingConnectionAgentMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mirrord/v1/incoming.proto\x12\nmirrord.v1\"L\n\tHttpMatch\x12\x10\n\x06header\x18\x01 \x01(\tH\x00\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x12\x10\n\x06method\x18\x03 \x01(\tH\x00\x42\x0b\n\tcondition\"7\n\rHttpMatchList\x12&\n\x07matches\x18\x01 \x03(\x0b\x32\x15.mirrord.v1.HttpMatch\"\xc6\x01\n\nHttpFilter\x12\x17\n\rheader_filter\x18\x01 \x01(\tH\x00\x12\x15\n\x0bpath_filter\x18\x02 \x01(\tH\x00\x12\x17\n\rmethod_filter\x18\x03 \x01(\tH\x00\x12+\n\x06\x61ll_of\x18\x04 \x01(\x0b\x32\x19.mirrord.v1.HttpMatchListH\x00\x12+\n\x06\x61ny_of\x18\x05 \x01(\x0b\x32\x19.mirrord.v1.HttpMatchListH\x00\x12\r\n\x05ports\x18\x06 \x03(\rB\x06\n\x04kind\"\xba\x02\n\x18IncomingSubscribeRequest\x12\x0c\n\x04port\x18\x01 \x01(\r\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.mirrord.v1.IncomingMode\x12+\n\x0bhttp_filter\x18\x03 \x01(\x0b\x32\x16.mirrord.v1.HttpFilter\x12,\n\x07\x62\x61\x63kend\x18\x04 \x01(\x0e\x32\x1b.mirrord.v1.IptablesBackend\x12\x1c\n\x14include_node_traffic\x18\x05 \x01(\x08\x12\x18\n\x10ignore_localhost\x18\x06 \x01(\x08\x12*\n\x06\x64irect\x18\x07 \x01(\x0b\x32\x1a.mirrord.v1.IncomingDirect\x12)\n\x06probes\x18\x08 \x03(\x0b\x32\x19.mirrord.v1.IncomingProbe\"X\n\rIncomingProbe\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.mirrord.v1.IncomingProbeKind\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"R\n\x0eIncomingDirect\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x13\n\x0bnotify_path\x18\x03 \x01(\t\x12\x0f\n\x07handoff\x18\x04 \x01(\x08\"+\n\x0fIncomingAddress\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"j\n\x12IncomingSubscribed\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64irect\x18\x04 \x01(\x08\x12\x0c\n\x04mesh\x18\x05 \x01(\t\"\xd5\x01\n\x15IncomingNewConnection\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12+\n\x06remote\x18\x02 \x01(\x0b\x32\x1b.mirrord.v1.IncomingAddress\x12\x39\n\x14original_destination\x18\x03 \x01(\x0b\x32\x1b.mirrord.v1.IncomingAddress\x12&\n\x04mode\x18\x04 \x01(\x0e\x32\x18.mirrord.v1.IncomingMode\x12\x15\n\rhttp_filtered\x18\x05 \x01(\x08\"\x90\x01\n\x16IncomingSubscribeEvent\x12\x34\n\nsubscribed\x18\x01 \x01(\x0b\x32\x1e.mirrord.v1.IncomingSubscribedH\x00\x12\x37\n\nconnection\x18\x02 \x01(\x0b\x32!.mirrord.v1.IncomingNewConnectionH\x00\x42\x07\n\x05\x65vent\"/\n\x16IncomingConnectionOpen\x12\x15\n\rconnection_id\x18\x01 \x01(\t\"@\n\x16IncomingConnectionIdle\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\r\n\x05reuse\x18\x02 \x01(\x08\"\xaf\x01\n\x1fIncomingConnectionClientMessage\x12\x32\n\x04open\x18\x01 \x01(\x0b\x32\".mirrord.v1.IncomingConnectionOpenH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x03 \x01(\x08H\x00\x12\x32\n\x04idle\x18\x04 \x01(\x0b\x32\".mirrord.v1.IncomingConnectionIdleH\x00\x42\x05\n\x03msg\"n\n\x1aIncomingConnectionAssigned\x12\x35\n\nconnection\x18\x01 \x01(\x0b\x32!.mirrord.v1.IncomingNewConnection\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x03 \x01(\x08\"\x92\x01\n\x1eIncomingConnectionAgentMessage\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\r\n\x03\x65of\x18\x02 \x01(\x08H\x00\x12:\n\x08\x61ssigned\x18\x03 \x01(\x0b\x32&.mirrord.v1.IncomingConnectionAssignedH\x00\x12\x0e\n\x04\x64one\x18\x04 \x01(\x08H\x00\x42\x05\n\x03msg*`\n\x0cIncomingMode\x12\x1d\n\x19INCOMING_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14INCOMING_MODE_MIRROR\x10\x01\x12\x17\n\x13INCOMING_MODE_STEAL\x10\x02*c\n\x0fIptablesBackend\x12\x19\n\x15IPTABLES_BACKEND_AUTO\x10\x00\x12\x1b\n\x17IPTABLES_BACKEND_LEGACY\x10\x01\x12\x18\n\x14IPTABLES_BACKEND_NFT\x10\x02*\x91\x01\n\x11IncomingProbeKind\x12#\n\x1fINCOMING_PROBE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17INCOMING_PROBE_KIND_TCP\x10\x01\x12\x1c\n\x18INCOMING_PROBE_KIND_HTTP\x10\x02\x12\x1c\n\x18INCOMING_PROBE_KIND_GRPC\x10\x03\x32\xce\x01\n\x08Incoming\x12W\n\tSubscribe\x12$.mirrord.v1.IncomingSubscribeRequest\x1a\".mirrord.v1.IncomingSubscribeEvent0\x01\x12i\n\nConnection\x12+.mirrord.v1.IncomingConnectionClientMessage\x1a*.mirrord.v1.IncomingConnectionAgentMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mirrord.v1.incoming_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INCOMINGMODE']._serialized_start=1921
-  _globals['_INCOMINGMODE']._serialized_end=2017
-  _globals['_IPTABLESBACKEND']._serialized_start=2019
-  _globals['_IPTABLESBACKEND']._serialized_end=2118
-  _globals['_INCOMINGPROBEKIND']._serialized_start=2121
-  _globals['_INCOMINGPROBEKIND']._serialized_end=2266
+  _globals['_INCOMINGMODE']._serialized_start=1938
+  _globals['_INCOMINGMODE']._serialized_end=2034
+  _globals['_IPTABLESBACKEND']._serialized_start=2036
+  _globals['_IPTABLESBACKEND']._serialized_end=2135
+  _globals['_INCOMINGPROBEKIND']._serialized_start=2138
+  _globals['_INCOMINGPROBEKIND']._serialized_end=2283
   _globals['_HTTPMATCH']._serialized_start=41
   _globals['_HTTPMATCH']._serialized_end=117
   _globals['_HTTPMATCHLIST']._serialized_start=119
@@ -48,25 +48,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INCOMINGPROBE']._serialized_start=694
   _globals['_INCOMINGPROBE']._serialized_end=782
   _globals['_INCOMINGDIRECT']._serialized_start=784
-  _globals['_INCOMINGDIRECT']._serialized_end=849
-  _globals['_INCOMINGADDRESS']._serialized_start=851
-  _globals['_INCOMINGADDRESS']._serialized_end=894
-  _globals['_INCOMINGSUBSCRIBED']._serialized_start=896
-  _globals['_INCOMINGSUBSCRIBED']._serialized_end=1002
-  _globals['_INCOMINGNEWCONNECTION']._serialized_start=1005
-  _globals['_INCOMINGNEWCONNECTION']._serialized_end=1218
-  _globals['_INCOMINGSUBSCRIBEEVENT']._serialized_start=1221
-  _globals['_INCOMINGSUBSCRIBEEVENT']._serialized_end=1365
-  _globals['_INCOMINGCONNECTIONOPEN']._serialized_start=1367
-  _globals['_INCOMINGCONNECTIONOPEN']._serialized_end=1414
-  _globals['_INCOMINGCONNECTIONIDLE']._serialized_start=1416
-  _globals['_INCOMINGCONNECTIONIDLE']._serialized_end=1480
-  _globals['_INCOMINGCONNECTIONCLIENTMESSAGE']._serialized_start=1483
-  _globals['_INCOMINGCONNECTIONCLIENTMESSAGE']._serialized_end=1658
-  _globals['_INCOMINGCONNECTIONASSIGNED']._serialized_start=1660
-  _globals['_INCOMINGCONNECTIONASSIGNED']._serialized_end=1770
-  _globals['_INCOMINGCONNECTIONAGENTMESSAGE']._serialized_start=1773
-  _globals['_INCOMINGCONNECTIONAGENTMESSAGE']._serialized_end=1919
-  _globals['_INCOMING']._serialized_start=2269
-  _globals['_INCOMING']._serialized_end=2475
+  _globals['_INCOMINGDIRECT']._serialized_end=866
+  _globals['_INCOMINGADDRESS']._serialized_start=868
+  _globals['_INCOMINGADDRESS']._serialized_end=911
+  _globals['_INCOMINGSUBSCRIBED']._serialized_start=913
+  _globals['_INCOMINGSUBSCRIBED']._serialized_end=1019
+  _globals['_INCOMINGNEWCONNECTION']._serialized_start=1022
+  _globals['_INCOMINGNEWCONNECTION']._serialized_end=1235
+  _globals['_INCOMINGSUBSCRIBEEVENT']._serialized_start=1238
+  _globals['_INCOMINGSUBSCRIBEEVENT']._serialized_end=1382
+  _globals['_INCOMINGCONNECTIONOPEN']._serialized_start=1384
+  _globals['_INCOMINGCONNECTIONOPEN']._serialized_end=1431
+  _globals['_INCOMINGCONNECTIONIDLE']._serialized_start=1433
+  _globals['_INCOMINGCONNECTIONIDLE']._serialized_end=1497
+  _globals['_INCOMINGCONNECTIONCLIENTMESSAGE']._serialized_start=1500
+  _globals['_INCOMINGCONNECTIONCLIENTMESSAGE']._serialized_end=1675
+  _globals['_INCOMINGCONNECTIONASSIGNED']._serialized_start=1677
+  _globals['_INCOMINGCONNECTIONASSIGNED']._serialized_end=1787
+  _globals['_INCOMINGCONNECTIONAGENTMESSAGE']._serialized_start=1790
+  _globals['_INCOMINGCONNECTIONAGENTMESSAGE']._serialized_end=1936
+  _globals['_INCOMING']._serialized_start=2286
+  _globals['_INCOMING']._serialized_end=2492
 # @@protoc_insertion_point(module_scope)

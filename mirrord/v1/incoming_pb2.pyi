@@ -288,6 +288,7 @@ class IncomingDirect(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
     NOTIFY_PATH_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """the program's listener, as the agent connects to it (a loopback address)"""
     port: _builtins.int
@@ -297,16 +298,23 @@ class IncomingDirect(_message.Message):
     agent connects, and its end after (mirrord/directwire.py), so the program's accept
     can show the real peer.
     """
+    handoff: _builtins.bool
+    """1.6: an unfiltered steal hands each connection over whole: its fd goes to notify_path
+    with the note (SCM_RIGHTS), then a doorbell connection to the listener wakes the
+    program's accept, which the client answers with the handed connection. No relay.
+    Only a client that answers accept itself (seccomp notifications) asks.
+    """
     def __init__(
         self,
         *,
         host: _builtins.str = ...,
         port: _builtins.int = ...,
         notify_path: _builtins.str = ...,
+        handoff: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "notify_path", b"notify_path", "port", b"port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff", "host", b"host", "notify_path", b"notify_path", "port", b"port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -95,6 +95,11 @@ def decode_reply(data: bytes) -> DirectReply:
 NOTE_NEW = b"N"  # a delivery: its source port, the subscribed port, peer, original destination
 NOTE_GONE = b"G"  # that delivery's connection is closed
 NOTE_FAILED = b"F"  # a delivery could not reach the program (errno)
+# A connection handed over whole (IncomingDirect.handoff): its fd rides along (SCM_RIGHTS);
+# `port` is the doorbell's, the connection the agent makes to the program's listener
+# right after so that the program's accept wakes up for it.
+NOTE_HANDOFF = b"H"
+NOTE_KINDS = (NOTE_NEW, NOTE_GONE, NOTE_FAILED, NOTE_HANDOFF)
 # kind, source port, subscribed port, errno, peer (family, ip, port), original (same)
 _NOTE = struct.Struct("!cHHIB16sHB16sH")
 NOTE_SIZE = _NOTE.size
@@ -103,15 +108,15 @@ NOTE_SIZE = _NOTE.size
 @dataclass(frozen=True)
 class Note:
     kind: bytes
-    port: int  # the delivering socket's local port (NEW, GONE)
-    sub_port: int = 0  # the target's subscribed port (NEW, FAILED)
+    port: int  # the delivering socket's (or doorbell's) local port (NEW, GONE, HANDOFF)
+    sub_port: int = 0  # the target's subscribed port (NEW, FAILED, HANDOFF)
     errno: int = 0  # FAILED
     peer: tuple[bytes, int] = (b"", 0)  # (4 or 16 address bytes, port)
     original: tuple[bytes, int] = (b"", 0)
 
 
 def encode_note(note: Note) -> bytes:
-    if note.kind not in (NOTE_NEW, NOTE_GONE, NOTE_FAILED):
+    if note.kind not in NOTE_KINDS:
         raise DirectWireError(f"unknown note kind {note.kind!r}")
     (pip, pport), (oip, oport) = note.peer, note.original
     return _NOTE.pack(
@@ -132,6 +137,6 @@ def decode_note(data: bytes) -> Note:
     if len(data) != NOTE_SIZE:
         raise DirectWireError(f"a note is {NOTE_SIZE} bytes, not {len(data)}")
     kind, port, sub_port, err, pfam, pip, pport, ofam, oip, oport = _NOTE.unpack(data)
-    if kind not in (NOTE_NEW, NOTE_GONE, NOTE_FAILED):
+    if kind not in NOTE_KINDS:
         raise DirectWireError(f"unknown note kind {kind!r}")
     return Note(kind, port, sub_port, err, (_ip(pfam, pip), pport), (_ip(ofam, oip), oport))

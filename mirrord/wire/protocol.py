@@ -7,8 +7,9 @@ The agent refuses a client whose major version differs; minor versions only add 
 from typing import Final
 
 PROTOCOL_MAJOR: Final = 1
-PROTOCOL_MINOR: Final = 5  # 1.2: OpenRequest.resolve/base; 1.3: IncomingProbe;
-# 1.4: OpenRequest.prefetch, OpenChunk.below; 1.5: IncomingSubscribed.mesh
+PROTOCOL_MINOR: Final = 6  # 1.2: OpenRequest.resolve/base; 1.3: IncomingProbe;
+# 1.4: OpenRequest.prefetch, OpenChunk.below; 1.5: IncomingSubscribed.mesh;
+# 1.6: IncomingDirect.handoff
 
 
 def version_string(major: int, minor: int) -> str:

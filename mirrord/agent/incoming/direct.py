@@ -13,22 +13,50 @@ the program sees a reset, not a clean end.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import ipaddress
 import logging
+import os
+import select
 import socket
 from collections import deque
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from mirrord.agent.bridge import LINGER_OFF, LINGER_RESET, Bridge, set_linger
 from mirrord.agent.incoming.delivery import Delivery
-from mirrord.wire.direct import NOTE_FAILED, NOTE_GONE, NOTE_NEW, Note, encode_note
+from mirrord.wire.direct import (
+    NOTE_FAILED,
+    NOTE_GONE,
+    NOTE_HANDOFF,
+    NOTE_NEW,
+    Note,
+    encode_note,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 NOTE_TIMEOUT_S = 5.0
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset: no TIME_WAIT left by a doorbell, and a connection we could not
+    hand over is refused to its peer, not ended as if answered."""
+    set_linger(sock, LINGER_RESET)
+    sock.close()
+
+
+def _dispose(conn: socket.socket | None, sent: bool) -> None:
+    """Our copy of a handed-over connection, once its note went (the client has its own)
+    or did not (reset: nobody will answer it)."""
+    if conn is not None:
+        if sent:
+            conn.close()
+        else:
+            _reset(conn)
 
 
 def _packed(host: str) -> bytes:
@@ -38,9 +66,10 @@ def _packed(host: str) -> bytes:
 class DirectTarget:
     """The program's listener of one subscription, and the client's datagram socket."""
 
-    def __init__(self, host: str, port: int, notify_path: str) -> None:
+    def __init__(self, host: str, port: int, notify_path: str, handoff: bool = False) -> None:
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.address = (host, port)
+        self.handoff = handoff  # IncomingDirect.handoff: unfiltered steals hand over fds
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             self._notify.connect(notify_path)
@@ -50,35 +79,51 @@ class DirectTarget:
             raise
         # Notes go out in order; a datagram socket queues only net.unix.max_dgram_qlen
         # (10) of them, so a burst waits for the client to read (never dropped: a lost NEW
-        # would show the program 127.0.0.1 as the peer).
-        self._backlog: deque[tuple[bytes, asyncio.Future[None]]] = deque()
+        # would show the program 127.0.0.1 as the peer). A handed-over connection waits
+        # with its note, and is closed here once sent.
+        self._backlog: deque[tuple[bytes, socket.socket | None, asyncio.Future[bool]]] = deque()
         self._sender: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         if self._sender is not None:
             self._sender.cancel()
-        for _, sent in self._backlog:
+        for task in self._tasks:
+            task.cancel()
+        for _, conn, sent in self._backlog:
             sent.cancel()
+            if conn is not None:
+                _reset(conn)
         self._backlog.clear()
         self._notify.close()
 
-    def _tell(self, note: Note) -> asyncio.Future[None]:
-        """Send a note after those before it; the future is done once it went (or was
-        given up: the client stopped reading for NOTE_TIMEOUT_S, or is gone)."""
-        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _send(self, data: bytes, conn: socket.socket | None) -> None:
+        if conn is None:
+            self._notify.send(data)
+        else:
+            fds = array.array("i", [conn.fileno()])
+            self._notify.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+
+    def _tell(self, note: Note, conn: socket.socket | None = None) -> asyncio.Future[bool]:
+        """Send a note after those before it (with `conn`: its fd too; `conn` is closed
+        here once sent, reset if it could not be). The future says whether it went, once
+        it did or was given up (the client stopped reading for NOTE_TIMEOUT_S, or is
+        gone)."""
+        sent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         data = encode_note(note)
         if not self._backlog:
             try:
-                self._notify.send(data)
-                sent.set_result(None)
-                return sent
+                self._send(data, conn)
+                sent.set_result(True)
             except BlockingIOError:
                 pass
             except OSError as e:
                 log.debug("direct delivery: note not sent: %s", e)
-                sent.set_result(None)
+                sent.set_result(False)
+            if sent.done():
+                _dispose(conn, sent.result())
                 return sent
-        self._backlog.append((data, sent))
+        self._backlog.append((data, conn, sent))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_backlog())
         return sent
@@ -86,14 +131,105 @@ class DirectTarget:
     async def _send_backlog(self) -> None:
         loop = asyncio.get_running_loop()
         while self._backlog:
-            data, sent = self._backlog[0]
+            data, conn, sent = self._backlog[0]
+            went = True
             try:
-                await asyncio.wait_for(loop.sock_sendall(self._notify, data), NOTE_TIMEOUT_S)
+                await asyncio.wait_for(self._send_when_ready(loop, data, conn), NOTE_TIMEOUT_S)
             except (OSError, TimeoutError) as e:
                 log.warning("direct delivery: a note was not taken: %s", e)
+                went = False
             self._backlog.popleft()
+            _dispose(conn, went)
             if not sent.done():
-                sent.set_result(None)
+                sent.set_result(went)
+
+    async def _send_when_ready(
+        self, loop: asyncio.AbstractEventLoop, data: bytes, conn: socket.socket | None
+    ) -> None:
+        while True:
+            try:
+                self._send(data, conn)
+                return
+            except BlockingIOError:
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(self._notify.fileno(), ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(self._notify.fileno())
+
+    def hand_off(
+        self, conn: socket.socket, sub_port: int, peer: tuple[str, int], original: tuple[str, int]
+    ) -> None:
+        """A stolen connection, whole, to the client (IncomingDirect.handoff): its fd
+        with a HANDOFF note naming the doorbell's port, then the doorbell: a connection
+        to the program's listener, reset at once, which wakes the program's accept; the
+        client answers that accept with `conn`. No byte of it passes through us.
+        Takes `conn` (closed here once sent)."""
+        bell = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            bell.setblocking(False)
+            bell.bind((self.address[0], 0))
+            port = int(bell.getsockname()[1])
+        except OSError as e:
+            bell.close()
+            log.info("port %d: no doorbell for a handed-over connection: %s", sub_port, e)
+            _reset(conn)
+            return
+        note = Note(
+            NOTE_HANDOFF,
+            port,
+            sub_port,
+            peer=(_packed(peer[0]), peer[1]),
+            original=(_packed(original[0]), original[1]),
+        )
+        sent = self._tell(note, conn)
+        if not sent.done():
+            self._spawn(self._ring_after(sent, bell, port, sub_port))
+        elif not sent.result():
+            _reset(bell)  # the client has no connection to wake the program for
+        elif not self._ring(bell, port, sub_port):
+            self._spawn(self._ring_when_connected(bell, port, sub_port))
+
+    def _ring(self, bell: socket.socket, port: int, sub_port: int) -> bool:
+        """Connect the doorbell and reset it, when loopback completes the handshake within
+        connect() (it does unless the listener's queue is full); False: still connecting."""
+        err = bell.connect_ex(self.address)
+        if err == errno.EINPROGRESS:
+            poller = select.poll()
+            poller.register(bell.fileno(), select.POLLOUT)
+            if not poller.poll(0):
+                return False
+            err = bell.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._failed(port, sub_port, err)
+        _reset(bell)
+        return True
+
+    async def _ring_after(
+        self, sent: asyncio.Future[bool], bell: socket.socket, port: int, sub_port: int
+    ) -> None:
+        if not await sent:
+            _reset(bell)
+        elif not self._ring(bell, port, sub_port):
+            await self._ring_when_connected(bell, port, sub_port)
+
+    async def _ring_when_connected(self, bell: socket.socket, port: int, sub_port: int) -> None:
+        try:
+            await asyncio.get_running_loop().sock_connect(bell, self.address)
+        except OSError as e:
+            self._failed(port, sub_port, e.errno or errno.ECONNREFUSED)
+        finally:
+            _reset(bell)
+
+    def _failed(self, port: int, sub_port: int, err: int) -> None:
+        log.debug("port %d: doorbell failed: %s", sub_port, os.strerror(err))
+        self._tell(Note(NOTE_FAILED, port, sub_port, err))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _connect(
         self, sub_port: int, peer: tuple[str, int], original: tuple[str, int]

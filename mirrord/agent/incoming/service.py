@@ -144,7 +144,7 @@ def _direct_target(request: incoming_pb2.IncomingSubscribeRequest) -> DirectTarg
         return None
     d = request.direct
     try:
-        return DirectTarget(d.host, d.port, d.notify_path)
+        return DirectTarget(d.host, d.port, d.notify_path, d.handoff)
     except (OSError, ValueError) as e:
         log.info("port %d: no direct delivery (%s): streams carry its connections", request.port, e)
         return None

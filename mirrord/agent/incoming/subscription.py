@@ -39,6 +39,8 @@ SPARE_SOCKETS = 8
 # Idle Connection streams one subscription keeps at most: the client asks for a few; more
 # would only hold agent resources for connections that may never come.
 MAX_IDLE_STREAMS = 32
+# Connections handed over per wake-up of the listener before other work gets a turn.
+HANDOFF_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class Subscription:
         # which may be busy with the session's other jobs.
         self._spares: list[socket.socket] = []
         self._refill: asyncio.Task[None] | None = None
+        self._handing = False  # accepting for direct.hand_off on the listener's fd
         self._closed = False
         # Said when the subscription ends: mirror may drop copies, but not silently.
         self.connections = 0
@@ -111,9 +114,15 @@ class Subscription:
         if self.listener is None:  # a share's member: it accepts
             pass
         elif self.direct is not None and self.rules.mode == "steal" and not reads_requests:
-            # Whole connections to a local program: transports joined (direct.py steal).
             loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(lambda: _StolenPeer(self), sock=self.listener)
+            if self.direct.handoff:
+                # Whole connections handed to the client (direct.py hand_off): no relay.
+                self._handing = True
+                loop.add_reader(self.listener.fileno(), self._hand_off_ready)
+            else:
+                # Whole connections to a local program: transports joined (direct.py steal).
+                server = await loop.create_server(lambda: _StolenPeer(self), sock=self.listener)
+                self._server = server
         else:
             self._server = await asyncio.start_server(self.accepted, sock=self.listener)
         if self.rules.mode == "mirror" or reads_requests:
@@ -191,6 +200,9 @@ class Subscription:
         for spare in self._spares:
             spare.close()
         self._spares.clear()
+        if self._handing and self.listener is not None:
+            asyncio.get_running_loop().remove_reader(self.listener.fileno())
+            self._handing = False
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -275,6 +287,27 @@ class Subscription:
         remote = (unmapped(str(host)), int(port))
         log.debug("port %d: connection from %s to %s", self.rules.port, remote, original)
         self._spawn(self._steal_direct(self.direct, peer, first, remote, original))
+
+    def _hand_off_ready(self) -> None:
+        """The listener has connections: each goes to the client whole (direct.py)."""
+        assert self.listener is not None and self.direct is not None
+        for _ in range(HANDOFF_BATCH):  # then the loop's other work gets a turn
+            try:
+                conn, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # ECONNABORTED, EMFILE...: as asyncio's servers, go on
+                log.info("port %d: accept failed: %s", self.rules.port, e)
+                return
+            self.connections += 1
+            try:
+                original = original_destination(conn)
+            except OSError as e:  # gone already
+                log.info("port %d: connection ended: %s", self.rules.port, e)
+                conn.close()
+                continue
+            remote = (unmapped(str(addr[0])), int(addr[1]))
+            self.direct.hand_off(conn, self.rules.port, remote, original)
 
     async def _steal_direct(
         self,

@@ -14,7 +14,9 @@ datagram socket of ours before it connects, and read here (`delivered`).
 
 from __future__ import annotations
 
+import array
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -43,6 +45,7 @@ from mirrord.say import say as _say
 from mirrord.v1.incoming_pb2 import IncomingDirect
 from mirrord.wire.direct import (
     NOTE_GONE,
+    NOTE_HANDOFF,
     NOTE_NEW,
     NOTE_SIZE,
     DirectWireError,
@@ -55,6 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mirrord.features.incoming.delivery")
 
 CHUNK = 256 * 1024
+# Set (to anything): stolen connections are relayed by the local agent even where the
+# program's accept could take them whole (tests of that path, diagnosis).
+NO_HANDOFF_ENV = "MIRRORD_NO_HANDOFF"
 ANY4, ANY6 = b"\0" * 4, b"\0" * 16
 
 
@@ -88,7 +94,31 @@ def _target(family: int, ip: bytes, port: int) -> tuple[int, tuple[str, int]]:
 
 
 _UCRED = struct.Struct("iII")  # pid, uid, gid
-_CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+# A note's credentials and at most one fd (a handed-over connection); room for a few
+# more, so a sender that attaches extra fds cannot make us lose them unclosed.
+_ANCILLARY_SPACE = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(4 * 8)
+# Handed-over connections kept for accepts that have not come yet; past this, the oldest
+# is reset (the program stopped accepting: its listener's queue holds no more anyway).
+MAX_HANDED = 4096
+
+
+def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds a datagram carried (SCM_RIGHTS): ours now, to use or close."""
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def _reset_fd(fd: int) -> None:
+    """Close a connection with a reset: its peer must not take it for answered."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        finally:
+            sock.close()
 
 
 def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
@@ -125,6 +155,9 @@ class IncomingProxy:
         # proxy-side local port -> (remote peer, original destination); read by the
         # supervisor's handlers on the tracer thread (single dict operations are atomic).
         self._delivered: dict[int, tuple[tuple[str, int], tuple[str, int]]] = {}
+        # Connections the agent handed over whole (NOTE_HANDOFF), by their doorbell's
+        # port, until the program's accept takes them (`take_handed`); oldest first.
+        self._handed: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._unavailable_said = False
@@ -190,19 +223,39 @@ class IncomingProxy:
             asyncio.get_running_loop().add_reader(sock.fileno(), self._read_notes)
         return self._notes_name
 
+    def take_handed(
+        self, doorbell_port: int
+    ) -> tuple[int, tuple[str, int], tuple[str, int]] | None:
+        """The connection handed over with the doorbell from this port (our fd, to
+        install in the program or close), its real peer and original destination."""
+        if self._notes is None:
+            return None
+        self._read_notes()  # its note was sent before the doorbell rang
+        with self._notes_lock:
+            fd = self._handed.pop(doorbell_port, None)
+            if fd is None:
+                return None  # a delivery to relay, or a connection of someone else's
+            found = self._delivered.pop(doorbell_port)  # told by the same note
+        return fd, found[0], found[1]
+
     def _read_notes(self) -> None:
         with self._notes_lock:
             sock = self._notes
             while sock is not None:
                 try:
-                    data, ancillary, _, _ = sock.recvmsg(NOTE_SIZE + 1, _CREDS_SPACE)
+                    data, ancillary, _, _ = sock.recvmsg(
+                        NOTE_SIZE + 1, _ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+                    )
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as e:
                     log.debug("incoming notes: %s", e)
                     return
+                fds = _fds(ancillary)
                 uid = _sender_uid(ancillary)
                 if uid not in (0, os.getuid()):  # only the agent (root) or we send notes
+                    for fd in fds:
+                        os.close(fd)
                     self._forged += 1
                     if self._forged == 1:  # once: a flood must not flood the terminal
                         log.warning(
@@ -215,8 +268,15 @@ class IncomingProxy:
                     note = decode_note(data)
                 except DirectWireError as e:
                     log.debug("incoming notes: %s", e)
-                    continue
-                if note.kind == NOTE_NEW:
+                    note = None
+                if note is None or note.kind != NOTE_HANDOFF or len(fds) != 1:
+                    for fd in fds:
+                        os.close(fd)
+                    if note is None or note.kind == NOTE_HANDOFF:
+                        continue  # a handoff without its connection tells nothing
+                else:
+                    self._hold(note.port, fds[0])
+                if note.kind in (NOTE_NEW, NOTE_HANDOFF):
                     self._delivered[note.port] = (_text(note.peer), _text(note.original))
                     if self.explain is not None:
                         self._explain_connection(note.sub_port)
@@ -226,17 +286,38 @@ class IncomingProxy:
                     self._delivered.pop(note.port, None)
                 else:
                     self._delivered.pop(note.port, None)
+                    handed = self._handed.pop(note.port, None)
+                    if handed is not None:  # its doorbell did not ring: nobody accepts it
+                        _reset_fd(handed)
                     failed, _ = self._failed.get(note.sub_port, (0, ""))
                     self._failed[note.sub_port] = (failed + 1, os.strerror(note.errno))
 
-    async def subscribe(self, family: int, ip: bytes, local_port: int, port: int) -> None:
+    def _hold(self, doorbell_port: int, fd: int) -> None:
+        """Keep a handed-over connection for the accept its doorbell wakes (notes lock)."""
+        stale = self._handed.pop(doorbell_port, None)
+        if stale is not None:  # a doorbell port reused: the earlier one was never taken
+            _reset_fd(stale)
+        self._handed[doorbell_port] = fd
+        while len(self._handed) > MAX_HANDED:
+            port, oldest = self._handed.popitem(last=False)
+            self._delivered.pop(port, None)
+            _reset_fd(oldest)
+
+    async def subscribe(
+        self, family: int, ip: bytes, local_port: int, port: int, handoff: bool = False
+    ) -> None:
         remote = self.settings.port_mapping.get(port, port)
         mode = self.settings.mode
         flt = self.settings.http_filter if mode == "steal" else None
         direct = None
         if self.direct:
             _, (host, target_port) = _target(family, ip, local_port)
-            direct = IncomingDirect(host=host, port=target_port, notify_path=self._open_notes())
+            direct = IncomingDirect(
+                host=host,
+                port=target_port,
+                notify_path=self._open_notes(),
+                handoff=handoff and not os.environ.get(NO_HANDOFF_ENV),
+            )
         probes = [p for p in self.settings.probes if p.port == remote]
         if mode == "steal" and probes:
             self._say_probes(remote, probes, flt is not None)
@@ -362,6 +443,9 @@ class IncomingProxy:
             with self._notes_lock:
                 self._notes.close()
                 self._notes = None
+                for fd in self._handed.values():  # never accepted: refused, not answered
+                    _reset_fd(fd)
+                self._handed.clear()
 
     def _say_losses(self) -> None:
         """Connections the program may not have got: their delivery failed (the program

@@ -65,6 +65,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 # waited out SYN retransmits, 1 s and more).
 DELIVERY_BACKLOG = 4096
 INET = (socket.AF_INET, socket.AF_INET6)
+# Handed-over connections remembered before the first sweep of those the program closed.
+SWEEP_HANDED = 1024
 
 
 @dataclass(frozen=True)
@@ -85,18 +87,46 @@ class IncomingPolicy:
         return not (self.ignore_localhost and ip.is_loopback)
 
 
+@dataclass(frozen=True)
+class _Handed:
+    inode: int  # the socket's, to tell it from another with the same peer
+    peer: bytes  # sockaddrs in the family of the program's listener
+    local: bytes
+
+
+def _in_family(family: int, addr: tuple[str, int]) -> bytes:
+    """ip:port as a sockaddr of `family` (an IPv6 address stays IPv6: no AF_INET form)."""
+    host, port = addr
+    shown = _sockaddr_text(family, host, port)
+    if shown is None:
+        ip = ipaddress.ip_address(host.split("%")[0])
+        shown = build_sockaddr(socket.AF_INET6, ip.packed, port)
+    return shown
+
+
 class Delivery(Protocol):
     """What the handlers need from the proxy side (mirrord/features/incoming/delivery.py)."""
 
-    async def subscribe(self, family: int, ip: bytes, local_port: int, port: int) -> None:
+    async def subscribe(
+        self, family: int, ip: bytes, local_port: int, port: int, handoff: bool = False
+    ) -> None:
         """Subscribe to the target's port for `port` (the program's requested one) and
-        deliver its connections to the program's listener at ip:local_port. Raises OSError
-        (errno for the program) when refused."""
+        deliver its connections to the program's listener at ip:local_port. `handoff`:
+        this engine answers the program's accept, so a local agent may hand stolen
+        connections over whole (take_handed). Raises OSError (errno for the program) when
+        refused."""
         ...
 
     def delivered(self, proxy_port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
         """(real remote peer, original destination) of the delivered connection whose
         proxy-side socket has local port proxy_port."""
+        ...
+
+    def take_handed(
+        self, doorbell_port: int
+    ) -> tuple[int, tuple[str, int], tuple[str, int]] | None:
+        """The connection the local agent handed over whole with the doorbell from this
+        port (our fd of it, its real peer, its original destination), if any."""
         ...
 
 
@@ -134,6 +164,12 @@ class IncomingHandlers:
         # delivered (ended by a signal), by listener inode, for the restarted accept.
         self._stash: dict[int, collections.deque[tuple[int, bytes]]] = {}
         self._accept_lock = threading.Lock()
+        # Connections handed over whole (_adopt), by their real peer (address bytes as
+        # Destination.ip, port), and the agent listener ports they came to: their names
+        # are answered in the program's family. Dead ones are swept as it grows.
+        self._handed: dict[tuple[bytes, int], _Handed] = {}
+        self._handed_ports: set[int] = set()
+        self._sweep_at = SWEEP_HANDED
 
     # --- bind / listen ---------------------------------------------------------------
 
@@ -217,7 +253,9 @@ class IncomingHandlers:
                 log.error("incoming subscription failed: %r", result)
             return Fake(0)
 
-        return Defer(lambda: self.delivery.subscribe(family, ip, local, requested), then)
+        # Only the notify engine answers accept with a connection of its choice.
+        handoff = sc.notified
+        return Defer(lambda: self.delivery.subscribe(family, ip, local, requested, handoff), then)
 
     # --- the addresses of delivered connections --------------------------------------------
 
@@ -313,8 +351,15 @@ class IncomingHandlers:
         """The accepted connection becomes the program's fd, its real peer in the
         program's address buffer."""
         fd, peer = conn
+        got = parse_sockaddr(peer)
+        if got is not None and got.is_loopback:
+            handed = self.delivery.take_handed(got.port)
+            if handed is not None:  # a doorbell: the program gets the connection itself
+                os.close(fd)
+                fd, peer = self._adopt(handed, got.family)
+                conn = (fd, peer)
+                got = None
         if ptr and lenptr:
-            got = parse_sockaddr(peer)
             shown = (self._remote_of(got) if got is not None else None) or peer
             try:
                 if cap:
@@ -325,19 +370,76 @@ class IncomingHandlers:
                 return Fake(-errno.EFAULT)
         if flags & socket.SOCK_NONBLOCK:
             rawmsg.set_nonblocking(fd)
+        elif got is None:  # handed over: the agent's file may have been non-blocking
+            os.set_blocking(fd, True)
         return InstallFd(
             fd,
             cloexec=bool(flags & socket.SOCK_CLOEXEC),
             on_lost=lambda lost: self._stash_back(inode, (lost, peer)),
         )
 
+    def _adopt(
+        self, handed: tuple[int, tuple[str, int], tuple[str, int]], family: int
+    ) -> tuple[int, bytes]:
+        """A handed-over connection about to be the program's (its fd; its peer as the
+        program's accept shows it). The agent's listener is dual-stack, so an IPv4 peer's
+        socket is AF_INET6 (v4-mapped) whatever the program's listener is: getpeername and
+        getsockname of it answer in the listener's family (`_handed`)."""
+        fd, remote, original = handed
+        sock = socket.socket(fileno=fd)
+        try:
+            local_port = int(sock.getsockname()[1])
+            inode = os.fstat(fd).st_ino
+        except OSError:
+            local_port, inode = 0, 0  # gone already: the program finds out itself
+        finally:
+            sock.detach()
+        peer = _in_family(family, remote)
+        key = (ipaddress.ip_address(remote[0].split("%")[0]).packed, remote[1])
+        if len(self._handed) >= self._sweep_at:
+            held = held_by_program({str(h.inode) for h in self._handed.values()})
+            self._handed = {k: h for k, h in self._handed.items() if str(h.inode) in held}
+            self._sweep_at = max(SWEEP_HANDED, 2 * len(self._handed))
+        self._handed[key] = _Handed(inode, peer, _in_family(family, original))
+        self._handed_ports.add(local_port)
+        return fd, peer
+
+    def _handed_of(self, tid: int, fd: int, key: tuple[bytes, int]) -> _Handed | None:
+        found = self._handed.get(key)
+        if found is None:
+            return None
+        try:
+            with borrowed_socket(tid, fd) as sock:
+                same = sock is not None and os.fstat(sock.fileno()).st_ino == found.inode
+        except OSError:
+            return None
+        return found if same else None
+
     def peer_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
         """getpeername: the real remote peer of a delivered connection."""
+        if self._handed and not got.is_loopback:
+            handed = self._handed_of(tid, fd, (got.ip, got.port))
+            if handed is not None:
+                return handed.peer
         return self._remote_of(got) if self.subscribed else None
 
     def local_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
         """getsockname: P for a listener bound elsewhere, the original destination for a
         delivered connection."""
+        if got.port in self._handed_ports and not got.is_loopback:
+            try:
+                with borrowed_socket(tid, fd) as sock:
+                    if sock is not None:
+                        peer, inode = sock.getpeername(), os.fstat(sock.fileno()).st_ino
+            except OSError:
+                sock = None
+            if sock is not None and isinstance(peer, tuple):
+                ip = ipaddress.ip_address(str(peer[0]).split("%")[0])
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                handed = self._handed.get((ip.packed, int(peer[1])))
+                if handed is not None and handed.inode == inode:
+                    return handed.local
         requested = self.bound.get(got.port)
         if requested is None:
             return None

@@ -108,10 +108,11 @@ class ExecWorld:
         config: dict[str, object],
         stream: bool = False,
         engine: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> Running:
         """`stream`: connections delivered over the agent's Connection streams, not
         straight from the (local) agent to the program (MIRRORD_NO_DIRECT=1). `engine`:
-        MIRRORD_ENGINE for the run."""
+        MIRRORD_ENGINE for the run. `env`: more of mirrord's environment."""
         cfg = self.tmp / f"cfg-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps(config))
         out = self.tmp / f"out-{time.monotonic_ns()}.log"
@@ -125,6 +126,7 @@ class ExecWorld:
                     **os.environ,
                     **({"MIRRORD_NO_DIRECT": "1"} if stream else {}),
                     **({"MIRRORD_ENGINE": engine} if engine else {}),
+                    **(env or {}),
                 },
             )  # fmt: skip
         return Running(self, proc, out)

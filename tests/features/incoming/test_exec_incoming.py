@@ -4,12 +4,14 @@ netns has no mirrord rule left after each run, however it ends."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -370,11 +372,15 @@ time.sleep(30)
 """
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
-def test_who_delivers_a_stolen_connection(xworld: ExecWorld, stream: bool) -> None:
-    """With the agent on this machine, the program's accepted connection comes from the
-    agent itself (no relay in mirrord); with MIRRORD_NO_DIRECT=1, from mirrord."""
-    run = xworld.start(["/usr/bin/python3", "-c", HOLDING_SERVER, str(PORT)], steal(), stream)
+@pytest.mark.parametrize("path", ["handoff", "relay", "stream"])
+def test_who_delivers_a_stolen_connection(xworld: ExecWorld, path: str) -> None:
+    """With the agent on this machine and the notify engine, the program's accepted
+    connection is the peer's own (handed over: its socket in the target's netns, nobody
+    in between); relayed (MIRRORD_NO_HANDOFF=1), it comes from the agent itself; with
+    MIRRORD_NO_DIRECT=1, from mirrord."""
+    env = {"MIRRORD_NO_HANDOFF": "1"} if path == "relay" else {}
+    argv = ["/usr/bin/python3", "-c", HOLDING_SERVER, str(PORT)]
+    run = xworld.start(argv, steal(), path == "stream", env=env)
     client = None
     try:
         run.wait_subscribed("steal")
@@ -385,12 +391,98 @@ def test_who_delivers_a_stolen_connection(xworld: ExecWorld, stream: bool) -> No
         assert found is not None, run.log()
         program = int(found.group(1))
         assert found.group(2).startswith(f"{xworld.client.address}:")  # the real peer
-        relays = other_end_owners(program)
-        assert relays == {run.proc.pid if stream else agent_of(run.proc.pid)}
+        in_pod = xworld.target.run(["ss", "-Htnp", "state", "established"]).stdout.decode()
+        held = [line for line in in_pod.splitlines() if f"pid={program}," in line]
+        if path == "handoff":
+            assert len(held) == 1 and f"{xworld.client.address}]:" in held[0], in_pod
+        else:
+            assert held == [], in_pod
+            relays = other_end_owners(program)
+            assert relays == {run.proc.pid if path == "stream" else agent_of(run.proc.pid)}
     finally:
         if client is not None:
             client.kill()
         run.stop()
+
+
+# An IPv4 listener (the agent's is dual-stack: a handed-over connection is an AF_INET6
+# socket): what the program learns of its connection, then an echo.
+INET_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+print("LISTENING", flush=True)
+c, peer = s.accept()
+print("ACCEPTED", repr((peer, c.getpeername(), c.getsockname(), c.getblocking())), flush=True)
+while data := c.recv(65536):
+    c.sendall(data.upper())
+"""
+
+ECHO_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+for word in (b"ping", b"pong"):  # one connection, two exchanges
+    c.sendall(word)
+    print(c.recv(16).decode(), flush=True)
+"""
+
+
+def test_a_handed_over_connection_looks_native_to_an_ipv4_program(xworld: ExecWorld) -> None:
+    """accept, getpeername and getsockname answer in the listener's family (AF_INET: a
+    pair, not the v4-mapped IPv6 quadruple of the agent's socket), the pod side as the
+    local address, the socket blocking as accept() made it; bytes go both ways."""
+    run = xworld.start(["/usr/bin/python3", "-c", INET_SERVER, str(PORT)], steal())
+    try:
+        run.wait_subscribed("steal")
+        argv = ["python3", "-c", ECHO_CLIENT, xworld.target.address, str(PORT)]
+        done = xworld.client.run(argv, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode().split() == ["PING", "PONG"]
+        found = re.search(r"ACCEPTED (.*)", run.wait_log("ACCEPTED"))
+        assert found is not None, run.log()
+    finally:
+        run.stop()
+    peer, peername, sockname, blocking = ast.literal_eval(found.group(1))
+    assert peer == peername and peer[0] == xworld.client.address and len(peer) == 2
+    assert sockname == (xworld.target.address, PORT)
+    assert blocking is True
+
+
+NEVER_ACCEPTING = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+print("LISTENING", flush=True)
+time.sleep(60)
+"""
+
+WAITING_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(b"anyone?")
+try:
+    print("EOF" if c.recv(16) == b"" else "DATA", flush=True)
+except ConnectionResetError:
+    print("RESET", flush=True)
+"""
+
+
+def test_connections_the_program_never_accepted_are_refused_at_the_end(
+    xworld: ExecWorld,
+) -> None:
+    """Handed over, then never accepted: when the session ends their peers are reset,
+    not left waiting for an answer nobody holds."""
+    run = xworld.start(["/usr/bin/python3", "-c", NEVER_ACCEPTING, str(PORT)], steal())
+    try:
+        run.wait_subscribed("steal")
+        argv = ["python3", "-c", WAITING_CLIENT, xworld.target.address, str(PORT)]
+        client = xworld.client.spawn(argv, stdout=subprocess.PIPE)
+        time.sleep(0.5)  # connected and handed over: the agent holds nothing of it
+        assert client.poll() is None
+    finally:
+        run.stop()
+    out, _ = client.communicate(timeout=20)
+    assert out.decode().strip() in ("RESET", "EOF")
 
 
 HALF_CLOSING_CLIENT = """

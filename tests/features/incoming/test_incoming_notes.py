@@ -9,11 +9,12 @@ import os
 import socket
 import subprocess
 import sys
+from array import array
 
 import pytest
 
 from mirrord.features.incoming.delivery import IncomingProxy, IncomingSettings
-from mirrord.wire.direct import NOTE_FAILED, NOTE_GONE, NOTE_NEW, Note, encode_note
+from mirrord.wire.direct import NOTE_FAILED, NOTE_GONE, NOTE_HANDOFF, NOTE_NEW, Note, encode_note
 
 PEER = (b"\x0a\x00\x00\x03", 40123)
 ORIGINAL = (b"\x0a\x00\x00\x02", 8080)
@@ -81,3 +82,101 @@ async def test_a_flood_of_forged_notes_is_reported_once(
     assert len(lines) == 2, lines
     assert "uid 65534" in lines[0]
     assert "500 datagrams from other users were ignored" in lines[1]
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    return client, accepted
+
+
+def _send_fd(name: str, note: Note, fd: int) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(name)
+        s.sendmsg([encode_note(note)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]))])
+
+
+async def test_a_handed_over_connection_is_taken_once_by_its_doorbell() -> None:
+    """NOTE_HANDOFF carries the connection's fd: the accept its doorbell wakes takes it
+    (with the peer and original destination), once; what nobody takes is reset at the
+    end, so its peer does not wait for an answer that cannot come."""
+    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
+    name = proxy._open_notes()
+    kept_client, kept = _tcp_pair()
+    lost_client, lost = _tcp_pair()
+    try:
+        _send_fd(name, Note(NOTE_HANDOFF, 50010, 8080, peer=PEER, original=ORIGINAL), kept.fileno())
+        kept.close()  # the agent's copy: ours is the only one left
+        assert proxy.take_handed(50011) is None
+        taken = proxy.take_handed(50010)
+        assert taken is not None
+        fd, peer, original = taken
+        assert (peer, original) == (("10.0.0.3", 40123), ("10.0.0.2", 8080))
+        assert proxy.take_handed(50010) is None and proxy.delivered(50010) is None
+        with socket.socket(fileno=fd) as mine:  # the peer's own connection, no relay
+            mine.sendall(b"answer")
+            assert kept_client.recv(16) == b"answer"
+
+        _send_fd(name, Note(NOTE_HANDOFF, 50012, 8080, peer=PEER, original=ORIGINAL), lost.fileno())
+        lost.close()
+        proxy.delivered(0)  # read: held for an accept that never comes
+
+        # Its doorbell could not ring (the program's listener is gone): reset at once.
+        rang_client, rang = _tcp_pair()
+        _send_fd(name, Note(NOTE_HANDOFF, 50013, 8080, peer=PEER, original=ORIGINAL), rang.fileno())
+        rang.close()
+        _send(name, Note(NOTE_FAILED, 50013, 8080, errno=111))
+        proxy.delivered(0)
+        rang_client.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            rang_client.recv(16)
+        rang_client.close()
+        assert proxy.take_handed(50013) is None
+    finally:
+        await proxy.close()
+    lost_client.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        lost_client.recv(16)
+    kept_client.close()
+    lost_client.close()
+
+
+async def test_fds_that_come_with_anything_else_are_closed() -> None:
+    """Another user's HANDOFF (its fd could be any socket), a NEW with an fd, a HANDOFF
+    without one: nothing is held, and every fd we were sent is closed (its other end
+    sees the end)."""
+    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
+    name = proxy._open_notes()
+    code = (
+        "import array, socket, sys\n"
+        "a, b = socket.socketpair()\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.connect('\\0' + sys.argv[1])\n"
+        "s.sendmsg([bytes.fromhex(sys.argv[2])], "
+        "[(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [a.fileno()]))])\n"
+        "a.close(); b.settimeout(10)\n"
+        "print('closed' if b.recv(1) == b'' else 'open')\n"
+    )
+    note = encode_note(Note(NOTE_HANDOFF, 50020, 8080, peer=PEER, original=ORIGINAL)).hex()
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    try:
+        forger = await asyncio.create_subprocess_exec(
+            *argv, sys.executable, "-c", code, name[1:], note, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(forger.communicate(), 30)
+        assert out.decode().strip() == "closed"
+        assert proxy.take_handed(50020) is None
+
+        a, b = socket.socketpair()
+        _send_fd(name, Note(NOTE_NEW, 50021, 8080, peer=PEER, original=ORIGINAL), a.fileno())
+        a.close()
+        assert proxy.delivered(50021) is not None  # the note counts, its fd does not
+        assert proxy.take_handed(50021) is None
+        b.settimeout(5)
+        assert b.recv(1) == b""
+        b.close()
+
+        _send(name, Note(NOTE_HANDOFF, 50022, 8080, peer=PEER, original=ORIGINAL))
+        assert proxy.take_handed(50022) is None and proxy.delivered(50022) is None
+    finally:
+        await proxy.close()
