@@ -156,9 +156,14 @@ def rules(target: Pod) -> str:
     )
 
 
+def packet_sockets(target: Pod) -> int:
+    return len(target.run(["cat", "/proc/net/packet"]).stdout.decode().splitlines()) - 1
+
+
 def under_mirrord(target: Pod, mode: str, tmp: Path) -> subprocess.Popen[bytes]:
     cfg = tmp / f"{mode}.json"
     cfg.write_text(json.dumps({"feature": {"network": {"incoming": {"mode": mode}}}}))
+    packets = packet_sockets(target)
     proc = subprocess.Popen(
         ["env", f"BENCH_COUNT_FILE={tmp / mode}.count", MIRRORD, "exec",
          "--target", f"pid/{target.main_pid}", "-f", str(cfg), "--", PY, "-c", SERVER],
@@ -166,7 +171,10 @@ def under_mirrord(target: Pod, mode: str, tmp: Path) -> subprocess.Popen[bytes]:
         start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30
-    while f"mirrord:{mode}:8080" not in rules(target):
+    # Subscribed: the redirect rule is in the pod, or (a mirror) its packet socket.
+    while f"mirrord:{mode}:8080" not in rules(target) and not (
+        mode == "mirror" and packet_sockets(target) > packets
+    ):
         if time.monotonic() > deadline or proc.poll() is not None:
             raise RuntimeError(f"{mode}: no subscription")
         time.sleep(0.05)

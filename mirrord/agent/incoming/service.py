@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from mirrord.agent.incoming.rules import (
     remove_port_script,
 )
 from mirrord.agent.incoming.share import PortShare
+from mirrord.agent.incoming.sniff import make_sniffer
 from mirrord.agent.incoming.sockets import make_listener
 from mirrord.agent.incoming.subscription import Announcement, Subscription
 from mirrord.agent.incoming.watchdog import RuleWatchdog
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
     Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger(__name__)
+# Set (to anything) in the agent's environment: mirrors redirect and relay, as they do in
+# a meshed pod, instead of reading copies of the packets (tests of that path, diagnosis).
+MIRROR_REDIRECT_ENV = "MIRRORD_MIRROR_REDIRECT"
 
 pb = incoming_pb2
 MODES = {pb.INCOMING_MODE_STEAL: "steal", pb.INCOMING_MODE_MIRROR: "mirror"}
@@ -315,8 +320,12 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"port {port} is already subscribed in this session",
                 )
-            await self._refuse_conflicts(state, key, shareable, mode, context)
             mesh = state.mesh
+            sniffer = None
+            if mode == "mirror" and mesh is None and not os.environ.get(MIRROR_REDIRECT_ENV):
+                sniffer = await self._sniffer(session, port)
+            if sniffer is None:  # a mirror that reads packets takes no traffic from anyone
+                await self._refuse_conflicts(state, key, shareable, mode, context)
             node = tuple(node_addresses(state.pid)) + (mesh.probe_sources if mesh else ())
             # Before 1.3 clients left the node's traffic to the pod; now only the probes'.
             keep_node = not request.include_node_traffic or (mode == "steal" and probes.tcp)
@@ -326,7 +335,9 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             mesh_mark = mesh.proxy_mark if mesh is not None and hop else None
             share: PortShare | None = None
             listener: socket.socket | None = None
-            if shareable:
+            if sniffer is not None:
+                rules = PortRules(port, 0, mode, skip, not request.ignore_localhost)
+            elif shareable:
                 share = self._shares.get(key) or await self._open_share(
                     state,
                     key,
@@ -361,10 +372,11 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 frozenset(node),
                 session.id,
                 share,
+                sniffer,
             )
             try:
                 await sub.start()
-                if share is None:
+                if share is None and sniffer is None:
                     await state.tables.restore(add_port_script(rules, state.chains))
             except BaseException as e:
                 await sub.close()
@@ -372,7 +384,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 raise
             if share is not None:
                 share.join(sub)
-            else:
+            elif sniffer is None:
                 self._exclusive[key] = sub
             state.subscriptions[port] = sub
         log.info(
@@ -386,6 +398,15 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             probes.describe() or "none",
         )
         return sub
+
+    async def _sniffer(self, session: AgentSession, port: int) -> socket.socket | None:
+        """A mirror's packet socket in the target's netns (sniff.py); None where it cannot
+        be had (no CAP_NET_RAW): then the mirror redirects and relays, as with a mesh."""
+        try:
+            return await session.worker.run(make_sniffer, port)
+        except OSError as e:
+            log.info("port %d: no packet socket (%s): the mirror redirects instead", port, e)
+            return None
 
     async def _open_share(
         self, state: SessionIncoming, key: tuple[int, int], wanted: PortRules, context: Context
@@ -467,7 +488,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
         if state.subscriptions.get(sub.rules.port) is not sub:
             return  # the session's cleanup got there first
         del state.subscriptions[sub.rules.port]
-        if sub.share is None:
+        if sub.share is None and not sub.sniffing:
             key = (state.session.worker.entered.net_ns_inode, sub.rules.port)
             if self._exclusive.get(key) is sub:
                 del self._exclusive[key]

@@ -20,6 +20,8 @@ from mirrord.agent.incoming.http1 import FilteredConnection
 from mirrord.agent.incoming.http_filter import LOCAL, HttpFilter, OneFilter, RequestFilter
 from mirrord.agent.incoming.probes import NO_PROBES, NodeRequests, ProbeSet
 from mirrord.agent.incoming.rules import PortRules
+from mirrord.agent.incoming.sniff import Sniffer
+from mirrord.agent.incoming.tcpflow import Address, Event
 
 if TYPE_CHECKING:
     from mirrord.agent.incoming.share import PortShare
@@ -67,8 +69,10 @@ class Subscription:
         node: frozenset[str] = frozenset(),
         session_id: str = "",
         share: PortShare | None = None,
+        sniffer: socket.socket | None = None,
     ) -> None:
-        """listener None: a member of `share`, which accepts for it (share.py)."""
+        """listener None: a member of `share`, which accepts for it (share.py), or a
+        mirror that reads copies of the packets from `sniffer` (sniff.py)."""
         self.worker = worker
         self.session_id = session_id
         self.share = share
@@ -100,6 +104,15 @@ class Subscription:
         self._spares: list[socket.socket] = []
         self._refill: asyncio.Task[None] | None = None
         self._handing = False  # accepting for direct.hand_off on the listener's fd
+        self._sniffer = (
+            Sniffer(sniffer, self._sniffed, skip_loopback=not rules.include_localhost)
+            if sniffer is not None
+            else None
+        )
+        # Sniffed connections being copied: their delivery, and what hands it to the
+        # client (None once done: at the first byte, so an empty connection costs nothing).
+        self._copies: dict[tuple[Address, Address], tuple[Delivery, Callable[[], None] | None]]
+        self._copies = {}
         self._closed = False
         # Said when the subscription ends: mirror may drop copies, but not silently.
         self.connections = 0
@@ -109,8 +122,16 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def sniffing(self) -> bool:
+        """A mirror that reads copies of the packets: no listener, no rules."""
+        return self._sniffer is not None
+
     async def start(self) -> None:
         reads_requests = self.filter is not None or self.node_filter is not None
+        if self._sniffer is not None:
+            self._sniffer.start()
+            return
         if self.listener is None:  # a share's member: it accepts
             pass
         elif self.direct is not None and self.rules.mode == "steal" and not reads_requests:
@@ -200,6 +221,11 @@ class Subscription:
         for spare in self._spares:
             spare.close()
         self._spares.clear()
+        if self._sniffer is not None:
+            self._sniffer.close()
+            for delivery, _ in self._copies.values():
+                delivery.close()
+            self._copies.clear()
         if self._handing and self.listener is not None:
             asyncio.get_running_loop().remove_reader(self.listener.fileno())
             self._handing = False
@@ -287,6 +313,49 @@ class Subscription:
         remote = (unmapped(str(host)), int(port))
         log.debug("port %d: connection from %s to %s", self.rules.port, remote, original)
         self._spawn(self._steal_direct(self.direct, peer, first, remote, original))
+
+    def _sniffed(self, event: Event) -> None:
+        """A sniffed connection's start, bytes or end (tcpflow.py): its copy's delivery."""
+        assert self._sniffer is not None
+        key = event.key
+        if event.kind == "new":
+            remote, original = key
+            if self._closed or remote[0] in self.rules.skip_sources:
+                self._sniffer.flows.forget(key)
+                return
+            self.connections += 1
+            delivery, hand_over = self._new_delivery(remote, original, now=False)
+            delivery.sink = _dropped  # the program's answers: the pod's server answers
+            self._copies[key] = (delivery, hand_over)
+            return
+        entry = self._copies.get(key)
+        if entry is None:
+            return
+        delivery, maybe_hand_over = entry
+        if event.kind == "abort":
+            del self._copies[key]
+            self._mine.discard(delivery)
+            delivery.close()
+            return
+        if maybe_hand_over is not None:
+            maybe_hand_over()
+            self._copies[key] = (delivery, None)
+        if event.kind == "data":
+            try:
+                delivery.to_client.put_nowait(event.data)
+            except asyncio.QueueFull:
+                log.warning("mirrored connection %s: client too slow, copy dropped", delivery.id)
+                self.copies_dropped += 1
+                self._sniffer.flows.forget(key)
+                del self._copies[key]
+                self._mine.discard(delivery)
+                delivery.close()
+            return
+        del self._copies[key]  # "end": every byte came
+        self._mine.discard(delivery)
+        with contextlib.suppress(asyncio.QueueFull):
+            delivery.to_client.put_nowait(None)
+        delivery.closed.set()  # its stream still sends what is queued, then ends
 
     def _hand_off_ready(self) -> None:
         """The listener has connections: each goes to the client whole (direct.py)."""
@@ -391,6 +460,10 @@ class Subscription:
                 self._mine.discard(delivery)
             writer.close()
             self._tasks.discard(task)
+
+
+async def _dropped(_data: bytes | None) -> None:
+    """What a sniffed copy's client answers goes nowhere (Delivery.sink)."""
 
 
 def unmapped(ip: str) -> str:

@@ -19,7 +19,7 @@ from typing import Protocol
 import pytest
 
 from mirrord.testpod import Network, Pod
-from tests.features.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules
+from tests.features.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules, packet_sockets
 
 MIRRORD = str(Path(sys.executable).with_name("mirrord"))
 PORT = 8080
@@ -113,6 +113,7 @@ class ExecWorld:
         """`stream`: connections delivered over the agent's Connection streams, not
         straight from the (local) agent to the program (MIRRORD_NO_DIRECT=1). `engine`:
         MIRRORD_ENGINE for the run. `env`: more of mirrord's environment."""
+        packets = packet_sockets(self.target)
         cfg = self.tmp / f"cfg-{time.monotonic_ns()}.json"
         cfg.write_text(json.dumps(config))
         out = self.tmp / f"out-{time.monotonic_ns()}.log"
@@ -129,7 +130,7 @@ class ExecWorld:
                     **(env or {}),
                 },
             )  # fmt: skip
-        return Running(self, proc, out)
+        return Running(self, proc, out, packets)
 
 
 @dataclass
@@ -137,17 +138,21 @@ class Running:
     world: HasTarget
     proc: subprocess.Popen[bytes]
     out: Path
+    packets_before: int = 0  # the target's packet sockets before this run
 
     def log(self) -> str:
         return self.out.read_text(errors="replace")
 
     def wait_subscribed(self, mode: str, port: int = PORT, timeout: float = 30.0) -> None:
-        """Until the agent's rule for the port is in the target's netns (that is after the
-        program's listen: the subscription is made there)."""
+        """Until the agent's rule for the port is in the target's netns, or for a mirror
+        one more packet socket there than before the run (that is after the program's
+        listen: the subscription is made there)."""
         want = f"mirrord:{mode}:{port}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(want in line for line in mirrord_rules(self.world.target)):
+                return
+            if mode == "mirror" and packet_sockets(self.world.target) > self.packets_before:
                 return
             if self.proc.poll() is not None:
                 break

@@ -135,6 +135,13 @@ def mirrord_rules(pod: Pod) -> list[str]:
     return found
 
 
+def packet_sockets(pod: Pod) -> int:
+    """How many packet sockets the pod's netns has (a mirror reads its copies from one)."""
+    done = pod.run(["cat", "/proc/net/packet"])
+    assert done.returncode == 0, done.stderr
+    return len(done.stdout.decode().splitlines()) - 1
+
+
 def wait_until(predicate: object, timeout: float = 15.0) -> None:
     """Poll a condition (a callable); the caller asserts the condition afterwards."""
     import time

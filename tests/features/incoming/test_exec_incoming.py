@@ -300,6 +300,57 @@ def test_program_close_is_not_needed_for_cleanup(xworld: ExecWorld) -> None:
     assert mirrord_rules(xworld.target) == []
 
 
+PY = "/usr/bin/python3"
+PEER_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("POD", self.path, "peer=%s" % self.client_address[0], flush=True)
+        self.send_response(200); self.send_header("Content-Length", "3"); self.end_headers()
+        self.wfile.write(b"pod")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@pytest.mark.parametrize(
+    "agent_env", [{}, {"MIRRORD_MIRROR_REDIRECT": "1"}], ids=["sniff", "redirect"]
+)
+def test_a_mirror_leaves_the_pods_connections_alone(
+    xworld: ExecWorld, programs: dict[str, Path], tmp_path: Path, agent_env: dict[str, str]
+) -> None:
+    """A mirror reads copies of the packets: the pod's server talks to the real client (its
+    peer is the client's address, not the agent's), no redirect is put in the pod, and the
+    program still gets every request. MIRRORD_MIRROR_REDIRECT=1 (the agent's, here the
+    local agent inherits it) is the redirect-and-relay path meshes use."""
+    port = 8083
+    pod_log = tmp_path / "pod.log"
+    with pod_log.open("wb") as out:
+        server = xworld.target.spawn([PY, "-c", PEER_SERVER, str(port)], stdout=out)
+    try:
+        xworld.target.wait_listening(port)
+        argv = server_argv("python", programs, xworld.tmp, port=port)
+        run = xworld.start(argv, mirror(), env=agent_env)
+        try:
+            run.wait_subscribed("mirror", port)
+            claim = f"mirrord:mirror:{port}"
+            sniffing = not any(claim in rule for rule in mirrord_rules(xworld.target))
+            answers = send_requests(xworld.client, xworld.target.address, port, [request("/p")])
+            log = run.wait_log("/p")
+        finally:
+            run.stop()
+    finally:
+        server.kill()
+    assert [body(a) for a in answers] == ["pod"]
+    assert "REQ GET /p" in log, log  # the copy
+    peers = re.findall(r"POD /p peer=(\S+)", pod_log.read_text())
+    if agent_env:
+        assert not sniffing and peers != [xworld.client.address]  # the agent relayed it
+    else:
+        assert sniffing and peers == [xworld.client.address]
+
+
 @pytest.mark.parametrize("second", ["steal", "mirror"])
 def test_a_port_another_session_steals(
     xworld: ExecWorld, programs: dict[str, Path], second: str
@@ -316,12 +367,15 @@ def test_a_port_another_session_steals(
                 assert "already taken" in other.log()
                 assert "Address already in use" in other.log()
             else:
-                # A mirror that cannot have the port keeps a local listener only.
-                log = other.wait_log("listening locally only")
-                assert "listening locally only" in log, log
+                # A mirror reads copies of the packets: beside a steal, it copies what the
+                # steal takes (before, it could not have the port: a local listener only).
+                other.wait_subscribed("mirror")
                 assert other.proc.poll() is None
             answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/c")])
             assert [body(a) for a in answers] == ["local"]  # still the first session's
+            if second == "mirror":
+                assert "GET /c" in other.wait_log("GET /c"), other.log()
+                assert "listening locally only" not in other.log()
         finally:
             other.stop()
     finally:
