@@ -26,9 +26,10 @@ USER_ROLE = "mirrord-user"
 DEFAULT_IMAGE = "mirrord-agent"
 # The least the agent needs, each for one thing (docs/kubernetes.md, "Capabilities"):
 # SYS_ADMIN setns into the target's network namespace; SYS_PTRACE its /proc/PID/root and
-# ns/net; NET_ADMIN and NET_RAW its iptables redirects and a mirror's packet socket; SETUID and SETGID to act as the
-# target's user on its files, environ and unix sockets (agent/creds.py) — in place of
-# DAC_OVERRIDE, which would let it read and write every file of every pod on the node.
+# ns/net; NET_ADMIN and NET_RAW its iptables redirects and a mirror's packet socket;
+# SETUID and SETGID to act as the target's user on its files, environ and unix sockets
+# (agent/creds.py) — in place of DAC_OVERRIDE, which would let it read and write every
+# file of every pod on the node.
 CAPABILITIES = ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "NET_RAW", "SETUID", "SETGID"]
 VERSION_LABEL = "app.kubernetes.io/version"
 PROTOCOL_ANNOTATION = "mirrord.dev/protocol"
