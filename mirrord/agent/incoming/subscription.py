@@ -41,6 +41,8 @@ SPARE_SOCKETS = 8
 # Idle Connection streams one subscription keeps at most: the client asks for a few; more
 # would only hold agent resources for connections that may never come.
 MAX_IDLE_STREAMS = 32
+# A mirrored copy whose client is this far behind is dropped (the pod is never slowed).
+MAX_COPY_BEHIND = 64 << 20
 # Connections handed over per wake-up of the listener before other work gets a turn.
 HANDOFF_BATCH = 64
 
@@ -109,10 +111,8 @@ class Subscription:
             if sniffer is not None
             else None
         )
-        # Sniffed connections being copied: their delivery, and what hands it to the
-        # client (None once done: at the first byte, so an empty connection costs nothing).
-        self._copies: dict[tuple[Address, Address], tuple[Delivery, Callable[[], None] | None]]
-        self._copies = {}
+        # Sniffed connections being copied (by peer and original destination).
+        self._copies: dict[tuple[Address, Address], _Copy] = {}
         self._closed = False
         # Said when the subscription ends: mirror may drop copies, but not silently.
         self.connections = 0
@@ -223,8 +223,8 @@ class Subscription:
         self._spares.clear()
         if self._sniffer is not None:
             self._sniffer.close()
-            for delivery, _ in self._copies.values():
-                delivery.close()
+            for copy in self._copies.values():
+                copy.delivery.close()
             self._copies.clear()
         if self._handing and self.listener is not None:
             asyncio.get_running_loop().remove_reader(self.listener.fileno())
@@ -326,36 +326,66 @@ class Subscription:
             self.connections += 1
             delivery, hand_over = self._new_delivery(remote, original, now=False)
             delivery.sink = _dropped  # the program's answers: the pod's server answers
-            self._copies[key] = (delivery, hand_over)
+            self._copies[key] = _Copy(delivery, hand_over)
             return
-        entry = self._copies.get(key)
-        if entry is None:
+        copy = self._copies.get(key)
+        if copy is None:
             return
-        delivery, maybe_hand_over = entry
-        if event.kind == "abort":
-            del self._copies[key]
-            self._mine.discard(delivery)
-            delivery.close()
-            return
-        if maybe_hand_over is not None:
-            maybe_hand_over()
-            self._copies[key] = (delivery, None)
-        if event.kind == "data":
-            try:
-                delivery.to_client.put_nowait(event.data)
-            except asyncio.QueueFull:
-                log.warning("mirrored connection %s: client too slow, copy dropped", delivery.id)
+        if event.kind in ("abort", "lost"):
+            if event.kind == "lost":
                 self.copies_dropped += 1
-                self._sniffer.flows.forget(key)
-                del self._copies[key]
-                self._mine.discard(delivery)
-                delivery.close()
+                log.debug("mirrored connection %s: packets lost, copy dropped", copy.delivery.id)
+            self._end_copy(key, copy)
+            copy.delivery.close()
             return
-        del self._copies[key]  # "end": every byte came
-        self._mine.discard(delivery)
-        with contextlib.suppress(asyncio.QueueFull):
-            delivery.to_client.put_nowait(None)
-        delivery.closed.set()  # its stream still sends what is queued, then ends
+        if copy.hand_over is not None:  # at its first byte: an empty one costs nothing
+            copy.hand_over()
+            copy.hand_over = None
+        if event.kind == "end":  # every byte came
+            copy.ended = True
+            if copy.flusher is None:
+                self._end_copy(key, copy)
+            return
+        if copy.flusher is None and not copy.behind:
+            try:
+                copy.delivery.to_client.put_nowait(event.data)
+                return
+            except asyncio.QueueFull:
+                pass
+        # Segments come many more than a relay's reads: while the client catches up
+        # they are joined, so its queue holds a few large chunks.
+        copy.behind += event.data
+        if len(copy.behind) > MAX_COPY_BEHIND:
+            log.warning("mirrored connection %s: client too slow, copy dropped", copy.delivery.id)
+            self.copies_dropped += 1
+            self._sniffer.flows.forget(key)
+            self._end_copy(key, copy)
+            copy.delivery.close()
+        elif copy.flusher is None:
+            copy.flusher = asyncio.ensure_future(self._catch_up(key, copy))
+
+    async def _catch_up(self, key: tuple[Address, Address], copy: _Copy) -> None:
+        try:
+            while copy.behind:
+                chunk = bytes(copy.behind)
+                copy.behind.clear()
+                await copy.delivery.to_client.put(chunk)
+        finally:
+            copy.flusher = None
+        if copy.ended:
+            self._end_copy(key, copy)
+
+    def _end_copy(self, key: tuple[Address, Address], copy: _Copy) -> None:
+        """The copy is over: whole (ended: its EOF follows what is queued), or not."""
+        if self._copies.get(key) is copy:
+            del self._copies[key]
+        if copy.flusher is not None:
+            copy.flusher.cancel()
+        self._mine.discard(copy.delivery)
+        if copy.ended and not copy.behind:
+            with contextlib.suppress(asyncio.QueueFull):
+                copy.delivery.to_client.put_nowait(None)
+            copy.delivery.closed.set()  # its stream still sends what is queued, then ends
 
     def _hand_off_ready(self) -> None:
         """The listener has connections: each goes to the client whole (direct.py)."""
@@ -460,6 +490,20 @@ class Subscription:
                 self._mine.discard(delivery)
             writer.close()
             self._tasks.discard(task)
+
+
+class _Copy:
+    """A sniffed connection's copy: its delivery, what hands it to the client (None once
+    done), the bytes waiting for room in its queue, and their flusher."""
+
+    __slots__ = ("behind", "delivery", "ended", "flusher", "hand_over")
+
+    def __init__(self, delivery: Delivery, hand_over: Callable[[], None]) -> None:
+        self.delivery = delivery
+        self.hand_over: Callable[[], None] | None = hand_over
+        self.behind = bytearray()
+        self.flusher: asyncio.Future[None] | None = None
+        self.ended = False
 
 
 async def _dropped(_data: bytes | None) -> None:

@@ -106,7 +106,10 @@ MAX_AHEAD = 256  # segments held beyond a gap; past it, that copy ends
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "new", "data", "end" (every byte came, then the FIN), "abort" (RST, a gap)
+    # "new", "data", "end" (every byte came, then the FIN), "abort" (a RST, or its 4-tuple
+    # reused), "lost" (a gap that did not fill: a packet the socket's buffer dropped; or
+    # the least active connection, dropped for a new one)
+    kind: str
     key: tuple[Address, Address]  # (peer, original destination)
     data: bytes = b""
 
@@ -145,7 +148,7 @@ class Reassembler:
             if len(self._flows) >= self._max:  # the least recently active one goes
                 oldest = next(iter(self._flows))
                 del self._flows[oldest]
-                started.append(Event("abort", oldest))
+                started.append(Event("lost", oldest))
             self._flows[key] = _Flow(seg.seq, (seg.seq + 1) % MOD)
             started.append(Event("new", key))
             return started
@@ -161,7 +164,7 @@ class Reassembler:
         self._take(flow, seg.seq, seg.payload, key, events)
         if len(flow.ahead) > MAX_AHEAD:
             del self._flows[key]
-            return [*events, Event("abort", key)]
+            return [*events, Event("lost", key)]
         if flow.fin is not None and flow.next == flow.fin:
             del self._flows[key]
             events.append(Event("end", key))

@@ -351,6 +351,58 @@ def test_a_mirror_leaves_the_pods_connections_alone(
         assert sniffing and peers == [xworld.client.address]
 
 
+SINK_SERVER = """
+import hashlib, http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        print("POST", self.path, len(body), hashlib.sha256(body).hexdigest(), flush=True)
+        self.send_response(200); self.send_header("Content-Length", "2"); self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"""
+
+BIG_POST_CLIENT = """
+import hashlib, os, socket, sys
+body = os.urandom(int(sys.argv[3]))
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.sendall(b"POST /big HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+answer = b""
+while not answer.endswith(b"ok"):
+    answer += c.recv(65536)
+print(hashlib.sha256(body).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_a_mirrored_body_of_megabytes_arrives_whole(
+    xworld: ExecWorld, tmp_path: Path, stream: bool
+) -> None:
+    """Sniffed copies come a segment at a time, far more pieces than a relay's reads: a
+    4 MiB body must still reach the program whole and in order."""
+    port, size = 8084, 4 << 20
+    with (tmp_path / "pod.log").open("wb") as out:
+        server = xworld.target.spawn([PY, "-c", SINK_SERVER, str(port)], stdout=out)
+    try:
+        xworld.target.wait_listening(port)
+        run = xworld.start([PY, "-c", SINK_SERVER, str(port)], mirror(), stream)
+        try:
+            run.wait_subscribed("mirror", port)
+            argv = ["python3", "-c", BIG_POST_CLIENT, xworld.target.address, str(port), str(size)]
+            done = xworld.client.run(argv, timeout=60)
+            assert done.returncode == 0, done.stderr
+            digest = done.stdout.decode().strip()
+            log = run.wait_log(digest, timeout=30)
+        finally:
+            run.stop()
+    finally:
+        server.kill()
+    assert f"POST /big {size} {digest}" in (tmp_path / "pod.log").read_text()
+    assert f"POST /big {size} {digest}" in log, log
+
+
 @pytest.mark.parametrize("second", ["steal", "mirror"])
 def test_a_port_another_session_steals(
     xworld: ExecWorld, programs: dict[str, Path], second: str

@@ -146,7 +146,7 @@ def test_reset_reuse_and_too_many_flows() -> None:
     flows.feed(other)
     flows.feed(seg(501, b"x"))  # KEY is the most recently active now
     events = flows.feed(third)  # full: the least recently active one goes
-    assert events == [Event("abort", (other.src, POD)), Event("new", (third.src, POD))]
+    assert events == [Event("lost", (other.src, POD)), Event("new", (third.src, POD))]
 
 
 def test_a_gap_that_never_fills_ends_the_copy() -> None:
@@ -155,4 +155,4 @@ def test_a_gap_that_never_fills_ends_the_copy() -> None:
     events: list[Event] = []
     for i in range(300):
         events += flows.feed(seg(10 + i * 2, b"xy"))
-    assert events[-1] == Event("abort", KEY) and len(flows) == 0
+    assert events[-1] == Event("lost", KEY) and len(flows) == 0
