@@ -41,6 +41,7 @@ from mirrord.features.incoming.client import (
     PortTaken,
     Subscription,
 )
+from mirrord.features.sockets.fdlimit import raise_fd_limit
 from mirrord.say import say as _say
 from mirrord.v1.incoming_pb2 import IncomingDirect
 from mirrord.wire.direct import (
@@ -100,6 +101,7 @@ _ANCILLARY_SPACE = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(4 * 8)
 # Handed-over connections kept for accepts that have not come yet; past this, the oldest
 # is reset (the program stopped accepting: its listener's queue holds no more anyway).
 MAX_HANDED = 4096
+LOST = -1  # a handoff whose fd did not reach us (take_handed gives it as the fd)
 
 
 def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -113,6 +115,8 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
 
 def _reset_fd(fd: int) -> None:
     """Close a connection with a reset: its peer must not take it for answered."""
+    if fd == LOST:
+        return
     with contextlib.suppress(OSError):
         sock = socket.socket(fileno=fd)
         try:
@@ -227,7 +231,8 @@ class IncomingProxy:
         self, doorbell_port: int
     ) -> tuple[int, tuple[str, int], tuple[str, int]] | None:
         """The connection handed over with the doorbell from this port (our fd, to
-        install in the program or close), its real peer and original destination."""
+        install in the program or close; LOST when it never reached us), its real peer
+        and original destination."""
         if self._notes is None:
             return None
         self._read_notes()  # its note was sent before the doorbell rang
@@ -272,8 +277,12 @@ class IncomingProxy:
                 if note is None or note.kind != NOTE_HANDOFF or len(fds) != 1:
                     for fd in fds:
                         os.close(fd)
-                    if note is None or note.kind == NOTE_HANDOFF:
-                        continue  # a handoff without its connection tells nothing
+                    if note is None:
+                        continue
+                    if note.kind == NOTE_HANDOFF:
+                        # Its fd did not come (our fd table was full: MSG_CTRUNC): the
+                        # connection is gone, and its doorbell must not reach the program.
+                        self._hold(note.port, LOST)
                 else:
                     self._hold(note.port, fds[0])
                 if note.kind in (NOTE_NEW, NOTE_HANDOFF):
@@ -293,7 +302,8 @@ class IncomingProxy:
                     self._failed[note.sub_port] = (failed + 1, os.strerror(note.errno))
 
     def _hold(self, doorbell_port: int, fd: int) -> None:
-        """Keep a handed-over connection for the accept its doorbell wakes (notes lock)."""
+        """Keep a handed-over connection (or LOST) for the accept its doorbell wakes
+        (notes lock)."""
         stale = self._handed.pop(doorbell_port, None)
         if stale is not None:  # a doorbell port reused: the earlier one was never taken
             _reset_fd(stale)
@@ -312,11 +322,11 @@ class IncomingProxy:
         direct = None
         if self.direct:
             _, (host, target_port) = _target(family, ip, local_port)
+            handoff = handoff and not os.environ.get(NO_HANDOFF_ENV)
+            if handoff:
+                raise_fd_limit()  # handed connections wait here for the program's accept
             direct = IncomingDirect(
-                host=host,
-                port=target_port,
-                notify_path=self._open_notes(),
-                handoff=handoff and not os.environ.get(NO_HANDOFF_ENV),
+                host=host, port=target_port, notify_path=self._open_notes(), handoff=handoff
             )
         probes = [p for p in self.settings.probes if p.port == remote]
         if mode == "steal" and probes:

@@ -356,6 +356,8 @@ class IncomingHandlers:
             handed = self.delivery.take_handed(got.port)
             if handed is not None:  # a doorbell: the program gets the connection itself
                 os.close(fd)
+                if handed[0] < 0:  # it never reached us: aborted, as the kernel says
+                    return Fake(-errno.ECONNABORTED)
                 fd, peer = self._adopt(handed, got.family)
                 conn = (fd, peer)
                 got = None

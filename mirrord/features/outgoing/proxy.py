@@ -19,7 +19,6 @@ import errno
 import itertools
 import logging
 import os
-import resource
 import shutil
 import socket
 import tempfile
@@ -34,6 +33,7 @@ from mirrord.features.outgoing.direct import DirectConnector
 from mirrord.features.outgoing.redirect import Connected
 from mirrord.features.outgoing.relay import open_stream, relay, reset, tcp_method
 from mirrord.features.outgoing.udp import UdpInterceptor
+from mirrord.features.sockets.fdlimit import raise_fd_limit
 from mirrord.features.sockets.sockaddr import Destination
 from mirrord.v1 import net_pb2, net_pb2_grpc
 
@@ -57,15 +57,6 @@ DIRECT_PRUNE_MIN = 256  # direct connections noted before the first prune of clo
 # socket lives one lookup, its flow (and the agent's socket) would idle on for IDLE_S.
 UDP_SWEEP_S = 5.0
 SPARE_LISTENERS = 4  # interceptor sockets bound ahead per kind (v4/v6)
-
-
-def raise_fd_limit() -> None:
-    """Each relayed connection costs an fd here (and the program keeps its own): lift the
-    soft limit to the hard one so a thousand connections do not hit EMFILE."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _bound(family: int, bind_ip: str) -> socket.socket:

@@ -4,6 +4,7 @@ an accept that comes first, at once; only root's (the agent's) or our own are ta
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -13,7 +14,7 @@ from array import array
 
 import pytest
 
-from mirrord.features.incoming.delivery import IncomingProxy, IncomingSettings
+from mirrord.features.incoming.delivery import LOST, IncomingProxy, IncomingSettings
 from mirrord.wire.direct import NOTE_FAILED, NOTE_GONE, NOTE_HANDOFF, NOTE_NEW, Note, encode_note
 
 PEER = (b"\x0a\x00\x00\x03", 40123)
@@ -143,9 +144,8 @@ async def test_a_handed_over_connection_is_taken_once_by_its_doorbell() -> None:
 
 
 async def test_fds_that_come_with_anything_else_are_closed() -> None:
-    """Another user's HANDOFF (its fd could be any socket), a NEW with an fd, a HANDOFF
-    without one: nothing is held, and every fd we were sent is closed (its other end
-    sees the end)."""
+    """Another user's HANDOFF (its fd could be any socket), a NEW with an fd: nothing is
+    held, and every fd we were sent is closed (its other end sees the end)."""
     proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
     name = proxy._open_notes()
     code = (
@@ -176,7 +176,32 @@ async def test_fds_that_come_with_anything_else_are_closed() -> None:
         assert b.recv(1) == b""
         b.close()
 
+        # A handoff whose fd did not come (our fd table full): its doorbell is told apart,
+        # so the program's accept gets ECONNABORTED, not the doorbell.
         _send(name, Note(NOTE_HANDOFF, 50022, 8080, peer=PEER, original=ORIGINAL))
+        assert proxy.take_handed(50022) == (LOST, ("10.0.0.3", 40123), ("10.0.0.2", 8080))
         assert proxy.take_handed(50022) is None and proxy.delivered(50022) is None
     finally:
         await proxy.close()
+
+
+def test_an_accept_woken_for_a_lost_handoff_is_aborted_not_given_the_doorbell() -> None:
+    """The supervisor's side: a doorbell whose connection never reached us is closed, and
+    the program's accept gets ECONNABORTED (servers retry it), not the reset doorbell."""
+    from mirrord.features.incoming.handlers import IncomingHandlers, IncomingPolicy
+    from mirrord.features.sockets.sockaddr import build_sockaddr
+    from mirrord.supervisor.actions import Fake
+
+    class Lost:
+        def take_handed(self, port: int) -> tuple[int, tuple[str, int], tuple[str, int]]:
+            assert port == 50030
+            return LOST, ("10.0.0.3", 40123), ("10.0.0.2", 8080)
+
+    handlers = IncomingHandlers(IncomingPolicy(), Lost())  # type: ignore[arg-type]
+    doorbell, other_end = socket.socketpair()
+    peer = build_sockaddr(socket.AF_INET, b"\x7f\x00\x00\x01", 50030)
+    action = handlers._deliver((doorbell.detach(), peer), 0, 0, 0, 0, 0, None)  # type: ignore[arg-type]
+    assert action == Fake(-errno.ECONNABORTED)
+    other_end.settimeout(5)
+    assert other_end.recv(1) == b""  # the doorbell was closed
+    other_end.close()
