@@ -351,6 +351,30 @@ def test_a_mirror_leaves_the_pods_connections_alone(
         assert sniffing and peers == [xworld.client.address]
 
 
+@pytest.mark.parametrize("ignore", [False, True], ids=["copied", "ignore_localhost"])
+def test_a_mirror_copies_the_pods_own_loopback_connections(
+    xworld: ExecWorld, programs: dict[str, Path], ignore: bool
+) -> None:
+    """Connections the pod makes to its own port over loopback are copied as upstream's
+    are (the packets show twice on lo: the sent ones are skipped), unless
+    ignore_localhost."""
+    run = xworld.start(server_argv("python", programs, xworld.tmp), mirror(ignore_localhost=ignore))
+    try:
+        run.wait_subscribed("mirror")
+        inside = [request("/lo-a"), request("/lo-b")]
+        answers = send_requests(xworld.target, "127.0.0.1", PORT, inside)
+        assert [body(a) for a in answers] == ["pod", "pod"]
+        later = send_requests(xworld.client, xworld.target.address, PORT, [request("/out")])
+        assert [body(a) for a in later] == ["pod"]
+        log = run.wait_log("/out")  # sent after the loopback ones, which came by now
+        if not ignore:
+            log = run.wait_log("/lo-b")
+    finally:
+        run.stop()
+    copied = sorted(re.findall(r"REQ GET (/[\w-]+)", log))
+    assert copied == (["/out"] if ignore else ["/lo-a", "/lo-b", "/out"]), log
+
+
 SINK_SERVER = """
 import hashlib, http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
