@@ -362,7 +362,10 @@ class Subscription:
             self._end_copy(key, copy)
             copy.delivery.close()
         elif copy.flusher is None:
-            copy.flusher = asyncio.ensure_future(self._catch_up(key, copy))
+            # One of the subscription's tasks: its end cancels a flusher that still waits.
+            copy.flusher = asyncio.get_running_loop().create_task(self._catch_up(key, copy))
+            self._tasks.add(copy.flusher)
+            copy.flusher.add_done_callback(self._tasks.discard)
 
     async def _catch_up(self, key: tuple[Address, Address], copy: _Copy) -> None:
         try:
@@ -502,7 +505,7 @@ class _Copy:
         self.delivery = delivery
         self.hand_over: Callable[[], None] | None = hand_over
         self.behind = bytearray()
-        self.flusher: asyncio.Future[None] | None = None
+        self.flusher: asyncio.Task[None] | None = None
         self.ended = False
 
 

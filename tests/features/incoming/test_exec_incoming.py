@@ -285,6 +285,25 @@ def test_sigkill_of_the_agent_gives_the_pod_its_traffic_back(
     assert "Traceback" not in run.log() and "never retrieved" not in run.log(), run.log()
 
 
+def test_a_mirror_whose_agent_dies_never_stood_in_the_pods_way(
+    xworld: ExecWorld, programs: dict[str, Path]
+) -> None:
+    """A mirror reads copies of the packets: with its agent SIGKILLed, the pod's clients
+    are answered at once (a redirecting mirror sent them to a dead listener until the
+    watchdog removed its rules)."""
+    run = xworld.start(server_argv("python", programs, xworld.tmp), mirror())
+    try:
+        run.wait_subscribed("mirror")
+        os.kill(_agent_of(run.proc.pid), signal.SIGKILL)
+        answers = send_requests(xworld.client, xworld.target.address, PORT, [request("/now")])
+        assert [body(a) for a in answers] == ["pod"]
+        assert run.proc.wait(15) != 0  # mirrord notices the lost agent and stops
+    finally:
+        run.kill()
+    # The session's (empty) chains: the dead agent's watchdog removes them.
+    wait_until(lambda: mirrord_rules(xworld.target) == [], timeout=10)
+
+
 def test_program_close_is_not_needed_for_cleanup(xworld: ExecWorld) -> None:
     # A program that exits on its own: the session's end removes the rules.
     code = (
