@@ -45,6 +45,7 @@ MAX_IDLE_STREAMS = 32
 MAX_COPY_BEHIND = 64 << 20
 # Connections handed over per wake-up of the listener before other work gets a turn.
 HANDOFF_BATCH = 64
+ACCEPT_RETRY_S = 1.0  # after an accept that failed for want of fds or memory
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,7 @@ class Subscription:
             self._end_copy(key, copy)
             copy.delivery.close()
             return
-        if copy.hand_over is not None:  # at its first byte: an empty one costs nothing
+        if copy.hand_over is not None:  # at its first byte or its end, not its SYN
             copy.hand_over()
             copy.hand_over = None
         if event.kind == "end":  # every byte came
@@ -398,8 +399,13 @@ class Subscription:
                 conn, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # ECONNABORTED, EMFILE...: as asyncio's servers, go on
-                log.info("port %d: accept failed: %s", self.rules.port, e)
+            except ConnectionAbortedError:
+                continue  # reset in the queue: the next one
+            except OSError as e:  # EMFILE, ENOBUFS...: as asyncio's servers, wait a second
+                log.warning("port %d: accept failed: %s; again in 1 s", self.rules.port, e)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(self.listener.fileno())
+                loop.call_later(ACCEPT_RETRY_S, self._resume_hand_off)
                 return
             self.connections += 1
             try:
@@ -410,6 +416,10 @@ class Subscription:
                 continue
             remote = (unmapped(str(addr[0])), int(addr[1]))
             self.direct.hand_off(conn, self.rules.port, remote, original)
+
+    def _resume_hand_off(self) -> None:
+        if self._handing and not self._closed and self.listener is not None:
+            asyncio.get_running_loop().add_reader(self.listener.fileno(), self._hand_off_ready)
 
     async def _steal_direct(
         self,
