@@ -91,16 +91,31 @@ class SessionIncoming:
     mesh: Mesh | None = None
     deliveries: DeliveryTable = field(default_factory=DeliveryTable)
     subscriptions: dict[int, Subscription] = field(default_factory=dict)
+    # The session's chain pair is made with its first redirect (a mirror that reads
+    # packets needs none: a mirror-only session leaves the pod's rules untouched).
+    chains_made: bool = False
+    # The shares its subscriptions joined: the last member out removes a share's rules,
+    # which the session's end waits for.
+    shares: set[PortShare] = field(default_factory=set)
+
+    async def make_chains(self) -> None:
+        """The session's chains and their jumps, once (the caller holds the lock)."""
+        if not self.chains_made:
+            await self.tables.restore(create_chains_script(self.chains, iptables.this_agent()))
+            self.chains_made = True
 
     async def close(self) -> None:
         for sub in list(self.subscriptions.values()):
             await sub.close()
         self.subscriptions.clear()
         self.deliveries.close_all()
-        async with self.lock:
-            names = set(self.chains.__dict__.values())
-            await self.tables.remove_chains(lambda c: c.name in names)
-        log.info("session %s: incoming rules removed", self.session.id)
+        # A share whose last member left in its Subscribe call: its removal may still run.
+        await asyncio.gather(*(share.closing() for share in self.shares), return_exceptions=True)
+        if self.chains_made:
+            async with self.lock:
+                names = set(self.chains.__dict__.values())
+                await self.tables.remove_chains(lambda c: c.name in names)
+            log.info("session %s: incoming rules removed", self.session.id)
 
 
 _PROBE_KINDS = {
@@ -219,11 +234,6 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                     mesh = detect_mesh(await tables.dump_nat(), await _mangle(tables))
                     chains = SessionChains.for_session(session.id)
                     await self._watchdog.watch(pid, backend)  # before anything can be left
-                    try:
-                        await tables.restore(create_chains_script(chains, iptables.this_agent()))
-                    except BaseException:
-                        self._watchdog.release()
-                        raise
                 except iptables.IptablesError as e:
                     await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
             state = SessionIncoming(session, pid, tables, chains, self._netns_lock(session), mesh)
@@ -377,6 +387,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             try:
                 await sub.start()
                 if share is None and sniffer is None:
+                    await state.make_chains()
                     await state.tables.restore(add_port_script(rules, state.chains))
             except BaseException as e:
                 await sub.close()
@@ -384,6 +395,7 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
                 raise
             if share is not None:
                 share.join(sub)
+                state.shares.add(share)
             elif sniffer is None:
                 self._exclusive[key] = sub
             state.subscriptions[port] = sub

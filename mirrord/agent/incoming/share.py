@@ -93,6 +93,7 @@ class PortShare:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accepted, sock=self.listener)
@@ -116,9 +117,20 @@ class PortShare:
             await self.close()
 
     async def close(self) -> None:
-        if self._closed:
-            return
+        """Remove the rules, stop accepting. The work is a task of its own: a caller that
+        is cancelled (a Subscribe call that gRPC cancels as the agent stops) does not cut
+        the removal short, and the session's cleanup waits for it (`closing`)."""
         self._closed = True
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def closing(self) -> None:
+        """Until a close under way is done (at once if none began)."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         with contextlib.suppress(Exception):
             await self._remove_rules(self)
         if self._server is not None:

@@ -49,7 +49,7 @@ def spawn_subscriber(address: str, pid: int, port: int, token: str) -> subproces
 
 
 async def test_normal_end_removes_rules(session: AgentClient, target: Pod) -> None:
-    sub = await IncomingClient(session).subscribe(8080, "mirror")
+    sub = await IncomingClient(session).subscribe(8080, "steal")
     assert mirrord_rules(target) != []
     await sub.close()
     await session.close()  # returns once the agent ran the session's cleanups
