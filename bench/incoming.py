@@ -15,7 +15,12 @@ machine latency is noisy, CPU per request much less so.
   keep-alive connection for requests cycling over the sessions' users, and for requests
   no filter matches (they reach the pod through the agent), against direct.
 
-Run as root: .venv/bin/python bench/incoming.py [--requests 2000] [--modes steal,mirror,filtered]
+- stolen/r and mirrored/r (in the default `--modes`): the same through the
+  agent's relay and with a redirecting mirror, the paths a meshed pod (mirror) and the
+  ptrace engine (steal) still take, side by side with the default ones.
+
+Run as root: .venv/bin/python bench/incoming.py [--requests 2000]
+  [--modes steal,steal-relay,mirror,mirror-redirect,filtered]
 """
 
 from __future__ import annotations
@@ -160,14 +165,19 @@ def packet_sockets(target: Pod) -> int:
     return len(target.run(["cat", "/proc/net/packet"]).stdout.decode().splitlines()) - 1
 
 
-def under_mirrord(target: Pod, mode: str, tmp: Path) -> subprocess.Popen[bytes]:
-    cfg = tmp / f"{mode}.json"
+def under_mirrord(
+    target: Pod, mode: str, tmp: Path, tag: str = "", env: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """`tag` names the run's files (default: the mode); `env`: NAME=VALUE for mirrord (and
+    the local agent it starts)."""
+    tag = tag or mode
+    cfg = tmp / f"{tag}.json"
     cfg.write_text(json.dumps({"feature": {"network": {"incoming": {"mode": mode}}}}))
     packets = packet_sockets(target)
     proc = subprocess.Popen(
-        ["env", f"BENCH_COUNT_FILE={tmp / mode}.count", MIRRORD, "exec",
+        ["env", f"BENCH_COUNT_FILE={tmp / tag}.count", *env, MIRRORD, "exec",
          "--target", f"pid/{target.main_pid}", "-f", str(cfg), "--", PY, "-c", SERVER],
-        stdout=subprocess.DEVNULL, stderr=(tmp / f"{mode}.err").open("wb"),
+        stdout=subprocess.DEVNULL, stderr=(tmp / f"{tag}.err").open("wb"),
         start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -258,7 +268,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument(
-        "--modes", default="steal,mirror", help="comma-separated: steal, mirror (default both)"
+        "--modes",
+        default="steal,steal-relay,mirror,mirror-redirect",
+        help="comma-separated: steal, mirror; steal-relay and "
+        "mirror-redirect: the same through the agent's relay (MIRRORD_NO_HANDOFF=1) and "
+        "with a redirecting mirror (MIRRORD_MIRROR_REDIRECT=1), the paths before the "
+        "handoff and the packet-reading mirror; filtered",
     )
     parser.add_argument(
         "--hold",
@@ -282,10 +297,16 @@ def main() -> None:
         }
         if "filtered" in modes:
             filtered = filtered_sessions(target, client, n, Path(tmp))
-        for mode, name in (("steal", "stolen"), ("mirror", "mirrored")):
-            if mode not in modes:
+        scenarios = (
+            ("steal", "steal", "stolen", ()),
+            ("steal-relay", "steal", "stolen/r", ("MIRRORD_NO_HANDOFF=1",)),
+            ("mirror", "mirror", "mirrored", ()),
+            ("mirror-redirect", "mirror", "mirrored/r", ("MIRRORD_MIRROR_REDIRECT=1",)),
+        )
+        for wanted, mode, name, env in scenarios:
+            if wanted not in modes:
                 continue
-            proc = under_mirrord(target, mode, Path(tmp))
+            proc = under_mirrord(target, mode, Path(tmp), name.replace("/", "-"), env)
             watch = (agent_of(proc.pid), proc.pid)
             try:
                 load(client, target.address, 100, True)  # warm-up: streams, code paths
@@ -297,7 +318,7 @@ def main() -> None:
                     until = time.monotonic() + args.hold
                     while time.monotonic() < until:
                         load(client, target.address, 500, False)
-                count = Path(tmp) / f"{mode}.count"
+                count = Path(tmp) / f"{name.replace('/', '-')}.count"
                 time.sleep(1.0)  # copies still on their way to the local program
                 copies[name] = served(count)
                 # The traced program may lag behind the pod (copies wait in its accept
@@ -310,7 +331,8 @@ def main() -> None:
             finally:
                 stop(proc)
             late[name] = served(count) - copies[name]
-            for line in (Path(tmp) / f"{mode}.err").read_text(errors="replace").splitlines():
+            err = Path(tmp) / f"{name.replace('/', '-')}.err"
+            for line in err.read_text(errors="replace").splitlines():
                 if line.startswith("mirrord: port"):
                     print(f"{mode}: {line}")  # the proxy's account of lost connections
     print(f"HTTP/1.1 GET, {n} sequential requests from the client pod to target:8080\n")
@@ -324,7 +346,7 @@ def main() -> None:
         print(f"{name:10}{row}")
     print("\nCPU µs per request" + "".join(f"{label:>34}" for label in ("keep-alive", "per conn")))
     print(f"{'':18}" + f"{'agent':>17}{'mirrord':>17}" * 2)
-    for name in ("stolen", "mirrored"):
+    for name in ("stolen", "stolen/r", "mirrored", "mirrored/r"):
         if name not in results:
             continue
         by = results[name]
@@ -337,16 +359,22 @@ def main() -> None:
             f"{got + late[name]} in the end"
         )
     d = results["direct"]
-    if s := results.get("stolen"):
-        print(
-            f"\nstolen/direct req/s: keep-alive {s['keep'][0] / d['keep'][0]:.2f}x, "
-            f"per-connection {s['new'][0] / d['new'][0]:.2f}x (target >= 0.5x)"
-        )
-    if m := results.get("mirrored"):
-        print(
-            f"mirror adds to the pod's p50: keep-alive {m['keep'][1] - d['keep'][1]:+.3f} ms, "
-            f"per-connection {m['new'][1] - d['new'][1]:+.3f} ms (target <= 1 ms)"
-        )
+    print()
+    for name in ("stolen", "stolen/r", "mirrored", "mirrored/r"):
+        if r := results.get(name):
+            print(
+                f"{name}/direct req/s: keep-alive {r['keep'][0] / d['keep'][0]:.2f}x, "
+                f"per-connection {r['new'][0] / d['new'][0]:.2f}x "
+                "(targets: keep-alive >= 0.8x, per-connection >= 0.5x)"
+            )
+    for name in ("mirrored", "mirrored/r"):
+        if m := results.get(name):
+            print(
+                f"{name} adds to the pod's p50: keep-alive "
+                f"{m['keep'][1] - d['keep'][1]:+.3f} ms, "
+                f"per-connection {m['new'][1] - d['new'][1]:+.3f} ms (target <= 1 ms)"
+            )
+    print("/r: the agent's relay, a redirecting mirror (MIRRORD_NO_HANDOFF/MIRROR_REDIRECT=1)")
     if filtered:
         direct = results["direct"]["keep"][0]
         print("\nfiltered sessions on one port (one keep-alive connection, req/s; x direct):")
