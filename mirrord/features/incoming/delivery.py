@@ -50,6 +50,7 @@ from mirrord.wire.direct import (
     NOTE_NEW,
     NOTE_SIZE,
     DirectWireError,
+    Note,
     decode_note,
 )
 
@@ -102,6 +103,16 @@ _ANCILLARY_SPACE = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(4 * 8)
 # is reset (the program stopped accepting: its listener's queue holds no more anyway).
 MAX_HANDED = 4096
 LOST = -1  # a handoff whose fd did not reach us (take_handed gives it as the fd)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A connection the agent handed over, waiting for the accept its doorbell wakes."""
+
+    number: int  # its place among all handoffs, oldest first
+    fd: int  # ours, or LOST
+    peer: tuple[str, int]
+    original: tuple[str, int]
 
 
 def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -159,9 +170,13 @@ class IncomingProxy:
         # proxy-side local port -> (remote peer, original destination); read by the
         # supervisor's handlers on the tracer thread (single dict operations are atomic).
         self._delivered: dict[int, tuple[tuple[str, int], tuple[str, int]]] = {}
-        # Connections the agent handed over whole (NOTE_HANDOFF), by their doorbell's
-        # port, until the program's accept takes them (`take_handed`); oldest first.
-        self._handed: collections.OrderedDict[int, int] = collections.OrderedDict()
+        # Connections handed over whole (NOTE_HANDOFF), by their doorbell's port, until
+        # the program's accept takes them (`take_handed`). A doorbell is reset at once,
+        # so its port may serve the next one before the first is accepted: per port, in
+        # the order of the notes, which is the order of the doorbells in the accept queue.
+        self._handed: dict[int, collections.deque[Handoff]] = {}
+        self._handed_count = 0
+        self._handoffs = 0  # numbers them, oldest first
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._unavailable_said = False
@@ -237,11 +252,14 @@ class IncomingProxy:
             return None
         self._read_notes()  # its note was sent before the doorbell rang
         with self._notes_lock:
-            fd = self._handed.pop(doorbell_port, None)
-            if fd is None:
+            waiting = self._handed.get(doorbell_port)
+            if not waiting:
                 return None  # a delivery to relay, or a connection of someone else's
-            found = self._delivered.pop(doorbell_port)  # told by the same note
-        return fd, found[0], found[1]
+            handoff = waiting.popleft()
+            if not waiting:
+                del self._handed[doorbell_port]
+            self._handed_count -= 1
+        return handoff.fd, handoff.peer, handoff.original
 
     def _read_notes(self) -> None:
         with self._notes_lock:
@@ -282,11 +300,12 @@ class IncomingProxy:
                     if note.kind == NOTE_HANDOFF:
                         # Its fd did not come (our fd table was full: MSG_CTRUNC): the
                         # connection is gone, and its doorbell must not reach the program.
-                        self._hold(note.port, LOST)
+                        self._hold(note, LOST)
                 else:
-                    self._hold(note.port, fds[0])
+                    self._hold(note, fds[0])
                 if note.kind in (NOTE_NEW, NOTE_HANDOFF):
-                    self._delivered[note.port] = (_text(note.peer), _text(note.original))
+                    if note.kind == NOTE_NEW:
+                        self._delivered[note.port] = (_text(note.peer), _text(note.original))
                     if self.explain is not None:
                         self._explain_connection(note.sub_port)
                     count = self._delivered_count.get(note.sub_port, 0)
@@ -295,23 +314,29 @@ class IncomingProxy:
                     self._delivered.pop(note.port, None)
                 else:
                     self._delivered.pop(note.port, None)
-                    handed = self._handed.pop(note.port, None)
-                    if handed is not None:  # its doorbell did not ring: nobody accepts it
-                        _reset_fd(handed)
+                    waiting = self._handed.get(note.port)
+                    if waiting:  # the newest's doorbell did not ring: nobody accepts it
+                        _reset_fd(waiting.pop().fd)
+                        self._handed_count -= 1
+                        if not waiting:
+                            del self._handed[note.port]
                     failed, _ = self._failed.get(note.sub_port, (0, ""))
                     self._failed[note.sub_port] = (failed + 1, os.strerror(note.errno))
 
-    def _hold(self, doorbell_port: int, fd: int) -> None:
+    def _hold(self, note: Note, fd: int) -> None:
         """Keep a handed-over connection (or LOST) for the accept its doorbell wakes
-        (notes lock)."""
-        stale = self._handed.pop(doorbell_port, None)
-        if stale is not None:  # a doorbell port reused: the earlier one was never taken
-            _reset_fd(stale)
-        self._handed[doorbell_port] = fd
-        while len(self._handed) > MAX_HANDED:
-            port, oldest = self._handed.popitem(last=False)
-            self._delivered.pop(port, None)
-            _reset_fd(oldest)
+        (notes lock); past MAX_HANDED waiting, the oldest is reset."""
+        self._handoffs += 1
+        handoff = Handoff(self._handoffs, fd, _text(note.peer), _text(note.original))
+        self._handed.setdefault(note.port, collections.deque()).append(handoff)
+        self._handed_count += 1
+        while self._handed_count > MAX_HANDED:
+            port = min(self._handed, key=lambda p: self._handed[p][0].number)
+            waiting = self._handed[port]
+            _reset_fd(waiting.popleft().fd)
+            self._handed_count -= 1
+            if not waiting:
+                del self._handed[port]
 
     async def subscribe(
         self, family: int, ip: bytes, local_port: int, port: int, handoff: bool = False
@@ -453,9 +478,11 @@ class IncomingProxy:
             with self._notes_lock:
                 self._notes.close()
                 self._notes = None
-                for fd in self._handed.values():  # never accepted: refused, not answered
-                    _reset_fd(fd)
+                for waiting in self._handed.values():  # never accepted: refused
+                    for handoff in waiting:
+                        _reset_fd(handoff.fd)
                 self._handed.clear()
+                self._handed_count = 0
 
     def _say_losses(self) -> None:
         """Connections the program may not have got: their delivery failed (the program
