@@ -340,36 +340,28 @@ class IncomingService(incoming_pb2_grpc.IncomingServicer):
             # Before 1.3 clients left the node's traffic to the pod; now only the probes'.
             keep_node = not request.include_node_traffic or (mode == "steal" and probes.tcp)
             skip = node if keep_node else ()
-            hop = mesh is not None and mesh.plaintext_hop(port)
-            mesh_uid = mesh.proxy_uid if mesh is not None and hop else None
-            mesh_mark = mesh.proxy_mark if mesh is not None and hop else None
+            hop = mesh if mesh is not None and mesh.plaintext_hop(port) else None
+            # What the port's rules would be; the listener's port is known once it is made.
+            wanted = PortRules(
+                port,
+                0,
+                mode,
+                skip,
+                not request.ignore_localhost,
+                hop.proxy_uid if hop else None,
+                hop.proxy_mark if hop else None,
+            )
             share: PortShare | None = None
             listener: socket.socket | None = None
             if sniffer is not None:
-                rules = PortRules(port, 0, mode, skip, not request.ignore_localhost)
+                rules = wanted
             elif shareable:
-                share = self._shares.get(key) or await self._open_share(
-                    state,
-                    key,
-                    PortRules(
-                        port, 0, mode, skip, not request.ignore_localhost, mesh_uid, mesh_mark
-                    ),
-                    context,
-                )
-                rules = dataclasses.replace(
-                    share.rules, mode=mode
-                )  # its own mode, the share's port
+                share = self._shares.get(key) or await self._open_share(state, key, wanted, context)
+                # Its own mode, the share's port.
+                rules = dataclasses.replace(share.rules, mode=mode)
             else:
                 listener = await session.worker.run(make_listener)
-                rules = PortRules(
-                    port,
-                    listener.getsockname()[1],
-                    mode,
-                    skip,
-                    not request.ignore_localhost,
-                    mesh_uid,
-                    mesh_mark,
-                )
+                rules = dataclasses.replace(wanted, listener_port=listener.getsockname()[1])
             sub = Subscription(
                 session.worker,
                 rules,

@@ -94,6 +94,15 @@ class _Handed:
     local: bytes
 
 
+def _peer_key(host: str, port: int) -> tuple[bytes, int]:
+    """A peer as `_handed` knows it: the address bytes as Destination.ip has them (an
+    IPv4 address for a v4-mapped one), and the port."""
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.packed, port
+
+
 def _in_family(family: int, addr: tuple[str, int]) -> bytes:
     """ip:port as a sockaddr of `family` (an IPv6 address stays IPv6: no AF_INET form)."""
     host, port = addr
@@ -397,7 +406,7 @@ class IncomingHandlers:
         finally:
             sock.detach()
         peer = _in_family(family, remote)
-        key = (ipaddress.ip_address(remote[0].split("%")[0]).packed, remote[1])
+        key = _peer_key(*remote)
         if len(self._handed) >= self._sweep_at:
             held = held_by_program({str(h.inode) for h in self._handed.values()})
             self._handed = {k: h for k, h in self._handed.items() if str(h.inode) in held}
@@ -406,16 +415,25 @@ class IncomingHandlers:
         self._handed_ports.add(local_port)
         return fd, peer
 
-    def _handed_of(self, tid: int, fd: int, key: tuple[bytes, int]) -> _Handed | None:
-        found = self._handed.get(key)
-        if found is None:
+    def _handed_of(self, tid: int, fd: int, key: tuple[bytes, int] | None = None) -> _Handed | None:
+        """The handed-over connection the program's fd is, if it is one: found by its peer
+        (`key`, else read from the socket) and checked against the socket's inode."""
+        if key is not None and key not in self._handed:
             return None
         try:
             with borrowed_socket(tid, fd) as sock:
-                same = sock is not None and os.fstat(sock.fileno()).st_ino == found.inode
+                if sock is None:
+                    return None
+                if key is None:
+                    peer = sock.getpeername()
+                    if not isinstance(peer, tuple):
+                        return None
+                    key = _peer_key(str(peer[0]), int(peer[1]))
+                inode = os.fstat(sock.fileno()).st_ino
         except OSError:
             return None
-        return found if same else None
+        found = self._handed.get(key)
+        return found if found is not None and found.inode == inode else None
 
     def peer_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
         """getpeername: the real remote peer of a delivered connection."""
@@ -429,19 +447,9 @@ class IncomingHandlers:
         """getsockname: P for a listener bound elsewhere, the original destination for a
         delivered connection."""
         if got.port in self._handed_ports and not got.is_loopback:
-            try:
-                with borrowed_socket(tid, fd) as sock:
-                    if sock is not None:
-                        peer, inode = sock.getpeername(), os.fstat(sock.fileno()).st_ino
-            except OSError:
-                sock = None
-            if sock is not None and isinstance(peer, tuple):
-                ip = ipaddress.ip_address(str(peer[0]).split("%")[0])
-                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                    ip = ip.ipv4_mapped
-                handed = self._handed.get((ip.packed, int(peer[1])))
-                if handed is not None and handed.inode == inode:
-                    return handed.local
+            handed = self._handed_of(tid, fd)
+            if handed is not None:
+                return handed.local
         requested = self.bound.get(got.port)
         if requested is None:
             return None

@@ -16,7 +16,7 @@ import pytest
 
 from mirrord.agent.incoming.mesh import detect_mesh
 from mirrord.testpod import Pod
-from tests.features.incoming.exec_world import PORT, ExecWorld, server_argv, xworld
+from tests.features.incoming.exec_world import PORT, ExecWorld, xworld
 from tests.features.incoming.incoming_helpers import (
     LOGGING_SERVER,
     mirrord_rules,
@@ -29,6 +29,7 @@ from tests.features.incoming.test_incoming_mesh import (
     ask,
     pod_requests,
     proxy_log,
+    start_meshed,
     start_proxy,
 )
 
@@ -147,12 +148,7 @@ def test_the_mesh_is_what_we_think(xworld: ExecWorld, ambient: Pod) -> None:
 def test_steal_and_mirror_take_ztunnels_plaintext_hop(
     xworld: ExecWorld, ambient: Pod, programs: dict[str, Path], mode: str
 ) -> None:
-    world = ExecWorld(xworld.net, ambient, xworld.client, xworld.tmp)
-    incoming: dict[str, object] = {"mode": mode}
-    if mode == "steal":
-        incoming["http_filter"] = {"header_filter": "x-user: me"}
-    run = world.start(server_argv("python", programs, xworld.tmp), {
-        "feature": {"network": {"incoming": incoming}}})  # fmt: skip
+    world, run = start_meshed(xworld, ambient, programs, mode)
     me = {"x-user": "me"}
     try:
         run.wait_subscribed(mode)

@@ -16,7 +16,7 @@ import pytest
 
 from mirrord.agent.incoming.mesh import detect_mesh
 from mirrord.testpod import Pod
-from tests.features.incoming.exec_world import PORT, ExecWorld, server_argv, xworld
+from tests.features.incoming.exec_world import PORT, ExecWorld, Running, server_argv, xworld
 from tests.features.incoming.incoming_helpers import LOGGING_SERVER, mirrord_rules, request
 from tests.kube.fake_tls import ca
 
@@ -168,6 +168,19 @@ def meshed(xworld: ExecWorld, tmp_path: Path) -> Iterator[Pod]:
         pod.close()
 
 
+def start_meshed(
+    xworld: ExecWorld, pod: Pod, programs: dict[str, Path], mode: str
+) -> tuple[ExecWorld, Running]:
+    """The python server under mirrord exec against a meshed pod: a steal filtered on
+    `x-user: me`, or a mirror."""
+    world = ExecWorld(xworld.net, pod, xworld.client, xworld.tmp)
+    incoming: dict[str, object] = {"mode": mode}
+    if mode == "steal":
+        incoming["http_filter"] = {"header_filter": "x-user: me"}
+    config = {"feature": {"network": {"incoming": incoming}}}
+    return world, world.start(server_argv("python", programs, xworld.tmp), config)
+
+
 def ask(
     world: ExecWorld, pod: Pod, requests: list[str], port: int = PORT, tunnel: str = ""
 ) -> list[str]:
@@ -194,12 +207,7 @@ def test_the_mesh_is_what_we_think(xworld: ExecWorld, meshed: Pod) -> None:
 def test_steal_and_mirror_take_the_sidecars_plaintext_hop(
     xworld: ExecWorld, meshed: Pod, programs: dict[str, Path], mode: str
 ) -> None:
-    world = ExecWorld(xworld.net, meshed, xworld.client, xworld.tmp)
-    incoming: dict[str, object] = {"mode": mode}
-    if mode == "steal":
-        incoming["http_filter"] = {"header_filter": "x-user: me"}
-    run = world.start(server_argv("python", programs, xworld.tmp), {
-        "feature": {"network": {"incoming": incoming}}})  # fmt: skip
+    world, run = start_meshed(xworld, meshed, programs, mode)
     try:
         run.wait_subscribed(mode)
         me = {"x-user": "me"}

@@ -18,7 +18,14 @@ from mirrord.features.incoming.delivery import LOST, IncomingProxy, IncomingSett
 from mirrord.wire.direct import NOTE_FAILED, NOTE_GONE, NOTE_HANDOFF, NOTE_NEW, Note, encode_note
 
 PEER = (b"\x0a\x00\x00\x03", 40123)
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]  # another user
 ORIGINAL = (b"\x0a\x00\x00\x02", 8080)
+
+
+def open_notes() -> tuple[IncomingProxy, str]:
+    """A proxy of a direct session (no agent needed) and its notes socket's name."""
+    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
+    return proxy, proxy._open_notes()
 
 
 def _send(name: str, note: Note) -> None:
@@ -28,8 +35,7 @@ def _send(name: str, note: Note) -> None:
 
 
 async def test_notes_are_read_when_accept_asks_and_only_from_root_or_us() -> None:
-    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
-    name = proxy._open_notes()
+    proxy, name = open_notes()
     assert name.startswith("\0")  # abstract: nothing to leave behind in the file system
     try:
         _send(name, Note(NOTE_NEW, 50001, 8080, peer=PEER, original=ORIGINAL))
@@ -44,8 +50,7 @@ async def test_notes_are_read_when_accept_asks_and_only_from_root_or_us() -> Non
             "s.connect('\\0' + sys.argv[1]); s.send(bytes.fromhex(sys.argv[2]))"
         )
         forged = encode_note(Note(NOTE_NEW, 50002, 8080, peer=PEER, original=ORIGINAL)).hex()
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        subprocess.run([*argv, sys.executable, "-c", code, name[1:], forged], check=True)
+        subprocess.run([*NOBODY, sys.executable, "-c", code, name[1:], forged], check=True)
         assert proxy.delivered(50002) is None
 
         _send(name, Note(NOTE_FAILED, 50003, 8080, errno=111))
@@ -61,19 +66,17 @@ async def test_a_flood_of_forged_notes_is_reported_once(
 ) -> None:
     """#12: each forged note printed a warning on the user's terminal (3,000 datagrams,
     3,000 lines): one warning, then the count at the end."""
-    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
-    name = proxy._open_notes()
+    proxy, name = open_notes()
     code = (
         "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
         "s.connect('\\0' + sys.argv[1])\n"
         "for i in range(500): s.send(b'x' * 8)"
     )
-    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     with caplog.at_level(logging.WARNING, logger="mirrord.features.incoming.delivery"):
         try:
             # Concurrently: the loop reads while the sender fills the queue (10 datagrams).
             sender = await asyncio.create_subprocess_exec(
-                *argv, sys.executable, "-c", code, name[1:]
+                *NOBODY, sys.executable, "-c", code, name[1:]
             )
             assert await asyncio.wait_for(sender.wait(), 30) == 0
             proxy.delivered(0)  # reads what is queued
@@ -102,8 +105,7 @@ async def test_a_handed_over_connection_is_taken_once_by_its_doorbell() -> None:
     """NOTE_HANDOFF carries the connection's fd: the accept its doorbell wakes takes it
     (with the peer and original destination), once; what nobody takes is reset at the
     end, so its peer does not wait for an answer that cannot come."""
-    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
-    name = proxy._open_notes()
+    proxy, name = open_notes()
     kept_client, kept = _tcp_pair()
     lost_client, lost = _tcp_pair()
     try:
@@ -146,8 +148,7 @@ async def test_a_handed_over_connection_is_taken_once_by_its_doorbell() -> None:
 async def test_fds_that_come_with_anything_else_are_closed() -> None:
     """Another user's HANDOFF (its fd could be any socket), a NEW with an fd: nothing is
     held, and every fd we were sent is closed (its other end sees the end)."""
-    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
-    name = proxy._open_notes()
+    proxy, name = open_notes()
     code = (
         "import array, socket, sys\n"
         "a, b = socket.socketpair()\n"
@@ -158,10 +159,9 @@ async def test_fds_that_come_with_anything_else_are_closed() -> None:
         "print('closed' if b.recv(1) == b'' else 'open')\n"
     )
     note = encode_note(Note(NOTE_HANDOFF, 50020, 8080, peer=PEER, original=ORIGINAL)).hex()
-    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     try:
         forger = await asyncio.create_subprocess_exec(
-            *argv, sys.executable, "-c", code, name[1:], note, stdout=asyncio.subprocess.PIPE
+            *NOBODY, sys.executable, "-c", code, name[1:], note, stdout=asyncio.subprocess.PIPE
         )
         out, _ = await asyncio.wait_for(forger.communicate(), 30)
         assert out.decode().strip() == "closed"
@@ -212,8 +212,7 @@ async def test_a_doorbell_port_reused_before_its_accept_keeps_both_connections()
     accepted the first: both connections wait, taken in the order their doorbells queue.
     (One was reset instead: a lost connection in about one run in ten of 200 under
     signals.)"""
-    proxy = IncomingProxy(None, IncomingSettings(), direct=True)  # type: ignore[arg-type]
-    name = proxy._open_notes()
+    proxy, name = open_notes()
     first_client, first = _tcp_pair()
     second_client, second = _tcp_pair()
     try:
