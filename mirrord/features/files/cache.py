@@ -46,6 +46,9 @@ CHUNK = 1 << 20
 # changes drop the entries at once): 2 s covers a walk's listing -> lstat of every entry
 # (find, ls -lR, rglob) and stays well below what a human notices.
 STAT_TTL_S = 2.0
+# How many (path, follow) answers the stat cache holds: past it, what has expired goes,
+# then the oldest (a walk of a huge tree must not grow the session without bound).
+MAX_STATS = 1 << 17
 
 
 @dataclass
@@ -95,8 +98,11 @@ class Cache:
         self.meta: dict[str, Meta] = {}
         self._prefix = self.root + "/"
         self._clock = clock
-        # (remote path, follow) -> (expiry, stat): the short-lived stat cache.
-        self._stats: dict[tuple[str, bool], tuple[float, RemoteStat]] = {}
+        # (remote path, follow) -> (expiry, stat, or None: it does not exist): the
+        # short-lived stat cache, in insertion order (the oldest go first when full).
+        self._stats: dict[tuple[str, bool], tuple[float, RemoteStat | None]] = {}
+        # Bumped by every change of ours: an answer asked for before it is not kept.
+        self.generation = 0
         self.walks = Walks(clock, STAT_TTL_S)
         self._making: asyncio.Future[None] | None = None  # copies of arrived listings
         self._closed = False
@@ -136,33 +142,62 @@ class Cache:
             local.st_size, local.st_blocks, local.st_mtime_ns, local.st_ctime_ns
         )
 
-    def remember(self, path: str, follow: bool, st: RemoteStat, since: float | None = None) -> None:
-        """Keep a remote stat of `path` for STAT_TTL_S (follow: stat, else lstat) from
-        `since` (when it was read; default now). An lstat of anything but a symlink is
-        also its stat."""
+    def remember(
+        self, path: str, follow: bool, st: RemoteStat | None, since: float | None = None
+    ) -> None:
+        """Keep a remote stat of `path` (None: it does not exist) for STAT_TTL_S
+        (follow: stat, else lstat) from `since` (when it was read; default now). An
+        lstat of anything but a symlink is also its stat; an lstat's ENOENT, too."""
         expiry = (self._clock() if since is None else since) + STAT_TTL_S
+        if len(self._stats) >= MAX_STATS:
+            self._shrink()
         self._stats[(path, follow)] = (expiry, st)
-        if not follow and not statmod.S_ISLNK(st.mode):
+        if not follow and (st is None or not statmod.S_ISLNK(st.mode)):
             self._stats[(path, True)] = (expiry, st)
+
+    def remember_missing(self, path: str, follow: bool, generation: int) -> None:
+        """The agent said ENOENT for `path`, asked at `generation`: kept as a stat,
+        unless a change of ours came in between (it may have created the path)."""
+        if generation == self.generation:
+            self.remember(path, follow, None)
+
+    def _shrink(self) -> None:
+        now = self._clock()
+        for key in [k for k, v in self._stats.items() if v[0] < now]:
+            del self._stats[key]
+        if len(self._stats) >= MAX_STATS // 2:
+            for key in list(self._stats)[: len(self._stats) // 2]:  # the oldest half
+                del self._stats[key]
+
+    def _fresh(self, path: str, follow: bool) -> tuple[float, RemoteStat | None] | None:
+        hit = self._stats.get((path, follow))
+        if hit is not None and hit[0] < self._clock():
+            self._stats.pop((path, follow), None)
+            return None
+        return hit
 
     def cached_stat(self, path: str, follow: bool) -> RemoteStat | None:
         """The remembered remote stat of `path` if still fresh. None for a copy open for
         writing (its size and times are the local copy's until written back: the caller
-        asks the agent, as for any miss)."""
-        hit = self._stats.get((path, follow))
-        if hit is None:
-            return None
-        if hit[0] < self._clock():
-            self._stats.pop((path, follow), None)
+        asks the agent, as for any miss), and for a path known not to exist (known_missing)."""
+        hit = self._fresh(path, follow)
+        if hit is None or hit[1] is None:
             return None
         meta = self.meta.get(self.to_cache(path))
         if meta is not None and meta.writable:
             return None
         return hit[1]
 
+    def known_missing(self, path: str, follow: bool) -> bool:
+        """The agent said moments ago that `path` does not exist (within STAT_TTL_S, and
+        no change of ours since)."""
+        hit = self._fresh(path, follow)
+        return hit is not None and hit[1] is None
+
     def invalidate(self, path: str) -> None:
         """Forget remembered stats of `path`, of what is below it, and of its parent
         (whose mtime/nlink our change moved)."""
+        self.generation += 1
         parent = os.path.dirname(path) or "/"
         below = path.rstrip("/") + "/"
         for key in [k for k in self._stats if k[0] in (path, parent) or k[0].startswith(below)]:

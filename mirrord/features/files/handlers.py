@@ -193,11 +193,16 @@ class FsFeature:
             st = self.cache.cached_stat(remote_path, follow)
             if st is not None:
                 return write(mem, st)  # listed or stat'ed moments ago: no round trip
+            if self.cache.known_missing(remote_path, follow):
+                return Fake(-errno.ENOENT)  # as moments ago (a program probing for a file)
 
         async def work() -> tuple[int, RemoteStat | None]:
+            generation = self.cache.generation
             err, st = await self.remote.stat(remote_path, follow)
             if not err and st is not None:
                 self.cache.remember(remote_path, follow, st)
+            elif err == errno.ENOENT:
+                self.cache.remember_missing(remote_path, follow, generation)
             return err, st
 
         return Defer(
@@ -239,8 +244,14 @@ class FsFeature:
         if how is not None:
             resolve = self._resolved_remotely(sc, dirfd, raw, path, how, in_root)
 
+        follow = not flags & os.O_NOFOLLOW
+        probe = resolve is None and not flags & os.O_CREAT  # ENOENT: the path is missing
+        if probe and self.cache.known_missing(path, follow):
+            return Fake(-errno.ENOENT)
+
         async def work() -> tuple[int, str]:
-            return await self.cache.materialise(
+            generation = self.cache.generation
+            result = await self.cache.materialise(
                 self.remote,
                 path,
                 flags & REMOTE_OPEN_FLAGS,
@@ -248,6 +259,9 @@ class FsFeature:
                 writable=writing,
                 resolve=resolve,
             )
+            if probe and result[0] == errno.ENOENT:
+                self.cache.remember_missing(path, follow, generation)
+            return result
 
         def then(result: Any, m: Memory) -> Action:
             failed = _failed(result)
@@ -408,10 +422,17 @@ class FsFeature:
         if mode & os.W_OK and access is Access.READ_ONLY:
             return Allow()  # a write would be local: ask the local file system
         follow = not flags & AT_SYMLINK_NOFOLLOW
-        return Defer(
-            lambda: self.remote.access(path, mode, follow),
-            lambda r, _m: _failed(r) or Fake(-r),
-        )
+        if self.cache.known_missing(path, follow):
+            return Fake(-errno.ENOENT)
+
+        async def work() -> int:
+            generation = self.cache.generation
+            err = await self.remote.access(path, mode, follow)
+            if err == errno.ENOENT:
+                self.cache.remember_missing(path, follow, generation)
+            return err
+
+        return Defer(work, lambda r, _m: _failed(r) or Fake(-r))
 
     def access(self, sc: Syscall, mem: Memory) -> Action:
         return self._access_call(sc, mem, AT_FDCWD, sc.args[0], sc.args[1], 0)
@@ -551,7 +572,8 @@ class FsFeature:
         path, access = self._access(got[1])
         if access is Access.LOCAL:
             return self._local(got[0], path)
-        return Fake(-errno.ENOENT if access is Access.NOT_FOUND else empty)
+        gone = access is Access.NOT_FOUND or self.cache.known_missing(path, True)
+        return Fake(-errno.ENOENT if gone else empty)
 
     def getxattr(self, sc: Syscall, mem: Memory) -> Action:
         return self._xattr(sc, mem, -errno.ENODATA)
@@ -783,7 +805,8 @@ class FsFeature:
             return -errno.ENOENT
         st = self.cache.cached_stat(path, follow)
         if st is None:
-            return False  # asked by the handler
+            # Known missing: as the handler would say; else asked by the handler.
+            return -errno.ENOENT if self.cache.known_missing(path, follow) else False
         try:
             mem.write(tid, buf, packer(st))
         except OSError:

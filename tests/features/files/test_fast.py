@@ -118,6 +118,11 @@ def test_a_remote_stat_the_cache_knows_is_answered_by_the_fast_check(tmp_path: P
     gone = RawMem(b"/srv/gone/x")
     assert checks[NR["newfstatat"]](1, args, gone) == -errno.ENOENT
     assert fs.newfstatat(Syscall(1, NR["newfstatat"], args, 0, True), gone) == Fake(-errno.ENOENT)
+    # Known missing (the agent said ENOENT moments ago): ENOENT, as from the handler.
+    fs.cache.remember("/srv/app/none", False, None)
+    none = RawMem(b"/srv/app/none")
+    assert checks[NR["newfstatat"]](1, args, none) == -errno.ENOENT
+    assert fs.newfstatat(Syscall(1, NR["newfstatat"], args, 0, True), none) == Fake(-errno.ENOENT)
     # Not known (a symlink's lstat says nothing of its target), or not in normal form:
     # the handler's.
     fs.cache.remember("/srv/app/link", False, RemoteStat(ino=8, mode=0o120777))

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from mirrord.features.files import cache as cache_mod
 from mirrord.features.files.cache import STAT_TTL_S, Cache
 from mirrord.features.files.handlers import AT_SYMLINK_NOFOLLOW, FsFeature
 from mirrord.features.files.paths import AT_FDCWD
@@ -43,10 +44,15 @@ class FakeRemote:
     async def stat(self, path: str, follow: bool) -> tuple[int, RemoteStat | None]:
         self.calls.append(f"stat {path}")
         st = self.files.get(path)
+        if st is not None and follow and statmod.S_ISLNK(st.mode):
+            st = None  # its target (never there)
         return (0, st) if st is not None else (errno.ENOENT, None)
 
     async def access(self, path: str, mode: int, follow: bool) -> int:
-        return 0
+        self.calls.append(f"access {path}")
+        answer = 0 if path in self.files else errno.ENOENT  # as the pod is when asked
+        await self.release.wait()
+        return answer
 
     async def readlink(self, path: str) -> tuple[int, bytes]:
         return 0, b"a"
@@ -71,7 +77,9 @@ class FakeRemote:
         self.calls.append(f"open {path}")
         self.also.append(list(also))
         self.prefetch.append(prefetch)
-        st = self.files[path]
+        st = self.files.get(path)
+        if st is None:
+            return Opened(errno=errno.ENOENT)
         opened = Opened(stat=st, entries=self._entries(path))
         if self.ahead and prefetch and below is not None and statmod.S_ISDIR(st.mode):
             opened.below_follows = True
@@ -126,6 +134,8 @@ class FakeRemote:
         self.calls.append(f"{op.name.lower()} {path}")
         if op is PathOp.UNLINK:
             self.files.pop(path, None)
+        elif op is PathOp.MKDIR:
+            self.files[path] = DIR
         return 0
 
 
@@ -267,6 +277,95 @@ def test_cache_invalidate_is_by_prefix(tmp_path: Path) -> None:
         assert cache.cached_stat("/a", False) is None  # the parent
         assert cache.cached_stat("/a/bc", False) == A
         assert cache.cached_stat("/x", True) == A
+    finally:
+        cache.close()
+
+
+async def call(fs: FsFeature, name: str, path: str, *rest: int) -> Action:
+    """A one-path call (access, openat with AT_FDCWD, mkdir) run to its answer."""
+    mem = FakeMem()
+    mem.put(NAME_AT, path.encode() + b"\0")
+    nr = {"access": 21, "openat": 257, "mkdir": 83}[name]
+    head = (AT_FDCWD & 0xFFFFFFFF, NAME_AT) if name == "openat" else (NAME_AT,)
+    args = (*head, *rest, 0, 0, 0, 0, 0)[:6]
+    return await run(getattr(fs, name)(Syscall(1, nr, args, 0x7FFF0000), mem), mem)
+
+
+async def test_a_missing_path_is_remembered_as_missing(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    """A program probing for a file the pod does not have (a config it polls, a
+    library path) asks the agent once per STAT_TTL_S, not once per call: stat, lstat,
+    open and access of it answer ENOENT from what the agent said moments ago."""
+    fs, remote, clock = setup
+    action, _ = await lstat(fs, "/srv/d/new")
+    assert action == Fake(-errno.ENOENT)
+    assert remote.calls == ["stat /srv/d/new"]
+    for follow in (False, True):
+        assert (await lstat(fs, "/srv/d/new", follow))[0] == Fake(-errno.ENOENT)
+    assert await call(fs, "openat", "/srv/d/new", os.O_RDONLY) == Fake(-errno.ENOENT)
+    assert await call(fs, "access", "/srv/d/new", os.R_OK) == Fake(-errno.ENOENT)
+    assert remote.calls == ["stat /srv/d/new"]
+    # Created in the pod by someone else: seen once the bound has passed.
+    remote.files["/srv/d/new"] = A
+    clock.now += STAT_TTL_S + 0.1
+    _, mem = await lstat(fs, "/srv/d/new")
+    assert stat_written(mem) == A
+    assert remote.calls == ["stat /srv/d/new", "stat /srv/d/new"]
+    # A symlink's target missing says nothing of the link itself (lstat).
+    remote.files["/srv/d/dangling"] = LINK
+    assert (await lstat(fs, "/srv/d/dangling", follow=True))[0] == Fake(-errno.ENOENT)
+    _, mem = await lstat(fs, "/srv/d/dangling")
+    assert stat_written(mem) == LINK
+    # An open's and an access's ENOENT are remembered too.
+    assert await call(fs, "openat", "/srv/d/gone", os.O_RDONLY) == Fake(-errno.ENOENT)
+    assert await call(fs, "access", "/srv/x", os.R_OK) == Fake(-errno.ENOENT)
+    calls = len(remote.calls)
+    assert (await lstat(fs, "/srv/d/gone", follow=True))[0] == Fake(-errno.ENOENT)
+    assert (await lstat(fs, "/srv/x", follow=True))[0] == Fake(-errno.ENOENT)
+    assert len(remote.calls) == calls
+
+
+async def test_our_own_creation_ends_a_missing_answer(
+    setup: tuple[FsFeature, FakeRemote, Clock],
+) -> None:
+    fs, remote, _clock = setup
+    assert (await lstat(fs, "/srv/d/sub"))[0] == Fake(-errno.ENOENT)
+    assert await call(fs, "mkdir", "/srv/d/sub", 0o755) == Fake(0)
+    _, mem = await lstat(fs, "/srv/d/sub")
+    assert stat_written(mem) == DIR
+    # An ENOENT asked for before our change is not kept: it may predate the creation.
+    remote.release.clear()
+    probe = asyncio.ensure_future(call(fs, "access", "/srv/d/late", os.R_OK))
+    await asyncio.sleep(0)
+    assert remote.calls[-1] == "access /srv/d/late"
+    assert await call(fs, "mkdir", "/srv/d/late", 0o755) == Fake(0)
+    remote.release.set()
+    assert await probe == Fake(-errno.ENOENT)  # answered before the mkdir, in the pod
+    _, mem = await lstat(fs, "/srv/d/late", follow=True)
+    assert stat_written(mem) == DIR
+    assert remote.calls[-1] == "stat /srv/d/late"
+
+
+def test_the_stat_cache_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A walk of a huge tree keeps at most MAX_STATS answers: expired ones go first,
+    then the oldest half."""
+    monkeypatch.setattr(cache_mod, "MAX_STATS", 100)
+    clock = Clock()
+    cache = Cache(str(tmp_path), clock=clock)
+    try:
+        for i in range(60):
+            cache.remember(f"/old/{i}", True, A)
+        clock.now += STAT_TTL_S + 1
+        for i in range(60):
+            cache.remember(f"/new/{i}", True, A)  # the 100th expires the old ones
+        assert cache.cached_stat("/new/0", True) == A
+        assert cache.cached_stat("/old/59", True) is None
+        for i in range(60, 200):
+            cache.remember(f"/new/{i}", True, None)
+        assert cache.known_missing("/new/199", True)
+        assert cache.cached_stat("/new/0", True) is None  # the oldest went
+        assert len(cache._stats) <= 100
     finally:
         cache.close()
 
