@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import secrets
@@ -75,6 +76,7 @@ async def _serve(args: argparse.Namespace, token: str) -> int:
         allow_non_loopback=args.allow_non_loopback,
     )
     address = await server.start()
+    gc.freeze()  # start-up's objects stay out of full collections (run.py says why)
     loop = asyncio.get_running_loop()
 
     stopping: set[asyncio.Task[None]] = set()  # keep a reference until the task is done
