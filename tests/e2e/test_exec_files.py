@@ -147,6 +147,52 @@ def test_a_walk_sees_the_pods_tree_and_its_changes_after_the_bound(fpod: Pod) ->
     assert "new" in out and "'/srv/data/walk/d4', []" in out
 
 
+POLLER = r"""
+import os, sys
+print(os.path.exists("/srv/rw/flag"), os.path.exists("/srv/rw/flag"), flush=True)
+sys.stdin.readline()  # the pod gets the file now
+import time
+start = time.monotonic()
+while not os.path.exists("/srv/rw/flag"):
+    time.sleep(0.02)
+    if time.monotonic() - start > 30:
+        sys.exit("never seen")
+seen = time.monotonic() - start
+# A file it makes itself (write mode) is there at once, though it was missing moments ago.
+mine = os.path.exists("/srv/rw/mine")
+open("/srv/rw/mine", "w").close()
+print(f"{seen:.2f}", mine, os.path.exists("/srv/rw/mine"), flush=True)
+"""
+
+
+def test_a_missing_file_is_seen_once_the_pod_has_it(fpod: Pod, tmp_path: Path) -> None:
+    """"No such file" is remembered as a stat is (2 s): a program polling for a file
+    the pod does not have yet sees it within that bound once it is there, and one it
+    creates itself at once."""
+    cfg = tmp_path / "mirrord.json"
+    cfg.write_text(json.dumps({"feature": {"fs": "write"}}))
+    p = subprocess.Popen(
+        [MIRRORD, "exec", "-t", f"pid/{fpod.main_pid}", "-f", str(cfg), "--", PY, "-c", POLLER],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert p.stdout is not None and p.stdin is not None
+    try:
+        assert p.stdout.readline().split() == ["False", "False"]
+        fpod.run(["sh", "-c", "echo up > /srv/rw/flag"], check=True)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        seen, mine_before, mine_after = out.split()
+        assert float(seen) < 2.0 + 1.0  # the bound, and a busy machine's slack
+        assert (mine_before, mine_after) == ("False", "True")
+        assert fpod.run(["test", "-f", "/srv/rw/mine"]).returncode == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        fpod.run(["rm", "-f", "/srv/rw/flag", "/srv/rw/mine"])
+
+
 PY_READER = r"""
 import hashlib, json, mmap, os, pathlib, stat
 big = os.environ["BIG"]

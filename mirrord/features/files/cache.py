@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from mirrord.features.files.remote import Entry, Listing, Opened, RemoteFs, failure_text
+from mirrord.features.files.remote import Entry, Listing, RemoteFs, failure_text
 from mirrord.features.files.structs import RemoteStat
 from mirrord.features.files.walks import PREFETCH_ENTRIES, WAIT_S, Walk, Walks
 
@@ -105,6 +105,7 @@ class Cache:
         self.generation = 0
         self.walks = Walks(clock, STAT_TTL_S)
         self._making: asyncio.Future[None] | None = None  # copies of arrived listings
+        self._walking: set[asyncio.Future[None]] = set()  # walks ahead (_walk_ahead)
         self._closed = False
         # Told the entries of each listing made into a copy ahead (FsFeature: the rules).
         self.on_listed_ahead: Callable[[list[str]], None] | None = None
@@ -337,9 +338,7 @@ class Cache:
         fd, tmp = tempfile.mkstemp(dir=self._staging)
         try:
             with os.fdopen(fd, "wb", buffering=0) as out:
-                if plain and walk:
-                    opened = await self._open_walking(remote, path, flags, mode, known, out.write)
-                elif resolve is None:
+                if resolve is None:
                     opened = await remote.open(path, flags, mode, known, out.write)
                 else:
                     flags_, base, rel = resolve
@@ -355,6 +354,8 @@ class Cache:
             self.remember(path, True, st)
             if statmod.S_ISDIR(st.mode):
                 self._adopt_dir(path, cp, st, opened.entries)
+                if plain and walk:
+                    self._walk_ahead(remote, path)
                 return 0, cp
             if opened.unchanged and meta is not None:
                 meta.writable = meta.writable or writable
@@ -373,35 +374,46 @@ class Cache:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
 
-    async def _open_walking(
-        self,
-        remote: RemoteFs,
-        path: str,
-        flags: int,
-        mode: int,
-        known: RemoteStat | None,
-        sink: Callable[[bytes], object],
-    ) -> Opened:
-        """A plain open; for a directory, the agent lists more after it (walks.py)."""
-        st = self.cached_stat(path, False)
-        also = self.walks.siblings(path) if st is not None and statmod.S_ISDIR(st.mode) else []
+    def _walk_ahead(self, remote: RemoteFs, path: str) -> None:
+        """The program opened directory `path` (its copy is made): have the agent list,
+        in the background, its subdirectories and, when the program is walking their
+        parent, its siblings not listed yet, each followed by what is below it (walks.py).
+        In the order the program will meet them: the copies' own (getdents64 of a local
+        directory lists in its file system's order, not the pod's; find and os.walk go
+        in it), so each open finds its listing already there."""
+        walked = self.walks.walked.get(path)
+        subdirs = walked[1] if walked is not None else []
+        order = [p for p in subdirs if not self.walks.coming(p)]
+        order += self.walks.siblings(path)
+        if not order or self._closed:
+            return
         walk = self.walks.begin()
-        walk_ends = True
+        self.walks.expect(walk, order)
+        task = asyncio.ensure_future(self._walk(remote, walk, order))
+        self._walking.add(task)
+        task.add_done_callback(self._walking.discard)
+
+    async def _walk(self, remote: RemoteFs, walk: Walk, order: list[str]) -> None:
+        """Open order[0] with prefetch and the rest as `also`: its listing is the answer,
+        the others come after it. Best effort: on a failure the program's opens ask."""
+        ends = True
         try:
             opened = await remote.open(
-                path, flags, mode, known, sink, prefetch=PREFETCH_ENTRIES, also=also,
-                below=lambda listings: self._arrived(walk, listings),
+                order[0], _WALK_FLAGS, 0, None, _no_data, prefetch=PREFETCH_ENTRIES,
+                also=order[1:], below=lambda listings: self._arrived(walk, listings),
                 below_end=lambda: self.walks.end(walk),
             )  # fmt: skip
-            if opened.below_follows:
-                walk_ends = False  # below_end ends it
-                base = path.rstrip("/")
-                subdirs = [f"{base}/{os.fsdecode(e.name)}" for e in opened.entries
-                           if statmod.S_ISDIR(e.stat.mode)]  # fmt: skip
-                self.walks.expect(walk, [*subdirs, *also])
-            return opened
+            ends = not opened.below_follows
+            st = opened.stat
+            if not opened.errno and st is not None and statmod.S_ISDIR(st.mode):
+                entries = opened.entries
+                self._arrived(walk, [Listing(order[0], st, lambda: entries)])
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.debug("a walk ahead from %s ended: %s", order[0], failure_text(e))
         finally:
-            if walk_ends:
+            if ends:
                 self.walks.end(walk)
 
     def _arrived(self, walk: Walk, listings: list[Listing]) -> None:
@@ -438,13 +450,21 @@ class Cache:
         self.meta[cp] = Meta(st, os.lstat(cp).st_mtime_ns)
         base = path.rstrip("/")
         children = []
-        subdirs = []
+        dirs = set()
         for e in entries:
-            child = f"{base}/{os.fsdecode(e.name)}"
-            children.append(child)
-            self.remember(child, False, e.stat, since)
+            name = os.fsdecode(e.name)
+            children.append(f"{base}/{name}")
+            self.remember(children[-1], False, e.stat, since)
             if statmod.S_ISDIR(e.stat.mode):
-                subdirs.append(child)
+                dirs.add(name)
+        if dirs:  # in the copy's order: the one the program walks them in
+            try:
+                local = [name for name in os.listdir(cp) if name in dirs]
+            except OSError:
+                local = sorted(dirs)
+        else:
+            local = []
+        subdirs = [f"{base}/{name}" for name in local]
         self.walks.listed(path, self._clock() if since is None else since, subdirs)
         return children
 
@@ -494,7 +514,18 @@ class Cache:
         self._closed = True  # copies being made ahead stop here (they would remake the dir)
         if self._making is not None:
             self._making.cancel()
+        for task in list(self._walking):
+            task.cancel()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+# A walk's directories are opened as its own listing does (agent/files/below.py): real
+# directories only, never through a symlink.
+_WALK_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _no_data(data: bytes) -> None:
+    """A directory's Open carries no data."""
 
 
 def _placeholder_fmt(mode: int) -> int:

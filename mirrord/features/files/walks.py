@@ -92,6 +92,15 @@ class Walks:
     def pending(self, path: str) -> bool:
         return any(path in w.pending for w in self._walks)
 
+    def coming(self, path: str) -> bool:
+        """Listed by a walk moments ago (made into a copy or not yet), or still coming."""
+        since = self.ready.get(path)
+        if since is None and path in self.arrived:
+            since = self.arrived[path][0]
+        if since is not None and since + self._ttl >= self._clock():
+            return True
+        return self.pending(path)
+
     async def wait_for(self, path: str, timeout: float) -> bool:
         """Until a walk in flight has listed `path`, or ended without it: True. False
         after `timeout` with the listing still coming (asking for it then is quicker)."""
@@ -150,7 +159,7 @@ class Walks:
             return []
         out = []
         for sib in walked[1]:
-            if sib == path or sib in self.arrived or sib in self.ready or self.pending(sib):
+            if sib == path or self.coming(sib):
                 continue
             seen = self.walked.get(sib)
             if seen is None or seen[0] + self._ttl < now:

@@ -449,17 +449,31 @@ def tree(remote: FakeRemote, dirs: int = 3, files: int = 4) -> None:
 
 
 async def settle(remote: FakeRemote) -> None:
+    for _ in range(20):  # the walks ahead start (tasks of their own)
+        await asyncio.sleep(0)
     for walk in remote.walks:
         await walk
     for _ in range(50):  # the copies are made one directory per loop turn
         await asyncio.sleep(0)
 
 
+def local_order(fs: FsFeature, path: str) -> list[str]:
+    """`path`'s subdirectories in its copy's getdents64 order (the program's)."""
+    return [f"{path}/{n}" for n in os.listdir(fs.cache.to_cache(path)) if n.startswith("s")]
+
+
 async def test_a_walk_costs_one_round_trip(setup: tuple[FsFeature, FakeRemote, Clock]) -> None:
+    """Opening /srv/w has the agent list, in the background, everything below it, in the
+    order the program meets it (its copy's, not the pod's): one more round trip, not one
+    per directory."""
     fs, remote, _clock = setup
     tree(remote)
     await opendir(fs, "/srv/w")
     await settle(remote)
+    order = local_order(fs, "/srv/w")
+    assert remote.calls == ["open /srv/w", f"open {order[0]}"]
+    assert remote.prefetch == [0, PREFETCH_ENTRIES]
+    assert remote.also == [[], order[1:]]
     for i in range(3):
         await opendir(fs, f"/srv/w/s{i}")
         action, mem = await lstat(fs, f"/srv/w/s{i}/f2")
@@ -467,13 +481,28 @@ async def test_a_walk_costs_one_round_trip(setup: tuple[FsFeature, FakeRemote, C
         await opendir(fs, f"/srv/w/s{i}/n")
         action, mem = await lstat(fs, f"/srv/w/s{i}/n/deep")
         assert action == Fake(0) and stat_written(mem) == A
-    assert remote.calls == ["open /srv/w"]  # everything below came with it
+    assert len(remote.calls) == 2  # everything below came with the walk
     # The copies are the listings': names and types as in the pod.
     copy = fs.cache.to_cache("/srv/w/s1")
     assert sorted(os.listdir(copy)) == ["f0", "f1", "f2", "f3", "n"]
     # A second open of a directory asks again (a prefetched listing is used once).
     await opendir(fs, "/srv/w/s1")
-    assert remote.calls == ["open /srv/w", "open /srv/w/s1"]
+    assert remote.calls[2] == "open /srv/w/s1"
+
+
+async def test_the_walk_goes_in_the_order_the_program_meets_directories(
+    setup: tuple[FsFeature, FakeRemote, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod lists s0, s1, s2; the copy (a local file system) lists them in its own
+    order, which find and os.walk follow: the walk asks in that one."""
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: sorted(real(p), reverse=True))
+    fs, remote, _clock = setup
+    tree(remote)
+    await opendir(fs, "/srv/w")
+    await settle(remote)
+    assert remote.calls == ["open /srv/w", "open /srv/w/s2"]
+    assert remote.also[1] == ["/srv/w/s1", "/srv/w/s0"]
 
 
 async def test_a_listing_sent_ahead_goes_stale_after_the_ttl(
@@ -485,8 +514,9 @@ async def test_a_listing_sent_ahead_goes_stale_after_the_ttl(
     await settle(remote)
     remote.files["/srv/w/s0/new"] = A  # changed in the pod meanwhile
     clock.now += STAT_TTL_S + 0.1
+    asked = len(remote.calls)
     await opendir(fs, "/srv/w/s0")
-    assert remote.calls == ["open /srv/w", "open /srv/w/s0"]
+    assert remote.calls[asked] == "open /srv/w/s0"
     assert "new" in os.listdir(fs.cache.to_cache("/srv/w/s0"))
 
 
@@ -498,19 +528,21 @@ async def test_an_open_waits_a_moment_for_the_walk_that_will_list_it(
     tree(remote)
     remote.release.clear()  # the listings are late
     await opendir(fs, "/srv/w")
-    waiting = asyncio.ensure_future(opendir(fs, "/srv/w/s2"))
-    await asyncio.sleep(0)
+    order = local_order(fs, "/srv/w")
+    waiting = asyncio.ensure_future(opendir(fs, order[-1]))
+    for _ in range(5):
+        await asyncio.sleep(0)
     assert not waiting.done()
     remote.release.set()
     await waiting
-    assert remote.calls == ["open /srv/w"]
+    assert remote.calls == ["open /srv/w", f"open {order[0]}"]
     clock.now += STAT_TTL_S + 0.1  # all stale: the walk starts over, and is slow
     monkeypatch.setattr("mirrord.features.files.cache.WAIT_S", 0.01)
     remote.release.clear()
     await opendir(fs, "/srv/w")
-    await opendir(fs, "/srv/w/s0")  # not come within WAIT_S: asked for alone, no walk
-    assert remote.calls == ["open /srv/w", "open /srv/w", "open /srv/w/s0"]
-    assert remote.prefetch == [PREFETCH_ENTRIES, PREFETCH_ENTRIES, 0]
+    await opendir(fs, order[-1])  # not come within WAIT_S: asked for alone, no walk
+    assert remote.calls[2:] == ["open /srv/w", f"open {order[0]}", f"open {order[-1]}"]
+    assert remote.prefetch == [0, PREFETCH_ENTRIES, 0, PREFETCH_ENTRIES, 0]
     remote.release.set()
     await settle(remote)
 
@@ -518,15 +550,15 @@ async def test_an_open_waits_a_moment_for_the_walk_that_will_list_it(
 async def test_a_walk_that_ends_short_leaves_the_rest_to_their_opens(
     setup: tuple[FsFeature, FakeRemote, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mirrord.features.files.cache.PREFETCH_ENTRIES", 12)
+    monkeypatch.setattr("mirrord.features.files.cache.PREFETCH_ENTRIES", 7)
     fs, remote, _clock = setup
-    tree(remote)  # each s{i} has 5 entries: two fit in 12 (with /srv/w's own 3)
+    tree(remote)  # after the first s{i} (the answer): its n (1 entry), the next s (5)
     await opendir(fs, "/srv/w")
     await settle(remote)
-    await opendir(fs, "/srv/w/s0")
-    await opendir(fs, "/srv/w/s1")
-    await opendir(fs, "/srv/w/s2")  # not listed ahead: asked, with no wait
-    assert remote.calls == ["open /srv/w", "open /srv/w/s2"]
+    order = local_order(fs, "/srv/w")
+    for path in order:
+        await opendir(fs, path)
+    assert remote.calls[:3] == ["open /srv/w", f"open {order[0]}", f"open {order[2]}"]
 
 
 async def test_siblings_are_asked_for_while_the_program_walks_their_parent(
@@ -534,10 +566,15 @@ async def test_siblings_are_asked_for_while_the_program_walks_their_parent(
 ) -> None:
     fs, remote, _clock = setup
     tree(remote)
-    remote.ahead = False  # an agent that sends nothing ahead: every open asks
+    remote.ahead = False  # an agent that sends nothing ahead: the walk lists one
     await opendir(fs, "/srv/w")
-    await opendir(fs, "/srv/w/s1")
-    assert remote.also[-1] == ["/srv/w/s0", "/srv/w/s2"]  # s1's siblings, with it
+    await settle(remote)
+    order = local_order(fs, "/srv/w")
+    await opendir(fs, order[1])
+    await settle(remote)
+    # Its own subdirectory, then its sibling not listed yet (the first one was).
+    assert remote.calls[-2:] == [f"open {order[1]}", f"open {order[1]}/n"]
+    assert remote.also[-1] == [order[2]]
     assert remote.also[0] == []  # nobody walks /srv's listing
 
 
@@ -548,6 +585,7 @@ async def test_our_change_drops_listings_asked_for_before_it(
     tree(remote)
     remote.release.clear()
     await opendir(fs, "/srv/w")
+    await asyncio.sleep(0)
     mem = FakeMem()
     mem.put(NAME_AT, b"/srv/w/s0/f1\0")
     action = await run(fs.unlink(Syscall(1, 87, (NAME_AT, 0, 0, 0, 0, 0)), mem), mem)
@@ -555,5 +593,5 @@ async def test_our_change_drops_listings_asked_for_before_it(
     remote.release.set()  # listed before our unlink: stale
     await settle(remote)
     await opendir(fs, "/srv/w/s0")
-    assert remote.calls == ["open /srv/w", "unlink /srv/w/s0/f1", "open /srv/w/s0"]
+    assert remote.calls.index("open /srv/w/s0") > remote.calls.index("unlink /srv/w/s0/f1")
     assert "f1" not in os.listdir(fs.cache.to_cache("/srv/w/s0"))
