@@ -4,50 +4,89 @@ packets in, events out).
 
 The pod's own server answers its clients with nobody in between; the agent reads copies
 of the packets (an AF_PACKET socket, sniff.py) with a classic BPF filter that keeps only
-TCP to the port, and this turns them into per-connection streams: a connection is known
-from its SYN (one that began before the subscription is not copied), its bytes go out in
-sequence order (a segment ahead of a gap waits, a retransmission is cut to what is new),
-its FIN ends it once every byte before it came, a RST aborts it. Best effort, as any
-mirror: a gap that never fills (a packet the socket's buffer dropped) ends that copy.
+TCP to the port (pure ACKs left out), and this turns them into per-connection streams: a
+connection is known from its SYN (one that began before the subscription is not copied),
+its bytes go out in sequence order (a segment ahead of a gap waits, a retransmission is
+cut to what is new), its FIN ends it once every byte before it came, a RST aborts it.
+Best effort, as any mirror: a gap that never fills (a packet the socket's buffer dropped)
+ends that copy.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass, field
 
 # --- the kernel filter -----------------------------------------------------------------
 
 _INSN = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
-_LD_B_ABS, _LD_H_ABS, _LD_H_IND, _LDX_B_MSH = 0x30, 0x28, 0x48, 0xB1
-_AND_K, _JEQ_K, _JSET_K, _RET_K = 0x54, 0x15, 0x45, 0x06
+_LD_B_ABS, _LD_H_ABS, _LD_B_IND, _LD_H_IND, _LD_MEM = 0x30, 0x28, 0x50, 0x48, 0x60
+_LDX_B_MSH, _ST, _TAX = 0xB1, 0x02, 0x07
+_AND_K, _RSH_K, _SUB_X = 0x54, 0x74, 0x1C
+_JEQ_K, _JGT_K, _JSET_K, _RET_K = 0x15, 0x25, 0x45, 0x06
 SNAPLEN = 262_144  # a GRO-merged segment is up to 64 KiB; whole packets, always
+_SYN_FIN_RST = 0x07
+
+# One instruction: (code, jump if true, jump if false, k), the jumps as labels.
+_Insn = tuple[int, str | None, str | None, int]
 
 
 def port_filter(port: int) -> bytes:
     """A cBPF program (struct sock_filter[]) for a SOCK_DGRAM packet socket: IPv4 (not a
-    later fragment) or IPv6 (TCP as the first header) whose TCP destination is `port`."""
-    program = [
-        (_LD_B_ABS, 0, 0, 0),  # 0: version nibble
-        (_AND_K, 0, 0, 0xF0),
-        (_JEQ_K, 0, 7, 0x40),  # 2: IPv4 -> 3, else -> 10
-        (_LD_B_ABS, 0, 0, 9),
-        (_JEQ_K, 0, 11, 6),  # 4: TCP, else drop
-        (_LD_H_ABS, 0, 0, 6),
-        (_JSET_K, 9, 0, 0x1FFF),  # 6: a later fragment has no TCP header: drop
-        (_LDX_B_MSH, 0, 0, 0),  # X = IPv4 header length
-        (_LD_H_IND, 0, 0, 2),  # TCP destination port
-        (_JEQ_K, 5, 6, port),  # 9: accept / drop
-        (_JEQ_K, 0, 5, 0x60),  # 10: IPv6, else drop
-        (_LD_B_ABS, 0, 0, 6),
-        (_JEQ_K, 0, 3, 6),  # 12: next header TCP, else drop
-        (_LD_H_ABS, 0, 0, 42),
-        (_JEQ_K, 0, 1, port),  # 14: accept / drop
-        (_RET_K, 0, 0, SNAPLEN),  # 15: accept
-        (_RET_K, 0, 0, 0),  # 16: drop
+    later fragment) or IPv6 (TCP as the first header) whose TCP destination is `port`,
+    and that carries bytes, a SYN, a FIN or a RST. Pure ACKs, about half of a short
+    connection's packets, tell the copy nothing: each one kept would wake the agent."""
+    program: list[tuple[str | None, _Insn]] = [
+        (None, (_LD_B_ABS, None, None, 0)),  # the version nibble
+        (None, (_AND_K, None, None, 0xF0)),
+        (None, (_JEQ_K, None, "v6", 0x40)),
+        (None, (_LD_B_ABS, None, None, 9)),
+        (None, (_JEQ_K, None, "drop", 6)),  # TCP
+        (None, (_LD_H_ABS, None, None, 6)),
+        (None, (_JSET_K, "drop", None, 0x1FFF)),  # a later fragment has no TCP header
+        (None, (_LDX_B_MSH, None, None, 0)),  # X = the IPv4 header's length
+        (None, (_LD_H_IND, None, None, 2)),  # the TCP destination port
+        (None, (_JEQ_K, None, "drop", port)),
+        (None, (_LD_B_IND, None, None, 13)),  # the TCP flags
+        (None, (_JSET_K, "keep", None, _SYN_FIN_RST)),
+        (None, (_LD_H_ABS, None, None, 2)),  # total length - IP header - TCP header
+        (None, (_SUB_X, None, None, 0)),
+        (None, (_ST, None, None, 0)),
+        (None, (_LD_B_IND, None, None, 12)),  # data offset, in words: (byte >> 4) * 4
+        (None, (_AND_K, None, None, 0xF0)),
+        (None, (_RSH_K, None, None, 2)),
+        (None, (_TAX, None, None, 0)),
+        (None, (_LD_MEM, None, None, 0)),
+        (None, (_SUB_X, None, None, 0)),
+        (None, (_JGT_K, "keep", "drop", 0)),
+        ("v6", (_JEQ_K, None, "drop", 0x60)),
+        (None, (_LD_B_ABS, None, None, 6)),
+        (None, (_JEQ_K, None, "drop", 6)),  # TCP as the next header
+        (None, (_LD_H_ABS, None, None, 42)),
+        (None, (_JEQ_K, None, "drop", port)),
+        (None, (_LD_B_ABS, None, None, 53)),
+        (None, (_JSET_K, "keep", None, _SYN_FIN_RST)),
+        (None, (_LD_B_ABS, None, None, 52)),
+        (None, (_AND_K, None, None, 0xF0)),
+        (None, (_RSH_K, None, None, 2)),
+        (None, (_TAX, None, None, 0)),
+        (None, (_LD_H_ABS, None, None, 4)),  # payload length (TCP header and bytes)
+        (None, (_SUB_X, None, None, 0)),
+        (None, (_JGT_K, "keep", "drop", 0)),
+        ("keep", (_RET_K, None, None, SNAPLEN)),
+        ("drop", (_RET_K, None, None, 0)),
     ]
-    return b"".join(_INSN.pack(*insn) for insn in program)
+    at = {label: i for i, (label, _insn) in enumerate(program) if label is not None}
+
+    def jump(pc: int, target: str | None) -> int:
+        return 0 if target is None else at[target] - pc - 1
+
+    return b"".join(
+        _INSN.pack(code, jump(pc, jt), jump(pc, jf), k)
+        for pc, (_label, (code, jt, jf, k)) in enumerate(program)
+    )
 
 
 # --- packets ---------------------------------------------------------------------------
@@ -75,8 +114,8 @@ def parse_segment(packet: bytes) -> Segment | None:
         (total,) = struct.unpack_from("!H", packet, 2)
         if packet[9] != 6 or header < 20:
             return None
-        src = str(ipaddress.IPv4Address(packet[12:16]))
-        dst = str(ipaddress.IPv4Address(packet[16:20]))
+        src = socket.inet_ntoa(packet[12:16])  # as ipaddress writes it, 10x faster
+        dst = socket.inet_ntoa(packet[16:20])
     elif version == 6 and len(packet) >= 40:
         header = 40
         total = 40 + struct.unpack_from("!H", packet, 4)[0]

@@ -27,20 +27,35 @@ def run_filter(program: bytes, packet: bytes) -> int:
     """The cBPF instructions port_filter uses, as the kernel runs them."""
     insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
     a = x = pc = 0
+    mem = [0] * 16
     while True:
         code, jt, jf, k = insns[pc]
         if code == 0x30:
             a = packet[k]
         elif code == 0x28:
             a = struct.unpack_from("!H", packet, k)[0]
+        elif code == 0x50:
+            a = packet[x + k]
         elif code == 0x48:
             a = struct.unpack_from("!H", packet, x + k)[0]
+        elif code == 0x60:
+            a = mem[k]
+        elif code == 0x02:
+            mem[k] = a
         elif code == 0xB1:
             x = (packet[k] & 0x0F) * 4
+        elif code == 0x07:
+            x = a
         elif code == 0x54:
             a &= k
+        elif code == 0x74:
+            a >>= k
+        elif code == 0x1C:
+            a = (a - x) & 0xFFFFFFFF
         elif code == 0x15:
             pc += jt if a == k else jf
+        elif code == 0x25:
+            pc += jt if a > k else jf
         elif code == 0x45:
             pc += jt if a & k else jf
         elif code == 0x06:
@@ -48,10 +63,15 @@ def run_filter(program: bytes, packet: bytes) -> int:
         else:
             raise AssertionError(f"unexpected opcode {code:#x}")
         pc += 1
+        assert pc < len(insns), "ran off the end"
 
 
-def tcp(dport: int, seq: int = 7, flags: int = 0x18, payload: bytes = b"hi") -> bytes:
-    return struct.pack("!HHIIBBHHH", 40000, dport, seq, 0, 5 << 4, flags, 0, 0, 0) + payload
+def tcp(
+    dport: int, seq: int = 7, flags: int = 0x18, payload: bytes = b"hi", options: bytes = b""
+) -> bytes:
+    offset = (5 + len(options) // 4) << 4
+    head = struct.pack("!HHIIBBHHH", 40000, dport, seq, 0, offset, flags, 0, 0, 0)
+    return head + options + payload
 
 
 def v4(segment: bytes, proto: int = 6, frag: int = 0, options: bytes = b"") -> bytes:
@@ -83,6 +103,22 @@ def test_the_filter_keeps_tcp_to_the_port_only() -> None:
         assert run_filter(program, dropped) == 0
     # The first fragment (more fragments set, offset 0) still has the header.
     assert run_filter(program, v4(tcp(8080), frag=0x2000)) == SNAPLEN
+
+
+def test_the_filter_leaves_out_pure_acks() -> None:
+    """Bytes, SYN, FIN and RST are kept (with IP and TCP options, padding after the
+    packet); a segment with nothing of those is not read at all."""
+    program = port_filter(8080)
+    opts = b"\1\1\x08\x0a" + b"\0" * 8  # NOP NOP timestamps: a 32-byte TCP header
+    for wrap in (v4, v6, lambda t: v4(t, options=b"\1\1\1\0")):
+        assert run_filter(program, wrap(tcp(8080, flags=ACK, payload=b""))) == 0
+        assert run_filter(program, wrap(tcp(8080, flags=ACK, payload=b"", options=opts))) == 0
+        assert run_filter(program, wrap(tcp(8080, flags=ACK, payload=b"x", options=opts)))
+        for flags in (SYN, SYN | ACK, FIN | ACK, RST, RST | ACK):
+            assert run_filter(program, wrap(tcp(8080, flags=flags, payload=b""))) == SNAPLEN
+        assert run_filter(program, wrap(tcp(8080, flags=ACK | 0x08, payload=b"1"))) == SNAPLEN
+    # Link padding after a short IPv4 packet is not payload: the IP length says.
+    assert run_filter(program, v4(tcp(8080, flags=ACK, payload=b"")) + b"\0" * 6) == 0
 
 
 def test_segments_are_parsed_from_ipv4_and_ipv6() -> None:
