@@ -22,6 +22,7 @@ from mirrord import __version__, timing
 from mirrord.cli import options as opt
 from mirrord.cli.argv import COMMANDS as OPTIONAL_VALUE_COMMANDS
 from mirrord.cli.argv import normalize, option_values
+from mirrord.cli.coercion import lazy_coercion
 from mirrord.cli.common import ORIGINAL_ENV, err, load_config
 from mirrord.cli.kube_cmds import register as register_kube_commands
 from mirrord.cli.portforward_cmd import register as register_port_forward
@@ -258,13 +259,18 @@ def _run(
             early_agent = EarlyAgent(DEFAULT_PING_TIMEOUT_S, spawned)
         elif spawned is not None:
             spawned.kill()  # click read the line otherwise than _spawn_early_agent
+        # The config loads (on its thread) while the agent starts: ~20 ms of pydantic
+        # off the critical path, which is now the agent's own start-up.
+        prepared = asyncio.ensure_future(_off_loop(prepare))
         try:
             if early_agent is not None:
                 await early_agent.start()
-            config, endpoint, explain = await _off_loop(prepare)
+            config, endpoint, explain = await prepared
             explained.append(explain)
             from mirrord.run import run_exec
         except BaseException:
+            if not prepared.done():
+                prepared.cancel()  # its thread ends on its own; nobody waits for it
             if early_agent is not None:
                 await early_agent.discard()
             raise
@@ -333,11 +339,13 @@ async def _off_loop(work: Callable[[], T]) -> T:
     def body() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
         try:
-            result = work()
+            result: T | None = work()
+            error: BaseException | None = None
         except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            result, error = None, exc
+        # The session may be over already (the agent failed meanwhile): nobody waits.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=body, name="mirrord-prepare", daemon=True).start()
     return await done
@@ -491,6 +499,7 @@ def main() -> None:
         completion_init()
     # The click command is built once: for the option table and to run.
     cli = typer.main.get_command(app)
+    lazy_coercion(cli)
     args = sys.argv[1:]
     if args and args[0] in OPTIONAL_VALUE_COMMANDS:
         args = [args[0], *normalize(args[1:], _takes_value(cli, args[0]))]

@@ -166,7 +166,7 @@ print(f"{seen:.2f}", mine, os.path.exists("/srv/rw/mine"), flush=True)
 
 
 def test_a_missing_file_is_seen_once_the_pod_has_it(fpod: Pod, tmp_path: Path) -> None:
-    """"No such file" is remembered as a stat is (2 s): a program polling for a file
+    """ENOENT is remembered as a stat is (2 s): a program polling for a file
     the pod does not have yet sees it within that bound once it is there, and one it
     creates itself at once."""
     cfg = tmp_path / "mirrord.json"
