@@ -384,7 +384,7 @@ class Cache:
         walked = self.walks.walked.get(path)
         subdirs = walked[1] if walked is not None else []
         order = [p for p in subdirs if not self.walks.coming(p)]
-        order += self.walks.siblings(path)
+        order = [*order, *self.walks.siblings(path)][:PREFETCH_ENTRIES]  # a bounded ask
         if not order or self._closed:
             return
         walk = self.walks.begin()
