@@ -287,7 +287,16 @@ ticks = []
 signal.signal(signal.SIGALRM, lambda *a: ticks.append(1))
 signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", {PORT})); s.listen(64)
+def again(call, *args):
+    # A signal in the microsecond before mirrord has received a trapped call ends it
+    # with EINTR (seccomp_unotify(2): the kernel waits killably only after that), even
+    # bind/listen, which never do natively and which Python does not retry.
+    while True:
+        try:
+            return call(*args)
+        except InterruptedError:
+            pass
+again(s.bind, ("0.0.0.0", {PORT})); again(s.listen, 64)
 print("READY", flush=True)
 peers = set()
 for i in range(n):
