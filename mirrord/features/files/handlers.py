@@ -564,28 +564,29 @@ class FsFeature:
             return Fake(-errno.EFAULT)
         return Fake(len(data))
 
-    def _xattr(self, sc: Syscall, mem: Memory, empty: int) -> Action:
-        """Remote files carry no extended attributes here (ls -l asks for ACLs)."""
+    def _xattr(self, sc: Syscall, mem: Memory, empty: int, follow: bool) -> Action:
+        """Remote files carry no extended attributes here (ls -l asks for ACLs); a path
+        the agent said moments ago is missing is ENOENT, as natively."""
         got = self._name(sc, mem, AT_FDCWD, sc.args[0])
         if got is None:
             return Allow()
         path, access = self._access(got[1])
         if access is Access.LOCAL:
             return self._local(got[0], path)
-        gone = access is Access.NOT_FOUND or self.cache.known_missing(path, True)
+        gone = access is Access.NOT_FOUND or self.cache.known_missing(path, follow)
         return Fake(-errno.ENOENT if gone else empty)
 
     def getxattr(self, sc: Syscall, mem: Memory) -> Action:
-        return self._xattr(sc, mem, -errno.ENODATA)
+        return self._xattr(sc, mem, -errno.ENODATA, True)
 
     def lgetxattr(self, sc: Syscall, mem: Memory) -> Action:
-        return self._xattr(sc, mem, -errno.ENODATA)
+        return self._xattr(sc, mem, -errno.ENODATA, False)
 
     def listxattr(self, sc: Syscall, mem: Memory) -> Action:
-        return self._xattr(sc, mem, 0)
+        return self._xattr(sc, mem, 0, True)
 
     def llistxattr(self, sc: Syscall, mem: Memory) -> Action:
-        return self._xattr(sc, mem, 0)
+        return self._xattr(sc, mem, 0, False)
 
     # --- write mode -------------------------------------------------------------------------
 

@@ -285,7 +285,7 @@ async def call(fs: FsFeature, name: str, path: str, *rest: int) -> Action:
     """A one-path call (access, openat with AT_FDCWD, mkdir) run to its answer."""
     mem = FakeMem()
     mem.put(NAME_AT, path.encode() + b"\0")
-    nr = {"access": 21, "openat": 257, "mkdir": 83}[name]
+    nr = {"access": 21, "openat": 257, "mkdir": 83, "getxattr": 191, "lgetxattr": 192}[name]
     head = (AT_FDCWD & 0xFFFFFFFF, NAME_AT) if name == "openat" else (NAME_AT,)
     args = (*head, *rest, 0, 0, 0, 0, 0)[:6]
     return await run(getattr(fs, name)(Syscall(1, nr, args, 0x7FFF0000), mem), mem)
@@ -317,6 +317,10 @@ async def test_a_missing_path_is_remembered_as_missing(
     assert (await lstat(fs, "/srv/d/dangling", follow=True))[0] == Fake(-errno.ENOENT)
     _, mem = await lstat(fs, "/srv/d/dangling")
     assert stat_written(mem) == LINK
+    # Extended attributes (none remotely): ENOENT only for what is known missing.
+    assert await call(fs, "getxattr", "/srv/d/dangling", 0) == Fake(-errno.ENOENT)
+    assert await call(fs, "lgetxattr", "/srv/d/dangling", 0) == Fake(-errno.ENODATA)
+    assert await call(fs, "lgetxattr", "/srv/d/a", 0) == Fake(-errno.ENODATA)
     # An open's and an access's ENOENT are remembered too.
     assert await call(fs, "openat", "/srv/d/gone", os.O_RDONLY) == Fake(-errno.ENOENT)
     assert await call(fs, "access", "/srv/x", os.R_OK) == Fake(-errno.ENOENT)
