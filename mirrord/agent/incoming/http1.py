@@ -2,13 +2,16 @@
 either to the client (it matches) or to the pod's server, and its response comes back to
 the peer, in order.
 
-h11 parses both sides: the peer's requests (h11 as server) and each side's responses (h11
-as client). Requests and responses are re-serialised by h11, so framing may change (e.g. a
-response without length to an HTTP/1.1 peer becomes chunked), as with any HTTP proxy. Both
-sides are opened lazily, at the first request that needs them. A connection that starts
-with the HTTP/2 client preface is filtered per stream (http2.py); one that does not start
-with an HTTP/1.x request or that preface (TLS, anything else) is passed through to the
-pod's server whole: only matching requests are ever stolen.
+Plain HTTP/1.1 requests (http1_framing.py says which) and their responses go as the
+bytes that came: only the request head is parsed (for the route), and where each message
+ends. From the first request that is not plain (another version, a chunked or large body,
+Expect, Upgrade) the connection is h11's: it parses both sides, the peer's requests (h11 as
+server) and each side's responses (h11 as client), and re-serialises them, so framing may
+change (e.g. a response without length to an HTTP/1.1 peer becomes chunked), as with any
+HTTP proxy. Both sides are opened lazily, at the first request that needs them. A
+connection that starts with the HTTP/2 client preface is filtered per stream (http2.py);
+one that does not start with an HTTP/1.x request or that preface (TLS, anything else) is
+passed through to the pod's server whole: only matching requests are ever stolen.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from typing import Any
 import h11
 
 from mirrord.agent.incoming.delivery import Delivery
+from mirrord.agent.incoming.http1_framing import (
+    MAX_HEAD,
+    ResponseFramer,
+    could_be_request,
+    parse_request,
+)
 from mirrord.agent.incoming.http2 import H2FilteredConnection
 from mirrord.agent.incoming.http_filter import Request, RequestRouter
 from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams, pipe
@@ -30,7 +39,6 @@ from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams, pipe
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0"
-MAX_HEAD = 64 * 1024
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Side:
     conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
     streams: Streams | None = None
     delivery: Delivery | None = None
+    pending: bytearray = field(default_factory=bytearray)  # read, not yet the peer's
 
     async def write(self, data: bytes) -> None:
         if self.delivery is not None:
@@ -90,11 +99,18 @@ class FilteredConnection:
         self.locals: dict[str, Side] = {}  # by target key, each opened at its first request
         self.stolen = 0
         self.passed = 0
+        self._forwarded = False  # the fast path sent a request on
 
     async def run(self) -> None:
         try:
-            first = await self._first_bytes()
-            if first is None:
+            rest = await self._plain_requests()
+            if rest is None:
+                return
+            self._to_h11()
+            if self._forwarded:  # mid-connection: h11 as if it had had it from the start
+                self.inbound.receive_data(bytes(rest))
+                self._pending_first = await self._peer_event()
+            elif await self._first_bytes(bytes(rest)) is None:
                 return
             await self._requests()
         finally:
@@ -102,11 +118,73 @@ class FilteredConnection:
                 if side is not None:
                     side.close()
 
-    async def _first_bytes(self) -> bytes | None:
-        """Feed h11 until the first request head; anything not HTTP/1.x passes through."""
+    async def _plain_requests(self) -> bytearray | None:
+        """The fast path: plain requests and their responses forwarded as they came.
+        Returns what was read of the first request that is not plain (h11 takes the
+        connection from its start), or None once the connection is over."""
+        buf = bytearray()
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD or not could_be_request(buf):
+                    return buf
+                data = await self.peer[0].read(CHUNK)
+                if not data:
+                    return buf if buf else None  # a head cut short: h11 says what it is
+                buf += data
+                continue
+            req = parse_request(bytes(buf[: end + 4]))
+            if req is None:
+                return buf
+            need = req.size + req.body
+            while len(buf) < need:
+                data = await self.peer[0].read(CHUNK)
+                if not data:
+                    return buf
+                buf += data
+            side = await self._side(Request(req.method, req.target, req.headers))
+            self._forwarded = True
+            await side.write(bytes(buf[:need]))
+            del buf[:need]
+            if not await self._plain_response(side, req.method == "HEAD") or req.close:
+                return None
+
+    async def _plain_response(self, side: Side, head_request: bool) -> bool:
+        """The side's answer, forwarded as it comes; whether the connection goes on."""
+        framer = ResponseFramer(head_request)
+        buf = side.pending
+        writer = self.peer[1]
+        while True:
+            n = framer.take(buf)
+            if n:
+                writer.write(bytes(buf[:n]))
+                del buf[:n]
+            if framer.done:
+                await writer.drain()
+                return framer.keep_alive
+            await writer.drain()
+            data = await side.read()
+            if not data:
+                if framer.until_close:
+                    return False  # the response ended with the side's close
+                raise ConnectionError(f"the {side.name} closed before answering")
+            buf += data
+
+    def _to_h11(self) -> None:
+        """Sides opened by the fast path go on under h11 (at a request boundary, as its
+        fresh state expects) with what they sent beyond their last answer."""
+        for side in (self.pod, *self.locals.values()):
+            if side is not None and side.pending:
+                side.conn.receive_data(bytes(side.pending))
+                side.pending.clear()
+
+    async def _first_bytes(self, initial: bytes = b"") -> bytes | None:
+        """Feed h11 until the first request head; anything not HTTP/1.x passes through.
+        `initial`: what was read already."""
         seen = b""
         while True:
-            data = await self.peer[0].read(CHUNK)
+            data = initial or await self.peer[0].read(CHUNK)
+            initial = b""
             seen += data
             if not data:
                 return None
@@ -145,8 +223,8 @@ class FilteredConnection:
                 return event
             self.inbound.receive_data(await self.peer[0].read(CHUNK))
 
-    async def _side_for(self, request: h11.Request) -> Side:
-        key = self.router.route(_as_request(request))
+    async def _side(self, request: Request) -> Side:
+        key = self.router.route(request)
         if key is not None:
             self.stolen += 1
             local = self.locals.get(key)
@@ -168,7 +246,7 @@ class FilteredConnection:
                 return
             if not isinstance(event, h11.Request):
                 raise h11.RemoteProtocolError(f"expected a request, got {event!r}")
-            side = await self._side_for(event)
+            side = await self._side(_as_request(event))
             head = side.conn.send(
                 h11.Request(
                     method=event.method, target=event.target, headers=event.headers.raw_items()
