@@ -24,6 +24,10 @@ class Delivery:
         # Set by a relay that writes the client's bytes straight to the peer's socket
         # (the stream's reader calls it: no queue and no task in between); None = EOF.
         self.sink: Callable[[bytes | None], Awaitable[None]] | None = None
+        # Set by a direct delivery (local program): the peer's bytes written straight to
+        # the program's socket by their producer (a filtered connection), no queue and
+        # no task in between; the end (None) still goes through `to_client`.
+        self.send: Callable[[bytes], Awaitable[None]] | None = None
 
     def close(self) -> None:
         """Abort: both sides stop (the stream ends, the relay is cancelled by its owner)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -286,8 +287,11 @@ class DirectTarget:
             connected = await self._connect(sub_port, peer, original)
             if connected is None:
                 return
+            loop = asyncio.get_running_loop()
+            if steal:
+                delivery.send = functools.partial(loop.sock_sendall, connected[0])
             delivery.attached.set()
-            clean = await _pump(asyncio.get_running_loop(), connected[0], delivery, steal)
+            clean = await _pump(loop, connected[0], delivery, steal)
         finally:
             delivery.close()
             if connected is not None:

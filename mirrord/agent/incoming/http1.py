@@ -53,7 +53,10 @@ class Side:
 
     async def write(self, data: bytes) -> None:
         if self.delivery is not None:
-            await self.delivery.to_client.put(data)
+            if self.delivery.send is not None:
+                await self.delivery.send(data)  # straight to the local program
+            else:
+                await self.delivery.to_client.put(data)
         else:
             assert self.streams is not None
             self.streams[1].write(data)
