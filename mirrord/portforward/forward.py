@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import grpc.aio
 
 from mirrord.client import AgentClient
-from mirrord.features.outgoing.proxy import NetProxy, open_stream, relay, reset
+from mirrord.features.outgoing.proxy import NetProxy, open_stream, relay
+from mirrord.features.sockets.reset import reset
 from mirrord.portforward.specs import ForwardSpec, PortForwardError
 from mirrord.say import say
 

@@ -113,7 +113,7 @@ class FilteredConnection:
             if self._forwarded:  # mid-connection: h11 as if it had had it from the start
                 self.inbound.receive_data(bytes(rest))
                 self._pending_first = await self._peer_event()
-            elif await self._first_bytes(bytes(rest)) is None:
+            elif not await self._first_request(bytes(rest)):
                 return
             await self._requests()
         finally:
@@ -181,33 +181,34 @@ class FilteredConnection:
                 side.conn.receive_data(bytes(side.pending))
                 side.pending.clear()
 
-    async def _first_bytes(self, initial: bytes = b"") -> bytes | None:
-        """Feed h11 until the first request head; anything not HTTP/1.x passes through.
-        `initial`: what was read already."""
+    async def _first_request(self, initial: bytes) -> bool:
+        """Feed h11 (`initial`, what was read already, first) until the first request
+        head: True. False when the connection was something else, handled here (HTTP/2
+        filtered per stream, anything not HTTP/1.x passed through) or ended."""
         seen = b""
         while True:
             data = initial or await self.peer[0].read(CHUNK)
             initial = b""
             seen += data
             if not data:
-                return None
+                return False
             if H2_PREFACE.startswith(seen[: len(H2_PREFACE)]) and len(seen) < len(H2_PREFACE):
                 continue
             if seen.startswith(H2_PREFACE):
                 await H2FilteredConnection(
                     self.peer, seen, self.router, self.open_pod, self.open_delivery
                 ).run()
-                return None
+                return False
             self.inbound.receive_data(data)
             try:
                 event = self.inbound.next_event()
             except h11.RemoteProtocolError:
                 await self._pass_through(seen, "not HTTP/1.x")
-                return None
+                return False
             if event is h11.NEED_DATA:
                 continue
             self._pending_first = event
-            return seen
+            return True
 
     async def _pass_through(self, seen: bytes, why: str) -> None:
         log.info("filtered connection passed through whole: %s", why)

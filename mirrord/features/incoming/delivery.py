@@ -42,6 +42,7 @@ from mirrord.features.incoming.client import (
     Subscription,
 )
 from mirrord.features.sockets.fdlimit import raise_fd_limit
+from mirrord.features.sockets.reset import reset_fd
 from mirrord.say import say as _say
 from mirrord.v1.incoming_pb2 import IncomingDirect
 from mirrord.wire.direct import (
@@ -122,18 +123,6 @@ def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
     return list(fds)
-
-
-def _reset_fd(fd: int) -> None:
-    """Close a connection with a reset: its peer must not take it for answered."""
-    if fd == LOST:
-        return
-    with contextlib.suppress(OSError):
-        sock = socket.socket(fileno=fd)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        finally:
-            sock.close()
 
 
 def _sender_uid(ancillary: list[tuple[int, int, bytes]]) -> int | None:
@@ -316,7 +305,7 @@ class IncomingProxy:
                     self._delivered.pop(note.port, None)
                     waiting = self._handed.get(note.port)
                     if waiting:  # the newest's doorbell did not ring: nobody accepts it
-                        _reset_fd(waiting.pop().fd)
+                        reset_fd(waiting.pop().fd)
                         self._handed_count -= 1
                         if not waiting:
                             del self._handed[note.port]
@@ -333,7 +322,7 @@ class IncomingProxy:
         while self._handed_count > MAX_HANDED:
             port = min(self._handed, key=lambda p: self._handed[p][0].number)
             waiting = self._handed[port]
-            _reset_fd(waiting.popleft().fd)
+            reset_fd(waiting.popleft().fd)
             self._handed_count -= 1
             if not waiting:
                 del self._handed[port]
@@ -480,7 +469,7 @@ class IncomingProxy:
                 self._notes = None
                 for waiting in self._handed.values():  # never accepted: refused
                     for handoff in waiting:
-                        _reset_fd(handoff.fd)
+                        reset_fd(handoff.fd)
                 self._handed.clear()
                 self._handed_count = 0
 

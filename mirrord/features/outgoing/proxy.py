@@ -31,9 +31,10 @@ import grpc.aio
 from mirrord.features.outgoing.conntable import bound_udp_ports, connected_local_ports
 from mirrord.features.outgoing.direct import DirectConnector
 from mirrord.features.outgoing.redirect import Connected
-from mirrord.features.outgoing.relay import open_stream, relay, reset, tcp_method
+from mirrord.features.outgoing.relay import open_stream, relay, tcp_method
 from mirrord.features.outgoing.udp import UdpInterceptor
 from mirrord.features.sockets.fdlimit import raise_fd_limit
+from mirrord.features.sockets.reset import reset
 from mirrord.features.sockets.sockaddr import Destination
 from mirrord.v1 import net_pb2, net_pb2_grpc
 

@@ -12,13 +12,13 @@ import contextlib
 import errno
 import logging
 import socket
-import struct
 from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 import grpc.aio
 from grpc.aio import EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
+from mirrord.features.sockets.reset import reset
 from mirrord.v1 import net_pb2
 from mirrord.wire.net import (
     CLIENT_DATA_KEY,
@@ -40,13 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mirrord.features.outgoing.proxy")
 
 CHUNK = 1024 * 1024  # big reads: fewer gRPC messages (each has a fixed cost) for bulk
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with an RST: the peer's next read gets ECONNRESET, its next write EPIPE."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def tcp_method(channel: grpc.aio.Channel) -> TcpMethod:
