@@ -28,6 +28,12 @@ class Delivery:
         # the program's socket by their producer (a filtered connection), no queue and
         # no task in between; the end (None) still goes through `to_client`.
         self.send: Callable[[bytes], Awaitable[None]] | None = None
+        # Set by a consumer that reads the program's answers itself (an HTTP/1.x filtered
+        # connection), before the delivery is attached: a direct delivery then sets `recv`
+        # (the next chunk, b"" at the program's EOF) and reads nothing until `to_client`
+        # ended; `from_client` stays empty. One task hop and one queue less per answer.
+        self.pulls_answers = False
+        self.recv: Callable[[], Awaitable[bytes]] | None = None
 
     def close(self) -> None:
         """Abort: both sides stop (the stream ends, the relay is cancelled by its owner)."""

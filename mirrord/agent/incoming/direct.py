@@ -282,23 +282,32 @@ class DirectTarget:
         """Connect to the program's listener and pump the delivery's queues until the
         connection is over (mirror copies, filtered requests)."""
         connected = None
+        writer: asyncio.StreamWriter | None = None
         clean = False
         try:
             connected = await self._connect(sub_port, peer, original)
             if connected is None:
                 return
-            loop = asyncio.get_running_loop()
+            # A transport, not sock_recv/sock_sendall: the socket stays registered with
+            # the loop instead of two epoll_ctl calls per answer.
+            reader, writer = await asyncio.open_connection(sock=connected[0], limit=CHUNK)
             if steal:
-                delivery.send = functools.partial(loop.sock_sendall, connected[0])
+                delivery.send = functools.partial(_write, writer)
+                if delivery.pulls_answers:
+                    delivery.recv = functools.partial(reader.read, CHUNK)
             delivery.attached.set()
-            clean = await _pump(loop, connected[0], delivery, steal)
+            clean = await _pump(reader, writer, delivery, steal)
         finally:
             delivery.close()
             if connected is not None:
                 sock, port = connected
-                if clean:
+                if writer is None:
+                    sock.close()  # SO_LINGER 0 since _connect: a reset
+                elif clean:
                     set_linger(sock, LINGER_OFF)
-                sock.close()
+                    writer.close()
+                else:
+                    writer.transport.abort()
                 self.gone(port)
 
     async def steal(
@@ -340,17 +349,32 @@ class Early(Protocol):
     eof: bool
 
 
+async def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+
+
 async def _pump(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, delivery: Delivery, steal: bool
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    delivery: Delivery,
+    steal: bool,
 ) -> bool:
     """The delivery's bytes to the program and (steal) its answers back, until both
     ended; True when they did cleanly. Mirror: answers are read and dropped, to the
-    program's end, even after the real connection is over."""
-    down = asyncio.ensure_future(_to_program(loop, sock, delivery))
-    up = asyncio.ensure_future(_from_program(loop, sock, delivery, steal))
+    program's end, even after the real connection is over. A consumer that pulls the
+    answers itself (Delivery.recv) reads them until it ends `to_client`; what the program
+    sends after that is nobody's and is dropped here."""
+    pulled = steal and delivery.pulls_answers
+    down = asyncio.ensure_future(_to_program(writer, delivery))
+    up = None if pulled else asyncio.ensure_future(_from_program(reader, delivery, steal))
     try:
         if not await down:
             return False  # aborted: the program's connection is reset
+        if up is None:
+            if reader.at_eof():
+                return True  # the consumer read the program's end
+            up = asyncio.ensure_future(_from_program(reader, delivery, False))
         if steal and not up.done():
             # The peer is gone before the program's answer ended: abort, as the stream did.
             closed = asyncio.ensure_future(delivery.closed.wait())
@@ -363,13 +387,12 @@ async def _pump(
         return await up
     finally:
         for task in (down, up):
-            task.cancel()
-        await asyncio.gather(down, up, return_exceptions=True)
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (down, up) if t is not None), return_exceptions=True)
 
 
-async def _to_program(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, delivery: Delivery
-) -> bool:
+async def _to_program(writer: asyncio.StreamWriter, delivery: Delivery) -> bool:
     """Queued bytes, then the end; True when the end came as an EOF (passed on as a
     half-close), False when the delivery was aborted or the socket failed."""
     queue = delivery.to_client
@@ -379,21 +402,19 @@ async def _to_program(
                 return False
             item = await queue.get()
             if item is None:
-                sock.shutdown(socket.SHUT_WR)
+                writer.write_eof()
                 return True
-            await loop.sock_sendall(sock, item)
+            await _write(writer, item)
     except OSError:
         return False
 
 
-async def _from_program(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, delivery: Delivery, steal: bool
-) -> bool:
+async def _from_program(reader: asyncio.StreamReader, delivery: Delivery, steal: bool) -> bool:
     """The program's bytes: to the peer when stolen (the relay's sink or queue), dropped
     when mirrored. True at the program's EOF."""
     put = (delivery.sink or delivery.from_client.put) if steal else None
     try:
-        while data := await loop.sock_recv(sock, CHUNK):
+        while data := await reader.read(CHUNK):
             if put is not None:
                 await put(data)
         if put is not None:

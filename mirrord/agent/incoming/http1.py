@@ -64,6 +64,8 @@ class Side:
 
     async def read(self) -> bytes:
         if self.delivery is not None:
+            if self.delivery.recv is not None:
+                return await self.delivery.recv()  # straight from the local program
             return await self.delivery.from_client.get() or b""
         assert self.streams is not None
         return await self.streams[0].read(CHUNK)
@@ -234,6 +236,7 @@ class FilteredConnection:
             local = self.locals.get(key)
             if local is None:
                 delivery = self.open_delivery(key)
+                delivery.pulls_answers = True  # Side.read: Delivery.recv when direct
                 local = self.locals[key] = Side(f"client {key}", delivery=delivery)
                 if not await delivery.wait_attached():
                     raise ConnectionError("the client did not take the filtered connection")
