@@ -717,6 +717,46 @@ def test_steal_bulk_both_ways_with_a_slow_reader(xworld: ExecWorld, stream: bool
     assert f"UPLOAD {hashlib.sha256(bytes(range(256)) * 256).hexdigest()}" in log
 
 
+# The same through a header filter: a plain POST (Content-Length, 64 KiB), so the agent's
+# HTTP/1.1 fast path carries it and pulls the program's answer itself; the connection
+# stays open after the answer, so the reader stops at the answer's length.
+SLOW_FILTERED_READER = """
+import hashlib, socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(b"POST /bulk HTTP/1.1\\r\\nHost: t\\r\\nX-User: me\\r\\nContent-Length: 65536\\r\\n\\r\\n"
+          + bytes(range(256)) * 256)
+h, n, want = hashlib.sha256(), 0, int(sys.argv[3])
+time.sleep(1)  # let every buffer on the way fill up: flow control must hold the rest
+while n < want and (chunk := c.recv(1 << 20)):
+    n += len(chunk)
+    h.update(chunk)
+print(n, h.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
+def test_filtered_steal_bulk_to_a_slow_reader(xworld: ExecWorld, stream: bool) -> None:
+    import hashlib
+
+    block = bytes(range(256)) * 4096
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (32 << 20)
+    config = steal(http_filter={"header_filter": "x-user: me"})
+    run = xworld.start(["/usr/bin/python3", "-c", BULK_SERVER, str(PORT)], config, stream)
+    try:
+        run.wait_subscribed("steal")
+        want = str(len(head) + 32 * len(block))
+        argv = ["python3", "-c", SLOW_FILTERED_READER, xworld.target.address, str(PORT), want]
+        done = xworld.client.run(argv, timeout=60)
+        log = run.wait_log("UPLOAD ")
+    finally:
+        run.stop()
+    assert done.returncode == 0, done.stderr
+    n, digest = done.stdout.decode().split()
+    assert n == want
+    assert digest == hashlib.sha256(head + block * 32).hexdigest()
+    assert f"UPLOAD {hashlib.sha256(bytes(range(256)) * 256).hexdigest()}" in log
+
+
 UNIX_SERVER = r"""
 import os, socket, tempfile, threading
 path = os.path.join(tempfile.mkdtemp(), "s")
