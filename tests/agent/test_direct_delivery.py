@@ -72,11 +72,19 @@ async def _recv(sock: socket.socket) -> bytes:
     return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 65536), 5)
 
 
-async def test_pulled_answers_come_from_recv_and_end_cleanly(world: World) -> None:
+async def _pulled(world: World) -> tuple[Delivery, asyncio.Task[None], socket.socket]:
+    """A delivery whose consumer pulls the answers (HTTP/1.x filtered), running, and the
+    program's end of it."""
     delivery = Delivery()
     delivery.pulls_answers = True
     task = await world.start(delivery)
     conn = await world.accept()
+    assert delivery.send is not None and delivery.recv is not None
+    return delivery, task, conn
+
+
+async def test_pulled_answers_come_from_recv_and_end_cleanly(world: World) -> None:
+    delivery, task, conn = await _pulled(world)
     assert delivery.send is not None and delivery.recv is not None
     await delivery.send(b"request")
     assert await _recv(conn) == b"request"
@@ -96,11 +104,8 @@ async def test_pulled_answers_come_from_recv_and_end_cleanly(world: World) -> No
 
 
 async def test_what_the_program_sends_after_the_consumer_ended_is_dropped(world: World) -> None:
-    delivery = Delivery()
-    delivery.pulls_answers = True
-    task = await world.start(delivery)
-    conn = await world.accept()
-    assert delivery.send is not None and delivery.recv is not None
+    delivery, task, conn = await _pulled(world)
+    assert delivery.send is not None
     await delivery.send(b"request")
     assert await _recv(conn) == b"request"
     await delivery.to_client.put(None)  # the consumer is done (the peer left)
@@ -113,10 +118,7 @@ async def test_what_the_program_sends_after_the_consumer_ended_is_dropped(world:
 
 
 async def test_a_peer_gone_mid_answer_resets_the_program(world: World) -> None:
-    delivery = Delivery()
-    delivery.pulls_answers = True
-    task = await world.start(delivery)
-    conn = await world.accept()
+    delivery, task, conn = await _pulled(world)
     await delivery.to_client.put(None)
     delivery.closed.set()  # the filtered connection is over, the program has not ended
     await asyncio.wait_for(task, 5)

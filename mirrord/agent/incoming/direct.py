@@ -350,21 +350,15 @@ class _SocketIo:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
-        self._eof = False
 
     async def send(self, data: bytes) -> None:
         await self.loop.sock_sendall(self.sock, data)
 
     async def recv(self) -> bytes:
-        data = await self.loop.sock_recv(self.sock, CHUNK)
-        self._eof = not data
-        return data
+        return await self.loop.sock_recv(self.sock, CHUNK)
 
     def end(self) -> None:
         self.sock.shutdown(socket.SHUT_WR)
-
-    def at_eof(self) -> bool:
-        return self._eof
 
     def close(self, clean: bool) -> None:
         if clean:
@@ -414,13 +408,14 @@ async def _pump(io: _SocketIo | _StreamIo, delivery: Delivery, steal: bool) -> b
     program's end, even after the real connection is over. A consumer that pulls the
     answers itself (Delivery.recv) reads them until it ends `to_client`; what the program
     sends after that is nobody's and is dropped here."""
-    pulled = delivery.recv is not None
+    pulled = isinstance(io, _StreamIo)  # only a socket whose answers are pulled is one
     down = asyncio.ensure_future(_to_program(io, delivery))
     up = None if pulled else asyncio.ensure_future(_from_program(io, delivery, steal))
     try:
         if not await down:
             return False  # aborted: the program's connection is reset
         if up is None:
+            assert isinstance(io, _StreamIo)
             if io.at_eof():
                 return True  # the consumer read the program's end
             up = asyncio.ensure_future(_from_program(io, delivery, False))

@@ -683,6 +683,11 @@ while True:
     c.close()
 """
 
+# What BULK_SERVER answers: a head and 32 MiB.
+BULK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (32 << 20) + (
+    bytes(range(256)) * 4096 * 32
+)
+
 SLOW_READER = """
 import hashlib, socket, sys, time
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
@@ -698,8 +703,6 @@ print(n, h.hexdigest())
 
 @pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
 def test_steal_bulk_both_ways_with_a_slow_reader(xworld: ExecWorld, stream: bool) -> None:
-    import hashlib
-
     run = xworld.start(["/usr/bin/python3", "-c", BULK_SERVER, str(PORT)], steal(), stream)
     try:
         run.wait_subscribed("steal")
@@ -709,12 +712,17 @@ def test_steal_bulk_both_ways_with_a_slow_reader(xworld: ExecWorld, stream: bool
     finally:
         run.stop()
     assert done.returncode == 0, done.stderr
-    block = bytes(range(256)) * 4096
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (32 << 20)
-    n, digest = done.stdout.decode().split()
-    assert int(n) == len(head) + 32 * len(block)
-    assert digest == hashlib.sha256(head + block * 32).hexdigest()
-    assert f"UPLOAD {hashlib.sha256(bytes(range(256)) * 256).hexdigest()}" in log
+    _check_bulk(done.stdout, log)
+
+
+def _check_bulk(reader_out: bytes, server_log: str) -> None:
+    """The reader got BULK_SERVER's whole answer, and the server the whole upload."""
+    import hashlib
+
+    n, digest = reader_out.decode().split()
+    assert int(n) == len(BULK_ANSWER)
+    assert digest == hashlib.sha256(BULK_ANSWER).hexdigest()
+    assert f"UPLOAD {hashlib.sha256(bytes(range(256)) * 256).hexdigest()}" in server_log
 
 
 # The same through a header filter: a plain POST (Content-Length, 64 KiB), so the agent's
@@ -736,25 +744,18 @@ print(n, h.hexdigest())
 
 @pytest.mark.parametrize("stream", [False, True], ids=["direct", "stream"])
 def test_filtered_steal_bulk_to_a_slow_reader(xworld: ExecWorld, stream: bool) -> None:
-    import hashlib
-
-    block = bytes(range(256)) * 4096
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (32 << 20)
     config = steal(http_filter={"header_filter": "x-user: me"})
     run = xworld.start(["/usr/bin/python3", "-c", BULK_SERVER, str(PORT)], config, stream)
     try:
         run.wait_subscribed("steal")
-        want = str(len(head) + 32 * len(block))
+        want = str(len(BULK_ANSWER))
         argv = ["python3", "-c", SLOW_FILTERED_READER, xworld.target.address, str(PORT), want]
         done = xworld.client.run(argv, timeout=60)
         log = run.wait_log("UPLOAD ")
     finally:
         run.stop()
     assert done.returncode == 0, done.stderr
-    n, digest = done.stdout.decode().split()
-    assert n == want
-    assert digest == hashlib.sha256(head + block * 32).hexdigest()
-    assert f"UPLOAD {hashlib.sha256(bytes(range(256)) * 256).hexdigest()}" in log
+    _check_bulk(done.stdout, log)
 
 
 UNIX_SERVER = r"""
