@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mirrord.agent.incoming.hooked import Hooked
 
 QUEUE_CHUNKS = 64
 # How long a delivered connection waits for the client to open its Connection stream.
@@ -34,6 +38,9 @@ class Delivery:
         # ended; `from_client` stays empty. One task hop and one queue less per answer.
         self.pulls_answers = False
         self.recv: Callable[[], Awaitable[bytes]] | None = None
+        # With `recv`: the program's stream, which a lane (http1_lane.py) may take the
+        # answers of in callbacks, and write the requests to.
+        self.hooked: Hooked | None = None
 
     def close(self) -> None:
         """Abort: both sides stop (the stream ends, the relay is cancelled by its owner)."""

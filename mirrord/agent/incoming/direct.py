@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from mirrord.agent.bridge import LINGER_OFF, LINGER_RESET, Bridge, set_linger
 from mirrord.agent.incoming.delivery import Delivery
+from mirrord.agent.incoming.hooked import Hooked, open_connection
 from mirrord.wire.direct import (
     NOTE_FAILED,
     NOTE_GONE,
@@ -292,6 +293,7 @@ class DirectTarget:
                 delivery.send = io.send
                 if isinstance(io, _StreamIo):
                     delivery.recv = io.recv
+                    delivery.hooked = io.hooked
             delivery.attached.set()
             clean = await _pump(io, delivery, steal)
         finally:
@@ -371,15 +373,17 @@ class _StreamIo:
     one callback, not an epoll_ctl pair around a sock_recv. Worth its set-up (~40 us)
     for a filtered connection whose consumer pulls answers request after request."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hooked: Hooked
+    ) -> None:
+        self.reader, self.writer, self.hooked = reader, writer, hooked
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
         await self.writer.drain()
 
     async def recv(self) -> bytes:
-        return await self.reader.read(CHUNK)
+        return await self.hooked.read(CHUNK)
 
     def end(self) -> None:
         self.writer.write_eof()
@@ -398,8 +402,7 @@ class _StreamIo:
 async def _program_io(sock: socket.socket, pulled: bool) -> _SocketIo | _StreamIo:
     if not pulled:
         return _SocketIo(sock)
-    reader, writer = await asyncio.open_connection(sock=sock, limit=CHUNK)
-    return _StreamIo(reader, writer)
+    return _StreamIo(*await open_connection(sock, CHUNK))
 
 
 async def _pump(io: _SocketIo | _StreamIo, delivery: Delivery, steal: bool) -> bool:

@@ -26,12 +26,14 @@ from typing import Any
 import h11
 
 from mirrord.agent.incoming.delivery import Delivery
+from mirrord.agent.incoming.hooked import Hooked, hooked_of
 from mirrord.agent.incoming.http1_framing import (
     MAX_HEAD,
     ResponseFramer,
     could_be_request,
     parse_request,
 )
+from mirrord.agent.incoming.http1_lane import Handback, Http1Lane
 from mirrord.agent.incoming.http2 import H2FilteredConnection
 from mirrord.agent.incoming.http_filter import Request, RequestRouter
 from mirrord.agent.incoming.relay import CHUNK, OpenPod, Streams, pipe
@@ -46,6 +48,7 @@ class Side:
     """Where requests go: the pod's server (a socket) or the client (a Delivery)."""
 
     name: str
+    key: str | None = None  # the program's target key (None: the pod)
     conn: h11.Connection = field(default_factory=lambda: h11.Connection(h11.CLIENT))
     streams: Streams | None = None
     delivery: Delivery | None = None
@@ -104,6 +107,7 @@ class FilteredConnection:
         self.locals: dict[str, Side] = {}  # by target key, each opened at its first request
         self.stolen = 0
         self.passed = 0
+        self.laned = 0  # of the stolen: those a lane forwarded
         self._forwarded = False  # the fast path sent a request on
 
     async def run(self) -> None:
@@ -126,14 +130,34 @@ class FilteredConnection:
     async def _plain_requests(self) -> bytearray | None:
         """The fast path: plain requests and their responses forwarded as they came.
         Returns what was read of the first request that is not plain (h11 takes the
-        connection from its start), or None once the connection is over."""
+        connection from its start), or None once the connection is over. Once a request
+        went to a program, the exchanges that follow run in callbacks (http1_lane.py)
+        while they can; the lane hands back here at anything else."""
         buf = bytearray()
+        # The peer's reads are counted when a lane may take its bytes (not through a
+        # mirror's tee: its copies would miss them).
+        peer = hooked_of(self.peer[1])
+        if peer is not None and peer.reader is not self.peer[0]:
+            peer = None
+        read = peer.read if peer is not None else self.peer[0].read
+        lane_ok = False  # a lane hands back without progress: not again until the task made some
         while True:
+            lane = self._lane(peer, buf) if lane_ok else None
+            if lane is not None:
+                lane_ok = False
+                back = await self._run_lane(lane)
+                buf = back.buf
+                if back.framer is not None:
+                    assert back.key is not None
+                    side = self.locals[back.key]
+                    if not await self._plain_response(side, False, back.framer) or back.close:
+                        return None
+                continue
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_HEAD or not could_be_request(buf):
                     return buf
-                data = await self.peer[0].read(CHUNK)
+                data = await read(CHUNK)
                 if not data:
                     return buf if buf else None  # a head cut short: h11 says what it is
                 buf += data
@@ -143,7 +167,7 @@ class FilteredConnection:
                 return buf
             need = req.size + req.body
             while len(buf) < need:
-                data = await self.peer[0].read(CHUNK)
+                data = await read(CHUNK)
                 if not data:
                     return buf
                 buf += data
@@ -153,10 +177,44 @@ class FilteredConnection:
             del buf[:need]
             if not await self._plain_response(side, req.method == "HEAD") or req.close:
                 return None
+            lane_ok = side.key is not None
 
-    async def _plain_response(self, side: Side, head_request: bool) -> bool:
-        """The side's answer, forwarded as it comes; whether the connection goes on."""
-        framer = ResponseFramer(head_request)
+    def _lane(self, peer: Hooked | None, buf: bytearray) -> Http1Lane | None:
+        """A lane for what follows, when the peer and the programs opened so far are
+        idle (nothing read and not forwarded)."""
+        if peer is None or not peer.idle():
+            return None
+        programs = {}
+        for key, side in self.locals.items():
+            hooked = side.delivery.hooked if side.delivery is not None else None
+            if hooked is not None and not side.pending and hooked.idle():
+                programs[key] = hooked
+        if not programs:
+            return None
+        return Http1Lane(peer, programs, self.router.route, self._count_stolen, buf)
+
+    def _count_stolen(self) -> None:
+        self.stolen += 1
+        self.laned += 1
+
+    async def _run_lane(self, lane: Http1Lane) -> Handback:
+        lane.start()
+        try:
+            back = await lane.done
+        finally:
+            lane.detach()
+        for key, data in back.pending.items():
+            self.locals[key].pending += data  # before what their readers get from now on
+        if back.error is not None:
+            raise back.error
+        return back
+
+    async def _plain_response(
+        self, side: Side, head_request: bool, framer: ResponseFramer | None = None
+    ) -> bool:
+        """The side's answer, forwarded as it comes; whether the connection goes on.
+        `framer`: an answer a lane began (head_request is then its own)."""
+        framer = framer or ResponseFramer(head_request)
         buf = side.pending
         writer = self.peer[1]
         while True:
@@ -237,7 +295,7 @@ class FilteredConnection:
             if local is None:
                 delivery = self.open_delivery(key)
                 delivery.pulls_answers = True  # Side.read: Delivery.recv when direct
-                local = self.locals[key] = Side(f"client {key}", delivery=delivery)
+                local = self.locals[key] = Side(f"client {key}", key, delivery=delivery)
                 if not await delivery.wait_attached():
                     raise ConnectionError("the client did not take the filtered connection")
             return local

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from mirrord.agent.incoming import relay
+from mirrord.agent.incoming import hooked, relay
 from mirrord.agent.incoming.delivery import Delivery
 from mirrord.agent.incoming.http1 import FilteredConnection
 from mirrord.agent.incoming.http_filter import Request, RequestFilter
@@ -96,7 +96,7 @@ class PortShare:
         self._closing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accepted, sock=self.listener)
+        self._server = await hooked.start_server(self._accepted, sock=self.listener)
 
     def join(self, member: Subscription) -> None:
         self.members.append(member)
@@ -196,7 +196,9 @@ class PortShare:
                 if member.direct is None:  # its answers come back on the stream: dropped
                     drains.append(asyncio.ensure_future(_drop_answers(delivery)))
         tee = _Tee(reader, copies)
-        peer: relay.Streams = (tee, writer)  # type: ignore[assignment]  # reads only
+        # Without copies (they are only ever dropped later) the reader itself: its
+        # filtered exchanges may then run in callbacks (http1_lane.py).
+        peer: relay.Streams = (tee, writer) if copies else (reader, writer)  # type: ignore[assignment]
 
         async def open_pod() -> relay.Streams:
             # Through a member still here: a gone session's namespace worker is shut down.

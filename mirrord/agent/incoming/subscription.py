@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mirrord.agent.incoming import relay
+from mirrord.agent.incoming import hooked, relay
 from mirrord.agent.incoming.delivery import Delivery, DeliveryTable
 from mirrord.agent.incoming.direct import DirectTarget
 from mirrord.agent.incoming.http1 import FilteredConnection
@@ -146,7 +146,7 @@ class Subscription:
                 server = await loop.create_server(lambda: _StolenPeer(self), sock=self.listener)
                 self._server = server
         else:
-            self._server = await asyncio.start_server(self.accepted, sock=self.listener)
+            self._server = await hooked.start_server(self.accepted, sock=self.listener)
         if self.rules.mode == "mirror" or reads_requests:
             self._top_up()
 

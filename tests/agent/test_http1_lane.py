@@ -1,0 +1,295 @@
+"""The filtered steal's callback lane (agent/incoming/http1_lane.py) end to end on loopback
+sockets: a peer connects to a hooked listener, a FilteredConnection routes each request by
+its X-User header to one of two "programs" (test servers reached through real direct
+deliveries) or to the "pod". Once a request went to a program, the exchanges that follow
+run in the lane; whatever it does not handle it hands back, and the task goes on from
+there: answers stay whole and in order either way."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrord.agent.incoming import hooked
+from mirrord.agent.incoming.delivery import Delivery
+from mirrord.agent.incoming.direct import DirectTarget
+from mirrord.agent.incoming.http1 import FilteredConnection
+from mirrord.agent.incoming.http_filter import Request
+
+PEER = ("10.1.2.3", 40000)
+ORIGINAL = ("10.1.2.4", 80)
+BIG = 32 << 20  # an answer well over what loopback and the lane buffer for the peer
+
+Answer = Callable[[bytes], bytes]
+
+
+def plain(name: str) -> Answer:
+    def answer(head: bytes) -> bytes:
+        path = head.split(b" ")[1]
+        if path == b"/big":
+            body = bytes(range(256)) * (BIG // 256)
+        elif path == b"/bad-length":  # conflicting lengths: a framing error
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx"
+        else:
+            body = name.encode() + b":" + path
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    return answer
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Answer) -> None:
+    """A keep-alive HTTP/1.1 server of bodiless or Content-Length requests; a request
+    for /hang-up is answered half and then the connection is reset."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if length:
+                await reader.readexactly(length)
+            if head.split(b" ")[1] == b"/hang-up":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+                await writer.drain()
+                writer.transport.abort()
+                return
+            writer.write(answer(head))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+class Router:
+    def route(self, request: Request) -> str | None:
+        user = dict(request.headers).get("X-User")
+        return user if user in ("a", "b") else None
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.servers: list[asyncio.Server] = []
+        self.targets: dict[str, DirectTarget] = {}
+        self.notes: list[socket.socket] = []  # the client's note queues (unread)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.conns: list[FilteredConnection] = []
+        self.pod_port = 0
+        self.port = 0
+
+    async def _server(self, answer: Answer) -> int:
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await serve(r, w, answer)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        for name in ("a", "b"):
+            port = await self._server(plain(name))
+            notes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            notes.bind(str(self.tmp / f"notes-{name}"))
+            notes.setblocking(False)
+            self.notes.append(notes)
+            self.targets[name] = DirectTarget("127.0.0.1", port, str(self.tmp / f"notes-{name}"))
+        self.pod_port = await self._server(plain("pod"))
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.port = listener.getsockname()[1]
+        self.servers.append(await hooked.start_server(self._accepted, listener))
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def open_pod() -> Any:
+            return await asyncio.open_connection("127.0.0.1", self.pod_port)
+
+        def open_delivery(key: str) -> Delivery:
+            delivery = Delivery()
+            delivery.pulls_answers = True
+            run = self.targets[key].deliver(delivery, 80, PEER, ORIGINAL, True)
+            self.tasks.append(asyncio.ensure_future(run))
+            return delivery
+
+        conn = FilteredConnection((reader, writer), Router(), open_pod, open_delivery)
+        self.conns.append(conn)
+        try:
+            await conn.run()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for target in self.targets.values():
+            target.close()
+        for notes in self.notes:
+            notes.close()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    w = World(tmp_path)
+    await w.start()
+    yield w
+    await w.close()
+
+
+def req(path: str, user: str = "", body: bytes = b"") -> bytes:
+    head = f"GET {path} HTTP/1.1\r\nHost: pod\r\n" + (f"X-User: {user}\r\n" if user else "")
+    if body:
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def answer_of(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+async def connect(world: World) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", world.port)
+
+
+async def _until(check: Callable[[], Awaitable[bool] | bool]) -> None:
+    for _ in range(500):
+        got = check()
+        if got if isinstance(got, bool) else await got:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in 5 s")
+
+
+async def test_keep_alive_requests_mixing_programs_and_the_pod(world: World) -> None:
+    reader, writer = await connect(world)
+    users = ["a", "a", "b", "a", "", "b", "b", "a", "", "", "a", "b"] * 5
+    for i, user in enumerate(users):
+        writer.write(req(f"/{i}", user, body=b"x" * (i % 3)))
+        want = f"{user or 'pod'}:/{i}".encode()
+        assert await answer_of(reader) == want
+    writer.close()
+    conn = world.conns[0]
+    stolen = sum(1 for u in users if u)
+    assert conn.stolen == stolen and conn.passed == len(users) - stolen
+    # Only the first request of each program, and each one after the pod's, is the
+    # task's; the rest went through the lane.
+    assert conn.laned >= stolen - 2 - users.count("") and conn.laned > 0
+
+
+async def test_pipelined_requests_come_back_in_order(world: World) -> None:
+    reader, writer = await connect(world)
+    writer.write(req("/first", "a"))
+    assert await answer_of(reader) == b"a:/first"
+    batch = [("a", "/1"), ("b", "/2"), ("a", "/3"), ("", "/4"), ("a", "/5")]
+    writer.write(b"".join(req(path, user) for user, path in batch))
+    for user, path in batch:
+        assert await answer_of(reader) == f"{user or 'pod'}:{path}".encode()
+    writer.close()
+
+
+async def test_a_big_answer_to_a_slow_reader_is_handed_back_and_arrives_whole(
+    world: World,
+) -> None:
+    reader, writer = await connect(world)
+    writer.write(req("/small", "a"))
+    assert await answer_of(reader) == b"a:/small"
+    writer.write(req("/big", "a") + req("/after", "a"))
+    await asyncio.sleep(0.5)  # the peer does not read: the agent's buffers fill
+    body = await answer_of(reader)
+    assert len(body) == BIG
+    expected = hashlib.sha256(bytes(range(256)) * (BIG // 256)).hexdigest()
+    assert hashlib.sha256(body).hexdigest() == expected
+    assert await answer_of(reader) == b"a:/after"  # the connection goes on
+    writer.close()
+
+
+async def test_a_request_that_is_not_plain_goes_to_h11_mid_connection(world: World) -> None:
+    reader, writer = await connect(world)
+    writer.write(req("/1", "a"))
+    assert await answer_of(reader) == b"a:/1"
+    writer.write(req("/2", "a"))
+    assert await answer_of(reader) == b"a:/2"
+    # Chunked: not plain. h11 parses it and re-frames it for the program.
+    writer.write(
+        b"GET /3 HTTP/1.1\r\nHost: pod\r\nX-User: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\n\r\n"
+    )
+    assert await answer_of(reader) == b"a:/3"
+    writer.write(req("/4", "b"))
+    assert await answer_of(reader) == b"b:/4"
+    writer.close()
+
+
+async def test_a_program_that_hangs_up_mid_answer_fails_only_that_connection(
+    world: World,
+) -> None:
+    reader, writer = await connect(world)
+    writer.write(req("/1", "a"))
+    assert await answer_of(reader) == b"a:/1"
+    writer.write(req("/hang-up", "a"))
+    got = await asyncio.wait_for(reader.read(), 5)  # the rest never comes: the end
+    assert got.endswith(b"half")
+    writer.close()
+    other_reader, other = await connect(world)  # a new connection is served as before
+    other.write(req("/2", "a"))
+    assert await answer_of(other_reader) == b"a:/2"
+    other.close()
+
+
+async def test_the_peers_end_while_the_lane_waits_ends_the_connection(world: World) -> None:
+    reader, writer = await connect(world)
+    writer.write(req("/1", "a"))
+    assert await answer_of(reader) == b"a:/1"
+    writer.write(req("/2", "a"))
+    assert await answer_of(reader) == b"a:/2"
+    writer.write_eof()  # in the lane, between requests
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the agent ended it too
+    await _until(lambda: all(t.done() for t in world.tasks))  # the deliveries are over
+    writer.close()
+
+
+async def test_a_request_asking_to_close_is_answered_then_the_connection_ends(
+    world: World,
+) -> None:
+    reader, writer = await connect(world)
+    writer.write(req("/1", "a"))
+    assert await answer_of(reader) == b"a:/1"
+    writer.write(req("/2", "a").replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert await answer_of(reader) == b"a:/2"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_bytes_that_are_no_request_in_the_lane_drop_the_connection(world: World) -> None:
+    reader, writer = await connect(world)
+    writer.write(req("/1", "a"))
+    assert await answer_of(reader) == b"a:/1"
+    writer.write(b"\x16\x03\x01\x00\xa5\x01\x00")  # a TLS record: never an HTTP request
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert world.conns[0].stolen == 1  # nothing of it went anywhere
+    writer.close()
+
+
+async def test_an_answer_framed_wrong_in_the_lane_fails_the_connection(world: World) -> None:
+    reader, writer = await connect(world)
+    writer.write(req("/1", "a"))
+    assert await answer_of(reader) == b"a:/1"
+    writer.write(req("/bad-length", "a"))
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # no part of it forwarded
+    writer.close()
