@@ -1,9 +1,9 @@
 """The filtered steal's callback lane (agent/incoming/http1_lane.py) end to end on loopback
 sockets: a peer connects to a hooked listener, a FilteredConnection routes each request by
 its X-User header to one of two "programs" (test servers reached through real direct
-deliveries) or to the "pod". Once a request went to a program, the exchanges that follow
-run in the lane; whatever it does not handle it hands back, and the task goes on from
-there: answers stay whole and in order either way."""
+deliveries) or to the "pod" (a test server too). Once a request went to a side, the
+exchanges that follow run in the lane; whatever it does not handle it hands back, and the
+task goes on from there: answers stay whole and in order either way."""
 
 from __future__ import annotations
 
@@ -68,6 +68,28 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answ
         writer.close()
 
 
+async def queued(delivery: Delivery, port: int) -> None:
+    """A delivery served through its queues (what a Connection stream does)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def down() -> None:
+        while (item := await delivery.to_client.get()) is not None:
+            writer.write(item)
+            await writer.drain()
+        writer.write_eof()
+
+    async def up() -> None:
+        while data := await reader.read(65536):
+            await delivery.from_client.put(data)
+        await delivery.from_client.put(None)
+
+    delivery.attached.set()
+    try:
+        await asyncio.gather(down(), up())
+    finally:
+        writer.close()
+
+
 class Router:
     def route(self, request: Request) -> str | None:
         user = dict(request.headers).get("X-User")
@@ -75,8 +97,12 @@ class Router:
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, pulled: bool = True) -> None:
         self.tmp = tmp
+        # False: the programs are reached through the delivery's queues, as on the gRPC
+        # stream path, so only the pod's exchanges can run in the lane.
+        self.pulled = pulled
+        self.ports: dict[str, int] = {}
         self.servers: list[asyncio.Server] = []
         self.targets: dict[str, DirectTarget] = {}
         self.notes: list[socket.socket] = []  # the client's note queues (unread)
@@ -95,7 +121,7 @@ class World:
 
     async def start(self) -> None:
         for name in ("a", "b"):
-            port = await self._server(plain(name))
+            port = self.ports[name] = await self._server(plain(name))
             notes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             notes.bind(str(self.tmp / f"notes-{name}"))
             notes.setblocking(False)
@@ -108,12 +134,16 @@ class World:
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def open_pod() -> Any:
-            return await asyncio.open_connection("127.0.0.1", self.pod_port)
+            sock = socket.create_connection(("127.0.0.1", self.pod_port))
+            sock.setblocking(False)
+            return await hooked.open_connection(sock)  # as the subscription opens it
 
         def open_delivery(key: str) -> Delivery:
             delivery = Delivery()
-            delivery.pulls_answers = True
-            run = self.targets[key].deliver(delivery, 80, PEER, ORIGINAL, True)
+            if self.pulled:
+                run = self.targets[key].deliver(delivery, 80, PEER, ORIGINAL, True)
+            else:
+                run = queued(delivery, self.ports[key])
             self.tasks.append(asyncio.ensure_future(run))
             return delivery
 
@@ -187,9 +217,26 @@ async def test_keep_alive_requests_mixing_programs_and_the_pod(world: World) -> 
     conn = world.conns[0]
     stolen = sum(1 for u in users if u)
     assert conn.stolen == stolen and conn.passed == len(users) - stolen
-    # Only the first request of each program, and each one after the pod's, is the
-    # task's; the rest went through the lane.
-    assert conn.laned >= stolen - 2 - users.count("") and conn.laned > 0
+    # Only the first request to each side (a, b, the pod) is the task's.
+    assert conn.laned == len(users) - 3
+
+
+async def test_on_the_stream_path_only_the_pods_exchanges_run_in_the_lane(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path, pulled=False)
+    await world.start()
+    try:
+        reader, writer = await connect(world)
+        users = ["", "", "a", "", "a", "a", "", ""]
+        for i, user in enumerate(users):
+            writer.write(req(f"/{i}", user))
+            assert await answer_of(reader) == f"{user or 'pod'}:/{i}".encode()
+        writer.close()
+        # A request to the program hands back; the pod's after the first are laned.
+        assert world.conns[0].laned == users.count("") - 1
+    finally:
+        await world.close()
 
 
 async def test_pipelined_requests_come_back_in_order(world: World) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from mirrord.agent.bridge import LINGER_OFF, LINGER_RESET, Bridge, set_linger
 from mirrord.agent.incoming.delivery import Delivery
-from mirrord.agent.incoming.hooked import Hooked, open_connection
+from mirrord.agent.incoming.hooked import Hooked, hooked_of, open_connection
 from mirrord.wire.direct import (
     NOTE_FAILED,
     NOTE_GONE,
@@ -402,7 +402,10 @@ class _StreamIo:
 async def _program_io(sock: socket.socket, pulled: bool) -> _SocketIo | _StreamIo:
     if not pulled:
         return _SocketIo(sock)
-    return _StreamIo(*await open_connection(sock, CHUNK))
+    reader, writer = await open_connection(sock, CHUNK)
+    hooked = hooked_of((reader, writer))
+    assert hooked is not None
+    return _StreamIo(reader, writer, hooked)
 
 
 async def _pump(io: _SocketIo | _StreamIo, delivery: Delivery, steal: bool) -> bool:

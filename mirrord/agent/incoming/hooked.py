@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Lane(Protocol):
@@ -78,12 +78,16 @@ class Hooked(asyncio.StreamReaderProtocol):
         return self.fed == self.consumed and not self.reader.at_eof() and self.transport is not None
 
 
-def hooked_of(writer: asyncio.StreamWriter) -> Hooked | None:
-    """The writer's stream if it is hooked (streams made elsewhere are not)."""
+def hooked_of(streams: tuple[Any, Any]) -> Hooked | None:
+    """The stream of a (reader, writer) pair if it is hooked and its reader is the one
+    read (not a tee in front of it, nor streams made elsewhere)."""
+    reader, writer = streams
     if not isinstance(writer, asyncio.StreamWriter):
         return None
     protocol = writer.transport.get_protocol()
-    return protocol if isinstance(protocol, Hooked) else None
+    if isinstance(protocol, Hooked) and protocol.reader is reader:
+        return protocol
+    return None
 
 
 async def start_server(
@@ -96,10 +100,10 @@ async def start_server(
 
 
 async def open_connection(
-    sock: socket.socket, limit: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Hooked]:
+    sock: socket.socket, limit: int = 2**16
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """asyncio.open_connection on a connected socket, its stream `Hooked`."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit)
     transport, protocol = await loop.create_connection(lambda: Hooked(reader), sock=sock)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop), protocol
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

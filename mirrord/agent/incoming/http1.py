@@ -53,6 +53,19 @@ class Side:
     streams: Streams | None = None
     delivery: Delivery | None = None
     pending: bytearray = field(default_factory=bytearray)  # read, not yet the peer's
+    _pod_hooked: Hooked | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.streams is not None:
+            self._pod_hooked = hooked_of(self.streams)
+
+    @property
+    def hooked(self) -> Hooked | None:
+        """The stream a lane may take the answers of: the pod's, or a program's reached
+        by direct delivery (set when the delivery is attached)."""
+        if self.delivery is not None:
+            return self.delivery.hooked
+        return self._pod_hooked
 
     async def write(self, data: bytes) -> None:
         if self.delivery is not None:
@@ -71,6 +84,8 @@ class Side:
                 return await self.delivery.recv()  # straight from the local program
             return await self.delivery.from_client.get() or b""
         assert self.streams is not None
+        if self._pod_hooked is not None:
+            return await self._pod_hooked.read(CHUNK)  # counted: a lane may take it next
         return await self.streams[0].read(CHUNK)
 
     def close(self) -> None:
@@ -107,7 +122,7 @@ class FilteredConnection:
         self.locals: dict[str, Side] = {}  # by target key, each opened at its first request
         self.stolen = 0
         self.passed = 0
-        self.laned = 0  # of the stolen: those a lane forwarded
+        self.laned = 0  # of both: those a lane forwarded
         self._forwarded = False  # the fast path sent a request on
 
     async def run(self) -> None:
@@ -136,9 +151,7 @@ class FilteredConnection:
         buf = bytearray()
         # The peer's reads are counted when a lane may take its bytes (not through a
         # mirror's tee: its copies would miss them).
-        peer = hooked_of(self.peer[1])
-        if peer is not None and peer.reader is not self.peer[0]:
-            peer = None
+        peer = hooked_of(self.peer)
         read = peer.read if peer is not None else self.peer[0].read
         lane_ok = False  # a lane hands back without progress: not again until the task made some
         while True:
@@ -148,8 +161,7 @@ class FilteredConnection:
                 back = await self._run_lane(lane)
                 buf = back.buf
                 if back.framer is not None:
-                    assert back.key is not None
-                    side = self.locals[back.key]
+                    side = self._by_key(back.key)
                     if not await self._plain_response(side, False, back.framer) or back.close:
                         return None
                 continue
@@ -177,25 +189,33 @@ class FilteredConnection:
             del buf[:need]
             if not await self._plain_response(side, req.method == "HEAD") or req.close:
                 return None
-            lane_ok = side.key is not None
+            lane_ok = True
 
     def _lane(self, peer: Hooked | None, buf: bytearray) -> Http1Lane | None:
-        """A lane for what follows, when the peer and the programs opened so far are
-        idle (nothing read and not forwarded)."""
+        """A lane for what follows, when the peer and the sides opened so far are idle
+        (nothing read and not forwarded)."""
         if peer is None or not peer.idle():
             return None
-        programs = {}
-        for key, side in self.locals.items():
-            hooked = side.delivery.hooked if side.delivery is not None else None
-            if hooked is not None and not side.pending and hooked.idle():
-                programs[key] = hooked
-        if not programs:
+        sides: dict[str | None, Hooked] = {}
+        for side in (self.pod, *self.locals.values()):
+            hooked = side.hooked if side is not None else None
+            if side is not None and hooked is not None and not side.pending and hooked.idle():
+                sides[side.key] = hooked
+        if not sides:
             return None
-        return Http1Lane(peer, programs, self.router.route, self._count_stolen, buf)
+        return Http1Lane(peer, sides, self.router.route, self._count, buf)
 
-    def _count_stolen(self) -> None:
-        self.stolen += 1
+    def _count(self, key: str | None) -> None:
+        if key is None:
+            self.passed += 1
+        else:
+            self.stolen += 1
         self.laned += 1
+
+    def _by_key(self, key: str | None) -> Side:
+        side = self.locals[key] if key is not None else self.pod
+        assert side is not None
+        return side
 
     async def _run_lane(self, lane: Http1Lane) -> Handback:
         lane.start()
@@ -204,7 +224,7 @@ class FilteredConnection:
         finally:
             lane.detach()
         for key, data in back.pending.items():
-            self.locals[key].pending += data  # before what their readers get from now on
+            self._by_key(key).pending += data  # before what their readers get from now on
         if back.error is not None:
             raise back.error
         return back

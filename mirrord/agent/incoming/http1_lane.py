@@ -1,12 +1,13 @@
-"""The filtered steal's fast path in callbacks: plain HTTP/1.1 requests that go to local
-programs (direct deliveries), and their answers, forwarded as the bytes come, in the
-streams' own callbacks (hooked.py). No task wakes up per request or per answer; on this
-path that was a quarter of the agent's CPU per request.
+"""The filtered steal's fast path in callbacks: plain HTTP/1.1 requests to the pod's
+server or to local programs (direct deliveries), and their answers, forwarded as the bytes
+come, in the streams' own callbacks (hooked.py). No task wakes up per request or per
+answer; on this path that was a quarter of the agent's CPU per request.
 
 The lane runs only what is simple, and hands back (`Handback`) to the connection's task
-at anything else: a request for the pod or for a program not opened yet, one that is not
-plain, an end or a loss on either side, an answer the peer does not take as fast as it
-comes, a framing error. The task goes on from exactly there with the state handed back.
+at anything else: a request for a side not opened yet (or one reached through gRPC), one
+that is not plain, an end or a loss on any side, an answer the peer does not take as fast
+as it comes, a framing error. The task goes on from exactly there with the state handed
+back.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ PEER_BUFFERED = 256 * 1024
 @dataclass
 class Handback:
     buf: bytearray  # the peer's bytes not forwarded yet
-    key: str | None = None  # the program whose answer is under way, if one is
-    framer: ResponseFramer | None = None  # that answer's framing so far
+    key: str | None = None  # the side whose answer is under way (None: the pod), if one is
+    framer: ResponseFramer | None = None  # that answer's framing so far (None: no answer)
     close: bool = False  # its request asked to close the connection after it
-    pending: dict[str, bytearray] = field(default_factory=dict)  # programs' bytes not sent on
+    pending: dict[str | None, bytearray] = field(default_factory=dict)  # sides' bytes not sent on
     error: Exception | None = None
 
 
@@ -46,37 +47,37 @@ class Http1Lane:
     def __init__(
         self,
         peer: Hooked,
-        programs: dict[str, Hooked],
+        sides: dict[str | None, Hooked],
         route: Callable[[Request], str | None],
-        stolen: Callable[[], None],
+        count: Callable[[str | None], None],
         buf: bytearray,
     ) -> None:
-        """peer and programs: streams idle (nothing unread); route: a request's program
-        key (None: the pod); stolen: counts a request taken."""
+        """peer and sides (by route key, None: the pod): streams idle (nothing unread);
+        route: a request's key; count: a request forwarded, by its key."""
         assert peer.transport is not None
         self._peer = peer
         self._peer_t = peer.transport
-        self._programs = programs
-        self._keys = {id(p): k for k, p in programs.items()}
+        self._sides = sides
+        self._keys = {id(h): k for k, h in sides.items()}
         self._route = route
-        self._stolen = stolen
+        self._count = count
         self._buf = buf
         self._key: str | None = None
         self._framer: ResponseFramer | None = None
         self._close = False
-        self._pending: dict[str, bytearray] = {}
+        self._pending: dict[str | None, bytearray] = {}
         self._paused = False
         self.done: asyncio.Future[Handback] = asyncio.get_running_loop().create_future()
 
     def start(self) -> None:
         self._peer.lane = self
-        for program in self._programs.values():
-            program.lane = self
+        for side in self._sides.values():
+            side.lane = self
         self._requests()
 
     def detach(self) -> None:
         """Stop taking bytes (the owner's task is cancelled, or the lane handed back)."""
-        for stream in (self._peer, *self._programs.values()):
+        for stream in (self._peer, *self._sides.values()):
             if stream.lane is self:
                 stream.lane = None
         if self._paused:
@@ -103,7 +104,7 @@ class Http1Lane:
             return
         key = self._keys[id(stream)]
         self._pending.setdefault(key, bytearray()).extend(data)
-        if key == self._key:
+        if self._framer is not None and key == self._key:
             self._answer()
 
     def ended(self, stream: Hooked) -> None:
@@ -112,7 +113,7 @@ class Http1Lane:
     # --- the work -------------------------------------------------------------------------
 
     def _requests(self) -> None:
-        """The next request, if all of it is here: to its program."""
+        """The next request, if all of it is here: to its side."""
         buf = self._buf
         end = buf.find(b"\r\n\r\n")
         if end < 0:
@@ -127,12 +128,12 @@ class Http1Lane:
         if len(buf) < need:
             return
         key = self._route(Request(req.method, req.target, req.headers))
-        program = self._programs.get(key) if key is not None else None
-        if key is None or program is None or program.transport is None:
-            self._hand_back()  # the pod, or a program the task opens first
+        side = self._sides.get(key)
+        if side is None or side.transport is None:
+            self._hand_back()  # a side the task opens first (or reaches through gRPC)
             return
-        self._stolen()
-        program.transport.write(bytes(buf[:need]))
+        self._count(key)
+        side.transport.write(bytes(buf[:need]))
         del buf[:need]
         self._key = key
         self._framer = ResponseFramer(req.method == "HEAD")
@@ -143,7 +144,7 @@ class Http1Lane:
     def _answer(self) -> None:
         """Forward what belongs to the answer under way; at its end, the next request."""
         key, framer = self._key, self._framer
-        assert key is not None and framer is not None
+        assert framer is not None
         pending = self._pending[key]
         try:
             n = framer.take(pending)

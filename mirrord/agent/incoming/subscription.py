@@ -255,7 +255,7 @@ class Subscription:
         except BaseException:
             sock.close()
             raise
-        return await asyncio.open_connection(sock=sock)
+        return await hooked.open_connection(sock)  # a lane may read it (http1_lane.py)
 
     def _new_delivery(
         self,
