@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ def plain(name: str) -> Answer:
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Answer) -> None:
     """A keep-alive HTTP/1.1 server of bodiless or Content-Length requests; a request
-    for /hang-up is answered half and then the connection is reset."""
+    for /hang-up is answered half and then the connection closed, one for /then-reset
+    answered whole and then the connection is reset."""
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -55,6 +57,13 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answ
                     length = int(line.split(b":")[1])
             if length:
                 await reader.readexactly(length)
+            if head.split(b" ")[1] == b"/then-reset":  # answered, then the connection is reset
+                writer.write(answer(head))
+                await writer.drain()
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
             if head.split(b" ")[1] == b"/hang-up":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
                 await writer.drain()
@@ -339,4 +348,22 @@ async def test_an_answer_framed_wrong_in_the_lane_fails_the_connection(world: Wo
     assert await answer_of(reader) == b"a:/1"
     writer.write(req("/bad-length", "a"))
     assert await asyncio.wait_for(reader.read(), 5) == b""  # no part of it forwarded
+    writer.close()
+
+
+async def test_a_program_gone_between_requests_fails_the_next_one_for_it(
+    world: World,
+) -> None:
+    """Its end came while no lane listened: the next lane must not take it for a live
+    program (a request written to it would never be answered)."""
+    reader, writer = await connect(world)
+    writer.write(req("/1", "b"))
+    assert await answer_of(reader) == b"b:/1"
+    writer.write(req("/then-reset", "a"))
+    assert await answer_of(reader) == b"a:/then-reset"
+    await asyncio.sleep(0.2)  # the reset reaches the agent's side of the program
+    writer.write(req("/2", "b"))  # the lane, with b
+    assert await answer_of(reader) == b"b:/2"
+    writer.write(req("/3", "a"))
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # failed, not hanging
     writer.close()

@@ -74,8 +74,16 @@ class Hooked(asyncio.StreamReaderProtocol):
         return data
 
     def idle(self) -> bool:
-        """Nothing unread in the reader, no end seen: a lane may attach."""
-        return self.fed == self.consumed and not self.reader.at_eof() and self.transport is not None
+        """Nothing unread in the reader, no end seen, not lost or closing: a lane may
+        attach (it would never hear of an end that came before)."""
+        transport = self.transport
+        return (
+            self.fed == self.consumed
+            and not self.reader.at_eof()
+            and self.reader.exception() is None
+            and transport is not None
+            and not transport.is_closing()
+        )
 
 
 def hooked_of(streams: tuple[Any, Any]) -> Hooked | None:
