@@ -146,8 +146,8 @@ class FilteredConnection:
         """The fast path: plain requests and their responses forwarded as they came.
         Returns what was read of the first request that is not plain (h11 takes the
         connection from its start), or None once the connection is over. Once a request
-        went to a program, the exchanges that follow run in callbacks (http1_lane.py)
-        while they can; the lane hands back here at anything else."""
+        went to a side, the exchanges that follow run in callbacks (http1_lane.py) while
+        they can; the lane hands back here at anything else."""
         buf = bytearray()
         # The peer's reads are counted when a lane may take its bytes (not through a
         # mirror's tee: its copies would miss them).

@@ -20,6 +20,7 @@ from mirrord.agent.incoming.hooked import Hooked
 from mirrord.agent.incoming.http1_framing import (
     FAST_BODY,
     MAX_HEAD,
+    FramingError,
     ResponseFramer,
     could_be_request,
     parse_request,
@@ -148,7 +149,7 @@ class Http1Lane:
         pending = self._pending[key]
         try:
             n = framer.take(pending)
-        except Exception as e:  # FramingError: the task fails the connection with it
+        except FramingError as e:  # the task fails the connection with it
             self._hand_back(e)
             return
         if n:
