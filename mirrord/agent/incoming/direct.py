@@ -19,6 +19,7 @@ import errno
 import ipaddress
 import logging
 import os
+import random
 import select
 import socket
 from collections import deque
@@ -41,6 +42,61 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 NOTE_TIMEOUT_S = 5.0
+# Source ports tried before falling back to bind(0), and connects before giving up.
+PORT_TRIES = 64
+CONNECT_TRIES = 4
+
+
+class SourcePorts:
+    """Source ports of the sockets that deliver to programs, chosen here (with
+    SO_REUSEADDR) rather than by bind(0).
+
+    A delivery that ends cleanly leaves its side in TIME_WAIT for 60 s, holding its port.
+    bind(0) takes ports of one parity first and steps over those held one by one: past
+    ~14,000 of them (a few hundred new connections a second for a minute) each bind
+    scanned thousands of ports (2 ms of kernel time, measured), and past ~28,000 it
+    failed, losing the connection. A port held only by TIME_WAITs of ours is free to bind
+    with SO_REUSEADDR, and connect() takes over such a TIME_WAIT towards the same listener
+    (timestamps: one older than a second); a younger one fails with EADDRNOTAVAIL and the
+    delivery tries again from another port. Live delivering sockets share no port (the
+    client names each delivered connection by it): those in use are skipped here."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        try:
+            with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+                low, high = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            low, high = 32768, 60999
+        self.range = (low, high)
+        self.live: set[int] = set()
+
+    def bind(self, sock: socket.socket, host: str) -> int:
+        """Bind `sock` (SO_REUSEADDR set) to a port no live delivery uses; its number."""
+        low, high = self.range
+        for _ in range(PORT_TRIES):
+            port = self._rng.randint(low, high)
+            if port in self.live:
+                continue
+            try:
+                sock.bind((host, port))
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                continue  # someone else's (no SO_REUSEADDR), or a listener
+            self.live.add(port)
+            return port
+        sock.bind((host, 0))  # the range is that busy: the kernel's choice
+        port = int(sock.getsockname()[1])
+        self.live.add(port)
+        return port
+
+    def release(self, port: int) -> None:
+        self.live.discard(port)
+
+
+# One agent, one set: the sessions' deliveries must not share a port either.
+source_ports = SourcePorts()
 
 
 def _reset(sock: socket.socket) -> None:
@@ -239,36 +295,51 @@ class DirectTarget:
         first (the caller tells `gone(port)` once the socket is closed); None when the
         program could not be reached (FAILED is told)."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-            sock.bind((self.address[0], 0))  # named before connecting: the note needs it
-            port = int(sock.getsockname()[1])
-            # Sent before connecting: in the client's queue before the program can accept.
-            await self._tell(
-                Note(
-                    NOTE_NEW,
-                    port,
-                    sub_port,
-                    peer=(_packed(peer[0]), peer[1]),
-                    original=(_packed(original[0]), original[1]),
-                )
-            )
+        for attempt in range(CONNECT_TRIES):
+            sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            port = 0
             try:
-                await loop.sock_connect(sock, self.address)
-            except OSError as e:
-                log.debug("direct delivery to %s failed: %s", self.address, e)
-                self._tell(Note(NOTE_FAILED, port, sub_port, e.errno or errno.ECONNREFUSED))
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Named before connecting: the note needs it.
+                port = source_ports.bind(sock, self.address[0])
+                # Sent before connecting: in the client's queue before the program can accept.
+                await self._tell(
+                    Note(
+                        NOTE_NEW,
+                        port,
+                        sub_port,
+                        peer=(_packed(peer[0]), peer[1]),
+                        original=(_packed(original[0]), original[1]),
+                    )
+                )
+                try:
+                    await loop.sock_connect(sock, self.address)
+                except OSError as e:
+                    sock.close()
+                    if e.errno == errno.EADDRNOTAVAIL and attempt < CONNECT_TRIES - 1:
+                        # A TIME_WAIT of this port towards the listener, too young to take
+                        # over: this port's delivery never was; another one.
+                        self.gone(port)
+                        continue
+                    log.debug("direct delivery to %s failed: %s", self.address, e)
+                    self._tell(Note(NOTE_FAILED, port, sub_port, e.errno or errno.ECONNREFUSED))
+                    source_ports.release(port)
+                    return None
+            except BaseException:
                 sock.close()
-                return None
-        except BaseException:
-            sock.close()
-            raise
-        return sock, port
+                if port:
+                    source_ports.release(port)
+                raise
+            return sock, port
+        return None  # not reached: the last attempt returns
 
     def gone(self, port: int) -> None:
+        """The delivering socket from `port` is closed: the client forgets it, and the
+        port may serve another delivery."""
+        source_ports.release(port)
         self._tell(Note(NOTE_GONE, port))
 
     async def deliver(
