@@ -2,13 +2,12 @@
 the program, a datagram socket for the client's note queue. A consumer that pulls the
 program's answers itself (an HTTP/1.x filtered connection) gets them from Delivery.recv,
 nothing through the queue; others get them queued; the end is clean (a FIN) only when the
-program ended first. Delivering sockets take their source ports from SourcePorts: ports
-held by TIME_WAITs of ours are taken again, live ones never."""
+program ended first. Delivering sockets never share a live source port, and a port whose
+connection is in use is left for another."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,8 +16,10 @@ import pytest
 
 from mirrord.agent.incoming import direct
 from mirrord.agent.incoming.delivery import Delivery
-from mirrord.agent.incoming.direct import DirectTarget, SourcePorts
+from mirrord.agent.incoming.direct import DirectTarget
 from mirrord.wire.direct import NOTE_GONE, NOTE_NEW, decode_note
+from mirrord.wire.source_ports import SourcePorts
+from tests.wire.ports_helpers import Scripted, reusing, unused_port
 
 PEER = ("10.1.2.3", 40000)
 ORIGINAL = ("10.1.2.4", 80)
@@ -168,70 +169,10 @@ async def test_a_mirror_copy_drops_the_programs_answers(world: World) -> None:
     conn.close()
 
 
-class Scripted(random.Random):
-    """The ports to try first, in order; random ones after."""
-
-    def __init__(self, ports: list[int]) -> None:
-        super().__init__()
-        self.ports = ports
-
-    def randint(self, a: int, b: int) -> int:
-        return self.ports.pop(0) if self.ports else super().randint(a, b)
-
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _reusing() -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    return sock
-
-
-def test_a_port_held_by_our_time_wait_is_bound_and_connected_again() -> None:
-    """What bind(0) cannot do: it steps over every port a TIME_WAIT holds (tens of
-    thousands of them under load)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = _unused_port()
-    first = _reusing()
-    first.bind(("127.0.0.1", port))
-    first.connect(listener.getsockname())
-    accepted, _ = listener.accept()
-    first.shutdown(socket.SHUT_WR)  # we end first: the TIME_WAIT is on our side
-    assert accepted.recv(1) == b""
-    accepted.close()
-    assert first.recv(1) == b""
-    first.close()
-    ports = SourcePorts(Scripted([port]))
-    again = _reusing()
-    assert ports.bind(again, "127.0.0.1") == port
-    again.connect(listener.getsockname())  # takes the TIME_WAIT over
-    assert again.getsockname()[1] == port and ports.live == {port}
-    ports.release(port)
-    assert ports.live == set()
-    again.close()
-    listener.close()
-
-
-def test_a_port_someone_else_binds_is_skipped() -> None:
-    other = socket.socket()  # no SO_REUSEADDR: a port nobody may share
-    other.bind(("127.0.0.1", 0))
-    taken = other.getsockname()[1]
-    free = _unused_port()
-    ports = SourcePorts(Scripted([taken, free]))
-    sock = _reusing()
-    assert ports.bind(sock, "127.0.0.1") == free
-    sock.close()
-    other.close()
-
-
 async def test_a_live_deliverys_port_is_never_given_to_another(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port, other = _unused_port(), _unused_port()
+    port, other = unused_port(), unused_port()
     monkeypatch.setattr(direct, "source_ports", SourcePorts(Scripted([port, port, other])))
     first, second = Delivery(), Delivery()
     tasks = [await world.start(first, steal=False), await world.start(second, steal=False)]
@@ -249,8 +190,8 @@ async def test_a_port_whose_connection_is_taken_is_left_for_another(
 ) -> None:
     """Bound (SO_REUSEADDR shares it), but the connect fails: the same four-tuple is in
     use. The delivery tells that port GONE and goes on from another."""
-    port, other = _unused_port(), _unused_port()
-    holder = _reusing()  # someone's live connection from that port to the program
+    port, other = unused_port(), unused_port()
+    holder = reusing()  # someone's live connection from that port to the program
     holder.bind(("127.0.0.1", port))
     holder.connect(world.program.getsockname())
     held = await world.accept()

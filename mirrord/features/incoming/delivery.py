@@ -54,6 +54,7 @@ from mirrord.wire.direct import (
     Note,
     decode_note,
 )
+from mirrord.wire.source_ports import SourcePorts
 
 if TYPE_CHECKING:
     from mirrord.explain import Explainer
@@ -61,6 +62,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mirrord.features.incoming.delivery")
 
 CHUNK = 256 * 1024
+# Connects to the program tried before giving up (each from another source port).
+CONNECT_TRIES = 4
+# Our deliveries' source ports (each names its delivery in `_delivered`).
+source_ports = SourcePorts()
 # Set (to anything): stolen connections are relayed by the local agent even where the
 # program's accept could take them whole (tests of that path, diagnosis).
 NO_HANDOFF_ENV = "MIRRORD_NO_HANDOFF"
@@ -410,20 +415,12 @@ class IncomingProxy:
     async def _deliver(
         self, conn: IncomingConnection, target: tuple[int, tuple[str, int]], remote_port: int
     ) -> None:
-        loop = asyncio.get_running_loop()
         family, address = target
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         port = 0
+        sock: socket.socket | None = None
         writer: asyncio.StreamWriter | None = None
         try:
-            # Bound (and named) before connecting: the program may accept the connection
-            # before this task runs again after the handshake.
-            sock.bind((address[0], 0))
-            port = int(sock.getsockname()[1])
-            self._delivered[port] = (conn.remote, conn.original_destination)
-            await loop.sock_connect(sock, address)
+            sock, port = await self._connect(conn, family, address)
             # Streams, not sock_recv: the transport keeps the socket registered with the
             # loop instead of adding and removing it (two epoll_ctl calls) per read.
             reader, writer = await asyncio.open_connection(sock=sock, limit=CHUNK)
@@ -434,13 +431,44 @@ class IncomingProxy:
             self._failed[remote_port] = (failed + 1, str(e))
         finally:
             self._unanswered.pop(conn, None)
-            self._delivered.pop(port, None)
+            if port:
+                self._delivered.pop(port, None)
+                source_ports.release(port)
             if writer is not None:
                 writer.close()
-            else:
+            elif sock is not None:
                 sock.close()
             with contextlib.suppress(Exception):
                 await conn.close()
+
+    async def _connect(
+        self, conn: IncomingConnection, family: int, address: tuple[str, int]
+    ) -> tuple[socket.socket, int]:
+        """A socket connected to the program's listener, from a port that names the
+        delivery (wire/source_ports.py); OSError when the program cannot be reached."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(CONNECT_TRIES):
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            port = 0
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Bound (and named) before connecting: the program may accept the
+                # connection before this task runs again after the handshake.
+                port = source_ports.bind(sock, address[0])
+                self._delivered[port] = (conn.remote, conn.original_destination)
+                await loop.sock_connect(sock, address)
+                return sock, port
+            except BaseException as e:
+                sock.close()
+                if port:
+                    self._delivered.pop(port, None)
+                    source_ports.release(port)
+                retry = isinstance(e, OSError) and e.errno == errno.EADDRNOTAVAIL
+                if not retry or attempt == CONNECT_TRIES - 1:
+                    raise
+        raise AssertionError("not reached: the last attempt returns or raises")
 
     async def _up(self, conn: IncomingConnection, reader: asyncio.StreamReader) -> None:
         """The program's answers (`deliver_up`); its first answer ends the wait for one."""
