@@ -29,9 +29,9 @@ from mirrord.agent.incoming.delivery import Delivery
 from mirrord.agent.incoming.hooked import Hooked, hooked_of
 from mirrord.agent.incoming.http1_framing import (
     MAX_HEAD,
+    RequestHead,
     ResponseFramer,
-    could_be_request,
-    parse_request,
+    request_at,
 )
 from mirrord.agent.incoming.http1_lane import Handback, Http1Lane
 from mirrord.agent.incoming.http2 import H2FilteredConnection
@@ -165,24 +165,16 @@ class FilteredConnection:
                     if not await self._plain_response(side, False, back.framer) or back.close:
                         return None
                 continue
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_HEAD or not could_be_request(buf):
-                    return buf
-                data = await read(CHUNK)
-                if not data:
-                    return buf if buf else None  # a head cut short: h11 says what it is
-                buf += data
-                continue
-            req = parse_request(bytes(buf[: end + 4]))
+            req = request_at(buf)
             if req is None:
                 return buf
-            need = req.size + req.body
-            while len(buf) < need:
+            if not isinstance(req, RequestHead):  # MORE
                 data = await read(CHUNK)
                 if not data:
-                    return buf
+                    return buf if buf else None  # a request cut short: h11 says what it is
                 buf += data
+                continue
+            need = req.size + req.body
             side = await self._side(Request(req.method, req.target, req.headers))
             self._forwarded = True
             await side.write(bytes(buf[:need]))

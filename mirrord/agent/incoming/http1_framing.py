@@ -93,6 +93,22 @@ def parse_request(head: bytes) -> RequestHead | None:
     )
 
 
+MORE = "more"  # request_at: the start of a plain request, more bytes needed
+
+
+def request_at(buf: bytes | bytearray) -> RequestHead | str | None:
+    """The plain request at the start of `buf` when all of it (head and body) is there;
+    MORE when that may still come; None when what is there is not a plain request (h11's
+    from its start)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return MORE if len(buf) <= MAX_HEAD and could_be_request(buf) else None
+    req = parse_request(bytes(buf[: end + 4]))
+    if req is None:
+        return None
+    return req if len(buf) >= req.size + req.body else MORE
+
+
 class FramingError(ValueError):
     """A response we cannot tell the end of (the connection is dropped, as h11 did)."""
 

@@ -21,9 +21,9 @@ from mirrord.agent.incoming.http1_framing import (
     FAST_BODY,
     MAX_HEAD,
     FramingError,
+    RequestHead,
     ResponseFramer,
-    could_be_request,
-    parse_request,
+    request_at,
 )
 from mirrord.agent.incoming.http_filter import Request
 
@@ -116,18 +116,12 @@ class Http1Lane:
     def _requests(self) -> None:
         """The next request, if all of it is here: to its side."""
         buf = self._buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEAD or not could_be_request(buf):
-                self._hand_back()
-            return
-        req = parse_request(bytes(buf[: end + 4]))
-        if req is None:
-            self._hand_back()
-            return
+        req = request_at(buf)
+        if not isinstance(req, RequestHead):
+            if req is None:
+                self._hand_back()  # not plain: h11's
+            return  # or more to come
         need = req.size + req.body
-        if len(buf) < need:
-            return
         key = self._route(Request(req.method, req.target, req.headers))
         side = self._sides.get(key)
         if side is None or side.transport is None:

@@ -7,10 +7,13 @@ import pytest
 
 from mirrord.agent.incoming.http1_framing import (
     FAST_BODY,
+    MAX_HEAD,
+    MORE,
     FramingError,
     ResponseFramer,
     could_be_request,
     parse_request,
+    request_at,
 )
 
 GET = b"GET /a?b=1 HTTP/1.1\r\nHost: pod\r\nX-User:  me \r\n\r\n"
@@ -62,6 +65,20 @@ def test_what_may_be_a_request_is_waited_for_and_the_rest_is_not() -> None:
         assert could_be_request(start)
     for start in (b"\x16\x03\x01\x02\x00", b"GET / HTTP/2.0\r\n", b"SSH-2.0-x\r\n", b"\r\n"):
         assert not could_be_request(start)
+
+
+def test_a_request_is_taken_once_all_of_it_is_there() -> None:
+    post = b"POST /p HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody"
+    for i in range(len(post)):
+        assert request_at(post[:i]) == MORE  # its head, then its body, still coming
+    req = request_at(post + GET)  # what follows it is the next one's
+    assert req == parse_request(post[:-4]) and req != MORE
+
+
+def test_what_cannot_be_a_plain_request_is_h11s_at_once() -> None:
+    assert request_at(b"\x16\x03\x01\x02\x00") is None  # TLS: not waited for
+    assert request_at(b"GET / HTTP/1.0\r\n\r\n") is None  # complete, not plain
+    assert request_at(b"GET / HTTP/1.1\r\nX: " + b"x" * MAX_HEAD) is None  # a head too long
 
 
 def feed(framer: ResponseFramer, data: bytes, step: int) -> tuple[int, bytes]:
