@@ -9,6 +9,14 @@ import socket
 
 # Source ports tried before falling back to bind(0).
 PORT_TRIES = 64
+# Connects tried, each from another port, before a delivery gives up.
+CONNECT_TRIES = 4
+
+
+def another_port(error: OSError, attempt: int) -> bool:
+    """Whether a connect that failed with `error` on try `attempt` (from 0) goes on from
+    another port: the four-tuple was taken (EADDRNOTAVAIL) and tries are left."""
+    return error.errno == errno.EADDRNOTAVAIL and attempt < CONNECT_TRIES - 1
 
 
 class SourcePorts:
@@ -35,6 +43,19 @@ class SourcePorts:
             low, high = 32768, 60999
         self.range = (low, high)
         self.live: set[int] = set()
+
+    def bound(self, family: int, host: str) -> tuple[socket.socket, int]:
+        """A non-blocking TCP socket (TCP_NODELAY, SO_REUSEADDR) bound here, and its port
+        (`release` it once the socket is closed)."""
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            return sock, self.bind(sock, host)
+        except BaseException:
+            sock.close()
+            raise
 
     def bind(self, sock: socket.socket, host: str) -> int:
         """Bind `sock` (SO_REUSEADDR set) to a port no live delivery uses; its number."""

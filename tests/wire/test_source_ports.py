@@ -5,6 +5,7 @@ one a live delivery uses."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from mirrord.features.incoming import delivery
 from mirrord.features.incoming.config import IncomingSettings
 from mirrord.features.incoming.delivery import IncomingProxy
-from mirrord.wire.source_ports import SourcePorts
+from mirrord.wire.source_ports import CONNECT_TRIES, SourcePorts, another_port
 from tests.wire.ports_helpers import Scripted, reusing, unused_port
 
 
@@ -91,3 +92,10 @@ async def test_the_clients_delivery_leaves_a_port_whose_connection_is_taken(
     assert delivery.source_ports.live == {other}
     for s in (sock, holder, program):
         s.close()
+
+
+def test_only_a_taken_four_tuple_goes_on_from_another_port_while_tries_are_left() -> None:
+    taken = OSError(errno.EADDRNOTAVAIL, "taken")
+    assert another_port(taken, 0) and another_port(taken, CONNECT_TRIES - 2)
+    assert not another_port(taken, CONNECT_TRIES - 1)
+    assert not another_port(OSError(errno.ECONNREFUSED, "refused"), 0)

@@ -36,14 +36,12 @@ from mirrord.wire.direct import (
     Note,
     encode_note,
 )
-from mirrord.wire.source_ports import SourcePorts
+from mirrord.wire.source_ports import CONNECT_TRIES, SourcePorts, another_port
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 NOTE_TIMEOUT_S = 5.0
-# Connects tried before giving up (each from another source port).
-CONNECT_TRIES = 4
 # One agent, one set: the sessions' deliveries must not share a port either.
 source_ports = SourcePorts()
 
@@ -245,15 +243,10 @@ class DirectTarget:
         program could not be reached (FAILED is told)."""
         loop = asyncio.get_running_loop()
         for attempt in range(CONNECT_TRIES):
-            sock = socket.socket(self.family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            port = 0
+            # Named (bound) before connecting: the note needs it.
+            sock, port = source_ports.bound(self.family, self.address[0])
             try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                # Named before connecting: the note needs it.
-                port = source_ports.bind(sock, self.address[0])
                 # Sent before connecting: in the client's queue before the program can accept.
                 await self._tell(
                     Note(
@@ -264,23 +257,19 @@ class DirectTarget:
                         original=(_packed(original[0]), original[1]),
                     )
                 )
-                try:
-                    await loop.sock_connect(sock, self.address)
-                except OSError as e:
-                    sock.close()
-                    if e.errno == errno.EADDRNOTAVAIL and attempt < CONNECT_TRIES - 1:
-                        # A TIME_WAIT of this port towards the listener, too young to take
-                        # over: this port's delivery never was; another one.
-                        self.gone(port)
-                        continue
-                    log.debug("direct delivery to %s failed: %s", self.address, e)
-                    self._tell(Note(NOTE_FAILED, port, sub_port, e.errno or errno.ECONNREFUSED))
-                    source_ports.release(port)
-                    return None
+                await loop.sock_connect(sock, self.address)
+            except OSError as e:
+                sock.close()
+                if another_port(e, attempt):
+                    self.gone(port)  # this port's delivery never was
+                    continue
+                log.debug("direct delivery to %s failed: %s", self.address, e)
+                self._tell(Note(NOTE_FAILED, port, sub_port, e.errno or errno.ECONNREFUSED))
+                source_ports.release(port)
+                return None
             except BaseException:
                 sock.close()
-                if port:
-                    source_ports.release(port)
+                source_ports.release(port)
                 raise
             return sock, port
         return None  # not reached: the last attempt returns

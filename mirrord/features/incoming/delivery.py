@@ -54,7 +54,7 @@ from mirrord.wire.direct import (
     Note,
     decode_note,
 )
-from mirrord.wire.source_ports import SourcePorts
+from mirrord.wire.source_ports import CONNECT_TRIES, SourcePorts, another_port
 
 if TYPE_CHECKING:
     from mirrord.explain import Explainer
@@ -62,8 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mirrord.features.incoming.delivery")
 
 CHUNK = 256 * 1024
-# Connects to the program tried before giving up (each from another source port).
-CONNECT_TRIES = 4
 # Our deliveries' source ports (each names its delivery in `_delivered`).
 source_ports = SourcePorts()
 # Set (to anything): stolen connections are relayed by the local agent even where the
@@ -448,26 +446,20 @@ class IncomingProxy:
         delivery (wire/source_ports.py); OSError when the program cannot be reached."""
         loop = asyncio.get_running_loop()
         for attempt in range(CONNECT_TRIES):
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            port = 0
+            # Bound (and named) before connecting: the program may accept the connection
+            # before this task runs again after the handshake.
+            sock, port = source_ports.bound(family, address[0])
+            self._delivered[port] = (conn.remote, conn.original_destination)
             try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                # Bound (and named) before connecting: the program may accept the
-                # connection before this task runs again after the handshake.
-                port = source_ports.bind(sock, address[0])
-                self._delivered[port] = (conn.remote, conn.original_destination)
                 await loop.sock_connect(sock, address)
-                return sock, port
             except BaseException as e:
                 sock.close()
-                if port:
-                    self._delivered.pop(port, None)
-                    source_ports.release(port)
-                retry = isinstance(e, OSError) and e.errno == errno.EADDRNOTAVAIL
-                if not retry or attempt == CONNECT_TRIES - 1:
+                self._delivered.pop(port, None)
+                source_ports.release(port)
+                if not isinstance(e, OSError) or not another_port(e, attempt):
                     raise
+                continue
+            return sock, port
         raise AssertionError("not reached: the last attempt returns or raises")
 
     async def _up(self, conn: IncomingConnection, reader: asyncio.StreamReader) -> None:
