@@ -66,6 +66,13 @@ class Hooked(asyncio.StreamReaderProtocol):
         if self.lane is not None:
             self.lane.ended(self)
         super().connection_lost(exc)
+        # The loss is also kept on a future of StreamReaderProtocol's for wait_closed(),
+        # which nobody here awaits; asyncio marks it seen when the protocol is freed, but
+        # a Hooked is in a cycle with that exception (its frames' tracebacks), and the
+        # collector may free the future first: "Future exception was never retrieved".
+        closed = getattr(self, "_closed", None)
+        if isinstance(closed, asyncio.Future) and closed.done() and not closed.cancelled():
+            closed.exception()
 
     async def read(self, n: int) -> bytes:
         """reader.read(n), counted: a lane may attach once all that came was read."""
