@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,27 +202,48 @@ async def answer_of(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.readexactly(length), 10)
 
 
-async def connect(world: World) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+Peer = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def connect(world: World) -> Peer:
     return await asyncio.open_connection("127.0.0.1", world.port)
 
 
-async def _until(check: Callable[[], Awaitable[bool] | bool]) -> None:
+async def ask(peer: Peer, path: str, user: str = "", body: bytes = b"") -> bytes:
+    """A request on the peer's connection; its answer's body."""
+    peer[1].write(req(path, user, body))
+    return await answer_of(peer[0])
+
+
+async def in_lane(world: World, user: str = "a", path: str = "/1") -> Peer:
+    """A connection whose first request went to `user`'s side: what follows on it runs
+    in the lane."""
+    peer = await connect(world)
+    assert await ask(peer, path, user) == f"{user}:{path}".encode()
+    return peer
+
+
+async def the_end(peer: Peer) -> bytes:
+    """What the agent sends until it ends the connection."""
+    return await asyncio.wait_for(peer[0].read(), 5)
+
+
+async def _until(check: Callable[[], bool]) -> None:
     for _ in range(500):
-        got = check()
-        if got if isinstance(got, bool) else await got:
+        if check():
             return
         await asyncio.sleep(0.01)
     raise AssertionError("not reached in 5 s")
 
 
 async def test_keep_alive_requests_mixing_programs_and_the_pod(world: World) -> None:
-    reader, writer = await connect(world)
+    peer = await connect(world)
     users = ["a", "a", "b", "a", "", "b", "b", "a", "", "", "a", "b"] * 5
     for i, user in enumerate(users):
-        writer.write(req(f"/{i}", user, body=b"x" * (i % 3)))
-        want = f"{user or 'pod'}:/{i}".encode()
-        assert await answer_of(reader) == want
-    writer.close()
+        assert (
+            await ask(peer, f"/{i}", user, body=b"x" * (i % 3)) == f"{user or 'pod'}:/{i}".encode()
+        )
+    peer[1].close()
     conn = world.conns[0]
     stolen = sum(1 for u in users if u)
     assert conn.stolen == stolen and conn.passed == len(users) - stolen
@@ -236,12 +257,11 @@ async def test_on_the_stream_path_only_the_pods_exchanges_run_in_the_lane(
     world = World(tmp_path, pulled=False)
     await world.start()
     try:
-        reader, writer = await connect(world)
+        peer = await connect(world)
         users = ["", "", "a", "", "a", "a", "", ""]
         for i, user in enumerate(users):
-            writer.write(req(f"/{i}", user))
-            assert await answer_of(reader) == f"{user or 'pod'}:/{i}".encode()
-        writer.close()
+            assert await ask(peer, f"/{i}", user) == f"{user or 'pod'}:/{i}".encode()
+        peer[1].close()
         # A request to the program hands back; the pod's after the first are laned.
         assert world.conns[0].laned == users.count("") - 1
     finally:
@@ -249,9 +269,7 @@ async def test_on_the_stream_path_only_the_pods_exchanges_run_in_the_lane(
 
 
 async def test_pipelined_requests_come_back_in_order(world: World) -> None:
-    reader, writer = await connect(world)
-    writer.write(req("/first", "a"))
-    assert await answer_of(reader) == b"a:/first"
+    reader, writer = await in_lane(world, path="/first")
     batch = [("a", "/1"), ("b", "/2"), ("a", "/3"), ("", "/4"), ("a", "/5")]
     writer.write(b"".join(req(path, user) for user, path in batch))
     for user, path in batch:
@@ -262,9 +280,7 @@ async def test_pipelined_requests_come_back_in_order(world: World) -> None:
 async def test_a_big_answer_to_a_slow_reader_is_handed_back_and_arrives_whole(
     world: World,
 ) -> None:
-    reader, writer = await connect(world)
-    writer.write(req("/small", "a"))
-    assert await answer_of(reader) == b"a:/small"
+    reader, writer = await in_lane(world, path="/small")
     writer.write(req("/big", "a") + req("/after", "a"))
     await asyncio.sleep(0.5)  # the peer does not read: the agent's buffers fill
     body = await answer_of(reader)
@@ -276,79 +292,62 @@ async def test_a_big_answer_to_a_slow_reader_is_handed_back_and_arrives_whole(
 
 
 async def test_a_request_that_is_not_plain_goes_to_h11_mid_connection(world: World) -> None:
-    reader, writer = await connect(world)
-    writer.write(req("/1", "a"))
-    assert await answer_of(reader) == b"a:/1"
-    writer.write(req("/2", "a"))
-    assert await answer_of(reader) == b"a:/2"
+    peer = await in_lane(world)
+    assert await ask(peer, "/2", "a") == b"a:/2"
     # Chunked: not plain. h11 parses it and re-frames it for the program.
-    writer.write(
+    peer[1].write(
         b"GET /3 HTTP/1.1\r\nHost: pod\r\nX-User: a\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"2\r\nhi\r\n0\r\n\r\n"
     )
-    assert await answer_of(reader) == b"a:/3"
-    writer.write(req("/4", "b"))
-    assert await answer_of(reader) == b"b:/4"
-    writer.close()
+    assert await answer_of(peer[0]) == b"a:/3"
+    assert await ask(peer, "/4", "b") == b"b:/4"
+    peer[1].close()
 
 
 async def test_a_program_that_hangs_up_mid_answer_fails_only_that_connection(
     world: World,
 ) -> None:
-    reader, writer = await connect(world)
-    writer.write(req("/1", "a"))
-    assert await answer_of(reader) == b"a:/1"
-    writer.write(req("/hang-up", "a"))
-    got = await asyncio.wait_for(reader.read(), 5)  # the rest never comes: the end
-    assert got.endswith(b"half")
-    writer.close()
-    other_reader, other = await connect(world)  # a new connection is served as before
-    other.write(req("/2", "a"))
-    assert await answer_of(other_reader) == b"a:/2"
-    other.close()
+    peer = await in_lane(world)
+    peer[1].write(req("/hang-up", "a"))
+    assert (await the_end(peer)).endswith(b"half")  # the rest never comes: the end
+    peer[1].close()
+    other = await connect(world)  # a new connection is served as before
+    assert await ask(other, "/2", "a") == b"a:/2"
+    other[1].close()
 
 
 async def test_the_peers_end_while_the_lane_waits_ends_the_connection(world: World) -> None:
-    reader, writer = await connect(world)
-    writer.write(req("/1", "a"))
-    assert await answer_of(reader) == b"a:/1"
-    writer.write(req("/2", "a"))
-    assert await answer_of(reader) == b"a:/2"
-    writer.write_eof()  # in the lane, between requests
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # the agent ended it too
+    peer = await in_lane(world)
+    assert await ask(peer, "/2", "a") == b"a:/2"
+    peer[1].write_eof()  # in the lane, between requests
+    assert await the_end(peer) == b""  # the agent ended it too
     await _until(lambda: all(t.done() for t in world.tasks))  # the deliveries are over
-    writer.close()
+    peer[1].close()
 
 
 async def test_a_request_asking_to_close_is_answered_then_the_connection_ends(
     world: World,
 ) -> None:
-    reader, writer = await connect(world)
-    writer.write(req("/1", "a"))
-    assert await answer_of(reader) == b"a:/1"
+    reader, writer = await in_lane(world)
     writer.write(req("/2", "a").replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
     assert await answer_of(reader) == b"a:/2"
-    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert await the_end((reader, writer)) == b""
     writer.close()
 
 
 async def test_bytes_that_are_no_request_in_the_lane_drop_the_connection(world: World) -> None:
-    reader, writer = await connect(world)
-    writer.write(req("/1", "a"))
-    assert await answer_of(reader) == b"a:/1"
-    writer.write(b"\x16\x03\x01\x00\xa5\x01\x00")  # a TLS record: never an HTTP request
-    assert await asyncio.wait_for(reader.read(), 5) == b""
+    peer = await in_lane(world)
+    peer[1].write(b"\x16\x03\x01\x00\xa5\x01\x00")  # a TLS record: never an HTTP request
+    assert await the_end(peer) == b""
     assert world.conns[0].stolen == 1  # nothing of it went anywhere
-    writer.close()
+    peer[1].close()
 
 
 async def test_an_answer_framed_wrong_in_the_lane_fails_the_connection(world: World) -> None:
-    reader, writer = await connect(world)
-    writer.write(req("/1", "a"))
-    assert await answer_of(reader) == b"a:/1"
-    writer.write(req("/bad-length", "a"))
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # no part of it forwarded
-    writer.close()
+    peer = await in_lane(world)
+    peer[1].write(req("/bad-length", "a"))
+    assert await the_end(peer) == b""  # no part of it forwarded
+    peer[1].close()
 
 
 async def test_a_program_gone_between_requests_fails_the_next_one_for_it(
@@ -356,14 +355,10 @@ async def test_a_program_gone_between_requests_fails_the_next_one_for_it(
 ) -> None:
     """Its end came while no lane listened: the next lane must not take it for a live
     program (a request written to it would never be answered)."""
-    reader, writer = await connect(world)
-    writer.write(req("/1", "b"))
-    assert await answer_of(reader) == b"b:/1"
-    writer.write(req("/then-reset", "a"))
-    assert await answer_of(reader) == b"a:/then-reset"
+    peer = await in_lane(world, "b")
+    assert await ask(peer, "/then-reset", "a") == b"a:/then-reset"
     await asyncio.sleep(0.2)  # the reset reaches the agent's side of the program
-    writer.write(req("/2", "b"))  # the lane, with b
-    assert await answer_of(reader) == b"b:/2"
-    writer.write(req("/3", "a"))
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # failed, not hanging
-    writer.close()
+    assert await ask(peer, "/2", "b") == b"b:/2"  # the lane, with b
+    peer[1].write(req("/3", "a"))
+    assert await the_end(peer) == b""  # failed, not hanging
+    peer[1].close()

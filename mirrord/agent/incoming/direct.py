@@ -382,10 +382,8 @@ class _StreamIo:
     one callback, not an epoll_ctl pair around a sock_recv. Worth its set-up (~40 us)
     for a filtered connection whose consumer pulls answers request after request."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hooked: Hooked
-    ) -> None:
-        self.reader, self.writer, self.hooked = reader, writer, hooked
+    def __init__(self, writer: asyncio.StreamWriter, hooked: Hooked) -> None:
+        self.writer, self.hooked = writer, hooked  # hooked.reader: the stream's reader
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -398,7 +396,7 @@ class _StreamIo:
         self.writer.write_eof()
 
     def at_eof(self) -> bool:
-        return self.reader.at_eof()
+        return self.hooked.reader.at_eof()
 
     def close(self, clean: bool) -> None:
         if clean:
@@ -414,7 +412,7 @@ async def _program_io(sock: socket.socket, pulled: bool) -> _SocketIo | _StreamI
     reader, writer = await open_connection(sock, CHUNK)
     hooked = hooked_of((reader, writer))
     assert hooked is not None
-    return _StreamIo(reader, writer, hooked)
+    return _StreamIo(writer, hooked)
 
 
 async def _pump(io: _SocketIo | _StreamIo, delivery: Delivery, steal: bool) -> bool:
