@@ -146,7 +146,49 @@ class _Writer:
         self.remote_p = ctypes.byref(self.remote)
 
 
+class _PairWriter:
+    """Two pieces in one process_vm_writev (a sockaddr and its length: every trapped
+    accept and name call writes both, and a syscall costs 5-7 us on a VM)."""
+
+    SIZE = 1024
+
+    def __init__(self) -> None:
+        self.buf = ctypes.create_string_buffer(self.SIZE)
+        self.local = (_IoVec * 2)()
+        self.remote = (_IoVec * 2)()
+        base = ctypes.addressof(self.buf)
+        self.local[0].iov_base = base
+        self.base = base
+
+
 _writers = threading.local()
+
+
+def write_mem_pair(tid: int, addr1: int, data1: bytes, addr2: int, data2: bytes) -> None:
+    """write_mem of both, in this order, in one call (EFAULT if either is not writable;
+    the first may then be written)."""
+    size1, size2 = len(data1), len(data2)
+    if size1 + size2 > _PairWriter.SIZE:
+        write_mem(tid, addr1, data1)
+        write_mem(tid, addr2, data2)
+        return
+    w: _PairWriter | None = getattr(_writers, "pair", None)
+    if w is None:
+        w = _writers.pair = _PairWriter()
+    ctypes.memmove(w.buf, data1, size1)
+    ctypes.memmove(w.base + size1, data2, size2)
+    local, remote = w.local, w.remote
+    local[0].iov_len = remote[0].iov_len = size1
+    local[1].iov_base = w.base + size1
+    local[1].iov_len = remote[1].iov_len = size2
+    remote[0].iov_base = addr1
+    remote[1].iov_base = addr2
+    n = _libc.process_vm_writev(tid, local, 2, remote, 2, 0)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    if n != size1 + size2:
+        raise OSError(14, "short write of tracee memory")
 
 
 def write_mem(tid: int, addr: int, data: bytes) -> None:
@@ -186,6 +228,9 @@ class ThreadMemory:
 
     def write(self, addr: int, data: bytes) -> None:
         write_mem(self.tid, addr, data)
+
+    def write_pair(self, addr1: int, data1: bytes, addr2: int, data2: bytes) -> None:
+        write_mem_pair(self.tid, addr1, data1, addr2, data2)
 
     def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
         """A NUL-terminated string: a short first read (most paths are short), more

@@ -26,6 +26,10 @@ class FakeMemory:
             raise OSError(errno.EFAULT, "bad address")
         return bytes(self.data[addr : addr + size])
 
+    def write_pair(self, addr1: int, data1: bytes, addr2: int, data2: bytes) -> None:
+        self.write(addr1, data1)
+        self.write(addr2, data2)
+
     def write(self, addr: int, data: bytes) -> None:
         if addr + len(data) > len(self.data):
             raise OSError(errno.EFAULT, "bad address")

@@ -41,12 +41,15 @@ from typing import Any, Protocol
 from mirrord.features.sockets import rawmsg
 from mirrord.features.sockets.listeners import held_by_program, program_holds_tcp_port
 from mirrord.features.sockets.sockaddr import (
+    V4_MAPPED_PREFIX,
     Destination,
     build_sockaddr,
+    packed_ip,
     parse_sockaddr,
     rewrite_at_exit,
+    write_name,
 )
-from mirrord.features.sockets.sockinfo import borrowed_socket, try_borrow
+from mirrord.features.sockets.sockinfo import borrow_fd, borrowed_socket, raw_name
 from mirrord.features.sockets.waits import retry_when_ready
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, InstallFd, Memory, Syscall
 from mirrord.supervisor.syscalls import NR
@@ -94,13 +97,16 @@ class _Handed:
     local: bytes
 
 
+def _unmapped(host: str) -> bytes:
+    """The address bytes as Destination.ip has them: an IPv4 one for a v4-mapped one."""
+    ip = packed_ip(host)
+    return ip[12:] if len(ip) == 16 and ip.startswith(V4_MAPPED_PREFIX) else ip
+
+
 def _peer_key(host: str, port: int) -> tuple[bytes, int]:
-    """A peer as `_handed` knows it: the address bytes as Destination.ip has them (an
-    IPv4 address for a v4-mapped one), and the port."""
-    ip = ipaddress.ip_address(host.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.packed, port
+    """A peer as `_handed` knows it: the address bytes as Destination.ip has them, and
+    the port."""
+    return _unmapped(host), port
 
 
 def _in_family(family: int, addr: tuple[str, int]) -> bytes:
@@ -108,8 +114,7 @@ def _in_family(family: int, addr: tuple[str, int]) -> bytes:
     host, port = addr
     shown = _sockaddr_text(family, host, port)
     if shown is None:
-        ip = ipaddress.ip_address(host.split("%")[0])
-        shown = build_sockaddr(socket.AF_INET6, ip.packed, port)
+        shown = build_sockaddr(socket.AF_INET6, packed_ip(host), port)
     return shown
 
 
@@ -140,10 +145,10 @@ class Delivery(Protocol):
 
 
 def _sockaddr_text(family: int, host: str, port: int) -> bytes | None:
-    ip = ipaddress.ip_address(host.split("%")[0])
-    if family == socket.AF_INET and ip.version != 4:
+    ip = packed_ip(host)
+    if family == socket.AF_INET and len(ip) != 4:
         return None
-    return build_sockaddr(family, ip.packed, port)
+    return build_sockaddr(family, ip, port)
 
 
 def _bind_raw(fd: int, raw: bytes) -> int:
@@ -156,6 +161,13 @@ def _bind_raw(fd: int, raw: bytes) -> int:
 
 def _with_port(raw: bytes, port: int) -> bytes:
     return raw[:2] + struct.pack("!H", port) + raw[4:]
+
+
+def _close(listener: int | socket.socket) -> None:
+    if isinstance(listener, int):
+        os.close(listener)
+    else:
+        listener.close()
 
 
 class IncomingHandlers:
@@ -290,36 +302,47 @@ class IncomingHandlers:
             return Allow()
         fd, ptr, lenptr = sc.args[0], sc.args[1], sc.args[2]
         flags = sc.args[3] & 0xFFFFFFFF if sc.nr == NR["accept4"] else 0
-        sock = try_borrow(sc.tid, fd)
-        if sock is None:
+        try:
+            # A plain fd: a socket object (three more syscalls) only if the call waits.
+            dup = borrow_fd(sc.tid, fd)
+        except OSError:
             return Allow()
         try:
-            name = sock.getsockname()
-            ours = isinstance(name, tuple) and int(name[1]) in self.subscribed
+            name = parse_sockaddr(raw_name(dup, False))
+            ours = name is not None and name.port in self.subscribed
             cap = struct.unpack("<I", mem.read(lenptr, 4))[0] if ptr and lenptr else 0
         except OSError:
             ours = False  # not a listener of ours, or a bad pointer: the kernel answers
         if not ours:
-            sock.close()
+            os.close(dup)
             return Allow()
-        return self._take(sock, flags, ptr, lenptr, cap, mem)
+        return self._take(dup, flags, ptr, lenptr, cap, mem)
 
     def _take(
-        self, sock: socket.socket, flags: int, ptr: int, lenptr: int, cap: int, mem: Memory
+        self,
+        listener: int | socket.socket,
+        flags: int,
+        ptr: int,
+        lenptr: int,
+        cap: int,
+        mem: Memory,
     ) -> Action:
-        """Accept now, or wait for a connection as the program's accept would."""
-        inode = os.fstat(sock.fileno()).st_ino
+        """Accept now, or wait for a connection as the program's accept would. Takes
+        `listener` (our copy: a plain fd, or once waited for, a socket object)."""
+        fd = listener if isinstance(listener, int) else listener.fileno()
         try:
-            got = self._accept_now(sock, inode)
+            inode = os.fstat(fd).st_ino
+            got = self._accept_now(fd, inode)
         except OSError as exc:
-            sock.close()
+            _close(listener)
             return Fake(-(exc.errno or errno.EIO))
         if got is not None:
-            sock.close()
+            _close(listener)
             return self._deliver(got, inode, flags, ptr, lenptr, cap, mem)
-        if rawmsg.nonblocking(sock.fileno()):
-            sock.close()
+        if rawmsg.nonblocking(fd):
+            _close(listener)
             return Fake(-errno.EAGAIN)
+        sock = listener if isinstance(listener, socket.socket) else socket.socket(fileno=fd)
         return retry_when_ready(
             sock,
             lambda m: self._take(sock, flags, ptr, lenptr, cap, m),
@@ -327,7 +350,7 @@ class IncomingHandlers:
             timeout=rawmsg.rcvtimeo(sock),
         )
 
-    def _accept_now(self, sock: socket.socket, inode: int) -> tuple[int, bytes] | None:
+    def _accept_now(self, fd: int, inode: int) -> tuple[int, bytes] | None:
         """A stashed connection, or one from the queue; None if the queue is empty.
         Poll first: on a blocking listener accept would wait."""
         with self._accept_lock:
@@ -335,11 +358,11 @@ class IncomingHandlers:
             if stash:
                 return stash.popleft()
             poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN)
+            poller.register(fd, select.POLLIN)
             if not poller.poll(0):
                 return None
             try:
-                return rawmsg.accept(sock.fileno())
+                return rawmsg.accept(fd)
             except BlockingIOError:
                 return None
 
@@ -373,16 +396,14 @@ class IncomingHandlers:
         if ptr and lenptr:
             shown = (self._remote_of(got) if got is not None else None) or peer
             try:
-                if cap:
-                    mem.write(ptr, shown[:cap])
-                mem.write(lenptr, struct.pack("<I", len(shown)))
+                write_name(mem, ptr, lenptr, cap, shown)
             except OSError:
                 self._stash_back(inode, conn)
                 return Fake(-errno.EFAULT)
         if flags & socket.SOCK_NONBLOCK:
             rawmsg.set_nonblocking(fd)
         elif got is None:  # handed over: the agent's file may have been non-blocking
-            os.set_blocking(fd, True)
+            rawmsg.set_nonblocking(fd, False)
         return InstallFd(
             fd,
             cloexec=bool(flags & socket.SOCK_CLOEXEC),
@@ -397,14 +418,12 @@ class IncomingHandlers:
         socket is AF_INET6 (v4-mapped) whatever the program's listener is: getpeername and
         getsockname of it answer in the listener's family (`_handed`)."""
         fd, remote, original = handed
-        sock = socket.socket(fileno=fd)
         try:
-            local_port = int(sock.getsockname()[1])
+            local = parse_sockaddr(raw_name(fd, False))
+            local_port = local.port if local is not None else 0
             inode = os.fstat(fd).st_ino
         except OSError:
             local_port, inode = 0, 0  # gone already: the program finds out itself
-        finally:
-            sock.detach()
         peer = _in_family(family, remote)
         key = _peer_key(*remote)
         if len(self._handed) >= self._sweep_at:
@@ -415,51 +434,48 @@ class IncomingHandlers:
         self._handed_ports.add(local_port)
         return fd, peer
 
-    def _handed_of(self, tid: int, fd: int, key: tuple[bytes, int] | None = None) -> _Handed | None:
-        """The handed-over connection the program's fd is, if it is one: found by its peer
-        (`key`, else read from the socket) and checked against the socket's inode."""
+    def _handed_of(self, dup: int, key: tuple[bytes, int] | None = None) -> _Handed | None:
+        """The handed-over connection the program's socket (`dup`, our copy of it) is, if
+        it is one: found by its peer (`key`, else read from the socket) and checked
+        against the socket's inode."""
         if key is not None and key not in self._handed:
             return None
         try:
-            with borrowed_socket(tid, fd) as sock:
-                if sock is None:
+            if key is None:
+                peer = parse_sockaddr(raw_name(dup, True))
+                if peer is None:
                     return None
-                if key is None:
-                    peer = sock.getpeername()
-                    if not isinstance(peer, tuple):
-                        return None
-                    key = _peer_key(str(peer[0]), int(peer[1]))
-                inode = os.fstat(sock.fileno()).st_ino
+                key = (peer.ip, peer.port)
+            inode = os.fstat(dup).st_ino
         except OSError:
             return None
         found = self._handed.get(key)
         return found if found is not None and found.inode == inode else None
 
-    def peer_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
+    def peer_hook(self, dup: int, got: Destination) -> bytes | None:
         """getpeername: the real remote peer of a delivered connection."""
         if self._handed and not got.is_loopback:
-            handed = self._handed_of(tid, fd, (got.ip, got.port))
+            handed = self._handed_of(dup, (got.ip, got.port))
             if handed is not None:
                 return handed.peer
         return self._remote_of(got) if self.subscribed else None
 
-    def local_hook(self, tid: int, fd: int, got: Destination) -> bytes | None:
+    def local_hook(self, dup: int, got: Destination) -> bytes | None:
         """getsockname: P for a listener bound elsewhere, the original destination for a
         delivered connection."""
         if got.port in self._handed_ports and not got.is_loopback:
-            handed = self._handed_of(tid, fd)
+            handed = self._handed_of(dup)
             if handed is not None:
                 return handed.local
         requested = self.bound.get(got.port)
         if requested is None:
             return None
         try:
-            with borrowed_socket(tid, fd) as sock:
-                peer = sock.getpeername() if sock is not None else None
+            peer = parse_sockaddr(raw_name(dup, True))
         except OSError:
             peer = None  # not connected: the listener itself
-        if isinstance(peer, tuple):
-            found = self.delivery.delivered(int(peer[1]))
+        if peer is not None:
+            found = self.delivery.delivered(peer.port)
             if found is not None:
                 return _sockaddr_text(got.family, *found[1])
         if requested == got.port:

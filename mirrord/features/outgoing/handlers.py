@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -44,10 +45,12 @@ from mirrord.features.sockets.sockaddr import (
     parse_sockaddr,
     rewrite_at_exit,
     rewrite_sockaddr,
+    write_name,
 )
 from mirrord.features.sockets.sockinfo import (
     SocketInfo,
     borrow,
+    borrow_fd,
     info_of,
     raw_name,
     socket_info,
@@ -68,7 +71,8 @@ SOCKADDR_SLOT = 32
 # milliseconds, and natively an interrupted connect completes in the background (CPython
 # then waits for it), which a socket we have not connected yet cannot show.
 CONNECT_GRACE_S = 0.25
-AddressHook = Callable[[int, int, Destination], bytes | None]  # (tid, fd, got) -> sockaddr
+# (our copy of the program's socket fd, what the kernel answered) -> the sockaddr to show
+AddressHook = Callable[[int, Destination], bytes | None]
 
 
 def _errno_of(result: BaseException) -> int:
@@ -343,64 +347,57 @@ class NetHandlers:
         return build_sockaddr(got.family, ip, port)
 
     def _name_call(
-        self, look: Callable[[Destination, Destination | None], bytes | None], peer: bool
-    ) -> Callable[..., Action]:
-        def handle(sc: Syscall, mem: Memory) -> Action:
-            ptr, lenptr = sc.args[1], sc.args[2]
-            if not ptr or not lenptr:
-                return Allow()
+        self,
+        sc: Syscall,
+        mem: Memory,
+        look: Callable[[Destination, Destination | None], bytes | None],
+        hook: AddressHook | None,
+        peer: bool,
+    ) -> Action:
+        """getpeername/getsockname: the kernel's answer, or what `hook` (incoming
+        traffic's, tried first, on the same copy of the socket) or `look` shows instead."""
+        ptr, lenptr = sc.args[1], sc.args[2]
+        if not ptr or not lenptr:
+            return Allow()
+        try:
+            (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
+            dup = borrow_fd(sc.tid, sc.args[0])
+        except OSError:
+            return Allow()  # a bad pointer or fd: the kernel's own error
+        # A plain fd, no socket object: making one asks the kernel three more questions,
+        # and this is on every accepted connection's path (its getsockname).
+        try:
+            if cap > 0x7FFFFFFF:
+                return Allow()  # a negative length: the kernel's EINVAL
             try:
-                (cap,) = struct.unpack("<I", mem.read(lenptr, 4))
-                sock = borrow(sc.tid, sc.args[0])
-            except OSError:
-                return Allow()  # a bad pointer or fd: the kernel's own error
-            if sock is None or cap > 0x7FFFFFFF:
-                if sock is not None:
-                    sock.close()
-                return Allow()  # not a socket (ENOTSOCK) / a negative length (EINVAL)
-            try:
-                raw = raw_name(sock, peer)  # what the kernel would answer
-                got = parse_sockaddr(raw)
+                raw = raw_name(dup, peer)  # what the kernel would answer
+            except OSError as e:
+                if e.errno == errno.ENOTSOCK:
+                    return Allow()  # the kernel's ENOTSOCK
+                return Fake(-(e.errno or errno.EIO))  # ENOTCONN…
+            got = parse_sockaddr(raw)
+            new = hook(dup, got) if hook is not None and got is not None else None
+            if new is None and got is not None:
                 # The other end too, for a loopback one: direct connections all have the
                 # same peer and are told apart by their own port.
                 other = None
-                if got is not None and loopback_kind(got) is not None:
+                if loopback_kind(got) is not None:
                     with contextlib.suppress(OSError):
-                        other = parse_sockaddr(raw_name(sock, not peer))
-            except OSError as e:
-                return Fake(-(e.errno or errno.EIO))  # ENOTCONN…
-            finally:
-                sock.close()
-            new = look(got, other) if got is not None else None
-            data = raw if new is None else new
-            try:
-                # As the kernel: at most cap bytes, and the full length in *lenptr.
-                if cap:
-                    mem.write(ptr, data[:cap])
-                mem.write(lenptr, struct.pack("<I", len(data)))
-            except OSError:
-                return Fake(-errno.EFAULT)
-            return Fake(0)
-
-        return handle
-
-    def _hooked(
-        self,
-        sc: Syscall,
-        hook: AddressHook | None,
-        look: Callable[[Destination, Destination | None], bytes | None],
-    ) -> Callable[[Destination, Destination | None], bytes | None]:
-        if hook is None:
-            return look
-        return lambda got, other: hook(sc.tid, sc.args[0], got) or look(got, other)
+                        other = parse_sockaddr(raw_name(dup, not peer))
+                new = look(got, other)
+        finally:
+            os.close(dup)
+        try:
+            write_name(mem, ptr, lenptr, cap, raw if new is None else new)
+        except OSError:
+            return Fake(-errno.EFAULT)
+        return Fake(0)
 
     def getpeername(self, sc: Syscall, mem: Memory) -> Action:
-        look = self._hooked(sc, self.incoming_peer, self._peer_of)
-        return self._name_call(look, peer=True)(sc, mem)
+        return self._name_call(sc, mem, self._peer_of, self.incoming_peer, peer=True)
 
     def getsockname(self, sc: Syscall, mem: Memory) -> Action:
-        look = self._hooked(sc, self.incoming_local, self._local_of)
-        return self._name_call(look, peer=False)(sc, mem)
+        return self._name_call(sc, mem, self._local_of, self.incoming_local, peer=False)
 
     def recvfrom(self, sc: Syscall, mem: Memory) -> Action:
         if sc.notified:

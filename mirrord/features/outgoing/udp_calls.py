@@ -31,7 +31,7 @@ from typing import Any
 
 from mirrord.features.sockets import rawmsg
 from mirrord.features.sockets.rawmsg import Datagram
-from mirrord.features.sockets.sockaddr import Destination, parse_sockaddr
+from mirrord.features.sockets.sockaddr import Destination, parse_sockaddr, write_name
 from mirrord.features.sockets.sockinfo import SocketInfo, info_of, try_borrow
 from mirrord.features.sockets.waits import retry_when_ready
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, Memory, Syscall
@@ -407,10 +407,7 @@ class UdpCalls:
         def deliver(d: Datagram) -> Action:
             if d.data:
                 mem.write(buf, d.data[:size])
-            name = self._name_for(d)
-            if cap:
-                mem.write(ptr, name[:cap])
-            mem.write(lenptr, struct.pack("<I", len(name)))
+            write_name(mem, ptr, lenptr, cap, self._name_for(d))
             return Fake(d.ret)
 
         return self._receive(

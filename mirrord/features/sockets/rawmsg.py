@@ -14,6 +14,7 @@ import fcntl
 import os
 import socket
 import struct
+import termios
 from dataclasses import dataclass
 
 SOCKADDR_MAX = 128
@@ -127,8 +128,13 @@ def nonblocking(fd: int) -> bool:
     return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
 
 
-def set_nonblocking(fd: int) -> None:
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+def set_nonblocking(fd: int, on: bool = True) -> None:
+    """O_NONBLOCK on or off, in one syscall (FIONBIO; fcntl takes two)."""
+    fcntl.ioctl(fd, termios.FIONBIO, _ON if on else _OFF)
+
+
+_ON = struct.pack("i", 1)
+_OFF = struct.pack("i", 0)
 
 
 def rcvtimeo(sock: socket.socket) -> float | None:

@@ -6,6 +6,7 @@ what it asked for (family, v4-mapped form, flow info, scope id).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import struct
@@ -23,6 +24,9 @@ AF_INET6 = socket.AF_INET6
 SOCKADDR_IN = 16
 SOCKADDR_IN6 = 28
 V4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+IPV4_ANY = b"\0" * 4
+IPV6_ANY = b"\0" * 16
+IPV6_LOOPBACK = b"\0" * 15 + b"\x01"
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,26 @@ class Destination:
 
     @property
     def is_loopback(self) -> bool:
-        ip = ipaddress.ip_address(self.ip)
-        return ip.is_loopback or ip.is_unspecified
+        """127/8, ::1, or unspecified (0.0.0.0, ::). On every trapped accept and name
+        call: bytes compared, not an ipaddress object built."""
+        ip = self.ip
+        if len(ip) == 4:
+            return ip[0] == 127 or ip == IPV4_ANY
+        return ip in (IPV6_LOOPBACK, IPV6_ANY)
+
+
+@functools.lru_cache(maxsize=1024)
+def packed_ip(text: str) -> bytes:
+    """An address as text (an IPv6 one maybe with %scope) as 4 or 16 bytes; ValueError if
+    it is none. Cached: the same few peers come back on every delivered connection, and
+    ipaddress takes ~10 us to parse one."""
+    host = text.split("%", 1)[0]
+    for family in (AF_INET, AF_INET6):
+        try:
+            return socket.inet_pton(family, host)
+        except OSError:
+            continue
+    raise ValueError(f"not an IP address: {text!r}")
 
 
 def parse_sockaddr(raw: bytes) -> Destination | None:
@@ -79,6 +101,16 @@ def loopback_kind(dest: Destination) -> str | None:
     return None
 
 
+def write_name(m: Memory, ptr: int, lenptr: int, cap: int, data: bytes) -> None:
+    """A sockaddr out-parameter filled as the kernel does: at most cap bytes at ptr, the
+    full length at lenptr."""
+    size = struct.pack("<I", len(data))
+    if cap:
+        m.write_pair(ptr, data[:cap], lenptr, size)
+    else:
+        m.write(lenptr, size)
+
+
 def rewrite_sockaddr(
     m: Memory, ptr: int, lenptr: int, cap: int, look: Callable[[Destination], bytes | None]
 ) -> None:
@@ -91,8 +123,7 @@ def rewrite_sockaddr(
     new = look(got)
     if new is None:
         return
-    m.write(ptr, new[:cap])
-    m.write(lenptr, struct.pack("<I", len(new)))
+    write_name(m, ptr, lenptr, cap, new)
 
 
 def rewrite_at_exit(

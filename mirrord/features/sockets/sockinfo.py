@@ -33,6 +33,13 @@ def borrow(tid: int, fd: int) -> socket.socket | None:
         return None
 
 
+def borrow_fd(tid: int, fd: int) -> int:
+    """The tracee's fd as a plain fd of ours (the caller closes it), whatever it is:
+    cheaper than a socket object where raw calls do (raw_name…). OSError(EBADF) when the
+    thread has no such fd."""
+    return take_fd(tid, fd)
+
+
 def try_borrow(tid: int, fd: int) -> socket.socket | None:
     """borrow(), or None also when the fd cannot be copied (the thread is gone…): then
     the program's call runs as it is and the kernel answers it."""
@@ -90,13 +97,14 @@ _SOCKADDR_STORAGE = 128
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def raw_name(sock: socket.socket, peer: bool) -> bytes:
-    """getpeername/getsockname of our duplicate as the kernel's raw sockaddr bytes (the
-    length the kernel reports, which may exceed 128 only for odd families: truncated)."""
+def raw_name(sock: socket.socket | int, peer: bool) -> bytes:
+    """getpeername/getsockname of our duplicate (a socket object or a plain fd) as the
+    kernel's raw sockaddr bytes (the length the kernel reports, which may exceed 128 only
+    for odd families: truncated)."""
     buf = ctypes.create_string_buffer(_SOCKADDR_STORAGE)
     size = ctypes.c_uint32(_SOCKADDR_STORAGE)
     call = _libc.getpeername if peer else _libc.getsockname
-    if call(sock.fileno(), buf, ctypes.byref(size)) != 0:
+    if call(sock if isinstance(sock, int) else sock.fileno(), buf, ctypes.byref(size)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return buf.raw[: min(size.value, _SOCKADDR_STORAGE)]

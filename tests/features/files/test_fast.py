@@ -31,6 +31,10 @@ class Mem:
     def read_cstring(self, addr: int, limit: int = 4096) -> bytes:
         return self.data.split(b"\0", 1)[0]
 
+    def write_pair(self, addr1: int, data1: bytes, addr2: int, data2: bytes) -> None:
+        self.write(addr1, data1)
+        self.write(addr2, data2)
+
     def write(self, addr: int, data: bytes) -> None:
         pass
 

@@ -149,6 +149,10 @@ class FakeMem:
     def read(self, addr: int, size: int) -> bytes:
         return self.data[addr][:size]
 
+    def write_pair(self, addr1: int, data1: bytes, addr2: int, data2: bytes) -> None:
+        self.write(addr1, data1)
+        self.write(addr2, data2)
+
     def write(self, addr: int, data: bytes) -> None:
         self.data[addr] = data
 

@@ -3,6 +3,7 @@ seccomp argument test, port-forward specs, config mapping."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 import pytest
@@ -10,7 +11,12 @@ import pytest
 from mirrord.config.models import MirrordConfig
 from mirrord.features.outgoing.config import outgoing_rules
 from mirrord.features.outgoing.filters import FilterSyntaxError, OutgoingRules, Route, parse_entry
-from mirrord.features.sockets.sockaddr import build_sockaddr, loopback_kind, parse_sockaddr
+from mirrord.features.sockets.sockaddr import (
+    build_sockaddr,
+    loopback_kind,
+    packed_ip,
+    parse_sockaddr,
+)
 from mirrord.portforward import ForwardSpec, PortForwardError, parse_spec
 from mirrord.supervisor.seccomp import (
     SECCOMP_RET_ALLOW,
@@ -105,6 +111,52 @@ def test_sockaddrs_round_trip() -> None:
     )
     assert six is not None and loopback_kind(six) == "v6"
     assert parse_sockaddr(b"\x01\x00/tmp/sock") is None  # AF_UNIX
+
+
+@pytest.mark.parametrize(
+    "family,text",
+    [
+        (socket.AF_INET, "127.0.0.1"),
+        (socket.AF_INET, "127.255.0.9"),
+        (socket.AF_INET, "0.0.0.0"),
+        (socket.AF_INET, "10.1.2.3"),
+        (socket.AF_INET, "128.0.0.1"),
+        (socket.AF_INET6, "::1"),
+        (socket.AF_INET6, "::"),
+        (socket.AF_INET6, "::2"),
+        (socket.AF_INET6, "fe80::1"),
+        (socket.AF_INET6, "::ffff:127.0.0.1"),
+        (socket.AF_INET6, "::ffff:10.0.0.1"),
+    ],
+)
+def test_is_loopback_as_ipaddress_says(family: int, text: str) -> None:
+    """The byte comparison says what ipaddress says (loopback or unspecified, a
+    v4-mapped address judged as its IPv4 one)."""
+    d = parse_sockaddr(build_sockaddr(family, socket.inet_pton(family, text), 1))
+    assert d is not None
+    ip = ipaddress.ip_address(text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    assert d.is_loopback == (ip.is_loopback or ip.is_unspecified)
+
+
+@pytest.mark.parametrize(
+    "text,packed",
+    [
+        ("10.1.2.3", bytes([10, 1, 2, 3])),
+        ("::1", b"\0" * 15 + b"\x01"),
+        ("fe80::1%eth0", bytes([0xFE, 0x80]) + b"\0" * 13 + b"\x01"),
+        ("::ffff:10.0.0.1", b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 1])),
+    ],
+)
+def test_packed_ip(text: str, packed: bytes) -> None:
+    assert packed_ip(text) == packed
+    assert packed_ip(text) == packed  # from the cache
+
+
+def test_packed_ip_refuses_what_is_no_address() -> None:
+    with pytest.raises(ValueError):
+        packed_ip("example.com")
 
 
 def test_dns_wire() -> None:
