@@ -145,6 +145,41 @@ async def test_a_handed_over_connection_is_taken_once_by_its_doorbell() -> None:
     lost_client.close()
 
 
+async def test_notes_no_accept_asks_for_are_still_read_by_the_loop() -> None:
+    """The loop reads the notes a moment after they come (the accepts read their own
+    first): a program that does not accept must not leave them in the socket's queue,
+    whose ~250 datagrams would then stop the agent's notes. 600 handoffs, sent by a
+    thread that blocks while the queue is full: all of them are kept for an accept."""
+    proxy, name = open_notes()
+    client, accepted = _tcp_pair()
+    count = 600
+
+    def send_all() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(name)
+            s.settimeout(10)
+            fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [accepted.fileno()]))]
+            for port in range(50100, 50100 + count):
+                note = Note(NOTE_HANDOFF, port, 8080, peer=PEER, original=ORIGINAL)
+                s.sendmsg([encode_note(note)], fds)
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(send_all), 30)
+        for _ in range(200):  # the last ones: one more read, a few ms later
+            if proxy._handed_count == count:
+                break
+            await asyncio.sleep(0.01)
+        assert proxy._handed_count == count
+        assert proxy._delivered_count[8080] == count
+    finally:
+        await proxy.close()
+        accepted.close()
+    client.settimeout(5)
+    with pytest.raises(ConnectionResetError):  # never accepted: reset at the end
+        client.recv(16)
+    client.close()
+
+
 async def test_fds_that_come_with_anything_else_are_closed() -> None:
     """Another user's HANDOFF (its fd could be any socket), a NEW with an fd: nothing is
     held, and every fd we were sent is closed (its other end sees the end)."""
