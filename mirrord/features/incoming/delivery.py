@@ -264,7 +264,7 @@ class IncomingProxy:
         if self._notes is None:
             return None
         if doorbell_port not in self._handed:
-            self._read_notes()  # its note was sent before the doorbell rang
+            self._read_notes(until=doorbell_port)  # sent before the doorbell rang
         with self._notes_lock:
             waiting = self._handed.get(doorbell_port)
             if not waiting:
@@ -275,7 +275,9 @@ class IncomingProxy:
             self._handed_count -= 1
         return handoff.fd, handoff.peer, handoff.original
 
-    def _read_notes(self) -> None:
+    def _read_notes(self, until: int | None = None) -> None:
+        """Read the queued notes; `until`: only up to the handoff for that doorbell port
+        (an accept waits on it; the rest can wait for the loop)."""
         with self._notes_lock:
             sock = self._notes
             while sock is not None:
@@ -336,6 +338,8 @@ class IncomingProxy:
                             del self._handed[note.port]
                     failed, _ = self._failed.get(note.sub_port, (0, ""))
                     self._failed[note.sub_port] = (failed + 1, os.strerror(note.errno))
+                if note.kind == NOTE_HANDOFF and note.port == until:
+                    return
 
     def _hold(self, note: Note, fd: int) -> None:
         """Keep a handed-over connection (or LOST) for the accept its doorbell wakes

@@ -145,6 +145,33 @@ async def test_a_handed_over_connection_is_taken_once_by_its_doorbell() -> None:
     lost_client.close()
 
 
+async def test_an_accept_reads_the_notes_only_up_to_its_own() -> None:
+    """The accept's own note is read, the one after it is left for the next accept (or
+    the loop), and both connections are given to their own doorbells."""
+    proxy, name = open_notes()
+    first_client, first = _tcp_pair()
+    second_client, second = _tcp_pair()
+    try:
+        for port, sock in ((50020, first), (50021, second)):
+            _send_fd(
+                name, Note(NOTE_HANDOFF, port, 8080, peer=PEER, original=ORIGINAL), sock.fileno()
+            )
+            sock.close()
+        taken = proxy.take_handed(50020)
+        assert taken is not None
+        assert 50021 not in proxy._handed  # still queued in the socket
+        again = proxy.take_handed(50021)
+        assert again is not None
+        for (fd, _, _), client in ((taken, first_client), (again, second_client)):
+            with socket.socket(fileno=fd) as mine:
+                mine.sendall(b"hi")
+                assert client.recv(8) == b"hi"
+    finally:
+        await proxy.close()
+        first_client.close()
+        second_client.close()
+
+
 async def test_notes_no_accept_asks_for_are_still_read_by_the_loop() -> None:
     """The loop reads the notes a moment after they come (the accepts read their own
     first): a program that does not accept must not leave them in the socket's queue,
