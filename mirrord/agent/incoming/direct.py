@@ -16,7 +16,6 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 import select
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 from mirrord.agent.bridge import LINGER_OFF, LINGER_RESET, Bridge, set_linger
 from mirrord.agent.incoming.delivery import Delivery
 from mirrord.agent.incoming.hooked import Hooked, hooked_of, open_connection
+from mirrord.wire.addresses import packed_ip
 from mirrord.wire.direct import (
     NOTE_FAILED,
     NOTE_GONE,
@@ -61,10 +61,6 @@ def _dispose(conn: socket.socket | None, sent: bool) -> None:
             conn.close()
         else:
             _reset(conn)
-
-
-def _packed(host: str) -> bytes:
-    return ipaddress.ip_address(host.split("%")[0]).packed
 
 
 class DirectTarget:
@@ -184,8 +180,8 @@ class DirectTarget:
             NOTE_HANDOFF,
             port,
             sub_port,
-            peer=(_packed(peer[0]), peer[1]),
-            original=(_packed(original[0]), original[1]),
+            peer=(packed_ip(peer[0]), peer[1]),
+            original=(packed_ip(original[0]), original[1]),
         )
         sent = self._tell(note, conn)
         if not sent.done():
@@ -253,8 +249,8 @@ class DirectTarget:
                         NOTE_NEW,
                         port,
                         sub_port,
-                        peer=(_packed(peer[0]), peer[1]),
-                        original=(_packed(original[0]), original[1]),
+                        peer=(packed_ip(peer[0]), peer[1]),
+                        original=(packed_ip(original[0]), original[1]),
                     )
                 )
                 await loop.sock_connect(sock, self.address)

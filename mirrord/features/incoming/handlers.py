@@ -44,7 +44,6 @@ from mirrord.features.sockets.sockaddr import (
     V4_MAPPED_PREFIX,
     Destination,
     build_sockaddr,
-    packed_ip,
     parse_sockaddr,
     rewrite_at_exit,
     write_name,
@@ -53,6 +52,7 @@ from mirrord.features.sockets.sockinfo import borrow_fd, borrowed_socket, raw_na
 from mirrord.features.sockets.waits import retry_when_ready
 from mirrord.supervisor.actions import Action, Allow, Defer, Fake, InstallFd, Memory, Syscall
 from mirrord.supervisor.syscalls import NR
+from mirrord.wire.addresses import packed_ip
 
 log = logging.getLogger("mirrord.features.incoming.handlers")
 

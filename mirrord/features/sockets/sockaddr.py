@@ -6,7 +6,6 @@ what it asked for (family, v4-mapped form, flow info, scope id).
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
 import struct
@@ -48,20 +47,6 @@ class Destination:
         if len(ip) == 4:
             return ip[0] == 127 or ip == IPV4_ANY
         return ip in (IPV6_LOOPBACK, IPV6_ANY)
-
-
-@functools.lru_cache(maxsize=1024)
-def packed_ip(text: str) -> bytes:
-    """An address as text (an IPv6 one maybe with %scope) as 4 or 16 bytes; ValueError if
-    it is none. Cached: the same few peers come back on every delivered connection, and
-    ipaddress takes ~10 us to parse one."""
-    host = text.split("%", 1)[0]
-    for family in (AF_INET, AF_INET6):
-        try:
-            return socket.inet_pton(family, host)
-        except OSError:
-            continue
-    raise ValueError(f"not an IP address: {text!r}")
 
 
 def parse_sockaddr(raw: bytes) -> Destination | None:

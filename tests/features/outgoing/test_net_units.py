@@ -14,7 +14,6 @@ from mirrord.features.outgoing.filters import FilterSyntaxError, OutgoingRules, 
 from mirrord.features.sockets.sockaddr import (
     build_sockaddr,
     loopback_kind,
-    packed_ip,
     parse_sockaddr,
 )
 from mirrord.portforward import ForwardSpec, PortForwardError, parse_spec
@@ -138,25 +137,6 @@ def test_is_loopback_as_ipaddress_says(family: int, text: str) -> None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     assert d.is_loopback == (ip.is_loopback or ip.is_unspecified)
-
-
-@pytest.mark.parametrize(
-    "text,packed",
-    [
-        ("10.1.2.3", bytes([10, 1, 2, 3])),
-        ("::1", b"\0" * 15 + b"\x01"),
-        ("fe80::1%eth0", bytes([0xFE, 0x80]) + b"\0" * 13 + b"\x01"),
-        ("::ffff:10.0.0.1", b"\0" * 10 + b"\xff\xff" + bytes([10, 0, 0, 1])),
-    ],
-)
-def test_packed_ip(text: str, packed: bytes) -> None:
-    assert packed_ip(text) == packed
-    assert packed_ip(text) == packed  # from the cache
-
-
-def test_packed_ip_refuses_what_is_no_address() -> None:
-    with pytest.raises(ValueError):
-        packed_ip("example.com")
 
 
 def test_dns_wire() -> None:
