@@ -97,16 +97,11 @@ class _Handed:
     local: bytes
 
 
-def _unmapped(host: str) -> bytes:
-    """The address bytes as Destination.ip has them: an IPv4 one for a v4-mapped one."""
-    ip = packed_ip(host)
-    return ip[12:] if len(ip) == 16 and ip.startswith(V4_MAPPED_PREFIX) else ip
-
-
 def _peer_key(host: str, port: int) -> tuple[bytes, int]:
-    """A peer as `_handed` knows it: the address bytes as Destination.ip has them, and
-    the port."""
-    return _unmapped(host), port
+    """A peer as `_handed` knows it: the address bytes as Destination.ip has them (an
+    IPv4 address for a v4-mapped one), and the port."""
+    ip = packed_ip(host)
+    return (ip[12:] if ip.startswith(V4_MAPPED_PREFIX) else ip), port
 
 
 def _in_family(family: int, addr: tuple[str, int]) -> bytes:
@@ -161,13 +156,6 @@ def _bind_raw(fd: int, raw: bytes) -> int:
 
 def _with_port(raw: bytes, port: int) -> bytes:
     return raw[:2] + struct.pack("!H", port) + raw[4:]
-
-
-def _close(listener: int | socket.socket) -> None:
-    if isinstance(listener, int):
-        os.close(listener)
-    else:
-        listener.close()
 
 
 class IncomingHandlers:
@@ -319,33 +307,26 @@ class IncomingHandlers:
         return self._take(dup, flags, ptr, lenptr, cap, mem)
 
     def _take(
-        self,
-        listener: int | socket.socket,
-        flags: int,
-        ptr: int,
-        lenptr: int,
-        cap: int,
-        mem: Memory,
+        self, listener: int, flags: int, ptr: int, lenptr: int, cap: int, mem: Memory
     ) -> Action:
         """Accept now, or wait for a connection as the program's accept would. Takes
-        `listener` (our copy: a plain fd, or once waited for, a socket object)."""
-        fd = listener if isinstance(listener, int) else listener.fileno()
+        `listener` (our copy, a plain fd: a socket object only while it waits)."""
         try:
-            inode = os.fstat(fd).st_ino
-            got = self._accept_now(fd, inode)
+            inode = os.fstat(listener).st_ino
+            got = self._accept_now(listener, inode)
         except OSError as exc:
-            _close(listener)
+            os.close(listener)
             return Fake(-(exc.errno or errno.EIO))
         if got is not None:
-            _close(listener)
+            os.close(listener)
             return self._deliver(got, inode, flags, ptr, lenptr, cap, mem)
-        if rawmsg.nonblocking(fd):
-            _close(listener)
+        if rawmsg.nonblocking(listener):
+            os.close(listener)
             return Fake(-errno.EAGAIN)
-        sock = listener if isinstance(listener, socket.socket) else socket.socket(fileno=fd)
+        sock = socket.socket(fileno=listener)
         return retry_when_ready(
             sock,
-            lambda m: self._take(sock, flags, ptr, lenptr, cap, m),
+            lambda m: self._take(sock.detach(), flags, ptr, lenptr, cap, m),
             write=False,
             timeout=rawmsg.rcvtimeo(sock),
         )
